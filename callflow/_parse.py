@@ -1,0 +1,703 @@
+"""Turn a Graph ``commsNotifications`` POST body into callflow events.
+
+:func:`parse_notifications` is on the hot path of every call: it reads only the fields it
+needs, keeps the string objects ``json.loads`` made, copies nothing, and builds error
+locations only when something is wrong.
+
+What becomes what (``changeType`` and enum values are matched case-insensitively):
+
+- ``created`` + a call whose ``state`` is ``incoming`` -> :class:`~callflow.events.IncomingCall`.
+- ``created``/``updated`` + a call with another ``state`` ->
+  :class:`~callflow.events.CallStateChanged`; the state is normalised to Graph's camelCase
+  (``transferAccepted``), unknown states are kept as sent.
+- ``deleted`` + a call (with or without ``resourceData``) ->
+  :class:`~callflow.events.CallTerminated`; ``resultInfo.code``/``subcode`` may be integers or
+  numeric strings. An empty ``resultInfo`` gives ``result=None``.
+- ``created``/``updated`` + ``.../participants`` with an array ->
+  :class:`~callflow.events.ParticipantsUpdated`.
+- Anything else -> :class:`~callflow.events.UnknownNotification`: operations, other resources,
+  unknown change types, a call update without ``state``, a ``deleted`` on ``.../participants``
+  (those are the participants who left, not the roster).
+
+The call id comes from ``resourceData.id``, else from ``resourceUrl`` (or the legacy
+``resource`` when ``resourceUrl`` is absent), else from ``resourceData["@odata.id"]``. A call
+resource is a URL ``.../calls/{id}``; without any URL, an object ``resourceData`` is taken to
+be a call.
+
+What is an error (:class:`~callflow.errors.NotificationFormatError`, nothing else is ever
+raised; the message names the location, like ``value[1].resourceData.source.identity:
+expected an object, got list``):
+
+- a body that is not UTF-8 (a BOM is allowed), not JSON, not an object with a ``value`` array
+  of objects;
+- a field the parser reads that has the wrong JSON type. ``null`` always counts as absent.
+  This covers every object or array the parser walks into (``resourceData``, ``source``,
+  ``identity``, ``targets``, ``chatInfo``, ``meetingInfo``, ``resultInfo``, ...), every
+  identifier (``id``, ``tenantId``, ``callbackUri``, ``threadId``, ``joinMeetingId``, ...), the
+  enums (``changeType``, ``state``, each ``requestedModalities`` entry) and the result codes:
+  guessing at any of them could route, answer or account for a call wrongly;
+- a notification that would become a call event but carries no call id at all.
+
+What is tolerated:
+
+- a wrong-typed *descriptive* leaf becomes ``None`` (``displayName``, ``endpointType``,
+  ``region``, ``languageId``, ``resultInfo.message``, ``isMuted``, ``isInLobby``,
+  ``allowConversationWithoutHost``): a mangled label must not cost a caller their call;
+- ``@odata.type`` is metadata, ignored when it is not a string (a ``meetingInfo`` kind is
+  then inferred from its fields; an unknown kind gives ``meeting_info=None``);
+- an ``@odata.etag`` that is not a numeric etag like ``W/"4021"`` gives ``etag=None``;
+- an identitySet member that is not an object is skipped unless its name is a known
+  identity kind (identitySets also carry scalars such as ``endpointType``);
+- fields the parser does not need are never looked at.
+
+Nested values are expected to be what ``json.loads`` makes; anything else that trips the
+parser (a non-string key, say) is still reported as a ``NotificationFormatError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from callflow.errors import NotificationFormatError
+from callflow.events import (
+    CallEvent,
+    CallStateChanged,
+    CallTerminated,
+    ChatInfo,
+    Identity,
+    IncomingCall,
+    IncomingContext,
+    JoinMeetingIdMeetingInfo,
+    MeetingInfo,
+    OrganizerMeetingInfo,
+    Participant,
+    ParticipantsUpdated,
+    ResultInfo,
+    TokenMeetingInfo,
+    UnknownNotification,
+)
+
+__all__ = ["parse_notifications"]
+
+
+def _canonical(*names: str) -> dict[str, str]:
+    """Map each name, and its lowercase form, to the name itself."""
+    table = {name.lower(): name for name in names}
+    table.update({name: name for name in names})
+    return table
+
+
+_CHANGE_TYPES: Final = _canonical("created", "updated", "deleted")
+_STATES: Final = _canonical(
+    "incoming",
+    "establishing",
+    "established",
+    "hold",
+    "transferring",
+    "transferAccepted",
+    "redirecting",
+    "terminating",
+    "terminated",
+)
+_MODALITIES: Final = _canonical("audio", "video", "videoBasedScreenSharing", "data", "unknown")
+
+# Precedence of identitySet members when choosing the primary identity; others rank last.
+_RANK: Final = {
+    "user": 0,
+    "phone": 1,
+    "guest": 2,
+    "applicationInstance": 3,
+    "application": 4,
+    "azureCommunicationServicesUser": 5,
+    "onPremises": 6,
+    "encrypted": 7,
+}
+_OTHER_RANK: Final = 8
+
+_ORGANIZER: Final = 1
+_TOKEN: Final = 2
+_JOIN_ID: Final = 3
+_MEETING_KINDS: Final = {
+    "#microsoft.graph.organizerMeetingInfo": _ORGANIZER,
+    "#microsoft.graph.tokenMeetingInfo": _TOKEN,
+    "#microsoft.graph.joinMeetingIdMeetingInfo": _JOIN_ID,
+    "organizermeetinginfo": _ORGANIZER,
+    "tokenmeetinginfo": _TOKEN,
+    "joinmeetingidmeetinginfo": _JOIN_ID,
+}
+
+_KIND_OTHER: Final = 0
+_KIND_CALL: Final = 1
+_KIND_PARTICIPANTS: Final = 2
+
+_UNKNOWN_CALLER: Final = Identity(kind="unknown")
+_EMPTY: Final[dict[str, Any]] = {}
+_MAX_INT_DIGITS: Final = 18
+
+# Errors that only non-JSON input (a Mapping with odd keys or values) can provoke.
+_UNEXPECTED: Final = (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError)
+
+_EXPECTED_BODY: Final = "expected a Graph commsNotifications JSON document"
+_NO_CALL_ID: Final = (
+    "no call id; expected resourceData.id or a resourceUrl like /communications/calls/{id}"
+)
+
+
+class _Bad(Exception):
+    """Internal: what is wrong, and where relative to the value being parsed."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(where, problem)
+        self.where = where
+        self.problem = problem
+
+    def under(self, segment: str) -> None:
+        """Prefix the location with the field or index that contains it."""
+        where = self.where
+        if not where:
+            self.where = segment
+        elif where[0] == "[":
+            self.where = segment + where
+        else:
+            self.where = f"{segment}.{where}"
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _wrong(where: str, expected: str, value: Any) -> _Bad:
+    return _Bad(where, f"expected {expected}, got {_type_name(value)}")
+
+
+def parse_notifications(
+    body: bytes | bytearray | str | Mapping[str, Any],
+) -> list[CallEvent]:
+    """Parse a commsNotifications body into events, in the order its items appear.
+
+    ``body`` is the raw POST body (bytes or str, UTF-8 JSON) or the already parsed JSON
+    object. Raises :class:`~callflow.errors.NotificationFormatError`, and nothing else, when
+    the body is not a commsNotifications payload; the message says what was wrong where.
+    """
+    if isinstance(body, dict):
+        doc: Any = body
+    elif isinstance(body, bytes | bytearray):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise NotificationFormatError(
+                f"body: not UTF-8 ({exc.reason} at byte {exc.start}); {_EXPECTED_BODY} in UTF-8"
+            ) from None
+        doc = _loads(text)
+    elif isinstance(body, str):
+        doc = _loads(body)
+    elif isinstance(body, Mapping):
+        doc = body
+    else:
+        raise NotificationFormatError(
+            f"body: expected bytes, str or a parsed JSON object, got {_type_name(body)}"
+        )
+    try:
+        return _document(doc)
+    except _Bad as exc:
+        raise NotificationFormatError(f"{exc.where}: {exc.problem}") from exc.__cause__
+
+
+def _loads(text: str) -> Any:
+    if text[:1] == "\ufeff":
+        text = text[1:]
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise NotificationFormatError(
+            f"body: not valid JSON (nested too deeply); {_EXPECTED_BODY}"
+        ) from None
+    except ValueError as exc:
+        raise NotificationFormatError(f"body: not valid JSON ({exc}); {_EXPECTED_BODY}") from None
+
+
+def _document(doc: Any) -> list[CallEvent]:
+    if not isinstance(doc, dict) and not isinstance(doc, Mapping):
+        raise _wrong("body", "a JSON object with a 'value' array", doc)
+    try:
+        items = doc.get("value")
+    except _UNEXPECTED as exc:
+        raise _Bad("body", f"unreadable mapping ({type(exc).__name__})") from exc
+    if not isinstance(items, list):
+        if items is None:
+            raise _Bad("value", "missing; expected an array of notification objects")
+        raise _wrong("value", "an array of notification objects", items)
+    events: list[CallEvent] = []
+    append = events.append
+    for index, item in enumerate(items):
+        try:
+            append(_item(item))
+        except _Bad as exc:
+            exc.under(f"value[{index}]")
+            raise
+        except _UNEXPECTED as exc:
+            raise _Bad(
+                f"value[{index}]",
+                f"malformed notification ({type(exc).__name__}); expected the JSON types of "
+                "a Graph commsNotification",
+            ) from exc
+    return events
+
+
+def _split_url(url: str) -> tuple[str | None, str] | None:
+    """Return (call id or None, the rest of the path) for a ``.../calls/{id}...`` URL."""
+    start = url.find("/calls/")
+    if start < 0:
+        if not url.isascii():
+            return None
+        start = url.lower().find("/calls/")
+        if start < 0:
+            return None
+    start += 7
+    end = url.find("/", start)
+    if end < 0:
+        return url[start:] or None, ""
+    return url[start:end] or None, url[end:]
+
+
+def _item(item: Any) -> CallEvent:
+    if not isinstance(item, dict):
+        raise _wrong("", "a notification object", item)
+    sent_change = item.get("changeType")
+    if not isinstance(sent_change, str):
+        if sent_change is None:
+            raise _Bad("changeType", "missing; expected created, updated or deleted")
+        raise _wrong("changeType", "a string (created, updated or deleted)", sent_change)
+    change = _CHANGE_TYPES.get(sent_change)
+    if change is None:
+        change = _CHANGE_TYPES.get(sent_change.lower())
+
+    url = item.get("resourceUrl")
+    if url is None:
+        url = item.get("resource")
+        if url is not None and not isinstance(url, str):
+            raise _wrong("resource", "a string", url)
+    elif not isinstance(url, str):
+        raise _wrong("resourceUrl", "a string", url)
+
+    data = item.get("resourceData")
+    if data is not None and not isinstance(data, dict | list):
+        raise _wrong("resourceData", "an object, an array or null", data)
+
+    url_call_id: str | None = None
+    kind = _KIND_OTHER
+    if url is not None:
+        split = _split_url(url)
+        if split is not None:
+            url_call_id, rest = split
+            if not rest or rest == "/":
+                kind = _KIND_CALL
+            elif rest.lower().rstrip("/") == "/participants":
+                kind = _KIND_PARTICIPANTS
+    elif isinstance(data, dict):
+        kind = _KIND_CALL
+
+    if change is None or kind == _KIND_OTHER:
+        loose_id = url_call_id
+        if loose_id is None and kind == _KIND_CALL and isinstance(data, dict):
+            data_id = data.get("id")
+            if isinstance(data_id, str) and data_id:
+                loose_id = data_id
+        return UnknownNotification(change or sent_change, url, loose_id, raw=item)
+
+    if kind == _KIND_PARTICIPANTS:
+        if change == "deleted" or not isinstance(data, list):
+            return UnknownNotification(change, url, url_call_id, raw=item)
+        if not url_call_id:
+            raise _Bad("", _NO_CALL_ID)
+        try:
+            roster = _roster(data)
+        except _Bad as exc:
+            exc.under("resourceData")
+            raise
+        return ParticipantsUpdated(url_call_id, roster, raw=item)
+
+    # A call resource.
+    if not isinstance(data, dict):
+        if change == "deleted":
+            if not url_call_id:
+                raise _Bad("", _NO_CALL_ID)
+            return CallTerminated(url_call_id, None, raw=item)
+        return UnknownNotification(change, url, url_call_id, raw=item)
+
+    call_id = data.get("id")
+    if not call_id:
+        if call_id is not None and not isinstance(call_id, str):
+            raise _wrong("resourceData.id", "a string", call_id)
+        call_id = url_call_id
+        if call_id is None:
+            odata_id = data.get("@odata.id")
+            if isinstance(odata_id, str):
+                split = _split_url(odata_id)
+                if split is not None:
+                    call_id = split[0]
+    elif not isinstance(call_id, str):
+        raise _wrong("resourceData.id", "a string", call_id)
+
+    state = data.get("state")
+    if state is not None and not isinstance(state, str):
+        raise _wrong("resourceData.state", "a string", state)
+
+    if change == "deleted":
+        if not call_id:
+            raise _Bad("", _NO_CALL_ID)
+        try:
+            result = _result(data.get("resultInfo"))
+        except _Bad as exc:
+            exc.under("resourceData")
+            raise
+        return CallTerminated(call_id, result, raw=item)
+    if state is None:
+        return UnknownNotification(change, url, call_id, raw=item)
+    if not call_id:
+        raise _Bad("", _NO_CALL_ID)
+    canonical = _STATES.get(state)
+    if canonical is None:
+        canonical = _STATES.get(state.lower(), state)
+    if canonical == "incoming" and change == "created":
+        try:
+            return _incoming(data, call_id, url, item)
+        except _Bad as exc:
+            exc.under("resourceData")
+            raise
+    return CallStateChanged(call_id, canonical, _etag(data.get("@odata.etag")), raw=item)
+
+
+def _etag(value: Any) -> int | None:
+    """Read ``W/"4021"`` (or ``"4021"``) as 4021; anything else is None."""
+    if not isinstance(value, str):
+        return None
+    if value[:2] in ("W/", "w/"):
+        value = value[2:]
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        value = value[1:-1]
+    if 0 < len(value) <= _MAX_INT_DIGITS and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _code(value: Any, where: str) -> int | None:
+    """Read a result code sent as an integer or a numeric string."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        digits = value[1:] if value[:1] == "-" else value
+        if 0 < len(digits) <= _MAX_INT_DIGITS and digits.isascii() and digits.isdigit():
+            return int(value)
+    raise _wrong(where, "an integer or a numeric string", value)
+
+
+def _result(info: Any) -> ResultInfo | None:
+    if info is None:
+        return None
+    if not isinstance(info, dict):
+        raise _wrong("resultInfo", "an object", info)
+    code = _code(info.get("code"), "resultInfo.code")
+    subcode = _code(info.get("subcode"), "resultInfo.subcode")
+    message = info.get("message")
+    if not isinstance(message, str):
+        message = None
+    if code is None and subcode is None and message is None:
+        return None
+    return ResultInfo(code, subcode, message)
+
+
+def _identity_set(members: dict[str, Any]) -> tuple[Identity | None, tuple[Identity, ...]]:
+    """Return the primary identity of an identitySet (None when it has none) and all of them."""
+    primary: Identity | None = None
+    best = _OTHER_RANK + 1
+    found: list[Identity] = []
+    for kind, value in members.items():
+        if not isinstance(value, dict):
+            if value is None or kind not in _RANK:
+                continue  # @odata.type, endpointType and other scalar properties
+            raise _wrong(kind, "an object", value)
+        if kind[:1] == "@":
+            continue
+        ident_id = value.get("id")
+        if ident_id is not None and not isinstance(ident_id, str):
+            raise _wrong(f"{kind}.id", "a string", ident_id)
+        tenant = value.get("tenantId")
+        if tenant is not None and not isinstance(tenant, str):
+            raise _wrong(f"{kind}.tenantId", "a string", tenant)
+        name = value.get("displayName")
+        identity = Identity(kind, ident_id, name if isinstance(name, str) else None, tenant)
+        found.append(identity)
+        rank = _RANK.get(kind, _OTHER_RANK)
+        if rank < best:
+            primary = identity
+            best = rank
+    return primary, tuple(found)
+
+
+def _primary(container: dict[str, Any], key: str) -> Identity | None:
+    """The primary identity of the optional identitySet ``container[key]``."""
+    members = container.get(key)
+    if members is None:
+        return None
+    if not isinstance(members, dict):
+        raise _wrong(key, "an object", members)
+    try:
+        return _identity_set(members)[0]
+    except _Bad as exc:
+        exc.under(key)
+        raise
+
+
+def _participant(
+    info: dict[str, Any],
+    participant_id: str | None = None,
+    is_muted: bool | None = None,
+    is_in_lobby: bool | None = None,
+) -> Participant:
+    """Build a Participant from a participantInfo (or invitationParticipantInfo) object."""
+    members = info.get("identity")
+    if members is None:
+        primary: Identity | None = None
+        identities: tuple[Identity, ...] = ()
+    elif isinstance(members, dict):
+        try:
+            primary, identities = _identity_set(members)
+        except _Bad as exc:
+            exc.under("identity")
+            raise
+    else:
+        raise _wrong("identity", "an object", members)
+    if participant_id is None:
+        participant_id = info.get("id")
+        if participant_id is None:
+            participant_id = info.get("participantId")
+            if participant_id is not None and not isinstance(participant_id, str):
+                raise _wrong("participantId", "a string", participant_id)
+        elif not isinstance(participant_id, str):
+            raise _wrong("id", "a string", participant_id)
+    endpoint = info.get("endpointType")
+    region = info.get("region")
+    language = info.get("languageId")
+    return Participant(
+        primary,
+        identities,
+        participant_id,
+        endpoint if isinstance(endpoint, str) else None,
+        region if isinstance(region, str) else None,
+        language if isinstance(language, str) else None,
+        is_muted,
+        is_in_lobby,
+    )
+
+
+def _targets(targets: list[Any]) -> tuple[Participant, ...]:
+    found: list[Participant] = []
+    for index, target in enumerate(targets):
+        if not isinstance(target, dict):
+            raise _wrong(f"[{index}]", "an object", target)
+        try:
+            found.append(_participant(target))
+        except _Bad as exc:
+            exc.under(f"[{index}]")
+            raise
+    return tuple(found)
+
+
+def _roster(entries: list[Any]) -> tuple[Participant, ...]:
+    found: list[Participant] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _wrong(f"[{index}]", "an object", entry)
+        try:
+            participant_id = entry.get("id")
+            if participant_id is not None and not isinstance(participant_id, str):
+                raise _wrong("id", "a string", participant_id)
+            info = entry.get("info")
+            if info is None:
+                info = _EMPTY
+            elif not isinstance(info, dict):
+                raise _wrong("info", "an object", info)
+            muted = entry.get("isMuted")
+            lobby = entry.get("isInLobby")
+            try:
+                participant = _participant(
+                    info,
+                    participant_id,
+                    muted if isinstance(muted, bool) else None,
+                    lobby if isinstance(lobby, bool) else None,
+                )
+            except _Bad as exc:
+                exc.under("info")
+                raise
+        except _Bad as exc:
+            exc.under(f"[{index}]")
+            raise
+        found.append(participant)
+    return tuple(found)
+
+
+def _opt_str(container: dict[str, Any], key: str) -> str | None:
+    value = container.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _wrong(key, "a string", value)
+
+
+def _meeting(info: dict[str, Any]) -> MeetingInfo | None:
+    odata_type = info.get("@odata.type")
+    if isinstance(odata_type, str):
+        kind = _MEETING_KINDS.get(odata_type)
+        if kind is None:
+            short = odata_type.lower().removeprefix("#").removeprefix("microsoft.graph.")
+            kind = _MEETING_KINDS.get(short)
+            if kind is None:
+                return None
+    elif "joinMeetingId" in info:
+        kind = _JOIN_ID
+    elif "token" in info:
+        kind = _TOKEN
+    elif "organizer" in info:
+        kind = _ORGANIZER
+    else:
+        return None
+    if kind == _ORGANIZER:
+        allow = info.get("allowConversationWithoutHost")
+        return OrganizerMeetingInfo(
+            _primary(info, "organizer"), allow if isinstance(allow, bool) else None
+        )
+    if kind == _TOKEN:
+        return TokenMeetingInfo(_opt_str(info, "token"))
+    return JoinMeetingIdMeetingInfo(_opt_str(info, "joinMeetingId"), _opt_str(info, "passcode"))
+
+
+def _incoming(data: dict[str, Any], call_id: str, url: str | None, item: Any) -> IncomingCall:
+    """Build an IncomingCall; errors are located relative to ``resourceData``."""
+    tenant = data.get("tenantId")
+    if tenant is not None and not isinstance(tenant, str):
+        raise _wrong("tenantId", "a string", tenant)
+    callback = data.get("callbackUri")
+    if callback is not None and not isinstance(callback, str):
+        raise _wrong("callbackUri", "a string", callback)
+    chain = data.get("callChainId")
+    if chain is not None and not isinstance(chain, str):
+        raise _wrong("callChainId", "a string", chain)
+    mine = data.get("myParticipantId")
+    if mine is not None and not isinstance(mine, str):
+        raise _wrong("myParticipantId", "a string", mine)
+
+    source_info = data.get("source")
+    if source_info is None:
+        source = None
+        caller = _UNKNOWN_CALLER
+    elif isinstance(source_info, dict):
+        try:
+            source = _participant(source_info)
+        except _Bad as exc:
+            exc.under("source")
+            raise
+        caller = source.identity or _UNKNOWN_CALLER
+    else:
+        raise _wrong("source", "an object", source_info)
+
+    target_list = data.get("targets")
+    if target_list is None:
+        targets: tuple[Participant, ...] = ()
+    elif isinstance(target_list, list):
+        try:
+            targets = _targets(target_list)
+        except _Bad as exc:
+            exc.under("targets")
+            raise
+    else:
+        raise _wrong("targets", "an array of objects", target_list)
+
+    requested = data.get("requestedModalities")
+    if requested is None:
+        modalities: tuple[str, ...] = ()
+    elif isinstance(requested, list):
+        names: list[str] = []
+        for modality in requested:
+            if not isinstance(modality, str):
+                raise _wrong(f"requestedModalities[{len(names)}]", "a string", modality)
+            canonical = _MODALITIES.get(modality)
+            names.append(
+                canonical if canonical is not None else _MODALITIES.get(modality.lower(), modality)
+            )
+        modalities = tuple(names)
+    else:
+        raise _wrong("requestedModalities", "an array of strings", requested)
+
+    chat = data.get("chatInfo")
+    chat_info: ChatInfo | None = None
+    if chat is not None:
+        if not isinstance(chat, dict):
+            raise _wrong("chatInfo", "an object", chat)
+        try:
+            chat_info = ChatInfo(
+                _opt_str(chat, "threadId"),
+                _opt_str(chat, "messageId"),
+                _opt_str(chat, "replyChainMessageId"),
+            )
+        except _Bad as exc:
+            exc.under("chatInfo")
+            raise
+
+    meeting = data.get("meetingInfo")
+    meeting_info: MeetingInfo | None = None
+    if meeting is not None:
+        if not isinstance(meeting, dict):
+            raise _wrong("meetingInfo", "an object", meeting)
+        try:
+            meeting_info = _meeting(meeting)
+        except _Bad as exc:
+            exc.under("meetingInfo")
+            raise
+
+    context = data.get("incomingContext")
+    incoming_context: IncomingContext | None = None
+    if context is not None:
+        if not isinstance(context, dict):
+            raise _wrong("incomingContext", "an object", context)
+        try:
+            incoming_context = IncomingContext(
+                _opt_str(context, "sourceParticipantId"),
+                _opt_str(context, "observedParticipantId"),
+                _primary(context, "onBehalfOf"),
+                _primary(context, "transferor"),
+            )
+        except _Bad as exc:
+            exc.under("incomingContext")
+            raise
+
+    metadata = data.get("applicationMetadata")
+    if metadata is None:
+        policy = False
+    elif isinstance(metadata, dict):
+        policy = metadata.get("botData") is not None
+    else:
+        raise _wrong("applicationMetadata", "an object", metadata)
+
+    # Positional arguments: measurably cheaper than keywords; the tests pin every field.
+    return IncomingCall(
+        call_id,
+        tenant,
+        caller,
+        source,
+        targets,
+        chat_info,
+        meeting_info,
+        modalities,
+        callback,
+        chain,
+        mine,
+        incoming_context,
+        policy,
+        _etag(data.get("@odata.etag")),
+        url,
+        item,
+    )

@@ -1,0 +1,201 @@
+"""Typed, frozen events built from Graph notifications.
+
+Every event carries the ``call_id`` it belongs to and the notification item it came from as
+``raw`` (excluded from ``repr`` and equality). Sequences are tuples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import attrs
+
+__all__ = [
+    "CallEvent",
+    "CallStateChanged",
+    "CallTerminated",
+    "ChatInfo",
+    "Identity",
+    "IncomingCall",
+    "IncomingContext",
+    "JoinMeetingIdMeetingInfo",
+    "MeetingInfo",
+    "OrganizerMeetingInfo",
+    "Participant",
+    "ParticipantsUpdated",
+    "ResultInfo",
+    "TokenMeetingInfo",
+    "UnknownNotification",
+]
+
+
+@attrs.frozen
+class Identity:
+    """One identity of an identitySet: who a participant is.
+
+    ``kind`` is the identitySet member it came from (``user``, ``application``,
+    ``applicationInstance``, ``phone``, ``guest``, ``encrypted``, ``onPremises``,
+    ``azureCommunicationServicesUser``, or any other name Graph sends). For a phone caller
+    ``id`` is the number. ``display_name`` is personal data: it is left out of ``repr``.
+    """
+
+    kind: str
+    id: str | None = None
+    display_name: str | None = attrs.field(default=None, repr=False)
+    tenant_id: str | None = None
+
+    @property
+    def user_id(self) -> str | None:
+        """The Entra user id when this identity is a Teams user, else None."""
+        return self.id if self.kind == "user" else None
+
+    @property
+    def phone_number(self) -> str | None:
+        """The E.164 number when this identity is a phone caller, else None."""
+        return self.id if self.kind == "phone" else None
+
+
+@attrs.frozen
+class Participant:
+    """A participant of a call: the caller (``source``), an invited target, or a roster entry.
+
+    ``identity`` is the primary identity of the participant's identitySet; ``identities``
+    holds all of them (an identitySet may carry, say, both a user and an application).
+    """
+
+    identity: Identity | None = None
+    identities: tuple[Identity, ...] = ()
+    id: str | None = None
+    endpoint_type: str | None = None
+    region: str | None = None
+    language_id: str | None = None
+    is_muted: bool | None = None
+    is_in_lobby: bool | None = None
+
+
+@attrs.frozen
+class ChatInfo:
+    """The Teams chat (meeting or channel thread) a group call belongs to."""
+
+    thread_id: str | None = None
+    message_id: str | None = None
+    reply_chain_message_id: str | None = None
+
+
+@attrs.frozen
+class OrganizerMeetingInfo:
+    """A meeting identified by its organizer."""
+
+    organizer: Identity | None = None
+    allow_conversation_without_host: bool | None = None
+
+
+@attrs.frozen
+class TokenMeetingInfo:
+    """A meeting identified by an opaque token (channel meetings)."""
+
+    token: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class JoinMeetingIdMeetingInfo:
+    """A meeting identified by its numeric join id and passcode."""
+
+    join_meeting_id: str | None = None
+    passcode: str | None = attrs.field(default=None, repr=False)
+
+
+MeetingInfo: TypeAlias = OrganizerMeetingInfo | TokenMeetingInfo | JoinMeetingIdMeetingInfo
+
+
+@attrs.frozen
+class IncomingContext:
+    """Why the bot is being called: on whose behalf, transferred by whom."""
+
+    source_participant_id: str | None = None
+    observed_participant_id: str | None = None
+    on_behalf_of: Identity | None = None
+    transferor: Identity | None = None
+
+
+@attrs.frozen
+class ResultInfo:
+    """Why a call ended: Graph's ``resultInfo`` with numeric ``code`` and ``subcode``."""
+
+    code: int | None = None
+    subcode: int | None = None
+    message: str | None = None
+
+
+@attrs.frozen
+class IncomingCall:
+    """Someone is calling the bot, or inviting it to a group call or meeting.
+
+    It must be answered, rejected or redirected before the platform's timeout: 15 s, or 5 s
+    when ``is_policy_recording`` (a compliance-recording invite).
+    """
+
+    call_id: str
+    tenant_id: str | None
+    caller: Identity
+    source: Participant | None = None
+    targets: tuple[Participant, ...] = ()
+    chat_info: ChatInfo | None = None
+    meeting_info: MeetingInfo | None = None
+    modalities: tuple[str, ...] = ()
+    callback_uri: str | None = None
+    call_chain_id: str | None = None
+    my_participant_id: str | None = None
+    incoming_context: IncomingContext | None = None
+    is_policy_recording: bool = False
+    etag: int | None = None
+    resource_url: str | None = None
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+
+    @property
+    def is_group_call(self) -> bool:
+        """True for a group call or meeting invitation (the call carries chat or meeting info)."""
+        return self.chat_info is not None or self.meeting_info is not None
+
+
+@attrs.frozen
+class CallStateChanged:
+    """A call moved to a new state (``establishing``, ``established``, ``hold``, ...)."""
+
+    call_id: str
+    state: str
+    etag: int | None = None
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+
+
+@attrs.frozen
+class CallTerminated:
+    """A call ended; ``result`` says why when Graph tells (it may send nothing after a reject)."""
+
+    call_id: str
+    result: ResultInfo | None = None
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+
+
+@attrs.frozen
+class ParticipantsUpdated:
+    """The roster of a call changed; ``participants`` is the roster Graph sent."""
+
+    call_id: str
+    participants: tuple[Participant, ...] = ()
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+
+
+@attrs.frozen
+class UnknownNotification:
+    """A notification of a shape callflow does not model (operations, unknown resources)."""
+
+    change_type: str
+    resource_url: str | None
+    call_id: str | None = None
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+
+
+CallEvent: TypeAlias = (
+    IncomingCall | CallStateChanged | CallTerminated | ParticipantsUpdated | UnknownNotification
+)

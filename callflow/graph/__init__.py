@@ -1,0 +1,1 @@
+"""Outbound Microsoft Graph: app tokens and the calling API client."""

@@ -1,0 +1,225 @@
+"""Settings from ``CALLFLOW_*`` environment variables, validated all at once.
+
+``Settings.from_env(environ)`` reads an injectable mapping (tests pass a dict) and raises one
+:class:`~callflow.errors.ConfigError` that names every missing or invalid variable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = ["PREFIX", "Settings"]
+
+PREFIX: Final = "CALLFLOW_"
+
+_ON = {"on", "true", "1", "yes"}
+_OFF = {"off", "false", "0", "no"}
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise ValueError("expected on or off")
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"expected a number between {lo:g} and {hi:g}, got {raw}")
+        return value
+
+    return parse
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"expected a whole number between {lo} and {hi}, got {raw}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw.strip())
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ValueError(f"expected a {' or '.join(schemes)} URL, got {raw!r}")
+        return raw.strip().rstrip("/")
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _path(raw: str) -> str:
+    if not raw.startswith("/"):
+        raise ValueError(f"expected a path starting with '/', got {raw!r}")
+    return raw
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+
+
+def _store(raw: str) -> str:
+    value = raw.strip()
+    if value == "memory" or value.startswith(("redis://", "rediss://", "unix://")):
+        return value
+    raise ValueError(f"expected 'memory' or a redis:// URL, got {raw!r}")
+
+
+def _file(raw: str) -> str:
+    if not os.path.isfile(raw):
+        raise ValueError(f"no such file: {raw!r}")
+    return raw
+
+
+@attrs.frozen
+class Settings:
+    """Everything a callflow worker is configured with; see the README's settings table."""
+
+    app_id: str | None = None
+    app_secret: str | None = attrs.field(default=None, repr=False)
+    certificate_path: str | None = None
+    certificate_thumbprint: str | None = None
+    tenant_id: str = "common"
+    callback_url: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 8000
+    webhook_path: str = "/api/calls"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    authority_url: str = "https://login.microsoftonline.com"
+    openid_config_url: str = "https://api.aps.skype.com/v1/.well-known/OpenIdConfiguration"
+    issuers: tuple[str, ...] = ("https://graph.microsoft.com", "https://api.botframework.com")
+    allowed_tenants: tuple[str, ...] = ()
+    inbound_auth: bool = True
+    ca_bundle: str | None = None
+    platform_timeout: float = 15.0
+    recording_timeout: float = 5.0
+    safety_margin: float = 3.0
+    default_reject_reason: str = "busy"
+    max_pending: int = 10_000
+    drain_timeout: float = 15.0
+    keepalive_interval: float = 900.0
+    request_timeout: float = 5.0
+    store: str = "memory"
+    instance_id: str = attrs.field(factory=socket.gethostname)
+    log_format: str | None = None
+    log_level: str = "info"
+    log_pii: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``CALLFLOW_*`` variables from ``environ`` (default: ``os.environ``).
+
+        Raises one :class:`ConfigError` listing every invalid variable. Keyword ``overrides``
+        (already typed values, e.g. ``port=0``) win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, parse in _PARSERS.items():
+            raw = env.get(PREFIX + name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError as exc:
+                problems.append(f"{PREFIX}{name.upper()}: {exc}")
+        values.update(overrides)
+        if problems:
+            raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+        settings = cls(**values)
+        settings.check_consistency()
+        return settings
+
+    def check_consistency(self) -> None:
+        """Raise ConfigError for settings that are each valid but do not fit together."""
+        problems: list[str] = []
+        if self.safety_margin >= min(self.platform_timeout, self.recording_timeout):
+            problems.append(
+                f"{PREFIX}SAFETY_MARGIN: must be shorter than {PREFIX}PLATFORM_TIMEOUT "
+                f"and {PREFIX}RECORDING_TIMEOUT, got {self.safety_margin:g}"
+            )
+        if bool(self.certificate_path) != bool(self.certificate_thumbprint):
+            problems.append(
+                f"{PREFIX}CERTIFICATE_PATH and {PREFIX}CERTIFICATE_THUMBPRINT go together"
+            )
+        if problems:
+            raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+    def require_for_run(self) -> None:
+        """Raise ConfigError naming every setting a production worker needs but lacks."""
+        missing: list[str] = []
+        if not self.app_id:
+            missing.append(f"{PREFIX}APP_ID: required (the bot's Entra application id)")
+        if not self.app_secret and not self.certificate_path:
+            missing.append(
+                f"{PREFIX}APP_SECRET: required (or {PREFIX}CERTIFICATE_PATH with "
+                f"{PREFIX}CERTIFICATE_THUMBPRINT)"
+            )
+        if not self.callback_url:
+            missing.append(f"{PREFIX}CALLBACK_URL: required (the public https URL of the webhook)")
+        if missing:
+            raise ConfigError("missing settings:\n  " + "\n  ".join(missing))
+
+
+_PARSERS: Final[dict[str, Callable[[str], Any]]] = {
+    "app_id": str.strip,
+    "app_secret": str,
+    "certificate_path": _file,
+    "certificate_thumbprint": str.strip,
+    "tenant_id": str.strip,
+    "callback_url": _url("https"),
+    "host": str.strip,
+    "port": _int(0, 65535),
+    "webhook_path": _path,
+    "graph_url": _url("https", "http"),
+    "authority_url": _url("https"),
+    "openid_config_url": _url("https", "http"),
+    "issuers": _csv,
+    "allowed_tenants": _csv,
+    "inbound_auth": _bool,
+    "ca_bundle": _file,
+    "platform_timeout": _float(1.0, 60.0),
+    "recording_timeout": _float(1.0, 60.0),
+    "safety_margin": _float(0.0, 30.0),
+    "default_reject_reason": _choice("busy", "none", "forbidden"),
+    "max_pending": _int(1, 10_000_000),
+    "drain_timeout": _float(0.0, 600.0),
+    "keepalive_interval": _float(1.0, 2700.0),
+    "request_timeout": _float(0.1, 60.0),
+    "store": _store,
+    "instance_id": str.strip,
+    "log_format": _choice("json", "console"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_pii": _bool,
+}

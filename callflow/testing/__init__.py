@@ -1,0 +1,1 @@
+"""Test helpers for bots built on callflow: FakeGraph and pytest fixtures."""

@@ -1,0 +1,1 @@
+"""The webhook: receives Graph calling notifications and checks who sent them."""

@@ -1,0 +1,562 @@
+"""The engine: per-call lanes, handler order, dedupe, staleness and the deadline guarantee."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from callflow import (
+    Answer,
+    Bot,
+    CallContext,
+    CallStateChanged,
+    CallTerminated,
+    IncomingCall,
+    ParticipantsUpdated,
+    RecordingSink,
+    Redirect,
+    Reject,
+    RejectReason,
+    ResultInfo,
+    Router,
+    Target,
+    UnknownNotification,
+)
+from callflow.dispatch import Engine
+from callflow.settings import Settings
+
+from .helpers import incoming
+
+pytestmark = pytest.mark.anyio
+
+FAST = Settings(platform_timeout=1.0, recording_timeout=1.0, safety_margin=0.7)
+"""Deadline 0.3 s after receipt: short enough for tests, long enough for a loaded machine."""
+
+
+def make_bot(settings: Settings = FAST) -> Bot:
+    return Bot(settings)
+
+
+@asynccontextmanager
+async def running(bot: Bot, **overrides: Any) -> AsyncIterator[tuple[Engine, RecordingSink]]:
+    sink = RecordingSink()
+    async with bot.engine(sink, **overrides).running() as engine:
+        yield engine, sink
+
+
+async def test_first_non_none_decision_wins_in_priority_order() -> None:
+    """Handlers run highest priority first; None passes on; the first decision is sent."""
+    bot = make_bot()
+    seen: list[str] = []
+
+    @bot.incoming_call(priority=-1)
+    async def late(call: IncomingCall) -> Answer:
+        seen.append("late")
+        return Answer()
+
+    @bot.incoming_call(priority=5)
+    async def first(call: IncomingCall) -> None:
+        seen.append("first")
+
+    @bot.incoming_call(priority=5)
+    async def second(call: IncomingCall) -> Reject:
+        seen.append("second")
+        return Reject(RejectReason.FORBIDDEN)
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c1")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert seen == ["first", "second"]
+    assert sink.by_call() == {"c1": [Reject(RejectReason.FORBIDDEN)]}
+
+
+async def test_group_flag_and_filter_select_handlers() -> None:
+    """group=True takes meetings, group=False peer-to-peer calls, and where= filters further."""
+    bot = make_bot()
+
+    @bot.incoming_call(group=True)
+    async def meetings(call: IncomingCall) -> Reject:
+        return Reject(RejectReason.FORBIDDEN)
+
+    @bot.incoming_call(group=False, where=lambda c: c.caller.id == "vip")
+    async def vip(call: IncomingCall) -> Answer:
+        return Answer()
+
+    from callflow import Identity
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("meet", group=True)])
+        engine.submit([incoming("vip", caller=Identity("user", "vip"))])
+        engine.submit([incoming("other")])
+        with anyio.fail_after(5):
+            await sink.wait_for(3)
+    got = sink.by_call()
+    assert got["meet"] == [Reject(RejectReason.FORBIDDEN)]
+    assert got["vip"] == [Answer()]
+    assert got["other"] == [Reject()]  # nobody decided: the default goes out at once
+
+
+async def test_all_none_sends_default_without_waiting_for_deadline() -> None:
+    """When every handler has no opinion the default decision is sent at once."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3))
+
+    @bot.incoming_call
+    async def shrug(call: IncomingCall) -> None:
+        return None
+
+    async with running(bot) as (engine, sink):
+        started = time.monotonic()
+        engine.submit([incoming("c")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert sink.decisions[0][2] - started < 1.0
+    assert sink.decisions[0][1] == Reject(RejectReason.BUSY)
+
+
+async def test_configured_default_decision() -> None:
+    """DEFAULT_REJECT_REASON changes the decision sent when nobody decides."""
+    bot = make_bot(Settings(platform_timeout=1, safety_margin=0.5, default_reject_reason="none"))
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert sink.decisions[0][1] == Reject(RejectReason.NONE)
+
+
+async def test_raising_handler_is_logged_hooked_and_skipped() -> None:
+    """A handler that raises is logged with the call id, told to on_error, and the next one runs."""
+    bot = make_bot()
+    hooked: list[tuple[str, str]] = []
+
+    @bot.incoming_call(priority=1)
+    async def broken(call: IncomingCall) -> Answer:
+        raise LookupError("directory down")
+
+    @bot.incoming_call
+    async def fallback(call: IncomingCall) -> Redirect:
+        return Redirect(Target.user("op"))
+
+    @bot.on_error
+    async def hook(exc: BaseException, event: Any) -> None:
+        hooked.append((type(exc).__name__, event.call_id))
+
+    @bot.on_error
+    def broken_hook(exc: BaseException, event: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    with structlog.testing.capture_logs() as logs:
+        async with running(bot) as (engine, sink):
+            engine.submit([incoming("c9")])
+            with anyio.fail_after(5):
+                await sink.wait_for(1)
+    assert sink.by_call() == {"c9": [Redirect(Target.user("op"))]}
+    assert hooked == [("LookupError", "c9")]
+    failed = [e for e in logs if e["event"] == "handler.failed"]
+    assert failed[0]["call_id"] == "c9"
+    assert "directory down" in failed[0]["error"]
+    assert any(e["event"] == "error_hook.failed" for e in logs)
+    assert engine.stats.handler_errors == 1
+
+
+async def test_non_decision_return_value_is_an_error() -> None:
+    """A handler returning something other than a decision is reported and skipped."""
+    bot = make_bot()
+
+    @bot.incoming_call
+    async def wrong(call: IncomingCall) -> Any:
+        return "answer"
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert sink.decisions[0][1] == Reject()
+    assert engine.stats.handler_errors == 1
+
+
+async def test_context_gives_deadline_and_remaining() -> None:
+    """A two-argument handler gets a CallContext with the call's deadline."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3))
+    seen: dict[str, float] = {}
+
+    @bot.incoming_call
+    async def timed(call: IncomingCall, ctx: CallContext) -> Answer:
+        seen["remaining"] = ctx.remaining()
+        ctx.log.info("handler.ran")
+        return Answer()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert 10.0 < seen["remaining"] <= 12.0
+
+
+async def test_policy_recording_gets_the_short_deadline() -> None:
+    """A compliance-recording invite's deadline counts from its 5 s platform timeout."""
+    bot = make_bot(Settings(platform_timeout=15, recording_timeout=5, safety_margin=3))
+    seen: dict[str, float] = {}
+
+    @bot.incoming_call
+    async def timed(call: IncomingCall, ctx: CallContext) -> Answer:
+        seen[call.call_id] = ctx.remaining()
+        return Answer()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("rec", recording=True), incoming("p2p")])
+        with anyio.fail_after(5):
+            await sink.wait_for(2)
+    assert 1.0 < seen["rec"] <= 2.0
+    assert 10.0 < seen["p2p"] <= 12.0
+
+
+async def test_sync_handler_runs_in_a_worker_thread() -> None:
+    """A plain def handler runs off the event loop, in a worker thread."""
+    bot = make_bot()
+    threads: list[int] = []
+
+    @bot.incoming_call
+    def blocking(call: IncomingCall, ctx: CallContext) -> Answer:
+        threads.append(threading.get_ident())
+        return Answer()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert threads
+    assert threads[0] != threading.get_ident()
+    assert sink.decisions[0][1] == Answer()
+
+
+async def test_hanging_handler_gets_default_at_deadline_and_is_cancelled() -> None:
+    """A handler that never returns is cancelled and the default goes out at the deadline."""
+    bot = make_bot()
+    cancelled = anyio.Event()
+
+    @bot.incoming_call
+    async def hangs(call: IncomingCall) -> Answer:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        return Answer()  # pragma: no cover
+
+    async with running(bot) as (engine, sink):
+        received = time.monotonic()
+        engine.submit([incoming("c")], received=received)
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+            await cancelled.wait()
+    call, decision, at = sink.decisions[0]
+    assert decision == Reject()
+    assert received + 0.3 - 0.01 <= at <= received + 0.3 + 0.05
+
+
+@pytest.mark.parametrize("kind", ["sleep", "spin"])
+async def test_loop_blocking_handler_cannot_delay_the_default(kind: str) -> None:
+    """An async handler that blocks the loop (time.sleep or a CPU spin) still gets a timely default."""
+    bot = make_bot()
+
+    @bot.incoming_call
+    async def blocks(call: IncomingCall) -> Answer:
+        if kind == "sleep":
+            time.sleep(1.0)
+        else:
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                pass
+        return Answer()
+
+    async with running(bot) as (engine, sink):
+        received = time.monotonic()
+        engine.submit([incoming("c")], received=received)
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert sink.by_call() == {"c": [Reject()]}
+    assert sink.decisions[0][2] <= received + 0.3 + 0.05
+    assert engine.stats.late_decisions == 1
+
+
+async def test_duplicate_incoming_call_is_dispatched_once() -> None:
+    """A redelivered incoming call reaches the handlers once and gets one decision."""
+    bot = make_bot()
+    runs: list[str] = []
+
+    @bot.incoming_call
+    async def once(call: IncomingCall) -> Answer:
+        runs.append(call.call_id)
+        return Answer()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("dup")])
+        engine.submit([incoming("dup")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert runs == ["dup"]
+    assert len(sink.decisions) == 1
+    assert engine.stats.duplicates == 1
+
+
+async def test_events_of_a_call_are_observed_in_order_and_stale_ones_dropped() -> None:
+    """State updates are observed in arrival order; an older etag or earlier state is dropped."""
+    bot = make_bot()
+    seen: list[tuple[str, str, int | None]] = []
+    ended: list[ResultInfo | None] = []
+
+    @bot.incoming_call
+    async def slow_answer(call: IncomingCall) -> Answer:
+        await anyio.sleep(0.05)
+        return Answer()
+
+    @bot.on(CallStateChanged)
+    async def state(event: CallStateChanged) -> None:
+        seen.append((event.call_id, event.state, event.etag))
+
+    @bot.on(CallTerminated)
+    async def end(event: CallTerminated, ctx: CallContext) -> None:
+        ended.append(event.result)
+
+    done = anyio.Event()
+
+    @bot.on(CallTerminated, where=lambda e: e.call_id == "c")
+    async def finished(event: CallTerminated) -> None:
+        done.set()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        engine.submit([CallStateChanged("c", "establishing", 2)])
+        engine.submit([CallStateChanged("c", "established", 4)])
+        engine.submit([CallStateChanged("c", "establishing", 3)])  # late, older etag
+        engine.submit([CallStateChanged("c", "established", 4)])  # redelivered
+        engine.submit([CallStateChanged("d", "established", None)])
+        engine.submit([CallStateChanged("d", "establishing", None)])  # earlier state, no etag
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+        engine.submit([CallTerminated("c", ResultInfo(200, 5001, "ended"))])
+        engine.submit([CallStateChanged("c", "established", None)])  # after the end
+        with anyio.fail_after(5):
+            await done.wait()
+    assert [s for s in seen if s[0] == "c"] == [("c", "establishing", 2), ("c", "established", 4)]
+    assert [s for s in seen if s[0] == "d"] == [("d", "established", None)]
+    assert ended == [ResultInfo(200, 5001, "ended")]
+    assert sink.by_call() == {"c": [Answer()]}
+    assert engine.stats.stale == 3
+    assert engine.stats.duplicates == 1
+
+
+async def test_other_events_reach_their_observers() -> None:
+    """Roster updates and unknown notifications reach observers of their type."""
+    bot = make_bot()
+    got: list[str] = []
+    both = anyio.Event()
+
+    @bot.on(ParticipantsUpdated)
+    async def roster(event: ParticipantsUpdated) -> None:
+        got.append("roster")
+        if len(got) == 2:
+            both.set()
+
+    @bot.on(UnknownNotification)
+    async def unknown(event: UnknownNotification) -> None:
+        got.append("unknown")
+        if len(got) == 2:
+            both.set()
+
+    @bot.on(CallStateChanged)
+    async def crash(event: CallStateChanged) -> None:
+        raise RuntimeError("observer bug")
+
+    async with running(bot) as (engine, _):
+        engine.submit([ParticipantsUpdated("c", ())])
+        engine.submit([UnknownNotification("updated", "/communications/calls/c/operations/1", "c")])
+        engine.submit([CallStateChanged("c", "established", 1)])
+        with anyio.fail_after(5):
+            await both.wait()
+    assert sorted(got) == ["roster", "unknown"]
+
+
+async def test_caller_hanging_up_before_decision_cancels_handlers_and_sends_nothing() -> None:
+    """A call terminated while undecided gets no decision; its handlers are cancelled."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3))
+    started, cancelled, ended = anyio.Event(), anyio.Event(), anyio.Event()
+
+    @bot.incoming_call
+    async def waits(call: IncomingCall) -> Answer:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        return Answer()  # pragma: no cover
+
+    @bot.on(CallTerminated)
+    async def end(event: CallTerminated) -> None:
+        ended.set()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        with anyio.fail_after(5):
+            await started.wait()
+            engine.submit([CallTerminated("c", ResultInfo(487, 0, "caller hung up"))])
+            await cancelled.wait()
+            await ended.wait()
+        assert engine.pending == 0
+    assert sink.decisions == []
+    assert engine.stats.gone == 1
+
+
+async def test_admission_control_defaults_calls_above_max_pending() -> None:
+    """Above MAX_PENDING undecided calls, a new call gets the default decision at once."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3, max_pending=2))
+    release = anyio.Event()
+
+    @bot.incoming_call
+    async def waits(call: IncomingCall) -> Answer:
+        await release.wait()
+        return Answer()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("a"), incoming("b"), incoming("c")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+        assert sink.by_call() == {"c": [Reject()]}
+        assert engine.pending == 2
+        release.set()
+        with anyio.fail_after(5):
+            await sink.wait_for(3)
+    assert engine.stats.admission_defaults == 1
+
+
+async def test_shutdown_sends_default_for_every_pending_call() -> None:
+    """Leaving the engine with undecided calls sends each its default decision, once."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3, drain_timeout=0.2))
+
+    @bot.incoming_call
+    async def hangs(call: IncomingCall) -> Answer:
+        await anyio.sleep_forever()
+        return Answer()  # pragma: no cover
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming(f"p{i}") for i in range(5)])
+    assert sorted(sink.by_call()) == [f"p{i}" for i in range(5)]
+    assert all(d == [Reject()] for d in sink.by_call().values())
+
+
+async def test_drain_lets_pending_handlers_finish() -> None:
+    """At shutdown, handlers still inside their deadline may decide (within DRAIN_TIMEOUT)."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3, drain_timeout=5))
+    entered = anyio.Event()
+
+    @bot.incoming_call
+    async def slow(call: IncomingCall) -> Answer:
+        entered.set()
+        await anyio.sleep(0.1)
+        return Answer()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        with anyio.fail_after(5):
+            await entered.wait()
+    assert sink.by_call() == {"c": [Answer()]}
+
+
+async def test_middleware_wraps_handlers_outermost_first() -> None:
+    """Bot middleware wraps router middleware, which wraps the router's handlers."""
+    bot = make_bot()
+    router = Router("calls")
+    order: list[str] = []
+
+    @bot.middleware
+    async def outer(event: Any, call_next: Callable[[Any], Any]) -> Any:
+        order.append("outer")
+        return await call_next(event)
+
+    @router.middleware
+    async def inner(event: Any, call_next: Callable[[Any], Any]) -> Any:
+        order.append("inner")
+        result = await call_next(event)
+        order.append(f"inner saw {type(result).__name__}")
+        return result
+
+    @router.incoming_call
+    async def decide(call: IncomingCall) -> Answer:
+        order.append("handler")
+        return Answer()
+
+    bot.include_router(router)
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+    assert order == ["outer", "inner", "handler", "inner saw Answer"]
+
+
+async def test_submit_outside_running_engine_raises() -> None:
+    """Submitting to an engine that is not running says how to start it."""
+    engine = make_bot().engine(RecordingSink())
+    with pytest.raises(RuntimeError, match="not running"):
+        engine.submit([incoming("c")])
+
+
+BEHAVIOURS = st.sampled_from(["answer", "none", "raise", "hang", "block", "spin", "late"])
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plan=st.lists(st.tuples(BEHAVIOURS, st.floats(0, 0.4)), min_size=1, max_size=6))
+def test_every_call_gets_exactly_one_decision_on_time(plan: list[tuple[str, float]]) -> None:
+    """Whatever handlers do (decide late, None, raise, hang, block the loop), each call gets
+    exactly one decision, never later than its deadline + 50 ms."""
+    bot = make_bot()
+    behaviour = {f"c{i}": b for i, b in enumerate(plan)}
+
+    @bot.incoming_call
+    async def chaos(call: IncomingCall) -> Answer | None:
+        kind, delay = behaviour[call.call_id]
+        if kind == "answer":
+            await anyio.sleep(delay)
+            return Answer()
+        if kind == "none":
+            return None
+        if kind == "raise":
+            raise ValueError("boom")
+        if kind == "hang":
+            await anyio.sleep_forever()
+        if kind == "block":
+            time.sleep(delay)
+            return Answer()
+        if kind == "spin":
+            end = time.monotonic() + delay
+            while time.monotonic() < end:
+                pass
+            return Answer()
+        await anyio.sleep(delay + 0.3)  # late: after the deadline
+        return Answer()
+
+    async def scenario() -> tuple[RecordingSink, float]:
+        sink = RecordingSink()
+        async with bot.engine(sink).running() as engine:
+            received = time.monotonic()
+            engine.submit([incoming(cid) for cid in behaviour], received=received)
+            with anyio.fail_after(10):
+                await sink.wait_for(len(behaviour))
+        return sink, received
+
+    sink, received = anyio.run(scenario)
+    by_call = sink.by_call()
+    assert sorted(by_call) == sorted(behaviour)
+    assert all(len(d) == 1 for d in by_call.values())
+    for _, _, at in sink.decisions:
+        assert at <= received + 0.3 + 0.05

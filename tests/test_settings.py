@@ -1,0 +1,104 @@
+"""Settings from CALLFLOW_* variables: defaults, parsing, and ConfigError messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from callflow import ConfigError, Settings
+
+
+def test_defaults_need_no_environment() -> None:
+    """With no variables set, every setting has its documented default."""
+    s = Settings.from_env({})
+    assert s.port == 8000
+    assert s.webhook_path == "/api/calls"
+    assert s.inbound_auth is True
+    assert s.platform_timeout == 15.0
+    assert s.safety_margin == 3.0
+    assert s.default_reject_reason == "busy"
+    assert s.issuers == ("https://graph.microsoft.com", "https://api.botframework.com")
+
+
+def test_variables_are_parsed() -> None:
+    """Values are read, typed and normalised (trailing slashes, casing, lists)."""
+    s = Settings.from_env(
+        {
+            "CALLFLOW_APP_ID": " app ",
+            "CALLFLOW_PORT": "9001",
+            "CALLFLOW_INBOUND_AUTH": "OFF",
+            "CALLFLOW_ISSUERS": "https://a.example/, https://b.example",
+            "CALLFLOW_CALLBACK_URL": "https://bot.example.org/api/calls/",
+            "CALLFLOW_DEFAULT_REJECT_REASON": "Forbidden",
+            "CALLFLOW_STORE": "redis://localhost:6379/0",
+            "CALLFLOW_PLATFORM_TIMEOUT": "10",
+            "CALLFLOW_LOG_PII": "on",
+            "CALLFLOW_UNRELATED": "ignored",
+        }
+    )
+    assert s.app_id == "app"
+    assert s.port == 9001
+    assert s.inbound_auth is False
+    assert s.issuers == ("https://a.example", "https://b.example")
+    assert s.callback_url == "https://bot.example.org/api/calls"
+    assert s.default_reject_reason == "forbidden"
+    assert s.store.startswith("redis://")
+    assert s.platform_timeout == 10.0
+    assert s.log_pii is True
+
+
+def test_every_invalid_variable_is_named_in_one_error() -> None:
+    """One ConfigError lists every bad variable with what was expected."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(
+            {
+                "CALLFLOW_PORT": "eighty",
+                "CALLFLOW_CALLBACK_URL": "http://insecure.example",
+                "CALLFLOW_INBOUND_AUTH": "maybe",
+                "CALLFLOW_DEFAULT_REJECT_REASON": "later",
+                "CALLFLOW_PLATFORM_TIMEOUT": "500",
+                "CALLFLOW_STORE": "postgres://x",
+                "CALLFLOW_CA_BUNDLE": "/no/such/file.pem",
+                "CALLFLOW_WEBHOOK_PATH": "api",
+            }
+        )
+    text = str(info.value)
+    for name, expected in [
+        ("CALLFLOW_PORT", "whole number"),
+        ("CALLFLOW_CALLBACK_URL", "https URL"),
+        ("CALLFLOW_INBOUND_AUTH", "on or off"),
+        ("CALLFLOW_DEFAULT_REJECT_REASON", "busy, none, forbidden"),
+        ("CALLFLOW_PLATFORM_TIMEOUT", "between"),
+        ("CALLFLOW_STORE", "redis://"),
+        ("CALLFLOW_CA_BUNDLE", "no such file"),
+        ("CALLFLOW_WEBHOOK_PATH", "starting with '/'"),
+    ]:
+        line = next(ln for ln in text.splitlines() if name in ln)
+        assert expected in line
+
+
+def test_margin_must_fit_inside_the_timeouts() -> None:
+    """A safety margin as long as the platform timeout is refused, naming both settings."""
+    with pytest.raises(ConfigError, match="CALLFLOW_SAFETY_MARGIN.*CALLFLOW_PLATFORM_TIMEOUT"):
+        Settings.from_env({"CALLFLOW_SAFETY_MARGIN": "6"})
+
+
+def test_certificate_settings_go_together(tmp_path: object) -> None:
+    """A certificate thumbprint without its path is refused."""
+    with pytest.raises(ConfigError, match="CERTIFICATE_PATH and CALLFLOW_CERTIFICATE_THUMBPRINT"):
+        Settings.from_env({"CALLFLOW_CERTIFICATE_THUMBPRINT": "AB12"})
+
+
+def test_run_requires_credentials_and_callback() -> None:
+    """A worker without app id, secret and callback URL is told each missing setting."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({}).require_for_run()
+    text = str(info.value)
+    assert "CALLFLOW_APP_ID" in text
+    assert "CALLFLOW_APP_SECRET" in text
+    assert "CALLFLOW_CALLBACK_URL" in text
+    Settings(app_id="a", app_secret="s", callback_url="https://x").require_for_run()
+
+
+def test_secret_is_not_in_repr() -> None:
+    """The client secret never appears in the settings' repr."""
+    assert "hunter2" not in repr(Settings(app_secret="hunter2"))
