@@ -216,16 +216,22 @@ def main() -> None:
         cf_lat.extend(anyio.run(callflow_latency, lb))
         base_lat.extend(anyio.run(baseline_latency, lb))
     t_cf, t_base = statistics.median(cf_tput), statistics.median(base_tput)
-    print(f"throughput   callflow {t_cf:>9.0f} calls/s   baseline {t_base:>9.0f} calls/s   "
-          f"ratio {t_cf / t_base:.2f}")
+    print(
+        f"throughput   callflow {t_cf:>9.0f} calls/s   baseline {t_base:>9.0f} calls/s   "
+        f"ratio {t_cf / t_base:.2f}"
+    )
     for q in (0.5, 0.99):
         a, b = pct(cf_lat, q) * 1e6, pct(base_lat, q) * 1e6
-        print(f"latency p{int(q * 100):<3}  callflow {a:>8.1f} us        baseline {b:>8.1f} us        "
-              f"ratio {a / b:.2f}")
+        print(
+            f"latency p{int(q * 100):<3}  callflow {a:>8.1f} us   baseline {b:>8.1f} us   "
+            f"ratio {a / b:.2f}"
+        )
     pbodies = [body_for(9_000_000 + i) for i in range(args.pending)]
     total, beyond = anyio.run(pending_memory, pbodies)
-    print(f"memory       {args.pending} pending calls: {total:.0f} B/call in all, "
-          f"{beyond:.0f} B/call beyond the parsed raw body")
+    print(
+        f"memory       {args.pending} pending calls: {total:.0f} B/call in all, "
+        f"{beyond:.0f} B/call beyond the parsed raw body"
+    )
 
 
 if __name__ == "__main__":

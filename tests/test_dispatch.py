@@ -258,20 +258,20 @@ async def test_hanging_handler_gets_default_at_deadline_and_is_cancelled() -> No
         with anyio.fail_after(5):
             await sink.wait_for(1)
             await cancelled.wait()
-    call, decision, at = sink.decisions[0]
+    _, decision, at = sink.decisions[0]
     assert decision == Reject()
     assert received + 0.3 - 0.01 <= at <= received + 0.3 + 0.05
 
 
 @pytest.mark.parametrize("kind", ["sleep", "spin"])
 async def test_loop_blocking_handler_cannot_delay_the_default(kind: str) -> None:
-    """An async handler that blocks the loop (time.sleep or a CPU spin) still gets a timely default."""
+    """An async handler blocking the loop (time.sleep, a CPU spin) cannot delay the default."""
     bot = make_bot()
 
     @bot.incoming_call
     async def blocks(call: IncomingCall) -> Answer:
         if kind == "sleep":
-            time.sleep(1.0)
+            time.sleep(1.0)  # noqa: ASYNC251 - blocking the loop is the point
         else:
             end = time.monotonic() + 1.0
             while time.monotonic() < end:
@@ -535,7 +535,7 @@ def test_every_call_gets_exactly_one_decision_on_time(plan: list[tuple[str, floa
         if kind == "hang":
             await anyio.sleep_forever()
         if kind == "block":
-            time.sleep(delay)
+            time.sleep(delay)  # noqa: ASYNC251 - blocking the loop is the point
             return Answer()
         if kind == "spin":
             end = time.monotonic() + delay

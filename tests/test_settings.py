@@ -78,7 +78,7 @@ def test_every_invalid_variable_is_named_in_one_error() -> None:
 
 def test_margin_must_fit_inside_the_timeouts() -> None:
     """A safety margin as long as the platform timeout is refused, naming both settings."""
-    with pytest.raises(ConfigError, match="CALLFLOW_SAFETY_MARGIN.*CALLFLOW_PLATFORM_TIMEOUT"):
+    with pytest.raises(ConfigError, match=r"CALLFLOW_SAFETY_MARGIN.*CALLFLOW_PLATFORM_TIMEOUT"):
         Settings.from_env({"CALLFLOW_SAFETY_MARGIN": "6"})
 
 
