@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-
 FIXTURES = Path(__file__).parent / "fixtures" / "graph"
 
 
