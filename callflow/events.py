@@ -12,6 +12,7 @@ import attrs
 
 __all__ = [
     "CallEvent",
+    "mask_phone",
     "CallStateChanged",
     "CallTerminated",
     "ChatInfo",
@@ -29,7 +30,14 @@ __all__ = [
 ]
 
 
-@attrs.frozen
+def mask_phone(number: str) -> str:
+    """``+14255550123`` -> ``+1425*****23``: enough to tell numbers apart in logs, no more."""
+    if len(number) <= 6:
+        return "*" * len(number)
+    return number[:5] + "*" * (len(number) - 7) + number[-2:]
+
+
+@attrs.frozen(repr=False)
 class Identity:
     """One identity of an identitySet: who a participant is.
 
@@ -40,9 +48,14 @@ class Identity:
     """
 
     kind: str
-    id: str | None = None
+    id: str | None = attrs.field(default=None, repr=False)
     display_name: str | None = attrs.field(default=None, repr=False)
     tenant_id: str | None = None
+
+    def __repr__(self) -> str:
+        # A phone caller's id is their number: personal data, masked like display names.
+        shown = mask_phone(self.id) if self.kind == "phone" and self.id else self.id
+        return f"Identity(kind={self.kind!r}, id={shown!r}, tenant_id={self.tenant_id!r})"
 
     @property
     def user_id(self) -> str | None:
