@@ -2,15 +2,63 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import signal
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
-from .deadline import DecisionSink, SinkFactory
+import anyio
+import structlog
+from aiohttp import web
+
+from .deadline import DecisionSink, DecisionSlot, SinkFactory
 from .decisions import Reject, RejectReason
 from .dispatch import Engine
+from .errors import ConfigError
+from .metrics import CONTENT_TYPE, Metrics
 from .routing import Router
 from .settings import Settings
 
-__all__ = ["Bot"]
+if TYPE_CHECKING:
+    from .graph._client import GraphClient
+    from .graph._tokens import TokenProvider
+
+__all__ = ["Bot", "RunningBot"]
+
+log = structlog.get_logger(__name__)
+
+
+class RunningBot:
+    """A bot that is serving: its bound address, readiness, engine and Graph client."""
+
+    def __init__(self, bot: Bot, engine: Engine, graph: GraphClient, metrics: Metrics) -> None:
+        self.bot = bot
+        self.engine = engine
+        self.graph = graph
+        self.metrics = metrics
+        self.host = ""
+        self.port = 0
+        self.ready = False
+        self.shutting_down = anyio.Event()
+        self.urgent = False
+
+    @property
+    def url(self) -> str:
+        """The webhook's base URL, e.g. ``http://127.0.0.1:8000``."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def webhook_url(self) -> str:
+        """The full URL notifications are POSTed to."""
+        return self.url + self.bot.settings.webhook_path
+
+    def stop(self, *, urgent: bool = False) -> None:
+        """Begin a graceful stop; ``urgent`` skips waiting for pending handlers."""
+        self.ready = False
+        self.urgent = self.urgent or urgent
+        self.shutting_down.set()
 
 
 class Bot(Router):
@@ -56,3 +104,199 @@ class Bot(Router):
         }
         options.update(overrides)
         return Engine(self, sink=sink, scheduler_sink=scheduler_sink, services=services, **options)
+
+    # -- serving ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def serve(
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        tokens: TokenProvider | None = None,
+        on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+    ) -> AsyncIterator[RunningBot]:
+        """Start the bot: token, inbound keys, engine, then the webhook; stop it on exit.
+
+        ``tokens`` replaces the msal token provider built from the settings (tests, or a
+        custom credential); ``on_decided(slot, error)`` is told of every decision sent (from
+        either thread). Readiness turns true once everything is started. Leaving the
+        block drains: pending calls keep deciding until their deadlines (bounded by
+        ``DRAIN_TIMEOUT``), the rest get the default decision, then sessions close.
+        """
+        from .graph._client import GraphClient
+        from .graph._tokens import MsalTokenProvider
+        from .webhook._jwt import InboundAuthenticator
+
+        s = self.settings
+        if tokens is None:
+            s.require_for_run()
+        elif s.inbound_auth and not s.app_id:
+            raise ConfigError(
+                "missing settings:\n  CALLFLOW_APP_ID: required to check inbound tokens "
+                "(or set CALLFLOW_INBOUND_AUTH=off for local development)"
+            )
+        host = s.host if host is None else host
+        port = s.port if port is None else port
+
+        async with contextlib.AsyncExitStack() as stack:
+            if tokens is None:
+                assert s.app_id is not None
+                tokens = await stack.enter_async_context(
+                    MsalTokenProvider(
+                        client_id=s.app_id,
+                        client_secret=s.app_secret,
+                        certificate_path=s.certificate_path,
+                        certificate_thumbprint=s.certificate_thumbprint,
+                        tenant_id=s.tenant_id,
+                        authority_url=s.authority_url,
+                        ca_bundle=s.ca_bundle,
+                    )
+                )
+            token_provider = tokens
+
+            metrics = Metrics()
+
+            def graph_client() -> GraphClient:
+                return GraphClient(
+                    tokens=token_provider,
+                    base_url=s.graph_url,
+                    callback_url=s.callback_url,
+                    ca_bundle=s.ca_bundle,
+                    request_timeout=s.request_timeout,
+                    on_request=metrics.on_graph_request,
+                )
+
+            auth: InboundAuthenticator | None = None
+            if s.inbound_auth:
+                assert s.app_id is not None
+                ssl_ctx: ssl.SSLContext | None = None
+                if s.ca_bundle:
+                    ssl_ctx = ssl.create_default_context()
+                    ssl_ctx.load_verify_locations(s.ca_bundle)
+                auth = await stack.enter_async_context(
+                    InboundAuthenticator(
+                        app_id=s.app_id,
+                        openid_config_url=s.openid_config_url,
+                        issuers=s.issuers,
+                        allowed_tenants=s.allowed_tenants or None,
+                        ssl=ssl_ctx,
+                    )
+                )
+            else:
+                log.warning(
+                    "inbound_auth.disabled",
+                    message="CALLFLOW_INBOUND_AUTH=off: notifications are NOT authenticated; "
+                    "use this for local development only",
+                )
+
+            graph = await stack.enter_async_context(graph_client())
+
+            def decided(slot: DecisionSlot, error: BaseException | None) -> None:
+                metrics.on_decided(slot, error)
+                if on_decided is not None:
+                    on_decided(slot, error)
+
+            engine = self.engine(
+                graph, scheduler_sink=graph_client, services=graph, on_decided=decided
+            )
+            metrics.attach(engine)
+            if isinstance(token_provider, MsalTokenProvider):
+                provider = token_provider
+                metrics.attach(engine, lambda: provider.failures)
+            running = RunningBot(self, engine, graph, metrics)
+            async with engine.running():
+                app = self._make_app(engine, auth, running, metrics)
+                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                await runner.setup()
+                try:
+                    site = web.TCPSite(runner, host, port, reuse_address=True)
+                    await site.start()
+                    running.host, running.port = _bound_address(runner, host)
+                    running.ready = True
+                    log.info("bot.ready", url=running.webhook_url)
+                    try:
+                        yield running
+                    finally:
+                        running.ready = False
+                        with anyio.CancelScope(shield=True):
+                            engine.begin_drain()
+                            if not running.urgent:
+                                await engine.drain(s.drain_timeout)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await runner.cleanup()
+        log.info("bot.stopped")
+
+    def _make_app(
+        self, engine: Engine, auth: Any, running: RunningBot, metrics: Metrics
+    ) -> web.Application:
+        from .webhook._app import WebhookHandler
+
+        handler = WebhookHandler(
+            engine,
+            auth,
+            on_auth_failure=metrics.on_auth_failure,
+            on_rejected_input=metrics.on_rejected_input,
+        )
+        app = web.Application(client_max_size=2 * 1024 * 1024)
+        path = self.settings.webhook_path
+
+        async def webhook(request: web.Request) -> web.StreamResponse:
+            return await handler(request)
+
+        app.router.add_post(path, webhook)
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        async def readyz(request: web.Request) -> web.Response:
+            if running.ready:
+                return web.json_response({"status": "ready", "pending": engine.pending})
+            return web.json_response({"status": "not ready"}, status=503)
+
+        async def metrics_route(request: web.Request) -> web.Response:
+            return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics_route)
+        return app
+
+    def run(self, *, host: str | None = None, port: int | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and exit.
+
+        The first signal makes ``/readyz`` answer 503 and lets pending calls decide until their
+        deadlines (at most ``DRAIN_TIMEOUT``); a second signal stops at once. Either way every
+        call still undecided gets the default decision before the process exits.
+        """
+        anyio.run(self.serve_until_signalled, host, port)
+
+    async def serve_until_signalled(self, host: str | None = None, port: int | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (the async form of :meth:`run`)."""
+        async with anyio.create_task_group() as tg:
+            async with self.serve(host=host, port=port) as running:
+                tg.start_soon(_watch_signals, running)
+                await running.shutting_down.wait()
+            tg.cancel_scope.cancel()
+
+
+async def _watch_signals(running: RunningBot) -> None:
+    """First SIGTERM/SIGINT: graceful stop; second: urgent stop (defaults still sent)."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if running.shutting_down.is_set():
+                log.warning("bot.stopping_now", signal=name, pending=running.engine.pending)
+                running.stop(urgent=True)
+                running.engine.cut_drain()
+            else:
+                log.info("bot.stopping", signal=name, pending=running.engine.pending)
+                running.stop()
+
+
+def _bound_address(runner: web.AppRunner, host: str) -> tuple[str, int]:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return str(addr[0]), int(addr[1])
+    return host, 0  # pragma: no cover - a TCP site always has an address

@@ -49,7 +49,6 @@ __all__ = [
     "DecisionSlot",
     "DeadlineScheduler",
     "RecordingSink",
-    "SEND_GRACE",
     "SlotState",
 ]
 
@@ -61,8 +60,11 @@ _LOCK: Final = threading.Lock()
 class DecisionSink(Protocol):
     """Where decisions leave the process: the Graph client in production, a recorder in tests."""
 
-    async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> None:
-        """Send ``decision`` for ``call``; give up (raise) rather than run past ``deadline``."""
+    async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> object:
+        """Send ``decision`` for ``call``; give up (raise) rather than run past ``deadline``.
+
+        The result may carry ``attempts`` (how many requests it took), shown in the logs.
+        """
 
 
 class SlotState:
@@ -85,15 +87,22 @@ class DecisionSlot:
         "decided_at",
         "decided_by",
         "decision",
+        "expires",
         "received",
         "state",
     )
 
-    def __init__(self, call: IncomingCall, received: float, deadline: float) -> None:
+    def __init__(
+        self, call: IncomingCall, received: float, deadline: float, expires: float | None = None
+    ) -> None:
         self.call: IncomingCall | None = call
         self.call_id = call.call_id
         self.received = received
         self.deadline = deadline
+        """When the default decision goes out: receipt + platform timeout - safety margin."""
+        self.expires = deadline if expires is None else expires
+        """When the platform gives up on the call: receipt + platform timeout. Sending and
+        retrying a decision stops there."""
         self.state: int = SlotState.OPEN
         self.decision: Decision | None = None
         self.decided_by: str | None = None
@@ -166,6 +175,8 @@ class DeadlineScheduler:
         self._flush_all = False
         self._error: BaseException | None = None
         self._send_limit = max_concurrent_sends
+        self.fired = 0
+        """Slots the scheduler decided with the default decision (written by its thread only)."""
 
     # -- the bot's loop side -------------------------------------------------------------
 
@@ -268,6 +279,7 @@ class DeadlineScheduler:
                 armed = self._armed
             for slot in due:
                 if slot.is_open and slot.claim(self.default_decision, "default"):
+                    self.fired += 1
                     if self._on_default is not None:
                         self._on_default(slot)
                     tg.start_soon(self._send, sink, slot, sem)
@@ -284,19 +296,12 @@ class DeadlineScheduler:
         error: BaseException | None = None
         async with sem:
             try:
-                await sink.deliver(call, decision, slot.deadline + SEND_GRACE)
+                result = await sink.deliver(call, decision, slot.expires)
+                slot.attempts = getattr(result, "attempts", 1)
             except Exception as exc:
                 error = exc
         if self._on_sent is not None:
             self._on_sent(slot, error)
-
-
-SEND_GRACE: Final = 2.0
-"""Seconds a default decision may keep retrying past the scheduler's deadline.
-
-The scheduler fires at receipt + platform timeout - safety margin; the platform itself waits
-until receipt + platform timeout, so a retry may still land inside the margin.
-"""
 
 
 class RecordingSink:

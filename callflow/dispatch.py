@@ -25,7 +25,6 @@ import anyio
 import structlog
 
 from .deadline import (
-    SEND_GRACE,
     DeadlineScheduler,
     DecisionSink,
     DecisionSlot,
@@ -162,6 +161,8 @@ class Engine:
         self.default_decision: Decision = default_decision or Reject()
         self._timeout = platform_timeout - safety_margin
         self._recording_timeout = recording_timeout - safety_margin
+        self._expiry = platform_timeout
+        self._recording_expiry = recording_timeout
         self.max_pending = max_pending
         self.drain_timeout = drain_timeout
         self._services = services
@@ -224,7 +225,7 @@ class Engine:
                         with anyio.CancelScope(shield=True):
                             await self.drain(self.drain_timeout)
                             await anyio.to_thread.run_sync(self.scheduler.stop)
-                            with anyio.move_on_after(SEND_GRACE + 1.0):
+                            with anyio.move_on_after(self._expiry):
                                 while self._sending:
                                     self._sends_done = asyncio.Event()
                                     await self._sends_done.wait()
@@ -299,8 +300,12 @@ class Engine:
             self._tg.create_task(self._run_lane(call_id, event, slot))
 
     def _admit(self, call: IncomingCall, now: float) -> DecisionSlot:
-        timeout = self._recording_timeout if call.is_policy_recording else self._timeout
-        slot = DecisionSlot(call, now, now + timeout)
+        if call.is_policy_recording:
+            slot = DecisionSlot(
+                call, now, now + self._recording_timeout, now + self._recording_expiry
+            )
+        else:
+            slot = DecisionSlot(call, now, now + self._timeout, now + self._expiry)
         if self._draining:
             slot.claim(self.default_decision, "shutdown")
             log.warning("call.shutdown_default", call_id=call.call_id)
@@ -429,7 +434,8 @@ class Engine:
         self._sending += 1
         error: BaseException | None = None
         try:
-            await self._sink.deliver(call, chosen, slot.deadline + SEND_GRACE)
+            result = await self._sink.deliver(call, chosen, slot.expires)
+            slot.attempts = getattr(result, "attempts", 1)
         except Exception as exc:
             error = exc
         finally:
@@ -494,9 +500,11 @@ class Engine:
             log.info(
                 "call.decided",
                 call_id=slot.call_id,
-                decision=describe_decision(decision),
+                decision=decision.kind,
+                reason=getattr(decision, "reason", None),
                 decided_by=slot.decided_by,
                 latency_ms=latency_ms,
+                attempts=slot.attempts,
             )
         else:
             self.stats.decision_failures += 1

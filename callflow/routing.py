@@ -20,7 +20,7 @@ import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 import attrs
@@ -191,7 +191,17 @@ class Router:
                 "observer, middleware and router before bot.serve() or bot.run()"
             )
 
+    @overload
+    def incoming_call(self, fn: F, /) -> F: ...
+    @overload
     def incoming_call(
+        self,
+        *,
+        group: bool | None = None,
+        where: Callable[[IncomingCall], bool] | None = None,
+        priority: int = 0,
+    ) -> Callable[[F], F]: ...
+    def incoming_call(  # type: ignore[misc]  # mypy cannot match overload 2's return-only F
         self,
         fn: Callable[..., Any] | None = None,
         /,

@@ -6,6 +6,10 @@ from typing import Any
 
 import pytest
 
+# The testing kit's fixtures, loaded here (not through an entry point) so that coverage
+# measurement starts before callflow is imported.
+pytest_plugins = ["callflow.testing.plugin"]
+
 FIXTURES = Path(__file__).parent / "fixtures" / "graph"
 
 

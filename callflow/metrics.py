@@ -1,0 +1,159 @@
+"""Prometheus metrics of one bot, in a registry of its own (``GET /metrics``).
+
+Counters the engine already keeps (duplicates, stale notifications, late decisions, ...) are
+read at scrape time by a collector, so the decision path pays nothing for them; the
+per-decision counters and the latency histogram are updated once per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .deadline import DecisionSlot
+    from .dispatch import Engine
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The metrics of one running bot."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter(
+            "callflow_decisions",
+            "Decisions sent, by kind, reject reason and who decided",
+            ("kind", "reason", "decided_by"),
+            registry=r,
+        )
+        self.decision_failures = Counter(
+            "callflow_decision_failures",
+            "Decisions Graph did not accept (after retries), by kind",
+            ("kind",),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "callflow_decision_latency_seconds",
+            "Notification received -> decision sent and acknowledged by Graph",
+            ("decided_by",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "callflow_inbound_auth_failures",
+            "Notifications refused by inbound authentication, by reason",
+            ("reason",),
+            registry=r,
+        )
+        self.rejected_input = Counter(
+            "callflow_rejected_notifications",
+            "Notifications refused before dispatch (4xx), by error code",
+            ("code",),
+            registry=r,
+        )
+        self.graph_requests = Counter(
+            "callflow_graph_requests",
+            "Requests to Graph, by operation and HTTP status (error: no response)",
+            ("op", "status"),
+            registry=r,
+        )
+        self.graph_retries = Counter(
+            "callflow_graph_retries", "Retried requests to Graph, by operation", ("op",), registry=r
+        )
+        self._engine: Engine | None = None
+        self._token_failures: Callable[[], int] | None = None
+        r.register(_EngineCollector(self))
+
+    def attach(self, engine: Engine, token_failures: Callable[[], int] | None = None) -> None:
+        """Read the engine's counters (and the token provider's failures) at scrape time."""
+        self._engine = engine
+        self._token_failures = token_failures
+
+    # hooks ----------------------------------------------------------------------------------
+
+    def on_decided(self, slot: DecisionSlot, error: BaseException | None) -> None:
+        """Count one decision (called by the engine, from either thread)."""
+        decision = slot.decision
+        assert decision is not None
+        kind = decision.kind
+        if error is not None:
+            self.decision_failures.labels(kind).inc()
+            return
+        reason = str(getattr(decision, "reason", ""))
+        self.decisions.labels(kind, reason, _who(slot.decided_by)).inc()
+        if slot.decided_at is not None:
+            self.latency.labels(_who(slot.decided_by)).observe(time.monotonic() - slot.received)
+
+    def on_graph_request(self, op: str, status: int | None, attempt: int) -> None:
+        """Count one request to Graph (the Graph client's hook)."""
+        self.graph_requests.labels(op, "error" if status is None else str(status)).inc()
+        if attempt > 1:
+            self.graph_retries.labels(op).inc()
+
+    def on_auth_failure(self, reason: str) -> None:
+        """Count one refused token."""
+        self.auth_failures.labels(reason).inc()
+
+    def on_rejected_input(self, code: str) -> None:
+        """Count one notification refused with a 4xx."""
+        self.rejected_input.labels(code).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+def _who(decided_by: str | None) -> str:
+    """The ``decided_by`` label: a handler's name, ``default``, ``admission`` or ``shutdown``."""
+    return decided_by or "unknown"
+
+
+class _EngineCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        engine = self._metrics._engine
+        if engine is None:
+            return
+        stats = engine.stats
+        yield GaugeMetricFamily(
+            "callflow_pending_calls", "Incoming calls not decided yet", value=engine.pending
+        )
+        for name, doc, value in (
+            ("callflow_default_decisions", "Calls decided by the default decision at the deadline",
+             engine.scheduler.fired),
+            ("callflow_late_decisions", "Handler decisions that came after the call was decided",
+             stats.late_decisions),
+            ("callflow_duplicate_notifications", "Redelivered notifications dropped",
+             stats.duplicates),
+            ("callflow_stale_notifications", "Out-of-order state updates dropped", stats.stale),
+            ("callflow_handler_errors", "Exceptions raised by handlers and observers",
+             stats.handler_errors),
+            ("callflow_admission_defaults", "Calls decided at once because MAX_PENDING was reached",
+             stats.admission_defaults),
+            ("callflow_calls_gone", "Calls whose caller hung up before a decision", stats.gone),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, doc, value=value)
+        failures = self._metrics._token_failures
+        if failures is not None:
+            yield CounterMetricFamily(
+                "callflow_token_refresh_failures", "Failed app-token acquisitions", value=failures()
+            )

@@ -1,0 +1,1540 @@
+"""FakeGraph: the parts of Microsoft Graph a calling bot touches, served on loopback.
+
+One :class:`FakeGraph` runs, while entered (``async with FakeGraph() as fake:``):
+
+- an Entra-like token endpoint over TLS (:class:`~callflow.testing.TokenServer`) for msal;
+- the OpenID configuration and key set of the key it signs notifications with
+  (``/botframework/.well-known/openid-configuration``, plain http);
+- Graph call control under ``/v1.0``: ``POST /communications/calls/{id}/answer``,
+  ``/reject``, ``/redirect``, ``/keepAlive``, ``DELETE`` and ``GET /communications/calls/{id}``.
+
+Every call-control request is checked the way Graph checks it (the bearer token must be one
+the token endpoint issued, else 401; the JSON body must have Graph's shape, else 400), recorded
+as a :class:`GraphRequest`, and answered like Graph (202 without a body for a decision, 200
+for keepAlive, 204 for DELETE). A call is decided once: the first accepted answer, reject or
+redirect consumes the incoming-call offer, and any later decision for that call gets 404 with
+error code ``"8522"`` (call not found), as do requests for calls that were never placed, that
+ended, or that :meth:`FakeGraph.gone` marked gone. An answered call can still be kept alive
+and hung up (DELETE).
+
+:meth:`FakeGraph.place_call` POSTs a signed incoming-call notification to a webhook and
+returns a :class:`CallHandle`. A call not decided within the platform timeout (the recording
+timeout for policy-based recording) ends: the fake POSTs a ``deleted``/``terminated``
+notification with ``resultInfo`` 408/8544 to the webhook and the handle's ``timed_out``
+turns true. With ``follow_up=True`` (the default) an accepted answer is followed by an
+``updated``/``established`` notification and a reject, redirect or hang-up by a
+``deleted``/``terminated`` one, each POSTed to the webhook the call was placed on.
+
+Faults: :meth:`FakeGraph.fail_next` (status, ``Retry-After``, error code), ``latency``
+(seconds added to every call-control reply) and :meth:`FakeGraph.gone`; out-of-order,
+duplicate and arbitrary notifications with :meth:`FakeGraph.send_states` and
+:meth:`FakeGraph.notify`.
+
+Everything listens on 127.0.0.1 on free ports. Every background task (timeouts, follow-ups)
+belongs to a task group inside the ``async with`` block; waiting is done on events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import io
+import itertools
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import attrs
+import structlog
+from aiohttp import web
+from anyio.abc import TaskGroup
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ..settings import PREFIX, Settings
+from . import _payloads
+from ._keys import DEFAULT_ISSUER, OPENID_CONFIG_PATH, KeyServer, SigningKey, graph_claims
+from ._token_server import TokenServer
+
+if TYPE_CHECKING:
+    from ..bot import Bot, RunningBot
+
+__all__ = [
+    "CALLBACK_URL",
+    "DECISION_OPS",
+    "DEFAULT_APP_ID",
+    "DEFAULT_TENANT_ID",
+    "OPS",
+    "CallHandle",
+    "FakeGraph",
+    "GraphRequest",
+    "WebhookReply",
+]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_APP_ID: Final = "8e2d4c10-55aa-4f3b-b1c2-0d9e7f6a5b41"
+DEFAULT_TENANT_ID: Final = "3f1c9e2a-7b44-4c1d-9a0e-5d2f8b6c1a90"
+CALLBACK_URL: Final = "https://bot.invalid/api/calls"
+"""The ``callbackUri`` a bot wired by :meth:`FakeGraph.settings` puts in its decisions."""
+
+GRAPH_PATH: Final = "/v1.0"
+KEYS_PATH: Final = "/botframework"
+DECISION_OPS: Final = ("answer", "reject", "redirect")
+OPS: Final = (*DECISION_OPS, "keepAlive", "delete", "get")
+"""The call-control operations the fake records; ``op`` of every :class:`GraphRequest`."""
+
+CALL_NOT_FOUND: Final = "8522"
+TIMEOUT_CODE: Final = 408
+TIMEOUT_SUBCODE: Final = 8544
+TIMEOUT_MESSAGE: Final = "Callee could not be reached"
+
+_HOST: Final = "127.0.0.1"
+_WEBHOOK_TIMEOUT: Final = 15.0
+_MAX_DELIVERIES: Final = 64
+_LARGE_BODY: Final = 512 * 1024
+_TOKEN_REUSE_MARGIN: Final = 300.0
+_DEFAULT_SAFETY_MARGIN: Final = 3.0
+_FAULT_CODES: Final = {
+    400: "BadRequest",
+    401: "InvalidAuthenticationToken",
+    403: "7504",
+    404: CALL_NOT_FOUND,
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalServerError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+_SUCCESS: Final = {"answer": 202, "reject": 202, "redirect": 202, "keepAlive": 200, "delete": 204}
+_ACTIONS: Final = {"answer": "answer", "reject": "reject", "redirect": "redirect"}
+_ACTIONS_LOWER: Final = {"keepalive": "keepAlive"}
+
+_T = TypeVar("_T")
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GraphRequest:
+    """One call-control request the fake received, and the status it answered.
+
+    ``op`` is one of :data:`OPS`; ``body`` the parsed JSON body (None when empty, the text
+    when it was not JSON); ``at`` the ``time.monotonic()`` of its arrival; ``injected`` is
+    true when :meth:`FakeGraph.fail_next` made the reply.
+    """
+
+    op: str
+    call_id: str
+    body: Any
+    headers: Mapping[str, str] = attrs.field(repr=False, eq=False)
+    at: float = 0.0
+    status: int = 0
+    injected: bool = False
+
+    @property
+    def is_decision(self) -> bool:
+        """True for an answer, reject or redirect."""
+        return self.op in DECISION_OPS
+
+    @property
+    def accepted(self) -> bool:
+        """True when the fake answered with a 2xx status."""
+        return 200 <= self.status < 300
+
+
+@attrs.frozen
+class WebhookReply:
+    """How a webhook answered one notification POST from the fake.
+
+    ``kind`` says why it was sent: ``incoming``, ``duplicate``, ``established`` (after an
+    answer), ``terminated`` (after a reject, redirect or hang-up, or :meth:`FakeGraph.end_call`),
+    ``timeout`` (the platform timeout), ``state`` (:meth:`FakeGraph.send_states`) or
+    ``custom`` (:meth:`FakeGraph.notify`). ``status`` is 0 and ``error`` says why when no
+    HTTP reply came back. ``body`` is the parsed JSON reply (the text when not JSON, None when
+    empty); ``sent`` is the body that was POSTed.
+    """
+
+    kind: str
+    status: int
+    body: Any
+    headers: Mapping[str, str] = attrs.field(repr=False, eq=False)
+    at: float = 0.0
+    sent: Any = attrs.field(default=None, repr=False, eq=False)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx reply."""
+        return 200 <= self.status < 300
+
+
+class _Fault:
+    """One pending ``fail_next`` instruction."""
+
+    __slots__ = ("call_id", "code", "op", "remaining", "retry_after", "status")
+
+    def __init__(
+        self,
+        op: str | None,
+        call_id: str | None,
+        status: int,
+        retry_after: float | None,
+        code: str,
+        remaining: int,
+    ) -> None:
+        self.op = op
+        self.call_id = call_id
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
+        self.remaining = remaining
+
+    def matches(self, op: str, call_id: str) -> bool:
+        if self.call_id is not None and self.call_id != call_id:
+            return False
+        return self.op is None or self.op == op or (self.op == "decision" and op in DECISION_OPS)
+
+
+# --- calls -----------------------------------------------------------------------------------
+
+
+class CallHandle:
+    """One call placed by :meth:`FakeGraph.place_call`: what the bot did with it, and when.
+
+    ``state`` is ``incoming`` until decided, ``established`` once answered, ``terminated``
+    once rejected, redirected, hung up, ended or timed out. ``timed_out`` turns true when the
+    platform timeout ended the call. ``placed_at`` and ``deadline`` are ``time.monotonic()``
+    values (when the incoming-call notification was sent, and when the platform gives up).
+    """
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        kind: str,
+        webhook_url: str,
+        tenant_id: str,
+        policy_recording: bool,
+        timeout: float,
+        payload: Any,
+    ) -> None:
+        self.call_id = call_id
+        self.kind = kind
+        self.webhook_url = webhook_url
+        self.tenant_id = tenant_id
+        self.policy_recording = policy_recording
+        self.timeout = timeout
+        self.payload = payload
+        self.scenario_id = str(uuid.uuid4())
+        self.chain_id = f"c4a1f0e2-{call_id}"
+        self.state = "incoming"
+        self.timed_out = False
+        self.gone = False
+        self.etag = 1
+        self.placed_at = time.monotonic()
+        self.deadline = self.placed_at + timeout
+        self._requests: list[GraphRequest] = []
+        self._deliveries: list[WebhookReply] = []
+        self._changed = anyio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<CallHandle {self.call_id} kind={self.kind} state={self.state} "
+            f"timed_out={self.timed_out} requests={len(self._requests)}>"
+        )
+
+    # -- what happened ----------------------------------------------------------------------
+
+    @property
+    def webhook_status(self) -> int:
+        """The HTTP status the webhook answered the incoming-call notification with."""
+        first = self._first("incoming")
+        return first.status if first is not None else 0
+
+    @property
+    def webhook_body(self) -> Any:
+        """The webhook's reply body to the incoming-call notification (parsed JSON or text)."""
+        first = self._first("incoming")
+        return first.body if first is not None else None
+
+    @property
+    def replies(self) -> tuple[WebhookReply, ...]:
+        """The webhook's replies to the incoming-call notification and its duplicates."""
+        return tuple(r for r in self._deliveries if r.kind in ("incoming", "duplicate"))
+
+    @property
+    def deliveries(self) -> tuple[WebhookReply, ...]:
+        """Every notification POSTed for this call so far, in the order the replies came."""
+        return tuple(self._deliveries)
+
+    @property
+    def requests(self) -> tuple[GraphRequest, ...]:
+        """Every call-control request for this call so far, failed and injected ones included."""
+        return tuple(self._requests)
+
+    @property
+    def decisions(self) -> tuple[GraphRequest, ...]:
+        """Every answer, reject and redirect request for this call, whatever its status.
+
+        Exactly-once delivery means one of them (plus the retries of injected faults).
+        """
+        return tuple(r for r in self._requests if r.is_decision)
+
+    def _first(self, kind: str) -> WebhookReply | None:
+        return next((r for r in self._deliveries if r.kind == kind), None)
+
+    # -- waiting ----------------------------------------------------------------------------
+    # The waiters take a timeout (ASYNC109) on purpose: a bot that never sends what a test
+    # waits for must fail that test with a message saying what did arrive, not hang it.
+
+    def _touch(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def _wait(
+        self,
+        ready: Callable[[], _T | None],
+        timeout: float,  # noqa: ASYNC109
+        what: str,
+    ) -> _T:
+        try:
+            with anyio.fail_after(timeout):
+                while (result := ready()) is None:
+                    await self._changed.wait()
+                return result
+        except TimeoutError:
+            raise TimeoutError(
+                f"call {self.call_id} ({self.kind}): no {what} within {timeout:g} s; "
+                f"state={self.state}, timed_out={self.timed_out}, "
+                f"webhook replied {self.webhook_status or 'nothing'}, requests so far: "
+                f"{[(r.op, r.status) for r in self._requests]}"
+            ) from None
+
+    async def decision(self, timeout: float = 10.0) -> GraphRequest:  # noqa: ASYNC109
+        """Return the first answer, reject or redirect for this call that the fake accepted.
+
+        Raises TimeoutError (saying what did arrive) when none comes within ``timeout`` s.
+        """
+        return await self._wait(
+            lambda: next((r for r in self._requests if r.is_decision and r.accepted), None),
+            timeout,
+            "accepted answer/reject/redirect",
+        )
+
+    async def wait_requests(
+        self,
+        count: int = 1,
+        *,
+        op: str | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> tuple[GraphRequest, ...]:
+        """Return this call's requests (of ``op``, or ``"decision"``) once there are ``count``."""
+
+        def ready() -> tuple[GraphRequest, ...] | None:
+            found = tuple(r for r in self._requests if _op_matches(op, r.op))
+            return found if len(found) >= count else None
+
+        return await self._wait(ready, timeout, f"{count} {op or 'any'} request(s)")
+
+    async def wait_delivery(
+        self,
+        kind: str,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> WebhookReply:
+        """Return the webhook's reply to the first notification of ``kind`` for this call.
+
+        ``kind`` is a :class:`WebhookReply` kind, e.g. ``timeout`` or ``established``.
+        """
+        return await self._wait(lambda: self._first(kind), timeout, f"{kind} notification")
+
+
+def _op_matches(wanted: str | None, op: str) -> bool:
+    return wanted is None or wanted == op or (wanted == "decision" and op in DECISION_OPS)
+
+
+# --- the fake --------------------------------------------------------------------------------
+
+
+class FakeGraph:
+    """A loopback stand-in for Microsoft Graph's calling APIs; see the module docstring.
+
+    ``app_id``/``tenant_id``/``app_secret`` are the bot's identity (the token endpoint checks
+    the secret). ``platform_timeout``/``recording_timeout`` are how long a placed call waits
+    for a decision. ``token_lifetime`` is the lifetime of app tokens and notification tokens.
+    ``signing_key`` shares a key between fakes (generating one takes tens of milliseconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        app_id: str = DEFAULT_APP_ID,
+        tenant_id: str = DEFAULT_TENANT_ID,
+        app_secret: str = "fake-secret",
+        platform_timeout: float = 15.0,
+        recording_timeout: float = 5.0,
+        token_lifetime: int = 3600,
+        issuer: str = DEFAULT_ISSUER,
+        follow_up: bool = True,
+        signing_key: SigningKey | None = None,
+        callback_url: str = CALLBACK_URL,
+    ) -> None:
+        problems = []
+        for name, value in (
+            ("platform_timeout", platform_timeout),
+            ("recording_timeout", recording_timeout),
+        ):
+            if not value > 0:
+                problems.append(f"{name}={value!r}: expected seconds > 0")
+        if token_lifetime <= 0:
+            problems.append(f"token_lifetime={token_lifetime!r}: expected seconds > 0")
+        if not app_id or not tenant_id or not app_secret:
+            problems.append("app_id, tenant_id and app_secret must be non-empty strings")
+        if problems:
+            raise ValueError("invalid FakeGraph settings: " + "; ".join(problems))
+        self.app_id = app_id
+        self.tenant_id = tenant_id
+        self.app_secret = app_secret
+        self.platform_timeout = float(platform_timeout)
+        self.recording_timeout = float(recording_timeout)
+        self.token_lifetime = token_lifetime
+        self.issuer = issuer
+        self.follow_up = follow_up
+        self.callback_url = callback_url
+        self.key = signing_key if signing_key is not None else SigningKey.generate()
+        self.tokens = TokenServer(expires_in=token_lifetime, client_secret=app_secret)
+        """The TLS token endpoint; its ``fail_next``/``set_delay`` inject token faults."""
+        self.keys = KeyServer.for_keys(self.key, issuer=issuer)
+        """The key endpoint; ``keys.failing = True`` makes it answer 500."""
+        self.latency = 0.0
+        """Seconds added to every call-control reply (settable at any time)."""
+        self._calls: dict[str, CallHandle] = {}
+        self._requests: list[GraphRequest] = []
+        self._by_call: dict[str, list[GraphRequest]] = {}
+        self._faults: list[_Fault] = []
+        self._gone: set[str] = set()
+        self._extra_tokens: set[str] = set()
+        self._known_tokens: set[str] = set()
+        self._known_count = 0
+        self._notify_tokens: dict[str, tuple[str, float]] = {}
+        self._heap: list[tuple[float, int, CallHandle]] = []
+        self._seq = itertools.count()
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._changed: anyio.Event | None = None
+        self._wake: anyio.Event | None = None
+        self._closing: anyio.Event | None = None
+        self._port: int | None = None
+        self._started = False
+
+    def __repr__(self) -> str:
+        where = self.url if self._port is not None else "not running"
+        return f"<FakeGraph {where} calls={len(self._calls)} requests={len(self._requests)}>"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start the token endpoint, the key endpoint, Graph and the timeout enforcer."""
+        if self._stack is not None or self._started:
+            raise RuntimeError(
+                "FakeGraph runs once: it is running or has run; create a new FakeGraph"
+            )
+        self._started = True
+        stack = AsyncExitStack()
+        self._stack = stack
+        try:
+            await stack.enter_async_context(self.tokens)
+            app = web.Application(client_max_size=4 * 1024 * 1024)
+            app.add_subapp(KEYS_PATH, self.keys.app)
+            calls = GRAPH_PATH + "/communications/calls/{call_id}"
+            app.router.add_post(calls + "/{action}", self._handle_action)
+            app.router.add_delete(calls, self._handle_delete)
+            app.router.add_get(calls, self._handle_get)
+            app.router.add_route("*", GRAPH_PATH + "/{tail:.*}", self._handle_unknown)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, _HOST, 0).start()
+            self._port = int(runner.addresses[0][1])
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256),
+                timeout=aiohttp.ClientTimeout(total=_WEBHOOK_TIMEOUT),
+            )
+            stack.push_async_callback(session.close)
+            self._session = session
+            self._limiter = anyio.CapacityLimiter(_MAX_DELIVERIES)
+            self._changed = anyio.Event()
+            self._wake = anyio.Event()
+            self._closing = anyio.Event()
+            tg = anyio.create_task_group()
+            await tg.__aenter__()
+            self._tg = tg
+            tg.start_soon(self._enforce_timeouts)
+        except BaseException:
+            await self._close()
+            raise
+        log.info("fake_graph.started", url=self.url, authority_url=self.tokens.authority_url)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop everything: pending follow-ups and timeouts are dropped."""
+        await self._close()
+
+    async def _close(self) -> None:
+        stack, self._stack = self._stack, None
+        tg, self._tg = self._tg, None
+        try:
+            if self._closing is not None:
+                self._closing.set()
+            if tg is not None:
+                # The enforcer and the deliveries never end by themselves: cancel them. The
+                # body's own exception is not handed to the task group, so it propagates as is.
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+        finally:
+            self._session = None
+            self._port = None
+            if stack is not None:
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
+
+    def _running(self) -> TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("FakeGraph is not running; use 'async with FakeGraph() as fake:'")
+        return self._tg
+
+    # -- addresses and wiring ---------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``, where Graph and the key endpoint listen."""
+        if self._port is None:
+            raise RuntimeError("FakeGraph is not running; use 'async with FakeGraph() as fake:'")
+        return f"http://{_HOST}:{self._port}"
+
+    @property
+    def graph_url(self) -> str:
+        """The Graph base URL, ``http://127.0.0.1:PORT/v1.0``."""
+        return self.url + GRAPH_PATH
+
+    @property
+    def openid_config_url(self) -> str:
+        """The OpenID configuration naming the key set notifications are signed with."""
+        return self.url + KEYS_PATH + OPENID_CONFIG_PATH
+
+    @property
+    def authority_url(self) -> str:
+        """The token endpoint's base, ``https://127.0.0.1:PORT`` (msal adds the tenant)."""
+        return self.tokens.authority_url
+
+    @property
+    def ca_bundle(self) -> str:
+        """The PEM file of the test CA that signed the token endpoint's certificate."""
+        return self.tokens.ca_bundle_path
+
+    @property
+    def token_requests(self) -> int:
+        """How many token requests the token endpoint has received."""
+        return self.tokens.requests
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Return :class:`~callflow.Settings` wiring a bot to this fake; ``overrides`` win.
+
+        The bot listens on 127.0.0.1 on a free port, trusts the fake's CA, fetches tokens
+        from its token endpoint and keys from its key endpoint, accepts only the fake's
+        issuer, and uses the fake's platform and recording timeouts. The safety margin stays
+        at its default (3 s) unless that is not shorter than both timeouts; then it is a
+        third of the shorter one.
+        """
+        values: dict[str, Any] = {
+            "app_id": self.app_id,
+            "app_secret": self.app_secret,
+            "tenant_id": self.tenant_id,
+            "authority_url": self.authority_url,
+            "ca_bundle": self.ca_bundle,
+            "graph_url": self.graph_url,
+            "openid_config_url": self.openid_config_url,
+            "issuers": (self.issuer.rstrip("/"),),
+            "callback_url": self.callback_url,
+            "host": _HOST,
+            "port": 0,
+            "platform_timeout": self.platform_timeout,
+            "recording_timeout": self.recording_timeout,
+        }
+        values.update(overrides)
+        if "safety_margin" not in overrides:
+            shortest = min(values["platform_timeout"], values["recording_timeout"])
+            margin = _DEFAULT_SAFETY_MARGIN
+            values["safety_margin"] = margin if margin < shortest else round(shortest / 3, 3)
+        settings = Settings(**values)
+        settings.check_consistency()
+        return settings
+
+    def environ(self, **overrides: Any) -> dict[str, str]:
+        """Return :meth:`settings` as ``CALLFLOW_*`` environment variables (for a subprocess)."""
+        settings = self.settings(**overrides)
+        names = {
+            "app_id",
+            "app_secret",
+            "tenant_id",
+            "authority_url",
+            "ca_bundle",
+            "graph_url",
+            "openid_config_url",
+            "issuers",
+            "callback_url",
+            "host",
+            "port",
+            "platform_timeout",
+            "recording_timeout",
+            "safety_margin",
+            *overrides,
+        }
+        env: dict[str, str] = {}
+        for name in sorted(names):
+            value = getattr(settings, name)
+            if value is not None:
+                env[PREFIX + name.upper()] = _env_value(value)
+        return env
+
+    @contextlib.asynccontextmanager
+    async def serve(self, bot: Bot, **overrides: Any) -> AsyncIterator[RunningBot]:
+        """Configure ``bot`` with :meth:`settings` and serve it; yield the running bot.
+
+        The bot fetches real tokens with msal from the TLS token endpoint and checks the
+        notification tokens against the key endpoint. A bot serves only once: create a new
+        one per test.
+        """
+        self._running()
+        bot.configure(self.settings(**overrides))
+        async with bot.serve() as running:
+            yield running
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def sign(
+        self,
+        *,
+        signing_key: SigningKey | None = None,
+        algorithm: str = "RS256",
+        header: Mapping[str, Any] | None = None,
+        lifetime: float | None = None,
+        now: float | None = None,
+        **claims: Any,
+    ) -> str:
+        """Return a notification token: a JWT like Graph's, signed with the fake's key.
+
+        ``aud`` is the app id, ``iss`` the fake's issuer, ``tid`` its tenant; ``claims``
+        override or add claims (None removes one: ``sign(tid=None)``). ``signing_key``,
+        ``algorithm`` (also ``"none"`` and ``"HS256"`` forgeries) and ``header`` make bad
+        tokens for attack tests.
+        """
+        values = graph_claims(
+            app_id=self.app_id,
+            tenant_id=self.tenant_id,
+            issuer=self.issuer,
+            lifetime=self.token_lifetime if lifetime is None else lifetime,
+            now=now,
+            **claims,
+        )
+        key = self.key if signing_key is None else signing_key
+        return key.sign(values, headers=header, algorithm=algorithm)
+
+    def app_token(self) -> str:
+        """Return a new bearer token that Graph accepts, without going through msal."""
+        token = f"fake-app-token-{uuid.uuid4().hex}"
+        self._extra_tokens.add(token)
+        return token
+
+    def _notification_token(self, tenant_id: str) -> str:
+        now = time.time()
+        cached = self._notify_tokens.get(tenant_id)
+        if cached is not None and cached[1] - now > _TOKEN_REUSE_MARGIN:
+            return cached[0]
+        token = self.sign(tid=tenant_id, now=now)
+        self._notify_tokens[tenant_id] = (token, now + self.token_lifetime)
+        return token
+
+    def _token_known(self, token: str) -> bool:
+        if token in self._known_tokens or token in self._extra_tokens:
+            return True
+        issued = self.tokens.issued
+        if len(issued) != self._known_count:
+            self._known_tokens = set(issued)
+            self._known_count = len(issued)
+        return token in self._known_tokens
+
+    # -- records ----------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> tuple[GraphRequest, ...]:
+        """Every call-control request received so far, in arrival order."""
+        return tuple(self._requests)
+
+    def requests_for(self, call_id: str) -> tuple[GraphRequest, ...]:
+        """The call-control requests received for ``call_id``."""
+        return tuple(self._by_call.get(call_id, ()))
+
+    @property
+    def calls(self) -> tuple[CallHandle, ...]:
+        """Every call placed so far."""
+        return tuple(self._calls.values())
+
+    def call(self, call_id: str) -> CallHandle:
+        """The handle of a placed call; KeyError naming the id if there is none."""
+        try:
+            return self._calls[call_id]
+        except KeyError:
+            raise KeyError(f"no call {call_id!r} was placed on this FakeGraph") from None
+
+    async def wait_requests(
+        self,
+        count: int = 1,
+        *,
+        op: str | None = None,
+        call_id: str | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> tuple[GraphRequest, ...]:
+        """Return the requests (of ``op`` or ``"decision"``, for ``call_id``) once there are
+        ``count`` of them; TimeoutError after ``timeout`` seconds."""
+        self._running()
+
+        def found() -> tuple[GraphRequest, ...]:
+            pool = self._requests if call_id is None else self._by_call.get(call_id, [])
+            return tuple(r for r in pool if _op_matches(op, r.op))
+
+        try:
+            with anyio.fail_after(timeout):
+                while len(result := found()) < count:
+                    assert self._changed is not None
+                    await self._changed.wait()
+                return result
+        except TimeoutError:
+            raise TimeoutError(
+                f"FakeGraph: expected {count} {op or 'any'} request(s)"
+                f"{'' if call_id is None else ' for call ' + call_id} within {timeout:g} s, "
+                f"got {len(found())}"
+            ) from None
+
+    def _record(self, request: GraphRequest) -> None:
+        self._requests.append(request)
+        self._by_call.setdefault(request.call_id, []).append(request)
+        call = self._calls.get(request.call_id)
+        if call is not None:
+            call._requests.append(request)
+            call._touch()
+        assert self._changed is not None, "requests arrive only while the fake runs"
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        op: str | None = None,
+        status: int = 503,
+        *,
+        retry_after: float | None = None,
+        count: int = 1,
+        code: str | None = None,
+        call_id: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` matching call-control requests with ``status``.
+
+        ``op`` is one of :data:`OPS`, ``"decision"`` (answer, reject or redirect) or None
+        (any); ``call_id`` narrows it to one call. ``retry_after`` adds a ``Retry-After``
+        header (seconds); ``code`` is the Graph error code (a default per status, e.g.
+        ``TooManyRequests`` for 429, ``8522`` for 404). The request is still authenticated
+        and recorded (``injected=True``), but the call's state does not change.
+        """
+        if op is not None and op != "decision" and op not in OPS:
+            raise ValueError(
+                f"unknown op {op!r}; expected None, 'decision' or one of {', '.join(OPS)}"
+            )
+        if not 400 <= status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
+        if count < 1:
+            raise ValueError(f"count must be 1 or more requests to fail, got {count}")
+        if retry_after is not None and not retry_after >= 0:
+            raise ValueError(f"retry_after must be zero or more seconds, got {retry_after}")
+        self._faults.append(
+            _Fault(
+                op, call_id, status, retry_after, code or _FAULT_CODES.get(status, "Error"), count
+            )
+        )
+
+    def gone(self, call_id: str) -> None:
+        """Make Graph forget ``call_id``: every later request for it gets 404/8522."""
+        self._gone.add(call_id)
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.gone = True
+            call._touch()
+
+    def _take_fault(self, op: str, call_id: str) -> _Fault | None:
+        for fault in self._faults:
+            if fault.matches(op, call_id):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    # -- Graph call control -----------------------------------------------------------------
+
+    async def _handle_action(self, request: web.Request) -> web.StreamResponse:
+        action = request.match_info["action"]
+        op = _ACTIONS.get(action) or _ACTIONS_LOWER.get(action.lower())
+        call_id = request.match_info["call_id"]
+        if op is None:
+            raw = await request.read()
+            self._record(
+                GraphRequest(
+                    f"unknown:{action}",
+                    call_id,
+                    _decode(raw),
+                    _headers(request),
+                    time.monotonic(),
+                    400,
+                )
+            )
+            return _graph_error(
+                request,
+                400,
+                "BadRequest",
+                f"Resource not found for the segment '{action}'; expected one of answer, "
+                "reject, redirect, keepAlive",
+            )
+        return await self._serve(request, op, call_id)
+
+    async def _handle_delete(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "delete", request.match_info["call_id"])
+
+    async def _handle_get(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "get", request.match_info["call_id"])
+
+    async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
+        return _graph_error(
+            request,
+            404,
+            "ResourceNotFound",
+            f"{request.method} {request.path} is not something this FakeGraph serves; expected "
+            f"{GRAPH_PATH}/communications/calls/{{id}}[/answer|/reject|/redirect|/keepAlive]",
+        )
+
+    async def _serve(self, request: web.Request, op: str, call_id: str) -> web.StreamResponse:
+        at = time.monotonic()
+        raw = await request.read()
+        body = _decode(raw)
+        injected = False
+        follow: Callable[[], None] | None = None
+        auth_problem = self._auth_problem(request)
+        if auth_problem is not None:
+            response = _graph_error(request, 401, "InvalidAuthenticationToken", auth_problem)
+        elif (fault := self._take_fault(op, call_id)) is not None:
+            injected = True
+            headers = None
+            if fault.retry_after is not None:
+                headers = {"Retry-After": f"{fault.retry_after:g}"}
+            response = _graph_error(
+                request,
+                fault.status,
+                fault.code,
+                f"FakeGraph was told to fail this {op} request (fail_next).",
+                headers,
+            )
+        else:
+            response, follow = self._call_control(request, op, call_id, body, raw)
+        self._record(
+            GraphRequest(op, call_id, body, _headers(request), at, response.status, injected)
+        )
+        if self.latency > 0 and self._closing is not None:
+            with anyio.move_on_after(self.latency):
+                await self._closing.wait()
+        if follow is not None:
+            follow()
+        return response
+
+    def _auth_problem(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "").strip()
+        if not header:
+            return "Access token is empty."
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return "Access token validation failure: expected 'Bearer <token>'."
+        if not self._token_known(token):
+            return (
+                "Access token validation failure: the token was not issued by this "
+                "FakeGraph's token endpoint."
+            )
+        return None
+
+    def _call_control(
+        self, request: web.Request, op: str, call_id: str, body: Any, raw: bytes
+    ) -> tuple[web.Response, Callable[[], None] | None]:
+        if op in DECISION_OPS:
+            problem = _check_content(request, op, body, raw)
+            if problem is not None:
+                status, message = problem
+                code = "BadRequest" if status == 400 else "UnsupportedMediaType"
+                return _graph_error(request, status, code, message), None
+            invalid = _VALIDATORS[op](body)
+            if invalid is not None:
+                return _graph_error(request, 400, "BadRequest", invalid), None
+        call = self._calls.get(call_id)
+        why = self._missing(call_id, call, op)
+        if why is not None:
+            return _graph_error(request, 404, CALL_NOT_FOUND, f"Call not found: {why}."), None
+        assert call is not None
+        follow: Callable[[], None] | None = None
+        if op == "answer":
+            call.state = "established"
+            follow = self._follow_established(call)
+        elif op in ("reject", "redirect", "delete"):
+            call.state = "terminated"
+            follow = self._follow_terminated(call, op)
+        elif op == "get":
+            resource = {
+                "@odata.type": _payloads.CALL,
+                "id": call.call_id,
+                "state": call.state,
+                "direction": "incoming",
+                "callbackUri": self.callback_url,
+                "tenantId": call.tenant_id,
+            }
+            return web.json_response(resource, headers=_ids(request)), None
+        return web.Response(status=_SUCCESS[op], headers=_ids(request)), follow
+
+    def _missing(self, call_id: str, call: CallHandle | None, op: str) -> str | None:
+        if call is None:
+            return f"no call {call_id} was placed on this FakeGraph"
+        if call_id in self._gone:
+            return f"call {call_id} is gone"
+        if call.timed_out:
+            return f"call {call_id} ended: it was not decided within {call.timeout:g} s"
+        if call.state == "terminated":
+            return f"call {call_id} has ended"
+        if op in DECISION_OPS and call.state != "incoming":
+            return f"call {call_id} was already answered; a call is decided once"
+        return None
+
+    # -- follow-up notifications ------------------------------------------------------------
+
+    def _follow_established(self, call: CallHandle) -> Callable[[], None] | None:
+        if not self.follow_up:
+            return None
+        call.etag += 1
+        body = _payloads.envelope(_payloads.call_state(call.call_id, "established", etag=call.etag))
+        return lambda: self._spawn_delivery(call, "established", body)
+
+    def _follow_terminated(self, call: CallHandle, op: str) -> Callable[[], None] | None:
+        if not self.follow_up:
+            return None
+        call.etag += 1
+        messages = {
+            "reject": "The call was rejected by the application.",
+            "redirect": "The call was redirected by the application.",
+            "delete": "The call was ended by the application.",
+        }
+        body = _payloads.envelope(
+            _payloads.call_terminated(
+                call.call_id, code=200, subcode=0, message=messages[op], etag=call.etag
+            )
+        )
+        return lambda: self._spawn_delivery(call, "terminated", body)
+
+    def _spawn_delivery(self, call: CallHandle, kind: str, body: dict[str, Any]) -> None:
+        tg = self._tg
+        if tg is None or (self._closing is not None and self._closing.is_set()):
+            return
+        tg.start_soon(self._deliver_quietly, call, kind, body)
+
+    async def _deliver_quietly(self, call: CallHandle, kind: str, body: dict[str, Any]) -> None:
+        assert self._limiter is not None
+        async with self._limiter:
+            await self._post(call.webhook_url, body, kind=kind, call=call, quiet=True)
+
+    # -- the platform timeout ---------------------------------------------------------------
+
+    async def _enforce_timeouts(self) -> None:
+        heap = self._heap
+        while True:
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                call = heapq.heappop(heap)[2]
+                if call.state == "incoming" and not call.gone:
+                    self._time_out(call)
+            self._wake = anyio.Event()
+            wait = heap[0][0] - now if heap else math.inf
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
+
+    def _time_out(self, call: CallHandle) -> None:
+        call.state = "terminated"
+        call.timed_out = True
+        call.etag += 1
+        call._touch()
+        log.info("fake_graph.call_timed_out", call_id=call.call_id, timeout=call.timeout)
+        body = _payloads.envelope(
+            _payloads.call_terminated(
+                call.call_id,
+                code=TIMEOUT_CODE,
+                subcode=TIMEOUT_SUBCODE,
+                message=TIMEOUT_MESSAGE,
+                etag=call.etag,
+            )
+        )
+        self._spawn_delivery(call, "timeout", body)
+
+    def _schedule(self, call: CallHandle) -> None:
+        heap = self._heap
+        earliest = heap[0][0] if heap else math.inf
+        heapq.heappush(heap, (call.deadline, next(self._seq), call))
+        if call.deadline < earliest and self._wake is not None:
+            self._wake.set()
+
+    # -- notifications ----------------------------------------------------------------------
+
+    async def place_call(
+        self,
+        webhook_url: str,
+        *,
+        kind: str = "p2p",
+        caller: _payloads.CallerSpec = None,
+        call_id: str | None = None,
+        tenant_id: str | None = None,
+        policy_recording: bool = False,
+        duplicate: int = 0,
+        token: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str | None] | None = None,
+    ) -> CallHandle:
+        """Ring the bot: POST a signed incoming-call notification to ``webhook_url``.
+
+        ``kind`` is one of :data:`~callflow.testing.KINDS`; ``caller`` an
+        :class:`~callflow.Identity`, a small dict (``{"kind": "user", "id": ...}``) or a raw
+        identitySet. ``payload`` replaces the whole body (its call id is read from it unless
+        ``call_id`` is given). ``token`` replaces the bearer token, ``headers`` add or (with
+        None) remove headers. ``duplicate=N`` posts the same notification N more times. The
+        platform timeout starts when the first POST goes out. Connection errors propagate
+        (the call then counts as ended).
+        """
+        self._running()
+        if kind not in _payloads.KINDS:
+            kinds = ", ".join(_payloads.KINDS)
+            raise ValueError(f"unknown call kind {kind!r}; expected one of {kinds}")
+        if duplicate < 0:
+            raise ValueError(f"duplicate must be zero or more extra deliveries, got {duplicate}")
+        if call_id is None:
+            call_id = _call_id_of(payload) if payload is not None else str(uuid.uuid4())
+        if call_id in self._calls:
+            raise ValueError(f"call {call_id!r} was already placed; expected a new call id")
+        tenant = tenant_id or self.tenant_id
+        recording = policy_recording or kind == "policy_recording"
+        if payload is not None:
+            body: Any = payload
+            recording = recording or _has_bot_data(payload)
+        else:
+            body = _payloads.incoming_call(
+                kind=kind,
+                call_id=call_id,
+                tenant_id=tenant,
+                bot_app_id=self.app_id,
+                callback_uri=self.callback_url,
+                caller=caller,
+                policy_recording=recording,
+                call_chain_id=f"c4a1f0e2-{call_id}",
+            )
+        call = CallHandle(
+            call_id=call_id,
+            kind=kind,
+            webhook_url=webhook_url,
+            tenant_id=tenant,
+            policy_recording=recording,
+            timeout=self.recording_timeout if recording else self.platform_timeout,
+            payload=body,
+        )
+        self._calls[call_id] = call
+        self._schedule(call)
+        try:
+            for attempt in range(duplicate + 1):
+                await self._post(
+                    webhook_url,
+                    body,
+                    kind="duplicate" if attempt else "incoming",
+                    call=call,
+                    token=token,
+                    headers=headers,
+                )
+        except BaseException:
+            call.state = "terminated"
+            call._touch()
+            raise
+        return call
+
+    async def notify(
+        self,
+        webhook_url: str,
+        body: Mapping[str, Any] | Sequence[Mapping[str, Any]] | bytes | str,
+        *,
+        token: str | None = None,
+        headers: Mapping[str, str | None] | None = None,
+        call_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> WebhookReply:
+        """POST any notification to ``webhook_url``, signed, and return the webhook's reply.
+
+        A dict is sent as the whole JSON body; a list of notification items is wrapped in a
+        ``commsNotifications`` body; bytes or str are sent as they are (garbage tests).
+        ``call_id`` files the reply under that placed call's deliveries. Connection errors
+        propagate.
+        """
+        self._running()
+        call = self._calls.get(call_id) if call_id is not None else None
+        return await self._post(
+            webhook_url,
+            body,
+            kind="custom",
+            call=call,
+            token=token,
+            headers=headers,
+            tenant_id=tenant_id,
+        )
+
+    async def send_states(
+        self,
+        webhook_url: str,
+        call_id: str,
+        states: Iterable[str],
+        *,
+        etags: Iterable[int] | None = None,
+        batch: bool = False,
+        token: str | None = None,
+        headers: Mapping[str, str | None] | None = None,
+    ) -> tuple[WebhookReply, ...]:
+        """Send state notifications for ``call_id`` in the order given (one POST each).
+
+        ``etags`` gives each one's ``@odata.etag`` (send them out of order to test stale
+        updates); by default they continue the call's own counter. ``terminated`` becomes a
+        ``deleted`` notification. ``batch=True`` sends all of them in one POST. The fake's
+        own record of the call is not changed.
+        """
+        self._running()
+        states = tuple(states)
+        call = self._calls.get(call_id)
+        if etags is None:
+            start = call.etag if call is not None else 0
+            tags = tuple(range(start + 1, start + 1 + len(states)))
+            if call is not None:
+                call.etag += len(states)
+        else:
+            tags = tuple(etags)
+            if len(tags) != len(states):
+                raise ValueError(
+                    f"got {len(states)} states and {len(tags)} etags; expected one etag per state"
+                )
+        items = [
+            _payloads.call_terminated(call_id, etag=tag)
+            if state == "terminated"
+            else _payloads.call_state(call_id, state, etag=tag)
+            for state, tag in zip(states, tags, strict=True)
+        ]
+        tenant = call.tenant_id if call is not None else None
+        bodies = [_payloads.envelope(*items)] if batch else [_payloads.envelope(i) for i in items]
+        replies = []
+        for body in bodies:
+            replies.append(
+                await self._post(
+                    webhook_url,
+                    body,
+                    kind="state",
+                    call=call,
+                    token=token,
+                    headers=headers,
+                    tenant_id=tenant,
+                )
+            )
+        return tuple(replies)
+
+    async def end_call(
+        self,
+        call_id: str,
+        *,
+        code: int | None = 200,
+        subcode: int | None = 5001,
+        message: str | None = "The conversation has ended.",
+    ) -> WebhookReply:
+        """The caller hangs up: end the placed call and POST ``deleted``/``terminated`` for it.
+
+        Later requests for the call get 404/8522.
+        """
+        self._running()
+        call = self.call(call_id)
+        call.state = "terminated"
+        call.etag += 1
+        call._touch()
+        body = _payloads.envelope(
+            _payloads.call_terminated(
+                call_id, code=code, subcode=subcode, message=message, etag=call.etag
+            )
+        )
+        return await self._post(call.webhook_url, body, kind="terminated", call=call)
+
+    async def _post(
+        self,
+        url: str,
+        body: Any,
+        *,
+        kind: str,
+        call: CallHandle | None,
+        token: str | None = None,
+        headers: Mapping[str, str | None] | None = None,
+        tenant_id: str | None = None,
+        quiet: bool = False,
+    ) -> WebhookReply:
+        session = self._session
+        assert session is not None, "callers check that the fake runs"
+        if isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data = body.encode()
+        elif isinstance(body, Mapping):
+            data = json.dumps(body).encode()
+        else:
+            data = json.dumps(_payloads.envelope(*body)).encode()
+        tenant = tenant_id or (call.tenant_id if call is not None else self.tenant_id)
+        bearer = token if token is not None else self._notification_token(tenant)
+        sent: dict[str, str | None] = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {bearer}",
+            "Client-Request-Id": str(uuid.uuid4()),
+            "Scenario-Id": call.scenario_id if call is not None else str(uuid.uuid4()),
+            "X-Microsoft-Skype-Message-ID": str(uuid.uuid4()),
+        }
+        if call is not None:
+            sent["X-Microsoft-Skype-Chain-ID"] = call.chain_id
+        lowered = {name.lower(): name for name in sent}
+        for name, value in (headers or {}).items():
+            sent.pop(lowered.get(name.lower(), name), None)
+            sent[name] = value
+        final = {name: value for name, value in sent.items() if value is not None}
+        skip = () if any(n.lower() == "content-type" for n in final) else ("Content-Type",)
+        try:
+            # aiohttp warns about large raw bytes bodies (they are written in one go).
+            payload = io.BytesIO(data) if len(data) > _LARGE_BODY else data
+            async with session.post(
+                url, data=payload, headers=final, skip_auto_headers=skip
+            ) as response:
+                raw = await response.read()
+                reply = WebhookReply(
+                    kind,
+                    response.status,
+                    _decode(raw),
+                    CIMultiDictProxy(CIMultiDict(response.headers)),
+                    time.monotonic(),
+                    body,
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if not quiet:
+                raise
+            log.warning(
+                "fake_graph.delivery_failed",
+                kind=kind,
+                call_id=call.call_id if call is not None else None,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            reply = WebhookReply(
+                kind,
+                0,
+                None,
+                CIMultiDictProxy(CIMultiDict()),
+                time.monotonic(),
+                body,
+                f"{type(exc).__name__}: {exc}",
+            )
+        if call is not None:
+            call._deliveries.append(reply)
+            call._touch()
+        return reply
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return None
+    text = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _headers(request: web.Request) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(request.headers))
+
+
+def _ids(request: web.Request) -> dict[str, str]:
+    headers = {"request-id": str(uuid.uuid4())}
+    client_request_id = request.headers.get("client-request-id")
+    if client_request_id:
+        headers["client-request-id"] = client_request_id
+    return headers
+
+
+def _graph_error(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Graph's error reply: ``{"error": {"code", "message", "innerError": {...}}}``."""
+    ids = _ids(request)
+    inner: dict[str, str] = {
+        "request-id": ids["request-id"],
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if "client-request-id" in ids:
+        inner["client-request-id"] = ids["client-request-id"]
+    ids.update(headers or {})
+    return web.json_response(
+        {"error": {"code": code, "message": message, "innerError": inner}},
+        status=status,
+        headers=ids,
+    )
+
+
+def _call_id_of(payload: Mapping[str, Any]) -> str:
+    """The call id of a custom incoming-call body: ``resourceData.id`` or the resource URL."""
+    items = payload.get("value")
+    item = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+    data = item.get("resourceData")
+    if isinstance(data, dict) and isinstance(data.get("id"), str) and data["id"]:
+        return str(data["id"])
+    url = item.get("resourceUrl")
+    if isinstance(url, str) and "/calls/" in url:
+        tail = url.split("/calls/", 1)[1].split("/", 1)[0]
+        if tail:
+            return tail
+    raise ValueError(
+        "cannot tell the call id of this payload; expected value[0].resourceData.id or a "
+        "resourceUrl '/communications/calls/{id}', or pass call_id="
+    )
+
+
+def _has_bot_data(payload: Mapping[str, Any]) -> bool:
+    items = payload.get("value")
+    if not isinstance(items, list):
+        return False
+    for item in items:
+        data = item.get("resourceData") if isinstance(item, dict) else None
+        meta = data.get("applicationMetadata") if isinstance(data, dict) else None
+        if isinstance(meta, dict) and meta.get("botData") is not None:
+            return True
+    return False
+
+
+# --- request body validation (Graph's shapes) -----------------------------------------------
+
+_MODALITIES: Final = ("audio", "video", "videoBasedScreenSharing", "data")
+_REASONS: Final = ("none", "busy", "forbidden")
+_SERVICE_MEDIA: Final = "#microsoft.graph.serviceHostedMediaConfig"
+_APP_MEDIA: Final = "#microsoft.graph.appHostedMediaConfig"
+_CALL_OPTIONS: Final = "#microsoft.graph.incomingCallOptions"
+_ANSWER_KEYS: Final = (
+    "callbackUri",
+    "mediaConfig",
+    "acceptedModalities",
+    "callOptions",
+    "participantCapacity",
+)
+_REJECT_KEYS: Final = ("reason", "callbackUri")
+_REDIRECT_KEYS: Final = (
+    "targets",
+    "timeout",
+    "callbackUri",
+    "targetDisposition",
+    "maskCallee",
+    "maskCaller",
+)
+
+
+def _check_content(request: web.Request, op: str, body: Any, raw: bytes) -> tuple[int, str] | None:
+    ctype = request.content_type
+    if ctype != "application/json":
+        return 415, f"{op}: Content-Type is {ctype!r}; expected application/json"
+    if not raw:
+        return 400, f"{op}: the request body is empty; expected a JSON object"
+    if isinstance(body, str):
+        return 400, (
+            f"{op}: unable to read JSON request payload; expected a JSON object with "
+            "Content-Type application/json"
+        )
+    if not isinstance(body, dict):
+        return 400, f"{op}: the body is a JSON {type(body).__name__}; expected a JSON object"
+    return None
+
+
+def _unknown_keys(op: str, body: dict[str, Any], allowed: tuple[str, ...]) -> str | None:
+    extra = sorted(set(body) - set(allowed))
+    if extra:
+        return (
+            f"{op}: the property '{extra[0]}' does not exist on this request; expected only "
+            f"{', '.join(allowed)}"
+        )
+    return None
+
+
+def _https_problem(op: str, name: str, value: Any, *, required: bool) -> str | None:
+    if value is None:
+        return f"{op}: {name} is required; expected an https URL" if required else None
+    if (
+        not isinstance(value, str)
+        or urlsplit(value).scheme != "https"
+        or not urlsplit(value).hostname
+    ):
+        return f"{op}: {name} is {value!r}; expected an https URL"
+    return None
+
+
+def _validate_answer(body: dict[str, Any]) -> str | None:
+    problem = _unknown_keys("answer", body, _ANSWER_KEYS) or _https_problem(
+        "answer", "callbackUri", body.get("callbackUri"), required=True
+    )
+    if problem:
+        return problem
+    media = body.get("mediaConfig")
+    if not isinstance(media, dict):
+        return (
+            f"answer: mediaConfig is {media!r}; expected an object with @odata.type "
+            f"{_SERVICE_MEDIA} or {_APP_MEDIA}"
+        )
+    kind = media.get("@odata.type")
+    if kind == _SERVICE_MEDIA:
+        prompts = media.get("preFetchMedia")
+        if prompts is not None:
+            if not isinstance(prompts, list):
+                return f"answer: mediaConfig.preFetchMedia is {prompts!r}; expected an array"
+            for index, prompt in enumerate(prompts):
+                where = f"answer: mediaConfig.preFetchMedia[{index}]"
+                if not isinstance(prompt, dict):
+                    return f"{where} is {prompt!r}; expected a mediaInfo object"
+                problem = _https_problem(where, "uri", prompt.get("uri"), required=True)
+                if problem:
+                    return problem
+                resource_id = prompt.get("resourceId")
+                if resource_id is not None and not isinstance(resource_id, str):
+                    return f"{where}.resourceId is {resource_id!r}; expected a string"
+    elif kind == _APP_MEDIA:
+        blob = media.get("blob")
+        if not isinstance(blob, str) or not blob:
+            return "answer: mediaConfig.blob is required for app-hosted media; expected a string"
+    else:
+        return (
+            f"answer: mediaConfig.@odata.type is {kind!r}; expected {_SERVICE_MEDIA} or "
+            f"{_APP_MEDIA}"
+        )
+    modalities = body.get("acceptedModalities")
+    if (
+        not isinstance(modalities, list)
+        or not modalities
+        or any(m not in _MODALITIES for m in modalities)
+        or len(set(modalities)) != len(modalities)
+    ):
+        return (
+            f"answer: acceptedModalities is {modalities!r}; expected a non-empty array of "
+            f"distinct values from {', '.join(_MODALITIES)}"
+        )
+    options = body.get("callOptions")
+    if options is not None:
+        if not isinstance(options, dict) or options.get("@odata.type") != _CALL_OPTIONS:
+            return f"answer: callOptions is {options!r}; expected an object of {_CALL_OPTIONS}"
+        for name in ("hideBotAfterEscalation", "isContentSharingNotificationEnabled"):
+            if name in options and not isinstance(options[name], bool):
+                return f"answer: callOptions.{name} is {options[name]!r}; expected true or false"
+    capacity = body.get("participantCapacity")
+    if capacity is not None and (
+        not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1
+    ):
+        return f"answer: participantCapacity is {capacity!r}; expected an integer >= 1"
+    return None
+
+
+def _validate_reject(body: dict[str, Any]) -> str | None:
+    problem = _unknown_keys("reject", body, _REJECT_KEYS) or _https_problem(
+        "reject", "callbackUri", body.get("callbackUri"), required=False
+    )
+    if problem:
+        return problem
+    reason = body.get("reason")
+    if reason is not None and reason not in _REASONS:
+        return f"reject: reason is {reason!r}; expected one of {', '.join(_REASONS)}"
+    return None
+
+
+def _validate_redirect(body: dict[str, Any]) -> str | None:
+    problem = _unknown_keys("redirect", body, _REDIRECT_KEYS) or _https_problem(
+        "redirect", "callbackUri", body.get("callbackUri"), required=False
+    )
+    if problem:
+        return problem
+    targets = body.get("targets")
+    if not isinstance(targets, list) or not 1 <= len(targets) <= 25:
+        count = len(targets) if isinstance(targets, list) else targets
+        return f"redirect: targets has {count!r} entries; expected an array of 1 to 25 targets"
+    for index, target in enumerate(targets):
+        identity = target.get("identity") if isinstance(target, dict) else None
+        members = (
+            [v for k, v in identity.items() if k != "@odata.type"]
+            if isinstance(identity, dict)
+            else []
+        )
+        if not any(
+            isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] for m in members
+        ):
+            return (
+                f"redirect: targets[{index}] is {target!r}; expected an "
+                "invitationParticipantInfo whose identity set has an identity with an id"
+            )
+    timeout = body.get("timeout")
+    if timeout is not None and (
+        not isinstance(timeout, int) or isinstance(timeout, bool) or not 15 <= timeout <= 90
+    ):
+        return f"redirect: timeout is {timeout!r}; expected an integer from 15 to 90 seconds"
+    return None
+
+
+_VALIDATORS: Final[dict[str, Callable[[dict[str, Any]], str | None]]] = {
+    "answer": _validate_answer,
+    "reject": _validate_reject,
+    "redirect": _validate_redirect,
+}
