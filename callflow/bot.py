@@ -12,6 +12,7 @@ import anyio
 import structlog
 from aiohttp import web
 
+from .calls import CallKeeper, HeldCall
 from .deadline import DecisionSink, DecisionSlot, SinkFactory
 from .decisions import Reject, RejectReason
 from .dispatch import Engine
@@ -32,16 +33,27 @@ log = structlog.get_logger(__name__)
 class RunningBot:
     """A bot that is serving: its bound address, readiness, engine and Graph client."""
 
-    def __init__(self, bot: Bot, engine: Engine, graph: GraphClient, metrics: Metrics) -> None:
+    def __init__(
+        self, bot: Bot, engine: Engine, graph: GraphClient, metrics: Metrics, keeper: CallKeeper
+    ) -> None:
         self.bot = bot
         self.engine = engine
         self.graph = graph
         self.metrics = metrics
+        self.keeper = keeper
         self.host = ""
         self.port = 0
         self.ready = False
         self.shutting_down = anyio.Event()
         self.urgent = False
+
+    def calls(self) -> list[HeldCall]:
+        """The calls this bot answered and still holds (kept alive until they end)."""
+        return self.keeper.calls()
+
+    async def hang_up(self, call_id: str) -> None:
+        """Hang up the bot's leg of a call it holds."""
+        await self.keeper.hang_up(call_id)
 
     @property
     def url(self) -> str:
@@ -192,20 +204,30 @@ class Bot(Router):
 
             graph = await stack.enter_async_context(graph_client())
 
+            keeper = CallKeeper(graph, s.keepalive_interval)
+
             def decided(slot: DecisionSlot, error: BaseException | None) -> None:
                 metrics.on_decided(slot, error)
+                if error is None and slot.decision is not None and slot.decision.kind == "answer":
+                    call = slot.call
+                    keeper.answered(slot.call_id, call.tenant_id if call is not None else None)
                 if on_decided is not None:
                     on_decided(slot, error)
 
             engine = self.engine(
-                graph, scheduler_sink=graph_client, services=graph, on_decided=decided
+                graph,
+                scheduler_sink=graph_client,
+                services=keeper,
+                on_decided=decided,
+                on_terminated=keeper.ended,
             )
             metrics.attach(engine)
             if isinstance(token_provider, MsalTokenProvider):
                 provider = token_provider
                 metrics.attach(engine, lambda: provider.failures)
-            running = RunningBot(self, engine, graph, metrics)
-            async with engine.running():
+            running = RunningBot(self, engine, graph, metrics, keeper)
+            async with engine.running(), anyio.create_task_group() as background:
+                await background.start(keeper.run)
                 app = self._make_app(engine, auth, running, metrics)
                 runner = web.AppRunner(app, access_log=None, handle_signals=False)
                 await runner.setup()
@@ -226,6 +248,7 @@ class Bot(Router):
                 finally:
                     with anyio.CancelScope(shield=True):
                         await runner.cleanup()
+                    background.cancel_scope.cancel()
         log.info("bot.stopped")
 
     def _make_app(

@@ -150,6 +150,7 @@ class Engine:
         recent_ttl: float = 600.0,
         services: Any = None,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+        on_terminated: Callable[[str], None] | None = None,
     ) -> None:
         if safety_margin >= min(platform_timeout, recording_timeout):
             raise ValueError(
@@ -167,6 +168,7 @@ class Engine:
         self.drain_timeout = drain_timeout
         self._services = services
         self._on_decided = on_decided
+        self._on_terminated = on_terminated
         self.stats = EngineStats()
         self._recent = _Recent(recent_size, recent_ttl)
         self._tracks: OrderedDict[str, tuple[int | None, int]] = OrderedDict()
@@ -322,6 +324,8 @@ class Engine:
     def _is_stale(self, event: CallStateChanged | CallTerminated) -> bool:
         if isinstance(event, CallTerminated):
             etag, rank = None, STATE_RANK["terminated"]
+            if self._on_terminated is not None:
+                self._on_terminated(event.call_id)
             slot = self._open.get(event.call_id)
             if slot is not None and slot.close_gone():
                 # The caller hung up before anyone decided: stop the handlers, send nothing.

@@ -1,0 +1,141 @@
+"""The calls a bot holds after answering them, kept alive until they end.
+
+Graph drops an answered call that the bot does not keep alive (at least every 45 minutes;
+15 is the recommendation). :class:`CallKeeper` remembers each answered call, sends
+``keepAlive`` every ``interval`` seconds from one heap-driven task, forgets the call when it
+terminates, and treats a 404 from Graph as "the call is gone": its state is cleaned up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+import structlog
+
+from .errors import CallGoneError, GraphError
+
+if TYPE_CHECKING:
+    from .graph._client import GraphClient
+
+__all__ = ["CallKeeper", "HeldCall"]
+
+log = structlog.get_logger(__name__)
+
+
+@attrs.define
+class HeldCall:
+    """A call the bot answered and still holds."""
+
+    call_id: str
+    tenant_id: str | None
+    answered_at: float
+    """``time.monotonic()`` when the answer was accepted by Graph."""
+    keepalives: int = 0
+    """keepAlive requests Graph accepted for this call."""
+
+
+class CallKeeper:
+    """Holds answered calls and keeps them alive; also how handlers hang up (``ctx.hang_up``)."""
+
+    def __init__(self, graph: GraphClient, interval: float = 900.0) -> None:
+        self._graph = graph
+        self.interval = interval
+        self._calls: dict[str, HeldCall] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wake: anyio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+        self._changed = anyio.Event()
+
+    def _touch(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_until(self, predicate: Callable[[list[HeldCall]], bool]) -> None:
+        """Wait (without polling) until ``predicate(calls())`` holds."""
+        while not predicate(self.calls()):
+            await self._changed.wait()
+
+    def calls(self) -> list[HeldCall]:
+        """The calls held right now, oldest first."""
+        return sorted(self._calls.values(), key=lambda c: c.answered_at)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._calls
+
+    # -- events (any thread) -------------------------------------------------------------
+
+    def answered(self, call_id: str, tenant_id: str | None) -> None:
+        """Start holding ``call_id`` (its answer was accepted)."""
+        if self._loop is not None and threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self.answered, call_id, tenant_id)
+            return
+        now = time.monotonic()
+        self._calls[call_id] = HeldCall(call_id, tenant_id, now)
+        self._touch()
+        heapq.heappush(self._heap, (now + self.interval, next(self._seq), call_id))
+        if self._wake is not None and self._heap[0][2] == call_id:
+            self._wake.set()
+
+    def ended(self, call_id: str) -> None:
+        """Forget ``call_id`` (it terminated); its heap entry is discarded when due."""
+        if self._calls.pop(call_id, None) is not None:
+            self._touch()
+
+    async def hang_up(self, call_id: str) -> None:
+        """Hang up the bot's leg of ``call_id`` and forget it."""
+        held = self._calls.pop(call_id, None)
+        self._touch()
+        await self._graph.hang_up(call_id, tenant_id=held.tenant_id if held else None)
+        log.info("call.hung_up", call_id=call_id)
+
+    # -- the keep-alive task ---------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Send keepAlive for every held call when due; runs until cancelled."""
+        import asyncio
+
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        task_status.started()
+        while True:
+            self._wake = anyio.Event()
+            now = time.monotonic()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, call_id = heapq.heappop(self._heap)
+                if call_id in self._calls:
+                    await self._keep_alive(self._calls[call_id])
+            delay = self._heap[0][0] - time.monotonic() if self._heap else float("inf")
+            with anyio.move_on_after(max(delay, 0.0)):
+                await self._wake.wait()
+
+    async def _keep_alive(self, held: HeldCall) -> None:
+        try:
+            await self._graph.keep_alive(
+                held.call_id, tenant_id=held.tenant_id, deadline=time.monotonic() + 30.0
+            )
+        except CallGoneError:
+            self._calls.pop(held.call_id, None)
+            self._touch()
+            log.info("call.gone", call_id=held.call_id, reason="keepAlive answered 404")
+            return
+        except GraphError as exc:
+            log.warning("call.keepalive_failed", call_id=held.call_id, error=str(exc))
+        else:
+            held.keepalives += 1
+            self._touch()
+        if held.call_id in self._calls:
+            heapq.heappush(
+                self._heap, (time.monotonic() + self.interval, next(self._seq), held.call_id)
+            )
