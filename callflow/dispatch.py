@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import anyio
@@ -151,6 +151,7 @@ class Engine:
         services: Any = None,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
         on_terminated: Callable[[str], None] | None = None,
+        admit: Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None = None,
     ) -> None:
         if safety_margin >= min(platform_timeout, recording_timeout):
             raise ValueError(
@@ -169,6 +170,7 @@ class Engine:
         self._services = services
         self._on_decided = on_decided
         self._on_terminated = on_terminated
+        self._admit_hook = admit
         self.stats = EngineStats()
         self._recent = _Recent(recent_size, recent_ttl)
         self._tracks: OrderedDict[str, tuple[int | None, int]] = OrderedDict()
@@ -378,6 +380,14 @@ class Engine:
         """Run the handlers until one decides (the default when none does), then send."""
         decided_by = "default"
         decision: Decision | None = None
+        if self._admit_hook is not None and slot.is_open and not await self._admit_hook(call, slot):
+            # Another worker of the fleet owns this call (a redelivery that landed here).
+            if slot.close_gone():
+                self._open.pop(call.call_id, None)
+                self.stats.duplicates += 1
+                log.info("event.duplicate", call_id=call.call_id, kind="IncomingCall", shared=True)
+                self._released(slot)
+            return
         if slot.is_open:
             assert self._routes is not None
             ctx: CallContext | None = None
