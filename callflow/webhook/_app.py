@@ -8,10 +8,9 @@ carries ``{"error": {"code": ..., "message": ...}}``.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 from aiohttp import web
@@ -83,6 +82,17 @@ class WebhookHandler:
         )
         return error_response(status, code, message, echo)
 
+    async def _read(self, request: web.Request) -> bytes:
+        """The whole body, at most ``max_body`` bytes (chunked bodies included)."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > self._max_body:
+                raise web.HTTPRequestEntityTooLarge(max_size=self._max_body, actual_size=size)
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Check, parse and hand over one notification POST."""
         received = time.monotonic()
@@ -120,8 +130,9 @@ class WebhookHandler:
                     code = "unavailable"
                 return self._reject(request, exc.status, code, exc.message, echo)
 
-        body = await request.content.read(self._max_body + 1)
-        if len(body) > self._max_body:
+        try:
+            body = await self._read(request)
+        except web.HTTPRequestEntityTooLarge:
             return self._reject(
                 request,
                 413,
@@ -146,8 +157,3 @@ class WebhookHandler:
         except RuntimeError as exc:  # the engine stopped taking calls (shutting down)
             return self._reject(request, 503, "unavailable", str(exc), echo)
         return web.Response(status=202, headers=echo)
-
-
-def json_body_dumps(value: Any) -> str:
-    """Compact JSON for replies."""
-    return json.dumps(value, separators=(",", ":"))
