@@ -201,8 +201,20 @@ def main() -> None:
     parser.add_argument("--latency-calls", type=int, default=5_000)
     parser.add_argument("--pending", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--worker-gc",
+        action="store_true",
+        help="apply the collector settings `callflow run` uses (callflow._runtime)",
+    )
     args = parser.parse_args()
     quiet_logs()
+    if args.worker_gc:
+        from callflow._runtime import tune_gc_for_worker
+
+        tune_gc_for_worker()
+        print("collector: worker settings (frozen start-up objects, thresholds raised)")
+    else:
+        print("collector: Python defaults")
     bodies = [body_for(i) for i in range(max(args.calls, args.latency_calls))]
     print(f"body size: {len(bodies[0])} bytes")
 
