@@ -31,5 +31,19 @@ test: lint types pytest
 demo: install
 	$(BIN)/callflow demo
 
+# Benchmarks: three processes on loopback (see benchmarks/harness.py); benchmark-only packages
+# (msgraph-sdk, matplotlib, uvloop, py-spy) go into .venv here, never into the runtime deps.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): benchmarks/requirements-bench.txt | $(STAMP)
+	$(BIN)/python -m pip install -q -r benchmarks/requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.harness
+
+bench-quick: install $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.harness --quick
+
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache

@@ -18,16 +18,25 @@ from .events import mask_phone
 
 __all__ = ["configure_logging", "mask_pii", "redact_secrets"]
 
-_SECRET_KEYS: Final = frozenset(
-    {"token", "access_token", "authorization", "secret", "client_secret", "password", "app_secret"}
-)
+_SECRET_KEYS: Final = frozenset({"authorization", "api_key", "apikey", "private_key"})
+_SECRET_SUFFIXES: Final = ("token", "secret", "password")
 _NAME_KEYS: Final = frozenset({"display_name", "caller_name", "name_of_caller"})
 _PHONE_KEYS: Final = frozenset({"phone", "phone_number", "caller_phone"})
 
 
+def _is_secret(key: str) -> bool:
+    name = key.lower()
+    return name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
+
+
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace the value of any credential-like key with ``[redacted]``."""
-    for key in _SECRET_KEYS.intersection(event):
+    """Replace the value of any credential-like key with ``[redacted]``.
+
+    A key is credential-like when, in any case, it ends with ``token``, ``secret`` or
+    ``password`` (``access_token``, ``client_secret``, ``Token``) or is ``authorization``,
+    ``api_key``, ``apikey`` or ``private_key``.
+    """
+    for key in [key for key in event if isinstance(key, str) and _is_secret(key)]:
         event[key] = "[redacted]"
     return event
 
@@ -51,10 +60,14 @@ def configure_logging(
     level: str = "info",
     pii: bool = False,
     stream: TextIO | None = None,
+    cache: bool = True,
 ) -> None:
     """Configure structlog for a worker process.
 
     ``fmt`` is ``json`` or ``console``; by default console when ``stream`` is a TTY.
+    ``cache`` keeps each logger as first built, which saves work on every log call but
+    ties it to this configuration for good; pass ``cache=False`` when logging may be
+    configured again in the same process (short commands, tests).
     """
     out = sys.stderr if stream is None else stream
     if fmt is None:
@@ -80,5 +93,5 @@ def configure_logging(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.WriteLoggerFactory(file=out),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )

@@ -16,7 +16,7 @@ from .calls import CallKeeper, HeldCall
 from .deadline import DecisionSink, DecisionSlot, SinkFactory
 from .decisions import Reject, RejectReason
 from .dispatch import Engine
-from .errors import ConfigError
+from .errors import CallflowError, ConfigError
 from .metrics import CONTENT_TYPE, Metrics
 from .routing import Router
 from .settings import Settings
@@ -24,6 +24,8 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .graph._client import GraphClient
     from .graph._tokens import TokenProvider
+    from .store import Fleet
+    from .webhook._app import FleetHook
 
 __all__ = ["Bot", "RunningBot"]
 
@@ -168,12 +170,20 @@ class Bot(Router):
             token_provider = tokens
 
             metrics = Metrics()
+            default = Reject(RejectReason(s.default_reject_reason))
+            fleet: Fleet | None = None
+            if s.store != "memory":
+                from .store import Fleet
+
+                fleet = await stack.enter_async_context(Fleet(s))
+                metrics.attach_fleet(fleet.stats)
+            callback_url = fleet.callback_url if fleet is not None else s.callback_url
 
             def graph_client() -> GraphClient:
                 return GraphClient(
                     tokens=token_provider,
                     base_url=s.graph_url,
-                    callback_url=s.callback_url,
+                    callback_url=callback_url,
                     ca_bundle=s.ca_bundle,
                     request_timeout=s.request_timeout,
                     on_request=metrics.on_graph_request,
@@ -207,6 +217,8 @@ class Bot(Router):
             keeper = CallKeeper(graph, s.keepalive_interval)
 
             def decided(slot: DecisionSlot, error: BaseException | None) -> None:
+                if error is None and slot.attempts == 0:
+                    return  # fleet mode: another worker sent this call's decision
                 metrics.on_decided(slot, error)
                 if error is None and slot.decision is not None and slot.decision.kind == "answer":
                     call = slot.call
@@ -215,11 +227,15 @@ class Bot(Router):
                     on_decided(slot, error)
 
             engine = self.engine(
-                graph,
-                scheduler_sink=graph_client,
+                graph if fleet is None else fleet.sink(graph),
+                scheduler_sink=graph_client
+                if fleet is None
+                else fleet.scheduler_sink(graph_client, default),
                 services=keeper,
                 on_decided=decided,
                 on_terminated=keeper.ended,
+                default_decision=default,
+                admit=None if fleet is None else fleet.admit,
             )
             metrics.attach(engine)
             if isinstance(token_provider, MsalTokenProvider):
@@ -228,13 +244,19 @@ class Bot(Router):
             running = RunningBot(self, engine, graph, metrics, keeper)
             async with engine.running(), anyio.create_task_group() as background:
                 await background.start(keeper.run)
-                app = self._make_app(engine, auth, running, metrics)
+                app = self._make_app(
+                    engine, auth, running, metrics, None if fleet is None else fleet.webhook
+                )
                 runner = web.AppRunner(app, access_log=None, handle_signals=False)
                 await runner.setup()
                 try:
                     site = web.TCPSite(runner, host, port, reuse_address=True)
                     await site.start()
                     running.host, running.port = _bound_address(runner, host)
+                    if fleet is not None:
+                        from .store import internal_url
+
+                        fleet.address = s.internal_url or internal_url(running.host, running.port)
                     running.ready = True
                     log.info("bot.ready", url=running.webhook_url)
                     try:
@@ -252,7 +274,12 @@ class Bot(Router):
         log.info("bot.stopped")
 
     def _make_app(
-        self, engine: Engine, auth: Any, running: RunningBot, metrics: Metrics
+        self,
+        engine: Engine,
+        auth: Any,
+        running: RunningBot,
+        metrics: Metrics,
+        fleet: FleetHook | None = None,
     ) -> web.Application:
         from .webhook._app import WebhookHandler
 
@@ -261,6 +288,7 @@ class Bot(Router):
             auth,
             on_auth_failure=metrics.on_auth_failure,
             on_rejected_input=metrics.on_rejected_input,
+            fleet=fleet,
         )
         app = web.Application(client_max_size=2 * 1024 * 1024)
         path = self.settings.webhook_path
@@ -293,29 +321,68 @@ class Bot(Router):
         deadlines (at most ``DRAIN_TIMEOUT``); a second signal stops at once. Either way every
         call still undecided gets the default decision before the process exits.
         """
+        from ._runtime import tune_gc_for_worker
+
+        tune_gc_for_worker()
         anyio.run(self.serve_until_signalled, host, port)
 
     async def serve_until_signalled(self, host: str | None = None, port: int | None = None) -> None:
-        """Serve until SIGTERM/SIGINT (the async form of :meth:`run`)."""
-        async with anyio.create_task_group() as tg:
-            async with self.serve(host=host, port=port) as running:
-                tg.start_soon(_watch_signals, running)
-                await running.shutting_down.wait()
-            tg.cancel_scope.cancel()
+        """Serve until SIGTERM/SIGINT (the async form of :meth:`run`).
+
+        Signals are watched from before start-up: one that arrives while the bot is still
+        fetching its token or keys stops the start-up instead of killing the process.
+        """
+        watcher = _SignalWatcher()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watcher.watch)
+                with watcher.startup:
+                    async with self.serve(host=host, port=port) as running:
+                        watcher.attach(running)
+                        await running.shutting_down.wait()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A start-up failure (no token, no keys) is raised as the CallflowError it is, not
+            # inside a group, so that the command line prints its message.
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], CallflowError):
+                raise group.exceptions[0] from None
+            raise
 
 
-async def _watch_signals(running: RunningBot) -> None:
+class _SignalWatcher:
     """First SIGTERM/SIGINT: graceful stop; second: urgent stop (defaults still sent)."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if running.shutting_down.is_set():
-                log.warning("bot.stopping_now", signal=name, pending=running.engine.pending)
-                running.stop(urgent=True)
-                running.engine.cut_drain()
-            else:
-                log.info("bot.stopping", signal=name, pending=running.engine.pending)
-                running.stop()
+
+    def __init__(self) -> None:
+        self.startup = anyio.CancelScope()
+        self.running: RunningBot | None = None
+        self.signals = 0
+        self.last = ""
+
+    def attach(self, running: RunningBot) -> None:
+        self.running = running
+        if self.signals:
+            self._stop()
+
+    def _stop(self) -> None:
+        running, name = self.running, self.last
+        if running is None:
+            log.info("bot.stopping_during_startup", signal=name)
+            self.startup.cancel()
+            return
+        if self.signals > 1:
+            log.warning("bot.stopping_now", signal=name, pending=running.engine.pending)
+            running.stop(urgent=True)
+            running.engine.cut_drain()
+        else:
+            log.info("bot.stopping", signal=name, pending=running.engine.pending)
+            running.stop()
+
+    async def watch(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.signals += 1
+                self.last = signal.Signals(signum).name
+                self._stop()
 
 
 def _bound_address(runner: web.AppRunner, host: str) -> tuple[str, int]:

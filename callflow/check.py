@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import sys
+from collections.abc import Mapping
 from typing import TextIO
 
 from .errors import CallflowError, ConfigError, InboundAuthError, TokenError
-from .settings import Settings
+from .settings import PREFIX, Settings
 
-__all__ = ["run_checks"]
+__all__ = ["run_checks", "settings_for_run"]
+
+
+def settings_for_run(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings a worker needs; one ConfigError names every invalid *and* missing one.
+
+    ``Settings.from_env`` stops at invalid values before it could tell which required ones
+    are missing; the missing ones are added to its message so that one run shows everything.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as invalid:
+
+        def given(name: str) -> str | None:
+            return env.get(PREFIX + name, "").strip() or None
+
+        required = Settings(
+            app_id=given("APP_ID"),
+            app_secret=given("APP_SECRET"),
+            certificate_path=given("CERTIFICATE_PATH"),
+            callback_url=given("CALLBACK_URL"),
+        )
+        try:
+            required.require_for_run()
+        except ConfigError as missing:
+            raise ConfigError(f"{invalid}\n{missing}") from None
+        raise
+    settings.require_for_run()
+    return settings
 
 
 async def run_checks(environ: dict[str, str] | None = None, out: TextIO | None = None) -> int:
@@ -27,8 +58,7 @@ async def run_checks(environ: dict[str, str] | None = None, out: TextIO | None =
         print(f"[{mark}] {what}" + (f": {detail}" if detail else ""), file=stream)
 
     try:
-        settings = Settings.from_env(environ)
-        settings.require_for_run()
+        settings = settings_for_run(environ)
     except ConfigError as exc:
         report(False, "settings", str(exc))
         return 1

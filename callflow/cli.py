@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import importlib.util
 import os
@@ -49,24 +48,24 @@ def _backend_options() -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._log import configure_logging
-    from .settings import Settings
+    from ._runtime import tune_gc_for_worker
+    from .check import settings_for_run
 
-    settings = Settings.from_env()
-    settings.require_for_run()
+    settings = settings_for_run()
     configure_logging(fmt=settings.log_format, level=settings.log_level, pii=settings.log_pii)
     bot = load_bot(args.target)
     bot.configure(settings)
-    # Objects created by imports live as long as the process: keep them out of the
-    # collector's full passes, which otherwise grow with everything the worker imported.
-    gc.collect()
-    gc.freeze()
+    tune_gc_for_worker()
     anyio.run(bot.serve_until_signalled, args.host, args.port, backend_options=_backend_options())
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from ._log import configure_logging
     from .check import run_checks
 
+    # The check lines are the output: keep the libraries' warnings out of it.
+    configure_logging(fmt="console", level="error", stream=sys.stderr, cache=False)
     return anyio.run(run_checks)
 
 
@@ -75,6 +74,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     code: int = anyio.run(run_demo, args.calls_per_kind)
     return code
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ._log import configure_logging
+    from .bench import bench_bot
+
+    configure_logging(fmt="console", level=args.log_level, stream=sys.stderr, cache=False)
+    bot = load_bot(args.target)
+    report = anyio.run(
+        lambda: bench_bot(
+            bot,
+            target=args.target,
+            calls=args.calls,
+            concurrency=args.concurrency,
+            kind=args.kind,
+            warmup=args.warmup,
+        )
+    )
+    print(report.render())
+    return 1 if report.undecided else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="play scripted calls against a built-in fake Graph")
     demo.add_argument("--calls-per-kind", type=int, default=1, help=argparse.SUPPRESS)
     demo.set_defaults(func=_cmd_demo)
+    bench = sub.add_parser(
+        "bench", help="measure a bot's decision latency against the built-in fake Graph"
+    )
+    bench.add_argument("target", help="the bot to measure, as module:attribute (e.g. mybot:bot)")
+    bench.add_argument("--calls", type=int, default=200, help="calls to place (default 200)")
+    bench.add_argument(
+        "--concurrency", type=int, default=4, help="calls in flight at once (default 4)"
+    )
+    bench.add_argument("--kind", default="p2p", help="kind of incoming call (default p2p)")
+    bench.add_argument("--warmup", type=int, default=5, help="uncounted first calls (default 5)")
+    bench.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="the bot's log level while measured (default warning)",
+    )
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

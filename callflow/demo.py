@@ -97,7 +97,8 @@ async def run_demo(calls_per_kind: int = 1, out: TextIO | None = None) -> int:
     from .testing import FakeGraph
 
     stream = sys.stdout if out is None else out
-    configure_logging(fmt="console", level="error", stream=sys.stderr)
+    # No logger caching: the demo may run inside a program that configures logging again.
+    configure_logging(fmt="console", level="error", stream=sys.stderr, cache=False)
     bot = load_front_desk()
     bot.include_router(stuck_router())
     decided: dict[str, tuple[str, float]] = {}

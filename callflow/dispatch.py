@@ -184,6 +184,7 @@ class Engine:
         self._idle: asyncio.Event | None = None
         self._accepting = False
         self._draining = False
+        self._drain_until: float | None = None
         self._cut: asyncio.Event | None = None
         self._sending = 0
         self._sends_done: asyncio.Event | None = None
@@ -217,6 +218,7 @@ class Engine:
         self._idle = asyncio.Event()
         self._cut = asyncio.Event()
         self._draining = False
+        self._drain_until = None
         async with self.scheduler.running():
             with anyio.CancelScope() as lanes:
                 async with asyncio.TaskGroup() as tg:
@@ -253,7 +255,11 @@ class Engine:
         assert self._idle is not None
         assert self._cut is not None
         self._draining = True
-        with anyio.move_on_after(grace):
+        # One drain per stop: a second call (the engine's own exit after the bot's) waits
+        # only for what is left of the first one's grace.
+        if self._drain_until is None:
+            self._drain_until = time.monotonic() + grace
+        with anyio.move_on_after(max(0.0, self._drain_until - time.monotonic())):
             while self._open and not self._cut.is_set():
                 self._idle.clear()
                 async with anyio.create_task_group() as tg:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from .deadline import DecisionSlot
     from .dispatch import Engine
+    from .store import FleetStats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -76,12 +77,17 @@ class Metrics:
         )
         self._engine: Engine | None = None
         self._token_failures: Callable[[], int] | None = None
+        self._fleet: FleetStats | None = None
         r.register(_EngineCollector(self))
 
     def attach(self, engine: Engine, token_failures: Callable[[], int] | None = None) -> None:
         """Read the engine's counters (and the token provider's failures) at scrape time."""
         self._engine = engine
         self._token_failures = token_failures
+
+    def attach_fleet(self, stats: FleetStats) -> None:
+        """Read the fleet-mode counters (store failures, take-overs, ...) at scrape time."""
+        self._fleet = stats
 
     # hooks ----------------------------------------------------------------------------------
 
@@ -157,3 +163,21 @@ class _EngineCollector(Collector):
             yield CounterMetricFamily(
                 "callflow_token_refresh_failures", "Failed app-token acquisitions", value=failures()
             )
+        fleet = self._metrics._fleet
+        if fleet is not None:
+            for name, doc, value in (
+                ("callflow_store_failures", "Store (Redis) operations that failed or were skipped "
+                 "while it was unavailable; the worker decided with its local slot",
+                 fleet.store_failures),
+                ("callflow_calls_taken_over", "Calls of dead workers this worker decided",
+                 fleet.taken_over),
+                ("callflow_notifications_forwarded",
+                 "Notifications forwarded to the worker that owns their call", fleet.forwarded),
+                ("callflow_decisions_dropped_elsewhere",
+                 "Decisions not sent because another worker sent the call's decision",
+                 fleet.dropped_elsewhere),
+                ("callflow_shared_duplicate_notifications",
+                 "State updates and terminations another worker had already taken",
+                 fleet.shared_duplicates),
+            ):  # fmt: skip
+                yield CounterMetricFamily(name, doc, value=value)

@@ -96,6 +96,13 @@ def _store(raw: str) -> str:
     raise ValueError(f"expected 'memory' or a redis:// URL, got {raw!r}")
 
 
+def _instance_id(raw: str) -> str:
+    value = raw.strip()
+    if not value or len(value) > 200 or any(c.isspace() for c in value):
+        raise ValueError(f"expected a name of 1 to 200 characters without spaces, got {raw!r}")
+    return value
+
+
 def _file(raw: str) -> str:
     if not os.path.isfile(raw):
         raise ValueError(f"no such file: {raw!r}")
@@ -132,6 +139,14 @@ class Settings:
     request_timeout: float = 5.0
     store: str = "memory"
     instance_id: str = attrs.field(factory=socket.gethostname)
+    heartbeat_interval: float = 1.0
+    """Fleet mode: seconds between heartbeats; a worker silent for 3 of them is taken over."""
+    store_timeout: float = 0.15
+    """Fleet mode: seconds a housekeeping store (Redis) operation may take, and the least a
+    claim on the decision path may wait, before the worker decides on its own."""
+    internal_url: str | None = None
+    """Fleet mode: the base URL other workers forward notifications to (default
+    ``http://HOST:PORT``, the host name when HOST is a wildcard)."""
     log_format: str | None = None
     log_level: str = "info"
     log_pii: bool = False
@@ -218,7 +233,10 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "keepalive_interval": _float(1.0, 2700.0),
     "request_timeout": _float(0.1, 60.0),
     "store": _store,
-    "instance_id": str.strip,
+    "instance_id": _instance_id,
+    "heartbeat_interval": _float(0.05, 60.0),
+    "store_timeout": _float(0.01, 5.0),
+    "internal_url": _url("http", "https"),
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_pii": _bool,

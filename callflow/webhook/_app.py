@@ -4,26 +4,37 @@ Order of work for ``POST {webhook_path}``: size limit (413), content type (415),
 (401 when missing or malformed, 403 when invalid), JSON and shape (400), then the events go
 to the engine and the reply is 202 at once; the reply never waits for handlers. Every 4xx
 carries ``{"error": {"code": ..., "message": ...}}``.
+
+In fleet mode a :class:`FleetHook` (:class:`Forwarder`) sees each authenticated body first: a
+notification whose URL names another live instance (``?instance=ID``, from the per-instance
+``callbackUri`` of that worker's decision) is forwarded there and that worker's reply is
+returned; after parsing, state updates and terminations another worker already took are
+dropped.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Protocol, Self
 
+import aiohttp
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 from structlog.contextvars import bound_contextvars
+from yarl import URL
 
 from .._parse import parse_notifications
 from ..errors import InboundAuthError, NotificationFormatError
 
 if TYPE_CHECKING:
     from ..dispatch import Engine
+    from ..events import CallEvent
     from ._jwt import Caller
 
-__all__ = ["MAX_BODY", "WebhookHandler", "error_response"]
+__all__ = ["FORWARDED_BY", "MAX_BODY", "FleetHook", "Forwarder", "WebhookHandler", "error_response"]
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +42,26 @@ MAX_BODY: Final = 1024 * 1024
 """Largest notification body accepted (1 MiB); larger ones get 413."""
 
 _ECHO: Final = ("client-request-id", "scenario-id")
+
+FORWARDED_BY: Final = "X-Callflow-Forwarded-By"
+"""Header naming the worker that forwarded a notification; such a notification is never
+forwarded again."""
+
+_NOT_FORWARDED: Final = frozenset(
+    {
+        "connection",
+        "content-length",
+        "host",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        FORWARDED_BY.lower(),
+    }
+)
 
 
 class Authenticator(Protocol):
@@ -49,8 +80,117 @@ def error_response(
     )
 
 
+class FleetHook(Protocol):
+    """What the webhook asks of fleet mode, for each authenticated notification."""
+
+    async def forward(self, request: web.Request, body: bytes) -> web.StreamResponse | None:
+        """The reply of the worker that owns the notification's call; None to handle it here."""
+        ...
+
+    async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
+        """The events no worker of the fleet has taken yet."""
+        ...
+
+
+class Forwarder:
+    """The fleet hook: forwards notifications to the instance their URL names.
+
+    ``lookup(instance_id)`` is the forwarding URL of a live instance (None when it is gone);
+    ``dedupe`` filters the parsed events (shared dedupe). A notification is handled here when
+    its URL names no instance or this one, when that instance is gone, when it was forwarded
+    once already, or when forwarding fails (logged). Use it as an async context manager: it
+    owns an HTTP session of the loop that enters it.
+    """
+
+    def __init__(
+        self,
+        instance_id: str,
+        lookup: Callable[[str], str | None],
+        *,
+        dedupe: Callable[[Sequence[CallEvent]], Awaitable[Sequence[CallEvent]]] | None = None,
+        timeout: float = 3.0,
+        on_forwarded: Callable[[], None] | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self._lookup = lookup
+        self._dedupe = dedupe
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
+        self._on_forwarded = on_forwarded
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        """Open the forwarding session in the running loop."""
+        self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the forwarding session."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
+        """See :meth:`FleetHook.fresh`."""
+        return events if self._dedupe is None else await self._dedupe(events)
+
+    async def forward(self, request: web.Request, body: bytes) -> web.StreamResponse | None:
+        """See :meth:`FleetHook.forward`."""
+        target = request.query.get("instance")
+        if not target or target == self.instance_id:
+            return None
+        if FORWARDED_BY in request.headers:
+            log.info("notification.not_forwarded_again", instance=target)
+            return None
+        base = self._lookup(target)
+        if base is None:
+            log.info("notification.owner_gone", instance=target)
+            return None
+        session = self._session
+        if session is None:
+            raise RuntimeError("Forwarder is not open; expected `async with Forwarder(...)`")
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() not in _NOT_FORWARDED
+        )
+        headers[FORWARDED_BY] = self.instance_id
+        url = URL(base.rstrip("/") + str(request.rel_url), encoded=True)
+        try:
+            async with session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                raw = await response.read()
+                reply_headers = {
+                    name: response.headers[name]
+                    for name in ("Content-Type", *_ECHO)
+                    if name in response.headers
+                }
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning(
+                "notification.forward_failed",
+                instance=target,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                message="handled by this worker instead",
+            )
+            return None
+        if self._on_forwarded is not None:
+            self._on_forwarded()
+        log.debug("notification.forwarded", instance=target, status=status)
+        return web.Response(status=status, body=raw, headers=reply_headers)
+
+
 class WebhookHandler:
-    """Handles ``POST`` notifications; ``auth=None`` turns inbound authentication off."""
+    """Handles ``POST`` notifications; ``auth=None`` turns inbound authentication off.
+
+    ``fleet`` (fleet mode) may forward a notification to another worker, and drops events
+    another worker already took.
+    """
 
     def __init__(
         self,
@@ -60,12 +200,14 @@ class WebhookHandler:
         max_body: int = MAX_BODY,
         on_auth_failure: Callable[[str], None] | None = None,
         on_rejected_input: Callable[[str], None] | None = None,
+        fleet: FleetHook | None = None,
     ) -> None:
         self._engine = engine
         self._auth = auth
         self._max_body = max_body
         self._on_auth_failure = on_auth_failure
         self._on_rejected_input = on_rejected_input
+        self._fleet = fleet
 
     def _reject(
         self, request: web.Request, status: int, code: str, message: str, echo: dict[str, str]
@@ -140,10 +282,17 @@ class WebhookHandler:
                 f"the body is larger than {self._max_body} bytes",
                 echo,
             )
+        fleet = self._fleet
+        if fleet is not None:
+            forwarded = await fleet.forward(request, body)
+            if forwarded is not None:
+                return forwarded
         try:
-            events = parse_notifications(body)
+            events: Sequence[CallEvent] = parse_notifications(body)
         except NotificationFormatError as exc:
             return self._reject(request, 400, "invalid_notification", str(exc), echo)
+        if fleet is not None:
+            events = await fleet.fresh(events)
 
         scenario_id = headers.get("scenario-id")
         token_tenant = caller.tenant_id if caller is not None else None

@@ -1,0 +1,1292 @@
+"""The decision store: exactly one decision per call across a fleet of workers.
+
+One worker needs nothing but its in-process :class:`~callflow.deadline.DecisionSlot`. Several
+workers behind a load balancer share a :class:`RedisStore` (``CALLFLOW_STORE=redis://...``);
+``memory`` (the default) keeps a single worker's behaviour and never imports Redis.
+
+What the fleet shares, per namespace ``ns`` (the bot's app id; the braces make it a Redis
+Cluster hash tag, so all keys of a fleet live in one slot and every script stays atomic):
+
+``callflow:{ns}:own:{call_id}``
+    Intake ownership. The engine's ``admit`` hook claims it (``SET NX`` with a TTL past the
+    platform timeout): the first worker to see an incoming call owns it and runs its
+    handlers; a redelivery that lands on any other worker is dropped as a duplicate. The same
+    script adds the call to the owner's pending set (one round trip; a duplicate leaves
+    nothing behind).
+``callflow:{ns}:pending:{instance}``
+    A sorted set of the calls a worker owns and has not decided, scored by the epoch time at
+    which the platform gives up on them; members are ``call_id|tenant_id``.
+``callflow:{ns}:final:{call_id}``
+    The send-time claim. :class:`FleetSink` wraps the decision sink of both threads of a
+    worker (the bot's loop and the deadline scheduler's): it claims ``final`` before any
+    decision POST, skips the POST when another worker holds it
+    (``decision.dropped_elsewhere``), and takes the call out of its pending set afterwards.
+``callflow:{ns}:seen:{hash}``
+    Shared dedupe of state updates and terminations.
+``callflow:{ns}:instance:{id}``, ``callflow:{ns}:instances``
+    The heartbeat: every ``HEARTBEAT_INTERVAL`` each worker refreshes its key (its forwarding
+    URL and boot id as JSON, expiring after three intervals) and its membership of the set.
+``callflow:{ns}:adopted:{instance}``
+    Calls a worker took over from dead ones and has still to decide.
+
+Claims hold ``instance#boot`` (``boot`` is random per process) and are idempotent for their
+holder, so the store may retry a command once after a lost connection (a restarted Redis)
+without ever mistaking its own claim for another worker's.
+
+Take-over: :class:`FleetWatch` runs in the deadline scheduler's thread, whose loop stays
+responsive when a handler blocks the bot's loop, so a busy worker keeps its heartbeat. When
+an instance's heartbeat is gone, one script moves its pending (and adopted) calls into this
+worker's adopted set and drops it from the instances set: only one survivor gets each call,
+and if it dies too the next survivor finds the calls in *its* sets. For each call still
+inside its platform timeout the watch claims ``final`` (taking the claim over when its holder
+is no longer alive: the holder's POST may never have left) and sends the default decision at
+once, since no handler can decide a dead worker's call any more. At start a worker also
+adopts the calls its previous life (same ``INSTANCE_ID``) left pending.
+
+Redis trouble never costs a decision. Housekeeping operations (dedupe of state updates,
+releasing a call) wait at most ``STORE_TIMEOUT``; the claims on the decision path (intake and
+final) may wait a quarter of the time left before the platform timeout, at most 2 s, since
+giving up on a Redis that is slow rather than gone (or on a reply stuck behind a busy event
+loop) risks a double decision, while the rest of the time is still ample for the POST. When
+Redis fails the worker decides with its local slot (``admit`` and the final claim count as
+won, nothing counts as seen before), logs ``store.unavailable`` (at most every few seconds)
+and counts ``callflow_store_failures_total``. A connection error, or three timeouts in a
+row, opens a circuit breaker shared by both threads of the worker: Redis is skipped for a
+short, growing back-off, the heartbeat probes it, and once it answers ``store.recovered`` is
+logged and shared dedupe resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+import attrs
+import structlog
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .deadline import DecisionSink, DecisionSlot, SinkFactory
+    from .decisions import Decision
+    from .events import CallEvent, IncomingCall
+    from .settings import Settings
+    from .webhook._app import FleetHook
+
+__all__ = [
+    "DROPPED",
+    "Breaker",
+    "Census",
+    "Decider",
+    "DecisionStore",
+    "Directory",
+    "Dropped",
+    "Fleet",
+    "FleetSink",
+    "FleetStats",
+    "FleetWatch",
+    "MemoryStore",
+    "PendingCall",
+    "RedisStore",
+    "SharedDedupe",
+    "dedupe_key",
+    "epoch_of",
+    "instance_callback_url",
+    "internal_url",
+    "open_store",
+    "without_credentials",
+]
+
+log = structlog.get_logger(__name__)
+
+KEY_GRACE: Final = 120.0
+"""Seconds the ``own``/``final`` keys outlive the platform timeout (late redeliveries)."""
+SEEN_TTL: Final = 600.0
+"""Seconds a state update or termination is remembered for shared dedupe."""
+TRIM_AFTER: Final = 60.0
+"""Pending and adopted entries this long past their platform timeout are dropped."""
+SEND_ALLOWANCE: Final = 0.05
+"""A taken-over call with less time than this before its platform timeout is not sent."""
+LOG_EVERY: Final = 5.0
+"""Seconds between two ``store.unavailable`` warnings of one worker."""
+HEARTBEATS_TO_LIVE: Final = 3
+"""A heartbeat lives this many intervals; an instance without one is dead."""
+TIMEOUTS_TO_TRIP: Final = 3
+"""Timeouts in a row that open the circuit (a connection error opens it at once)."""
+CLAIM_SHARE: Final = 0.25
+"""A claim on the decision path may wait this share of the time left before the platform
+timeout for the store (at least ``STORE_TIMEOUT``, at most :data:`CLAIM_CAP`)."""
+CLAIM_CAP: Final = 2.0
+"""The longest a claim waits for the store, in seconds."""
+LONG_WAIT: Final = 0.5
+"""An operation that timed out after waiting this long counts towards tripping the circuit."""
+
+_T = TypeVar("_T")
+
+# -- Lua: each script is atomic on the server and costs one round trip -----------------------
+
+_CLAIM: Final = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then return 1 end
+return 0
+"""
+
+_ADMIT: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+_SEEN: Final = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if not holder then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  elseif holder == ARGV[1] then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# The heartbeat key is built from ARGV: it shares the fleet's hash tag, so it lives in the
+# same cluster slot as KEYS[1].
+_CLAIM_ORPHAN: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  local owner, boot = string.match(holder, '^(.*)#([^#]*)$')
+  if not owner then return 0 end
+  local beat = redis.call('GET', ARGV[3] .. owner)
+  if beat and string.find(beat, '"' .. boot .. '"', 1, true) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_TAKE_OVER: Final = """
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+local moved = {}
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  if key ~= KEYS[4] then
+    local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    for i = 1, #entries, 2 do
+      redis.call('ZADD', KEYS[4], entries[i + 1], entries[i])
+      moved[#moved + 1] = entries[i]
+      moved[#moved + 1] = entries[i + 1]
+    end
+    redis.call('DEL', key)
+  end
+end
+if ARGV[2] ~= '1' then redis.call('SREM', KEYS[5], ARGV[1]) end
+return moved
+"""
+
+
+# -- values ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class PendingCall:
+    """A call a worker owned and had not decided; ``expires_at`` is epoch seconds."""
+
+    call_id: str
+    tenant_id: str | None
+    expires_at: float
+
+
+@attrs.frozen
+class Census:
+    """What one heartbeat saw: live instances (id -> forwarding URL), dead instances, and the
+    calls this worker adopted and has still to decide."""
+
+    live: Mapping[str, str | None]
+    dead: tuple[str, ...] = ()
+    adopted: tuple[PendingCall, ...] = ()
+
+
+@attrs.frozen
+class Dropped:
+    """What :class:`FleetSink` returns when another worker already sent the decision."""
+
+    attempts: int = 0
+
+
+DROPPED: Final = Dropped()
+
+
+def _member(call_id: str, tenant_id: str | None) -> str:
+    return f"{call_id}|{tenant_id or ''}"
+
+
+def _pending_calls(flat: Sequence[Any]) -> tuple[PendingCall, ...]:
+    """Parse ``[member, score, member, score, ...]`` (a ZRANGE WITHSCORES reply)."""
+    calls = []
+    for member, score in zip(flat[::2], flat[1::2], strict=True):
+        call_id, sep, tenant = str(member).rpartition("|")
+        if not sep:
+            call_id, tenant = str(member), ""
+        calls.append(PendingCall(call_id, tenant or None, float(score)))
+    return tuple(calls)
+
+
+def instance_callback_url(callback_url: str, instance_id: str) -> str:
+    """``callback_url`` with ``instance=INSTANCE_ID`` in its query (replacing one already there).
+
+    Graph posts every later notification of a call to the ``callbackUri`` its decision named,
+    so the query pins the rest of the call to the worker that decided it.
+    """
+    parts = urlsplit(callback_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "instance"]
+    query.append(("instance", instance_id))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def epoch_of(monotonic: float) -> float:
+    """The epoch time of a ``time.monotonic()`` instant of this process."""
+    return time.time() + (monotonic - time.monotonic())
+
+
+def _address(raw: str) -> str | None:
+    """The forwarding URL in a heartbeat value (None when unreadable)."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    url = value.get("url") if isinstance(value, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+def _boot_of(raw: str | None) -> str | None:
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    boot = value.get("boot") if isinstance(value, dict) else None
+    return boot if isinstance(boot, str) else None
+
+
+class FleetStats:
+    """Fleet counters shared by the worker's two threads; read them for metrics."""
+
+    __slots__ = (
+        "_lock",
+        "dropped_elsewhere",
+        "forwarded",
+        "shared_duplicates",
+        "store_failures",
+        "taken_over",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.store_failures = 0
+        """Store operations that failed, or were skipped while the circuit was open."""
+        self.taken_over = 0
+        """Calls of dead workers this worker sent the default decision for."""
+        self.forwarded = 0
+        """Notifications forwarded to the worker that owns their call."""
+        self.dropped_elsewhere = 0
+        """Decisions not sent because another worker had sent the call's decision."""
+        self.shared_duplicates = 0
+        """State updates and terminations another worker had already taken."""
+
+    def add(self, name: str, count: int = 1) -> None:
+        """Add ``count`` to the counter ``name`` (thread-safe)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + count)
+
+
+class Directory:
+    """The live instances of the fleet and their forwarding URLs, as the last heartbeat saw.
+
+    Written by :class:`FleetWatch` in the scheduler thread, read by the webhook in the bot's
+    loop: the mapping is replaced whole, never changed in place.
+    """
+
+    def __init__(self) -> None:
+        self._live: Mapping[str, str | None] = {}
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def update(self, live: Mapping[str, str | None]) -> None:
+        """Replace the directory with a new census (any thread)."""
+        with self._lock:
+            self._live = dict(live)
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(event.set)
+
+    def url(self, instance_id: str) -> str | None:
+        """The forwarding URL of a live instance; None when it is gone or unknown."""
+        return self._live.get(instance_id)
+
+    def live(self) -> Mapping[str, str | None]:
+        """The instances alive at the last heartbeat and their forwarding URLs."""
+        return self._live
+
+    async def wait_until(self, predicate: Callable[[Mapping[str, str | None]], bool]) -> None:
+        """Return once ``predicate(live)`` holds (checked at every update; no polling)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if predicate(self._live):
+                    return
+                event = asyncio.Event()
+                self._waiters.append((loop, event))
+            await event.wait()
+
+
+# -- the protocol --------------------------------------------------------------------------
+
+
+class DecisionStore(Protocol):
+    """What fleet mode needs of a shared store; no method fails because the store does.
+
+    When the store is unreachable the answers that let the worker decide on its own come
+    back instead (``admit`` and the claims True, nothing seen before, no census, nothing to
+    take over), and the store counts and logs the failure.
+    """
+
+    instance_id: str
+
+    async def admit(self, call_id: str, tenant_id: str | None, expires_at: float) -> bool:
+        """Claim intake ownership of a call and register it as pending; True if this worker
+        owns it. ``expires_at`` (epoch seconds) is when the platform gives up on the call."""
+        ...
+
+    async def claim(self, call_id: str, *, left: float | None = None) -> bool:
+        """Claim the right to send the call's decision; True for this worker's claim only.
+
+        ``left`` is how many seconds remain before the platform gives up on the call: the
+        store may wait for a share of it (see :data:`CLAIM_SHARE`).
+        """
+        ...
+
+    async def claim_orphan(self, call_id: str, *, left: float | None = None) -> bool:
+        """Claim a taken-over call: True unless a live worker holds its final claim."""
+        ...
+
+    async def release(self, call_id: str, tenant_id: str | None) -> None:
+        """Take the call out of this worker's pending and adopted sets (it was sent)."""
+        ...
+
+    async def first_seen(self, keys: Sequence[str]) -> tuple[bool, ...]:
+        """For each key, True if no other worker has taken it within :data:`SEEN_TTL`."""
+        ...
+
+    async def beat(self, address: str | None, ttl: float) -> Census | None:
+        """Publish this worker's heartbeat (``address``: its forwarding URL; it lives ``ttl``
+        seconds), trim long-expired entries, and return the census; None if the store is down."""
+        ...
+
+    async def take_over(self, instance_id: str, *, force: bool = False) -> tuple[PendingCall, ...]:
+        """Move a dead instance's calls into this worker's adopted set, atomically; the calls
+        moved (none if it is alive or already taken over). ``force`` skips the liveness check
+        (this worker's own previous life)."""
+        ...
+
+    async def retire(self) -> None:
+        """Leave the fleet: drop this worker's heartbeat (what it left is taken over)."""
+        ...
+
+
+# -- the single-process store --------------------------------------------------------------
+
+
+class MemoryStore:
+    """The :class:`DecisionStore` of a lone worker: every claim is won, nothing is shared.
+
+    The deadline slot already gives one decision per call inside one process; this store
+    exists so that code written against the protocol runs unchanged without Redis.
+    """
+
+    def __init__(self, instance_id: str = "local") -> None:
+        self.instance_id = instance_id
+
+    async def __aenter__(self) -> Self:
+        """Nothing to open."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Nothing to close."""
+
+    async def admit(self, call_id: str, tenant_id: str | None, expires_at: float) -> bool:
+        """Always True: this process owns every call it sees."""
+        return True
+
+    async def claim(self, call_id: str, *, left: float | None = None) -> bool:
+        """Always True (the slot already decides once per process)."""
+        return True
+
+    async def claim_orphan(self, call_id: str, *, left: float | None = None) -> bool:
+        """Always True."""
+        return True
+
+    async def release(self, call_id: str, tenant_id: str | None) -> None:
+        """Nothing to release."""
+
+    async def first_seen(self, keys: Sequence[str]) -> tuple[bool, ...]:
+        """Everything is new (the engine dedupes within the process)."""
+        return tuple(True for _ in keys)
+
+    async def beat(self, address: str | None, ttl: float) -> Census | None:
+        """A fleet of one: this instance, alive."""
+        return Census({self.instance_id: address})
+
+    async def take_over(self, instance_id: str, *, force: bool = False) -> tuple[PendingCall, ...]:
+        """Nothing to take over."""
+        return ()
+
+    async def retire(self) -> None:
+        """Nothing to leave."""
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+
+class Breaker:
+    """A circuit breaker (shared by the stores of one worker) with rate-limited warnings.
+
+    A connection error trips it at once. A timeout trips it only when it is the
+    :data:`TIMEOUTS_TO_TRIP`-th in a row of operations that waited long (the claims): a short
+    wait that runs out is more often a busy event loop than a hung Redis, and tripping the
+    circuit makes the claims that follow fail open. Once tripped the store is skipped for
+    ``backoff[0]`` seconds, doubling up to ``backoff[1]`` while it keeps failing; the first
+    success closes it.
+    """
+
+    def __init__(
+        self,
+        backoff: tuple[float, float] = (0.2, 2.0),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        low, high = backoff
+        if not 0 < low <= high:
+            raise ConfigError(f"backoff={backoff!r}: expected (min, max) with 0 < min <= max")
+        self._backoff = (float(low), float(high))
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open_until = 0.0
+        self.failures_in_row = 0
+        """Failed operations since the last success."""
+        self.trips = 0
+        """Times the circuit opened since the last success."""
+        self._timeouts_in_row = 0
+        self._down_since: float | None = None
+        self._last_warning: float | None = None
+        self._suppressed = 0
+
+    @property
+    def closed(self) -> bool:
+        """True while the circuit is closed (operations try the store)."""
+        return self.trips == 0
+
+    def allow(self) -> bool:
+        """True when an operation may try the store (closed, or the back-off has passed)."""
+        return self._clock() >= self._open_until
+
+    def failed(self, label: str, op: str, exc: BaseException, *, long_wait: bool = True) -> None:
+        """Record a failed operation; trip the circuit when due; warn (at most every few s).
+
+        ``long_wait`` says whether a timeout came after a long wait (a claim's), which counts
+        towards tripping the circuit.
+        """
+        now = self._clock()
+        with self._lock:
+            self.failures_in_row += 1
+            if isinstance(exc, TimeoutError):
+                if long_wait:
+                    self._timeouts_in_row += 1
+                trip = self._timeouts_in_row >= TIMEOUTS_TO_TRIP
+            else:
+                trip = True
+            wait = 0.0
+            if trip:
+                self.trips += 1
+                self._timeouts_in_row = 0
+                if self._down_since is None:
+                    self._down_since = now
+                low, high = self._backoff
+                wait = min(high, low * 2.0 ** min(self.trips - 1, 30))
+                self._open_until = now + wait
+            warn = self._last_warning is None or now - self._last_warning >= LOG_EVERY
+            suppressed = self._suppressed
+            if warn:
+                self._last_warning = now
+                self._suppressed = 0
+            else:
+                self._suppressed += 1
+        if warn:
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning(
+                "store.unavailable",
+                store=label,
+                op=op,
+                error=f"{type(exc).__name__}: {reason}"[:300],
+                retry_in=round(wait, 3),
+                suppressed=suppressed,
+                message="the shared store did not answer: this worker decided on its own (a "
+                "call that also reached another worker may be decided twice)",
+            )
+
+    def succeeded(self, label: str, op: str) -> None:
+        """Record a successful operation; logs ``store.recovered`` when the circuit was open."""
+        if not self.failures_in_row:
+            return
+        now = self._clock()
+        with self._lock:
+            self.failures_in_row = 0
+            self._timeouts_in_row = 0
+            trips, self.trips = self.trips, 0
+            since, self._down_since = self._down_since, None
+            self._open_until = 0.0
+            if trips:
+                self._last_warning = None
+        if trips:
+            log.warning(
+                "store.recovered",
+                store=label,
+                op=op,
+                down_for=round(now - since, 3) if since is not None else 0.0,
+                trips=trips,
+            )
+
+
+class RedisStore:
+    """A :class:`DecisionStore` on Redis (``redis.asyncio``), for a fleet of workers.
+
+    Use it as an async context manager in the event loop that uses it (a worker has two: the
+    bot's loop and the deadline scheduler's thread each open their own, sharing ``breaker``,
+    ``stats`` and ``boot``). ``timeout`` bounds every operation, a lost connection is retried
+    once at once (every command here is safe to repeat). ``label`` names the store in logs.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        instance_id: str,
+        namespace: str = "callflow",
+        timeout: float = 0.15,
+        breaker: Breaker | None = None,
+        stats: FleetStats | None = None,
+        boot: str | None = None,
+        label: str = "loop",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        problems: list[str] = []
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            problems.append(f"url={url!r}: expected a redis://, rediss:// or unix:// URL")
+        if not instance_id or "#" in instance_id:
+            problems.append(f"instance_id={instance_id!r}: expected a non-empty name without '#'")
+        if not namespace or any(c in namespace for c in "{}"):
+            problems.append(f"namespace={namespace!r}: expected a non-empty name without braces")
+        if not timeout > 0:
+            problems.append(f"timeout={timeout!r}: expected seconds > 0")
+        if problems:
+            raise ConfigError("invalid RedisStore settings: " + "; ".join(problems))
+        self.url = url
+        self.instance_id = instance_id
+        self.namespace = namespace
+        self.label = label
+        self.boot = boot if boot is not None else os.urandom(8).hex()
+        self.breaker = breaker if breaker is not None else Breaker()
+        self.stats = stats if stats is not None else FleetStats()
+        self._holder = f"{instance_id}#{self.boot}"
+        self._timeout = float(timeout)
+        self._clock = clock
+        self._prefix = f"callflow:{{{namespace}}}:"
+        self._client: Any = None
+        self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+        self._scripts: dict[str, Any] = {}
+        self._beats = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self.label} instance={self.instance_id!r} ns={self.namespace!r}>"
+
+    def key(self, kind: str, name: str = "") -> str:
+        """The Redis key of ``kind`` (own, final, seen, pending, adopted, instance, instances)."""
+        return f"{self._prefix}{kind}:{name}" if name else f"{self._prefix}{kind}"
+
+    async def __aenter__(self) -> Self:
+        """Create the client (connections open on first use) and register the scripts."""
+        try:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import RedisError
+        except ImportError as exc:  # pragma: no cover - redis is a dev dependency
+            raise ConfigError(
+                "CALLFLOW_STORE names Redis, which needs the redis package "
+                "(pip install 'callflow[redis]'); expected it to be importable"
+            ) from exc
+        self._errors = (RedisError, OSError, TimeoutError)
+        self._client = aioredis.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            # Operations are bounded by their own budget (see _run), which may exceed timeout.
+            socket_timeout=max(self._timeout, CLAIM_CAP),
+            socket_connect_timeout=max(self._timeout, CLAIM_CAP),
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=0,
+            client_name=f"callflow-{self.instance_id}-{self.label}",
+        )
+        for name, source in (
+            ("admit", _ADMIT),
+            ("claim", _CLAIM),
+            ("claim_orphan", _CLAIM_ORPHAN),
+            ("seen", _SEEN),
+            ("take_over", _TAKE_OVER),
+        ):
+            self._scripts[name] = self._client.register_script(source)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the client and its connections."""
+        client, self._client = self._client, None
+        if client is not None:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            raise RuntimeError(
+                f"{self!r} is not open; expected `async with RedisStore(...)` around its use"
+            )
+        return self._client
+
+    def wait_for(self, left: float | None) -> float:
+        """How long a claim may wait for Redis when ``left`` seconds remain before the platform
+        timeout: :data:`CLAIM_SHARE` of it, between ``timeout`` and :data:`CLAIM_CAP`."""
+        if left is None:
+            return self._timeout
+        return max(self._timeout, min(left * CLAIM_SHARE, CLAIM_CAP))
+
+    async def _run(
+        self,
+        op: str,
+        action: Callable[[], Awaitable[_T]],
+        fallback: _T,
+        within: float | None = None,
+    ) -> _T:
+        """Run one Redis operation within ``within`` seconds (default ``timeout``);
+        ``fallback`` when Redis is in trouble."""
+        self._redis()  # raises when the store is not open
+        if not self.breaker.allow():
+            self.stats.add("store_failures")
+            return fallback
+        wait = self._timeout if within is None else within
+        try:
+            async with asyncio.timeout(wait):
+                result = await action()
+        except self._errors as exc:
+            self.stats.add("store_failures")
+            self.breaker.failed(self.label, op, exc, long_wait=wait >= LONG_WAIT)
+            return fallback
+        self.breaker.succeeded(self.label, op)
+        return result
+
+    async def ping(self) -> bool:
+        """True when Redis answers within the timeout (a failure counts like any other)."""
+
+        async def run() -> bool:
+            return bool(await self._redis().ping())
+
+        return await self._run("ping", run, False)
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def admit(self, call_id: str, tenant_id: str | None, expires_at: float) -> bool:
+        """See :meth:`DecisionStore.admit` (one script: claim ``own`` + ``ZADD`` pending)."""
+        left = expires_at - self._clock()
+        ttl_ms = _ms(max(left, 0.0) + KEY_GRACE)
+        keys = (self.key("own", call_id), self.key("pending", self.instance_id))
+        args = (self._holder, ttl_ms, repr(expires_at), _member(call_id, tenant_id))
+
+        async def run() -> bool:
+            return bool(await self._scripts["admit"](keys=keys, args=args))
+
+        return await self._run("admit", run, True, self.wait_for(left))
+
+    async def claim(self, call_id: str, *, left: float | None = None) -> bool:
+        """See :meth:`DecisionStore.claim`."""
+        keys = (self.key("final", call_id),)
+        args = (self._holder, _ms(KEY_GRACE * 2))
+
+        async def run() -> bool:
+            return bool(await self._scripts["claim"](keys=keys, args=args))
+
+        return await self._run("claim", run, True, self.wait_for(left))
+
+    async def claim_orphan(self, call_id: str, *, left: float | None = None) -> bool:
+        """See :meth:`DecisionStore.claim_orphan` (the holder lives if its heartbeat carries
+        the holder's boot id)."""
+        keys = (self.key("final", call_id),)
+        args = (self._holder, _ms(KEY_GRACE * 2), self._prefix + "instance:")
+
+        async def run() -> bool:
+            return bool(await self._scripts["claim_orphan"](keys=keys, args=args))
+
+        return await self._run("claim_orphan", run, True, self.wait_for(left))
+
+    async def release(self, call_id: str, tenant_id: str | None) -> None:
+        """See :meth:`DecisionStore.release`."""
+        member = _member(call_id, tenant_id)
+
+        async def run() -> None:
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.zrem(self.key("pending", self.instance_id), member)
+            pipe.zrem(self.key("adopted", self.instance_id), member)
+            await pipe.execute()
+
+        await self._run("release", run, None)
+
+    async def first_seen(self, keys: Sequence[str]) -> tuple[bool, ...]:
+        """See :meth:`DecisionStore.first_seen`."""
+        if not keys:
+            return ()
+        redis_keys = tuple(self.key("seen", key) for key in keys)
+        args = (f"{self._holder}#{os.urandom(6).hex()}", _ms(SEEN_TTL))
+
+        async def run() -> tuple[bool, ...]:
+            firsts = await self._scripts["seen"](keys=redis_keys, args=args)
+            return tuple(bool(first) for first in firsts)
+
+        return await self._run("first_seen", run, tuple(True for _ in keys))
+
+    async def beat(self, address: str | None, ttl: float) -> Census | None:
+        """See :meth:`DecisionStore.beat` (a pipeline, then ``MGET`` of the members' keys)."""
+        payload = json.dumps({"url": address, "boot": self.boot, "pid": os.getpid()})
+        trim_before = self._clock() - TRIM_AFTER
+        me = self.key("instance", self.instance_id)
+        adopted = self.key("adopted", self.instance_id)
+
+        async def run() -> Census:
+            redis = self._redis()
+            pipe = redis.pipeline(transaction=False)
+            pipe.get(me)
+            pipe.set(me, payload, px=_ms(ttl))
+            pipe.sadd(self.key("instances"), self.instance_id)
+            pipe.zremrangebyscore(self.key("pending", self.instance_id), "-inf", trim_before)
+            pipe.zremrangebyscore(adopted, "-inf", trim_before)
+            pipe.smembers(self.key("instances"))
+            pipe.zrange(adopted, 0, -1, withscores=True)
+            previous, _, _, _, _, members, mine = await pipe.execute()
+            ids = sorted(members)
+            values = await redis.mget([self.key("instance", i) for i in ids]) if ids else []
+            self._check_clash(previous)
+            live = {i: _address(v) for i, v in zip(ids, values, strict=True) if v is not None}
+            dead = tuple(i for i, v in zip(ids, values, strict=True) if v is None)
+            flat = [item for member, score in mine for item in (member, score)]
+            return Census(live, dead, _pending_calls(flat))
+
+        return await self._run("beat", run, None, max(self._timeout, ttl / HEARTBEATS_TO_LIVE))
+
+    def _check_clash(self, previous: str | None) -> None:
+        self._beats += 1
+        boot = _boot_of(previous)
+        if self._beats > 1 and boot is not None and boot != self.boot:
+            log.error(
+                "fleet.instance_id_clash",
+                instance=self.instance_id,
+                message="another live worker uses the same CALLFLOW_INSTANCE_ID; expected a "
+                "unique id per worker",
+            )
+
+    async def take_over(self, instance_id: str, *, force: bool = False) -> tuple[PendingCall, ...]:
+        """See :meth:`DecisionStore.take_over` (one script)."""
+        keys = (
+            self.key("instance", instance_id),
+            self.key("pending", instance_id),
+            self.key("adopted", instance_id),
+            self.key("adopted", self.instance_id),
+            self.key("instances"),
+        )
+        args = (instance_id, "1" if force else "0")
+
+        async def run() -> tuple[PendingCall, ...]:
+            return _pending_calls(await self._scripts["take_over"](keys=keys, args=args))
+
+        return await self._run("take_over", run, (), max(self._timeout, CLAIM_CAP))
+
+    async def retire(self) -> None:
+        """See :meth:`DecisionStore.retire`."""
+
+        async def run() -> None:
+            await self._redis().delete(self.key("instance", self.instance_id))
+
+        await self._run("retire", run, None)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def open_store(
+    url: str,
+    *,
+    instance_id: str,
+    namespace: str = "callflow",
+    timeout: float = 0.15,
+    breaker: Breaker | None = None,
+    stats: FleetStats | None = None,
+    boot: str | None = None,
+    label: str = "loop",
+) -> RedisStore | MemoryStore:
+    """The store ``CALLFLOW_STORE`` names: ``memory``, or a Redis URL (imported lazily)."""
+    if url == "memory":
+        return MemoryStore(instance_id)
+    return RedisStore(
+        url,
+        instance_id=instance_id,
+        namespace=namespace,
+        timeout=timeout,
+        breaker=breaker,
+        stats=stats,
+        boot=boot,
+        label=label,
+    )
+
+
+# -- the decision path ---------------------------------------------------------------------
+
+
+class FleetSink:
+    """A decision sink that sends only when this worker wins the call's final claim.
+
+    Wraps the real sink (the Graph client of the bot's loop, or of the scheduler thread). A
+    lost claim skips the POST, logs ``decision.dropped_elsewhere`` and returns
+    :data:`DROPPED` (``attempts`` 0). After the send, successful or not, the call leaves this
+    worker's pending set.
+    """
+
+    def __init__(self, inner: DecisionSink, store: DecisionStore, stats: FleetStats) -> None:
+        self.inner = inner
+        self._store = store
+        self._stats = stats
+
+    async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> object:
+        """Claim, then send through the inner sink; see the class docstring."""
+        if not await self._store.claim(call.call_id, left=deadline - time.monotonic()):
+            self._stats.add("dropped_elsewhere")
+            log.info(
+                "decision.dropped_elsewhere",
+                call_id=call.call_id,
+                decision=decision.kind,
+                message="another worker of the fleet already sent this call's decision",
+            )
+            return DROPPED
+        try:
+            return await self.inner.deliver(call, decision, deadline)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._store.release(call.call_id, call.tenant_id)
+
+
+def dedupe_key(event: CallEvent) -> str | None:
+    """The shared-dedupe key of a state update or termination; None for other events."""
+    from .events import CallStateChanged, CallTerminated
+
+    if isinstance(event, CallStateChanged):
+        raw = f"{event.call_id}\x00state\x00{event.state}\x00{event.etag}"
+    elif isinstance(event, CallTerminated):
+        raw = f"{event.call_id}\x00terminated"
+    else:
+        return None
+    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+
+class SharedDedupe:
+    """Drops state updates and terminations another worker of the fleet already took.
+
+    Incoming calls are left alone: intake ownership dedupes them in the ``admit`` hook.
+    """
+
+    def __init__(self, store: DecisionStore, stats: FleetStats) -> None:
+        self._store = store
+        self._stats = stats
+
+    async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
+        """The events of one notification that no other worker has taken."""
+        keyed = [(index, key) for index, e in enumerate(events) if (key := dedupe_key(e))]
+        if not keyed:
+            return events
+        firsts = await self._store.first_seen([key for _, key in keyed])
+        seen = {index for (index, _), first in zip(keyed, firsts, strict=True) if not first}
+        if not seen:
+            return events
+        self._stats.add("shared_duplicates", len(seen))
+        for index in sorted(seen):
+            log.info(
+                "event.duplicate",
+                call_id=events[index].call_id,
+                kind=type(events[index]).__name__,
+                shared=True,
+            )
+        return [e for index, e in enumerate(events) if index not in seen]
+
+
+# -- take-over -------------------------------------------------------------------------------
+
+
+class Decider(Protocol):
+    """What take-over needs to send a decision (a :class:`~callflow.graph.GraphClient`)."""
+
+    async def decide(
+        self,
+        call_id: str,
+        decision: Decision,
+        *,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Any:
+        """Send ``decision`` for ``call_id`` before ``deadline`` (monotonic)."""
+        ...
+
+
+class FleetWatch:
+    """Heartbeat, directory, and the take-over of dead workers' calls; one per worker.
+
+    :meth:`run` beats every ``interval`` seconds (a heartbeat lives three intervals),
+    refreshes ``directory``, takes over the calls of every dead instance (and, once at start,
+    those its own previous life left), and sends the ``default`` decision through ``graph``
+    for each adopted call still inside its platform timeout. ``address()`` is this worker's
+    forwarding URL (None until its webhook listens). :meth:`stop` ends the beating and lets
+    the sends in flight finish. The first beat must come before the worker admits calls (its
+    pending set then holds only what a previous life left).
+    """
+
+    def __init__(
+        self,
+        store: DecisionStore,
+        graph: Decider,
+        *,
+        default: Decision,
+        interval: float = 1.0,
+        address: Callable[[], str | None] = lambda: None,
+        directory: Directory | None = None,
+        stats: FleetStats | None = None,
+        max_sends: int = 64,
+    ) -> None:
+        if not interval > 0:
+            raise ConfigError(f"FleetWatch interval={interval!r}: expected seconds > 0")
+        self._store = store
+        self._graph = graph
+        self._default = default
+        self.interval = float(interval)
+        self._address = address
+        self.directory = directory if directory is not None else Directory()
+        self.stats = stats if stats is not None else FleetStats()
+        self._limit = anyio.Semaphore(max_sends)
+        self._busy: set[str] = set()
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._beating: anyio.CancelScope | None = None
+        self._stopped = False
+        self._adopted_own = False
+        self.beats = 0
+        """Heartbeats the store accepted."""
+
+    def stop(self) -> None:
+        """End the beating; :meth:`run` returns once the take-over sends in flight are done."""
+        self._stopped = True
+        if self._beating is not None:
+            self._beating.cancel()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Beat and watch until :meth:`stop` (or cancelled); started after the first beat."""
+        if self._stopped:
+            task_status.started()
+            return
+        async with anyio.create_task_group() as sends:
+            with anyio.CancelScope() as beating:
+                self._beating = beating
+                await self._tick_safely(sends)
+                task_status.started()
+                while True:
+                    await anyio.sleep(self.interval)
+                    await self._tick_safely(sends)
+
+    async def _tick_safely(self, sends: anyio.abc.TaskGroup) -> None:
+        try:
+            await self.tick(sends)
+        except Exception:  # the watch lives in the scheduler's thread: never let it stop that
+            log.exception("fleet.watch_failed", instance=self._store.instance_id)
+
+    async def tick(self, sends: anyio.abc.TaskGroup) -> None:
+        """One heartbeat; start a send in ``sends`` for every adopted call not yet sent."""
+        store = self._store
+        census = await store.beat(self._address(), self.interval * HEARTBEATS_TO_LIVE)
+        if census is None:
+            return  # the store is down: keep the last directory
+        self.beats += 1
+        before = set(self.directory.live())
+        self.directory.update(census.live)
+        if set(census.live) != before:
+            log.info(
+                "fleet.members",
+                live=sorted(census.live),
+                joined=sorted(set(census.live) - before),
+                left=sorted(before - set(census.live)),
+            )
+        adopted = list(census.adopted)
+        if not self._adopted_own:
+            self._adopted_own = True
+            left = await store.take_over(store.instance_id, force=True)
+            if left:
+                log.warning("instance.previous_life_adopted", calls=len(left))
+                adopted += left
+        for dead in census.dead:
+            if dead == store.instance_id:  # pragma: no cover - its key was set in this beat
+                continue
+            calls = await store.take_over(dead)
+            if calls:
+                log.warning("instance.taken_over", instance=dead, calls=len(calls))
+                adopted += calls
+        for call in adopted:
+            if call.call_id in self._busy or call.call_id in self._done:
+                continue
+            self._busy.add(call.call_id)
+            sends.start_soon(self._decide, call)
+
+    async def _decide(self, call: PendingCall) -> None:
+        store = self._store
+        try:
+            async with self._limit:
+                left = call.expires_at - time.time()
+                if left <= SEND_ALLOWANCE:
+                    log.warning(
+                        "call.takeover_expired", call_id=call.call_id, late_by=round(-left, 3)
+                    )
+                    return
+                if not await store.claim_orphan(call.call_id, left=left):
+                    self.stats.add("dropped_elsewhere")
+                    log.info(
+                        "decision.dropped_elsewhere",
+                        call_id=call.call_id,
+                        decided_by="takeover",
+                        message="another worker of the fleet already sent this call's decision",
+                    )
+                    return
+                started = time.monotonic()
+                try:
+                    result = await self._graph.decide(
+                        call.call_id,
+                        self._default,
+                        tenant_id=call.tenant_id,
+                        deadline=started + left,
+                    )
+                except Exception as exc:  # GraphError, TokenError: logged like the engine's
+                    log.error(
+                        "call.decision_failed",
+                        call_id=call.call_id,
+                        decision=self._default.kind,
+                        decided_by="takeover",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    return
+                self.stats.add("taken_over")
+                log.info(
+                    "call.decided",
+                    call_id=call.call_id,
+                    decision=self._default.kind,
+                    reason=getattr(self._default, "reason", None),
+                    decided_by="takeover",
+                    latency_ms=round((time.monotonic() - started) * 1000.0, 3),
+                    attempts=getattr(result, "attempts", 1),
+                )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.release(call.call_id, call.tenant_id)
+            self._busy.discard(call.call_id)
+            self._done[call.call_id] = None
+            if len(self._done) > 10_000:
+                self._done.popitem(last=False)
+
+
+# -- one worker's fleet mode -----------------------------------------------------------------
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its user name and password (for logs)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def internal_url(host: str, port: int) -> str:
+    """Where other workers reach this one: the bound address, the host name for a wildcard."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class Fleet:
+    """Fleet mode of one worker (``CALLFLOW_STORE=redis://...``): what the bot wires in.
+
+    In the bot's loop (enter it there): a Redis store for intake ownership (:meth:`admit`,
+    the engine's hook), the final claims of the decisions sent there (:meth:`sink`), and
+    the webhook's forwarding and shared-dedupe hook (``webhook``). In the deadline scheduler's
+    thread (:meth:`scheduler_sink` builds it there): its own Graph client and Redis store, the
+    final claims of default decisions, and the :class:`FleetWatch`. The bot sets ``address``
+    once its webhook listens.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.store == "memory":
+            raise ConfigError("Fleet needs CALLFLOW_STORE=redis://...; got 'memory'")
+        self.settings = settings
+        self.stats = FleetStats()
+        self.breaker = Breaker()
+        self.boot = os.urandom(8).hex()
+        self.directory = Directory()
+        self.address: str | None = None
+        """This worker's forwarding URL, once its webhook listens."""
+        self.namespace = settings.app_id or "callflow"
+        self.callback_url = (
+            instance_callback_url(settings.callback_url, settings.instance_id)
+            if settings.callback_url
+            else None
+        )
+        """``CALLBACK_URL`` with ``instance=INSTANCE_ID``: the callbackUri of decisions."""
+        self.webhook: FleetHook | None = None
+        self._store: RedisStore | None = None
+        self._stack = AsyncExitStack()
+
+    def open_store(self, label: str) -> RedisStore:
+        """A new Redis store client, for the loop that will enter it."""
+        s = self.settings
+        return RedisStore(
+            s.store,
+            instance_id=s.instance_id,
+            namespace=self.namespace,
+            timeout=s.store_timeout,
+            breaker=self.breaker,
+            stats=self.stats,
+            boot=self.boot,
+            label=label,
+        )
+
+    async def __aenter__(self) -> Self:
+        """Open the loop's store and the forwarding hook; log whether Redis answers."""
+        from .webhook._app import Forwarder
+
+        s = self.settings
+        async with AsyncExitStack() as stack:
+            store = await stack.enter_async_context(self.open_store("loop"))
+            stats = self.stats
+            self.webhook = await stack.enter_async_context(
+                Forwarder(
+                    s.instance_id,
+                    self.directory.url,
+                    dedupe=SharedDedupe(store, stats).fresh,
+                    on_forwarded=lambda: stats.add("forwarded"),
+                )
+            )
+            reachable = await store.ping()
+            log.info(
+                "fleet.joining",
+                instance=s.instance_id,
+                store=without_credentials(s.store),
+                namespace=self.namespace,
+                reachable=reachable,
+            )
+            self._store = store
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the forwarding session and the loop's store."""
+        await self._stack.aclose()
+
+    def _loop_store(self) -> RedisStore:
+        if self._store is None:
+            raise RuntimeError("Fleet is not open; expected `async with Fleet(settings)`")
+        return self._store
+
+    async def admit(self, call: IncomingCall, slot: DecisionSlot) -> bool:
+        """The engine's intake hook: True when this worker owns the call."""
+        return await self._loop_store().admit(call.call_id, call.tenant_id, epoch_of(slot.expires))
+
+    def sink(self, inner: DecisionSink) -> DecisionSink:
+        """The bot loop's sink: claim the call's final decision, then send through ``inner``."""
+        return FleetSink(inner, self._loop_store(), self.stats)
+
+    def scheduler_sink(
+        self,
+        graph_client: Callable[[], AbstractAsyncContextManager[Any]],
+        default: Decision,
+    ) -> SinkFactory:
+        """The scheduler thread's sink factory: its own Graph client (``graph_client()``, a
+        :class:`~callflow.graph.GraphClient`) and Redis store, and the watch."""
+
+        @asynccontextmanager
+        async def factory() -> AsyncIterator[DecisionSink]:
+            async with (
+                graph_client() as graph,
+                self.open_store("scheduler") as store,
+                anyio.create_task_group() as tg,
+            ):
+                watch = FleetWatch(
+                    store,
+                    graph,
+                    default=default,
+                    interval=self.settings.heartbeat_interval,
+                    address=lambda: self.address,
+                    directory=self.directory,
+                    stats=self.stats,
+                )
+                await tg.start(watch.run)
+                try:
+                    yield FleetSink(graph, store, self.stats)
+                finally:
+                    watch.stop()  # take-over sends in flight finish before the thread ends
+                    with anyio.CancelScope(shield=True):
+                        await store.retire()
+
+        return factory

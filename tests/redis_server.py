@@ -1,0 +1,151 @@
+"""A real ``redis-server`` for the tests: loopback, a free port, a temp dir, no persistence.
+
+``RedisServer.start()`` runs ``redis-server`` from ``PATH`` with ``--save '' --appendonly no``
+and returns once it logged that it accepts connections; ``stop()`` ends it, ``restart()``
+starts it again on the same port (empty: nothing is persisted). The ``redis_server``
+fixture of a test module is one line::
+
+    @pytest.fixture
+    def redis() -> Iterator[RedisServer]:
+        yield from redis_server()
+
+Without ``redis-server`` on ``PATH`` the Redis tests fail with a message saying how to
+install it, unless ``CALLFLOW_SKIP_REDIS=1`` is set; then they are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Final
+
+import pytest
+
+__all__ = ["RedisServer", "redis_server", "require_redis_server"]
+
+_READY: Final = b"Ready to accept connections"
+_START_TIMEOUT: Final = 10.0
+_INSTALL: Final = (
+    "redis-server is not on PATH; the fleet tests need a real one: "
+    "apt-get install redis-server (or set CALLFLOW_SKIP_REDIS=1 to skip these tests)"
+)
+
+
+def require_redis_server() -> str:
+    """The path of ``redis-server``; fails (or skips, with CALLFLOW_SKIP_REDIS=1) without it."""
+    path = shutil.which("redis-server")
+    if path is not None:
+        return path
+    if os.environ.get("CALLFLOW_SKIP_REDIS") == "1":
+        pytest.skip(
+            "redis-server is not on PATH (CALLFLOW_SKIP_REDIS=1): apt-get install redis-server"
+        )
+    pytest.fail(_INSTALL, pytrace=False)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One ``redis-server`` process on 127.0.0.1; see the module docstring."""
+
+    def __init__(self, executable: str, port: int | None = None) -> None:
+        self.executable = executable
+        self.port = port if port is not None else _free_port()
+        self.dir = tempfile.mkdtemp(prefix="callflow-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output = bytearray()
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
+        """The URL of database ``db`` (0-15): separate fleets on one server stay apart."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    @property
+    def running(self) -> bool:
+        """True while the server process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it accepts connections."""
+        if self.running:
+            raise RuntimeError(f"redis-server already runs on port {self.port}")
+        self.output.clear()
+        self.process = subprocess.Popen(
+            [
+                self.executable,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self.dir,
+                "--protected-mode", "no",
+                "--loglevel", "notice",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while _READY not in self.output:
+            left = deadline - time.monotonic()
+            readable, _, _ = select.select([fd], [], [], max(left, 0.0))
+            chunk = os.read(fd, 65536) if readable else b""
+            if not chunk:
+                self.stop()
+                raise RuntimeError(
+                    f"redis-server on port {self.port} did not become ready within "
+                    f"{_START_TIMEOUT:g} s; its output:\n{self.output.decode(errors='replace')}"
+                )
+            self.output += chunk
+        # Nobody reads the pipe from now on: the server logs little, but never let it block.
+        os.set_blocking(fd, False)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s) and wait for it."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5.0)
+            except subprocess.TimeoutExpired:  # pragma: no cover - redis stops at once
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def restart(self) -> None:
+        """Stop the server and start a new, empty one on the same port."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_server() -> Iterator[RedisServer]:
+    """Generator for a fixture: a started server, closed afterwards."""
+    server = RedisServer(require_redis_server())
+    try:
+        yield server.start()
+    finally:
+        server.close()

@@ -1,0 +1,169 @@
+"""The benchmark harness's quick mode and ``callflow bench`` produce sane figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from callflow import Bot, IncomingCall, Reject, RejectReason
+from callflow.bench import BenchReport, bench_bot, percentile
+from callflow.cli import main
+from callflow.errors import CallflowError
+from callflow.testing import FakeGraph
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _busy_bot() -> Bot:
+    bot = Bot()
+
+    @bot.incoming_call
+    async def busy(call: IncomingCall) -> Reject:
+        return Reject(RejectReason.BUSY)
+
+    return bot
+
+
+CLI_BOT = _busy_bot()
+"""Served once, by the CLI test (``tests.test_bench_smoke:CLI_BOT``)."""
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def test_quick_harness_writes_a_report_with_sane_figures(tmp_path: Path) -> None:
+    """``python -m benchmarks.harness --quick`` finishes within a minute and reports figures."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.harness", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert took < 90, f"the quick mode took {took:.0f} s; expected well under a minute"
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## Targets" in report
+    assert "callflow / floor" in report
+    results = json.loads((tmp_path / "results.json").read_text())
+
+    closed = results["closed"]["asyncio"]
+    for variant in ("callflow", "floor"):
+        for c in ("1", "64"):
+            (run,) = closed[variant][c]
+            lat = run["latency"]
+            assert run["decided"] > 0
+            assert run["undecided"] == 0
+            assert run["duplicates"] == 0
+            assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 5_000
+            assert run["throughput"] > 10
+            assert _finite(run["cpu_per_1000"]["bot"])
+            assert run["cpu_per_1000"]["bot"] > 0
+    for variant, table in results["cold_start"]["asyncio"].items():
+        assert 0 < table["ready_s"] < 30, variant
+        assert 0 < table["first_call_ms"] < 5_000, variant
+
+    over = results["overload"]
+    assert over["calls"] > 100
+    assert 0 <= over["missed"] <= over["calls"]
+    assert over["ack"]["p99"] > 0
+    blocked = results["blocked"]
+    assert blocked["accepted_before_block"]["calls"] > 0
+    assert blocked["loop_blocked_for"] > 0.5
+    memory = results["memory"]
+    assert memory["pending"] >= 1000
+    assert 100 < memory["bytes_per_pending"] < 1_000_000
+    assert {t["name"] for t in results["targets"]} >= {"bytes per pending call"}
+    if (tmp_path / "cdf.png").exists():
+        assert (tmp_path / "cdf.png").stat().st_size > 10_000
+
+
+@pytest.mark.anyio
+async def test_bench_bot_measures_every_call() -> None:
+    """bench_bot places the calls against its own FakeGraph and reports each decision."""
+    report = await bench_bot(_busy_bot(), target="busy", calls=20, concurrency=4, warmup=2)
+    assert report.decisions == (("reject", 20),)
+    assert report.undecided == 0
+    assert len(report.latencies_ms) == 20
+    assert list(report.latencies_ms) == sorted(report.latencies_ms)
+    assert 0 < report.p50 <= report.p90 <= report.p99 <= report.max < 5_000
+    text = report.render()
+    assert "callflow bench busy: 20 p2p calls, 4 at a time" in text
+    assert "p50" in text
+    assert "reject 20" in text
+
+
+@pytest.mark.anyio
+async def test_bench_bot_counts_calls_graph_never_accepted() -> None:
+    """A decision Graph refuses leaves the call undecided, and the report says so."""
+    async with FakeGraph(platform_timeout=2.0, recording_timeout=2.0) as fake:
+        fake.fail_next("decision", 403, count=10)
+        report = await bench_bot(_busy_bot(), calls=1, concurrency=1, warmup=0, fake=fake)
+    assert report.undecided == 1
+    assert report.latencies_ms == ()
+    assert math.isnan(report.max)
+    assert "decisions: none; undecided: 1" in report.render()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"calls": 0}, "calls=0: expected at least 1"),
+        ({"concurrency": 0}, "concurrency=0: expected at least 1"),
+        ({"warmup": -1}, "warmup=-1: expected 0 or more"),
+        ({"kind": "fax"}, "kind='fax': expected one of p2p"),
+    ],
+)
+async def test_bench_bot_rejects_bad_arguments(options: dict[str, Any], message: str) -> None:
+    """Out-of-range arguments raise CallflowError naming the argument and what was expected."""
+    with pytest.raises(CallflowError, match=message):
+        await bench_bot(_busy_bot(), **options)
+
+
+def test_percentile_interpolates_and_handles_empty() -> None:
+    """percentile interpolates between ranks and is nan for no values."""
+    assert percentile((1.0, 2.0, 3.0, 4.0), 50) == 2.5
+    assert percentile((5.0,), 99) == 5.0
+    assert math.isnan(percentile((), 50))
+
+
+def test_render_of_an_empty_run_has_no_rate() -> None:
+    """A report of a run that took no time prints without dividing by zero."""
+    report = BenchReport("t", "p2p", 1, 1, (), (), 1, 0.0)
+    assert "nan decisions/s" in report.render()
+
+
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    """Put structlog's process-wide configuration back as it was after the test."""
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_cli_bench_prints_the_latency(capsys: pytest.CaptureFixture[str]) -> None:
+    """``callflow bench module:attr`` serves the bot, measures it and prints p50/p99/max."""
+    code = main(["bench", "tests.test_bench_smoke:CLI_BOT", "--calls", "10", "--concurrency", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "callflow bench tests.test_bench_smoke:CLI_BOT: 10 p2p calls, 2 at a time" in out
+    assert "p99" in out
+    assert "max" in out

@@ -1,0 +1,300 @@
+"""Every example bot, served against FakeGraph in-process, decides the calls it is about.
+
+An example defines a module-level ``bot``, and a bot serves once: each test loads a fresh copy
+of the example's module (under a name of its own) after setting the environment it reads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import structlog.testing
+
+from callflow import Bot
+from callflow.testing import CALLBACK_URL, FakeGraph, SigningKey, identity_set, incoming_call
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+GUARD = 10.0
+_copies = itertools.count()
+
+DANA = "6d5c4b3a-1111-4222-8333-944455556666"
+RAVI = "7e6d5c4b-2222-4333-8444-a55566667777"
+STRANGER = "0a0a0a0a-3333-4333-8333-000000000333"
+OTHER_TENANT = "99999999-0000-4000-8000-000000000999"
+ON_CALL = "0e0e0e0e-5555-4555-8555-000000000555"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import a fresh copy of ``examples/NAME.py`` (its own module object, its own bot)."""
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}_{next(_copies)}", EXAMPLES / f"{name}.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert isinstance(module.bot, Bot)
+    return module
+
+
+def user(user_id: str, *, tenant_id: str | None = None, name: str = "Someone") -> dict[str, Any]:
+    """A Teams user as the caller of a placed call."""
+    caller = {"kind": "user", "id": user_id, "display_name": name}
+    if tenant_id is not None:
+        caller["tenant_id"] = tenant_id
+    return caller
+
+
+def busy() -> dict[str, str]:
+    """The body of the default decision, Reject(busy)."""
+    return {"reason": "busy", "callbackUri": CALLBACK_URL}
+
+
+def forbidden() -> dict[str, str]:
+    """The body of Reject(forbidden)."""
+    return {"reason": "forbidden", "callbackUri": CALLBACK_URL}
+
+
+def meeting_organised_by(fake: FakeGraph, organizer: dict[str, Any]) -> dict[str, Any]:
+    """An invitation to a meeting whose organizer (``organizerMeetingInfo``) is ``organizer``."""
+    call_id = str(uuid.uuid4())
+    payload = incoming_call(
+        kind="group_meeting",
+        call_id=call_id,
+        tenant_id=fake.tenant_id,
+        bot_app_id=fake.app_id,
+        callback_uri=CALLBACK_URL,
+    )
+    info = payload["value"][0]["resourceData"]["meetingInfo"]
+    info["organizer"] = identity_set(organizer)
+    return payload
+
+
+@pytest.fixture
+async def short_fake(callflow_signing_key: SigningKey) -> AsyncIterator[FakeGraph]:
+    """A FakeGraph whose calls time out after 3 s (the bot's deadline is at 2 s)."""
+    async with FakeGraph(
+        signing_key=callflow_signing_key, platform_timeout=3.0, recording_timeout=3.0
+    ) as fake:
+        yield fake
+
+
+# --- busy_bot --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_busy_bot_rejects_every_call_as_busy(fake_graph: FakeGraph) -> None:
+    """busy_bot rejects a Teams call, a phone call and a meeting invitation as busy."""
+    example = load_example("busy_bot")
+    async with fake_graph.serve(example.bot) as running:
+        for kind in ("p2p", "pstn", "group_meeting"):
+            call = await fake_graph.place_call(running.webhook_url, kind=kind)
+            request = await call.decision(timeout=GUARD)
+            assert (request.op, request.body) == ("reject", busy()), kind
+        assert running.engine.scheduler.fired == 0  # its handler decided, not the deadline
+
+
+# --- front_desk ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_front_desk_answers_forbids_redirects_and_defaults(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Allow-listed users are answered, other tenants forbidden, phones sent to the on-call."""
+    monkeypatch.delenv("CALLFLOW_FRONT_DESK_DIRECTORY_DELAY", raising=False)
+    monkeypatch.setenv("CALLFLOW_FRONT_DESK_ALLOW", f"{DANA},{RAVI}")
+    monkeypatch.setenv("CALLFLOW_FRONT_DESK_ON_CALL", ON_CALL)
+    monkeypatch.delenv("CALLFLOW_FRONT_DESK_HOURS", raising=False)
+    example = load_example("front_desk")
+    async with fake_graph.serve(example.bot) as running:
+        url = running.webhook_url
+        dana = await fake_graph.place_call(url, caller=user(DANA, name="Dana"))
+        foreign = await fake_graph.place_call(url, caller=user(DANA, tenant_id=OTHER_TENANT))
+        phone = await fake_graph.place_call(url, kind="pstn")
+        stranger = await fake_graph.place_call(url, caller=user(STRANGER))
+        guest = await fake_graph.place_call(url, kind="guest")
+        requests = {
+            name: await call.decision(timeout=GUARD)
+            for name, call in {
+                "dana": dana,
+                "foreign": foreign,
+                "phone": phone,
+                "stranger": stranger,
+                "guest": guest,
+            }.items()
+        }
+    assert requests["dana"].op == "answer"
+    assert requests["dana"].body["acceptedModalities"] == ["audio"]
+    assert (requests["foreign"].op, requests["foreign"].body) == ("reject", forbidden())
+    assert requests["phone"].op == "redirect"
+    assert requests["phone"].body["targets"][0]["identity"]["user"]["id"] == ON_CALL
+    assert requests["phone"].body["timeout"] == 30
+    for name in ("stranger", "guest"):  # no directory configured: the default
+        assert (requests[name].op, requests[name].body) == ("reject", busy()), name
+
+
+@pytest.mark.anyio
+async def test_front_desk_sends_phone_callers_away_out_of_office_hours(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside CALLFLOW_FRONT_DESK_HOURS a phone caller gets the default, not the on-call."""
+    monkeypatch.setenv("CALLFLOW_FRONT_DESK_HOURS", "0-0")  # no office hours at all
+    example = load_example("front_desk")
+    async with fake_graph.serve(example.bot) as running:
+        phone = await fake_graph.place_call(running.webhook_url, kind="pstn")
+        request = await phone.decision(timeout=GUARD)
+    assert (request.op, request.body) == ("reject", busy())
+
+
+@pytest.mark.anyio
+async def test_front_desk_joins_only_meetings_organised_by_the_allow_list(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Meetings organised by someone allow-listed are joined; others, and channels, refused."""
+    monkeypatch.delenv("CALLFLOW_FRONT_DESK_ALLOW", raising=False)
+    example = load_example("front_desk")
+    assert RAVI in example.ALLOW  # the default allow-list
+    stranger = user(STRANGER, tenant_id=fake_graph.tenant_id)
+    async with fake_graph.serve(example.bot) as running:
+        url = running.webhook_url
+        ravis = await fake_graph.place_call(url, kind="group_meeting")  # Ravi organises
+        strangers = await fake_graph.place_call(
+            url, kind="group_meeting", payload=meeting_organised_by(fake_graph, stranger)
+        )
+        channel = await fake_graph.place_call(url, kind="channel_meeting")
+        by_join_id = await fake_graph.place_call(url, kind="joinid_meeting")
+        joined = await ravis.decision(timeout=GUARD)
+        refused = [await call.decision(timeout=GUARD) for call in (strangers, channel, by_join_id)]
+    assert joined.op == "answer"
+    assert joined.body["acceptedModalities"] == ["audio"]
+    for request in refused:
+        assert (request.op, request.body) == ("reject", forbidden()), request.call_id
+
+
+@pytest.mark.anyio
+async def test_front_desk_answers_colleagues_its_directory_finds_in_time(
+    short_fake: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a fast directory an unknown colleague is answered; foreign callers never reach it."""
+    monkeypatch.setenv("CALLFLOW_FRONT_DESK_DIRECTORY_DELAY", "0.05")
+    example = load_example("front_desk")
+    async with short_fake.serve(example.bot, safety_margin=1.0) as running:
+        url = running.webhook_url
+        colleague = await short_fake.place_call(url, caller=user(STRANGER))
+        foreign = await short_fake.place_call(url, caller=user(STRANGER, tenant_id=OTHER_TENANT))
+        answered = await colleague.decision(timeout=GUARD)
+        refused = await foreign.decision(timeout=GUARD)
+    assert answered.op == "answer"
+    assert answered.at - colleague.placed_at < 1.0
+    assert (refused.op, refused.body) == ("reject", forbidden())
+
+
+@pytest.mark.anyio
+async def test_front_desk_gives_up_a_slow_directory_before_the_deadline(
+    short_fake: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory slower than the call's budget is given up and the default goes out early."""
+    monkeypatch.setenv("CALLFLOW_FRONT_DESK_DIRECTORY_DELAY", "30")
+    example = load_example("front_desk")
+    with structlog.testing.capture_logs() as logs:
+        async with short_fake.serve(example.bot, safety_margin=1.0) as running:
+            call = await short_fake.place_call(running.webhook_url, caller=user(STRANGER))
+            request = await call.decision(timeout=GUARD)
+            fired = running.engine.scheduler.fired
+    elapsed = request.at - call.placed_at
+    assert (request.op, request.body) == ("reject", busy())
+    assert 2.0 - example.SEND_ALLOWANCE - 0.05 <= elapsed < 2.0  # before the 2 s deadline
+    assert fired == 0  # the handler gave up by itself; the deadline did not have to decide
+    assert [e["call_id"] for e in logs if e["event"] == "front_desk.directory_too_slow"] == [
+        call.call_id
+    ]
+
+
+# --- meeting_policy --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_meeting_policy_joins_own_tenant_meetings_and_declines_the_rest(
+    fake_graph: FakeGraph,
+) -> None:
+    """Own-tenant organisers are joined; foreign or unknown organisers are declined; p2p default."""
+    example = load_example("meeting_policy")
+    foreign = user(RAVI, tenant_id=OTHER_TENANT)
+    no_tenant = user(RAVI)
+    async with fake_graph.serve(example.bot) as running:
+        url = running.webhook_url
+        own = await fake_graph.place_call(url, kind="group_meeting")
+        other = await fake_graph.place_call(
+            url, kind="group_meeting", payload=meeting_organised_by(fake_graph, foreign)
+        )
+        unknown = await fake_graph.place_call(
+            url, kind="group_meeting", payload=meeting_organised_by(fake_graph, no_tenant)
+        )
+        channel = await fake_graph.place_call(url, kind="channel_meeting")
+        p2p = await fake_graph.place_call(url, kind="p2p")
+        joined = await own.decision(timeout=GUARD)
+        declined = [await c.decision(timeout=GUARD) for c in (other, unknown, channel)]
+        default = await p2p.decision(timeout=GUARD)
+    assert joined.op == "answer"
+    assert joined.body["acceptedModalities"] == ["audio"]
+    for request in declined:
+        assert (request.op, request.body) == ("reject", forbidden()), request.call_id
+    assert (default.op, default.body) == ("reject", busy())
+
+
+# --- slow_lookup -----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_slow_lookup_answers_callers_a_fast_directory_knows(short_fake: FakeGraph) -> None:
+    """A caller a fast directory knows is answered; one it does not know gets the default."""
+    example = load_example("slow_lookup")
+    example.DIRECTORY[DANA] = 0.05
+    async with short_fake.serve(example.bot, safety_margin=1.0) as running:
+        known = await short_fake.place_call(running.webhook_url, caller=user(DANA))
+        unknown = await short_fake.place_call(running.webhook_url, caller=user(STRANGER))
+        answered = await known.decision(timeout=GUARD)
+        default = await unknown.decision(timeout=GUARD)
+    assert answered.op == "answer"
+    assert answered.at - known.placed_at < 1.0
+    assert (default.op, default.body) == ("reject", busy())
+    assert default.at - unknown.placed_at < 1.0
+
+
+@pytest.mark.anyio
+async def test_slow_lookup_gives_the_default_well_before_the_deadline(
+    short_fake: FakeGraph,
+) -> None:
+    """A directory slower than the budget is abandoned: the default leaves before the deadline."""
+    example = load_example("slow_lookup")
+    example.DIRECTORY[STRANGER] = 30.0
+    with structlog.testing.capture_logs() as logs:
+        async with short_fake.serve(example.bot, safety_margin=1.0) as running:
+            call = await short_fake.place_call(running.webhook_url, caller=user(STRANGER))
+            request = await call.decision(timeout=GUARD)
+            fired = running.engine.scheduler.fired
+    elapsed = request.at - call.placed_at
+    assert (request.op, request.body) == ("reject", busy())
+    assert 2.0 - example.SEND_ALLOWANCE - 0.05 <= elapsed < 2.0  # deadline: 3 s - 1 s margin
+    assert fired == 0
+    (gave_up,) = [e for e in logs if e["event"] == "slow_lookup.gave_up"]
+    assert gave_up["call_id"] == call.call_id
+    assert 1.0 < gave_up["budget_s"] <= 1.5
+    assert not call.timed_out
+
+
+def test_every_example_is_tested() -> None:
+    """Each examples/*.py bot has a test in this module."""
+    source = Path(__file__).read_text()
+    names = sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "__init__")
+    assert names == ["busy_bot", "front_desk", "meeting_policy", "slow_lookup"]
+    for name in names:
+        assert f'load_example("{name}")' in source
