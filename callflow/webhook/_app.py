@@ -23,7 +23,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 from yarl import URL
 
 from .._parse import parse_notifications
@@ -298,11 +298,17 @@ class WebhookHandler:
         token_tenant = caller.tenant_id if caller is not None else None
         try:
             for event in events:
-                tenant_id = getattr(event, "tenant_id", None) or token_tenant
-                with bound_contextvars(
-                    call_id=event.call_id, tenant_id=tenant_id, scenario_id=scenario_id
-                ):
+                # Bound here, the ids ride along into the call's lane task (it copies the
+                # context when created) and every log line the notification causes.
+                tokens = bind_contextvars(
+                    call_id=event.call_id,
+                    tenant_id=getattr(event, "tenant_id", None) or token_tenant,
+                    scenario_id=scenario_id,
+                )
+                try:
                     self._engine.submit((event,), received)
+                finally:
+                    reset_contextvars(**tokens)
         except RuntimeError as exc:  # the engine stopped taking calls (shutting down)
             return self._reject(request, 503, "unavailable", str(exc), echo)
         return web.Response(status=202, headers=echo)
