@@ -516,7 +516,9 @@ class Engine:
         decision = slot.decision
         assert decision is not None
         latency_ms = round((time.monotonic() - slot.received) * 1000.0, 3)
-        if error is None:
+        if error is None and slot.attempts == 0:
+            pass  # nothing was sent: another worker of the fleet sent this call's decision
+        elif error is None:
             log.info(
                 "call.decided",
                 call_id=slot.call_id,

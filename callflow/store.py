@@ -628,7 +628,8 @@ class RedisStore:
         self._prefix = f"callflow:{{{namespace}}}:"
         self._client: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, tuple[str, str]] = {}
+        self._no_script: type[BaseException] = OSError
         self._beats = 0
 
     def __repr__(self) -> str:
@@ -644,13 +645,14 @@ class RedisStore:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
-            from redis.exceptions import RedisError
+            from redis.exceptions import NoScriptError, RedisError
         except ImportError as exc:  # pragma: no cover - redis is a dev dependency
             raise ConfigError(
                 "CALLFLOW_STORE names Redis, which needs the redis package "
                 "(pip install 'callflow[redis]'); expected it to be importable"
             ) from exc
         self._errors = (RedisError, OSError, TimeoutError)
+        self._no_script = NoScriptError
         self._client = aioredis.Redis.from_url(
             self.url,
             decode_responses=True,
@@ -668,7 +670,7 @@ class RedisStore:
             ("seen", _SEEN),
             ("take_over", _TAKE_OVER),
         ):
-            self._scripts[name] = self._client.register_script(source)
+            self._scripts[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
         return self
 
     async def __aexit__(
@@ -689,6 +691,16 @@ class RedisStore:
                 f"{self!r} is not open; expected `async with RedisStore(...)` around its use"
             )
         return self._client
+
+    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script by its hash, loading it first when Redis does not know it (yet)."""
+        client = self._redis()
+        sha, source = self._scripts[name]
+        try:
+            return await client.evalsha(sha, len(keys), *keys, *args)
+        except self._no_script:  # a new or restarted Redis
+            await client.script_load(source)
+            return await client.evalsha(sha, len(keys), *keys, *args)
 
     def wait_for(self, left: float | None) -> float:
         """How long a claim may wait for Redis when ``left`` seconds remain before the platform
@@ -739,7 +751,7 @@ class RedisStore:
         args = (self._holder, ttl_ms, repr(expires_at), _member(call_id, tenant_id))
 
         async def run() -> bool:
-            return bool(await self._scripts["admit"](keys=keys, args=args))
+            return bool(await self._eval("admit", keys, args))
 
         return await self._run("admit", run, True, self.wait_for(left))
 
@@ -749,7 +761,7 @@ class RedisStore:
         args = (self._holder, _ms(KEY_GRACE * 2))
 
         async def run() -> bool:
-            return bool(await self._scripts["claim"](keys=keys, args=args))
+            return bool(await self._eval("claim", keys, args))
 
         return await self._run("claim", run, True, self.wait_for(left))
 
@@ -760,7 +772,7 @@ class RedisStore:
         args = (self._holder, _ms(KEY_GRACE * 2), self._prefix + "instance:")
 
         async def run() -> bool:
-            return bool(await self._scripts["claim_orphan"](keys=keys, args=args))
+            return bool(await self._eval("claim_orphan", keys, args))
 
         return await self._run("claim_orphan", run, True, self.wait_for(left))
 
@@ -784,7 +796,7 @@ class RedisStore:
         args = (f"{self._holder}#{os.urandom(6).hex()}", _ms(SEEN_TTL))
 
         async def run() -> tuple[bool, ...]:
-            firsts = await self._scripts["seen"](keys=redis_keys, args=args)
+            firsts = await self._eval("seen", redis_keys, args)
             return tuple(bool(first) for first in firsts)
 
         return await self._run("first_seen", run, tuple(True for _ in keys))
@@ -840,7 +852,7 @@ class RedisStore:
         args = (instance_id, "1" if force else "0")
 
         async def run() -> tuple[PendingCall, ...]:
-            return _pending_calls(await self._scripts["take_over"](keys=keys, args=args))
+            return _pending_calls(await self._eval("take_over", keys, args))
 
         return await self._run("take_over", run, (), max(self._timeout, CLAIM_CAP))
 
