@@ -6,6 +6,7 @@ Every event carries the ``call_id`` it belongs to and the notification item it c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import attrs
@@ -163,7 +164,8 @@ class IncomingCall:
     is_policy_recording: bool = False
     etag: int | None = None
     resource_url: str | None = None
-    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+    raw: Mapping[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+    """The notification item (read-only; decoded from the body again on first access)."""
 
     @property
     def is_group_call(self) -> bool:

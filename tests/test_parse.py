@@ -1037,3 +1037,15 @@ def test_mutated_fixtures_give_events_or_format_error(name: str, data: st.DataOb
     if snapshot is not None:
         assert doc == snapshot, "the parser must not modify its input"
         check_outcome(json.dumps(doc).encode())
+
+
+def test_incoming_call_raw_from_bytes_is_the_item_decoded_on_demand() -> None:
+    """From a raw body, an incoming call's raw reads as its notification item, decoded lazily."""
+    body = load_fixture("batch.json")
+    events = parse_notifications(json.dumps(body).encode())
+    call = events[1]
+    assert isinstance(call, IncomingCall)
+    assert dict(call.raw) == body["value"][1]
+    assert call.raw["resourceData"]["id"] == call.call_id
+    assert len(call.raw) == len(body["value"][1])
+    assert "resourceData" in repr(call.raw)
