@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -192,17 +191,13 @@ class Bot(Router):
             auth: InboundAuthenticator | None = None
             if s.inbound_auth:
                 assert s.app_id is not None
-                ssl_ctx: ssl.SSLContext | None = None
-                if s.ca_bundle:
-                    ssl_ctx = ssl.create_default_context()
-                    ssl_ctx.load_verify_locations(s.ca_bundle)
                 auth = await stack.enter_async_context(
                     InboundAuthenticator(
                         app_id=s.app_id,
                         openid_config_url=s.openid_config_url,
                         issuers=s.issuers,
                         allowed_tenants=s.allowed_tenants or None,
-                        ssl=ssl_ctx,
+                        ssl=s.client_ssl_context(),
                     )
                 )
             else:

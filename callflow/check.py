@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import ssl
 import sys
 from collections.abc import Mapping
 from typing import TextIO
@@ -84,16 +83,12 @@ async def run_checks(environ: dict[str, str] | None = None, out: TextIO | None =
     if not settings.inbound_auth:
         report(True, "inbound keys", "skipped: CALLFLOW_INBOUND_AUTH=off (development only)")
     else:
-        ctx: ssl.SSLContext | None = None
-        if settings.ca_bundle:
-            ctx = ssl.create_default_context()
-            ctx.load_verify_locations(settings.ca_bundle)
         try:
             async with InboundAuthenticator(
                 app_id=settings.app_id,
                 openid_config_url=settings.openid_config_url,
                 issuers=settings.issuers,
-                ssl=ctx,
+                ssl=settings.client_ssl_context(),
             ) as auth:
                 keys = len(auth.key_ids)
         except (InboundAuthError, CallflowError) as exc:

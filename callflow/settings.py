@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -190,6 +191,14 @@ class Settings:
             )
         if problems:
             raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        """A TLS context trusting the system CAs plus ``CA_BUNDLE``; None without a bundle."""
+        if not self.ca_bundle:
+            return None
+        context = ssl.create_default_context()
+        context.load_verify_locations(self.ca_bundle)
+        return context
 
     def require_for_run(self) -> None:
         """Raise ConfigError naming every setting a production worker needs but lacks."""
