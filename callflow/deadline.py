@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -258,15 +259,17 @@ class DeadlineScheduler:
             self._ready.set()
             return
         try:
-            async with anyio.create_task_group() as tg:
+            # Plain asyncio here: under a deadline wave this thread starts thousands of sends,
+            # and anyio's per-task cancel scopes cost a tenth of its time.
+            async with asyncio.TaskGroup() as tg:
                 self._ready.set()
                 await self._tick_forever(tg, sink)
         finally:
             await sink_cm.__aexit__(None, None, None)
 
-    async def _tick_forever(self, tg: anyio.abc.TaskGroup, sink: DecisionSink) -> None:
+    async def _tick_forever(self, tg: asyncio.TaskGroup, sink: DecisionSink) -> None:
         assert self._wake is not None
-        sem = anyio.Semaphore(self._send_limit)
+        sem = asyncio.Semaphore(self._send_limit)
         while True:
             now = time.monotonic()
             flush = self._stopping and self._flush_all
@@ -282,14 +285,16 @@ class DeadlineScheduler:
                     self.fired += 1
                     if self._on_default is not None:
                         self._on_default(slot)
-                    tg.start_soon(self._send, sink, slot, sem)
+                    tg.create_task(self._send(sink, slot, sem))
             if self._stopping:
                 return
             self._wake.clear()
-            with anyio.move_on_after(max(armed - time.monotonic(), 0.0)):
-                await self._wake.wait()
+            delay = armed - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if delay == math.inf else max(delay, 0.0)):
+                    await self._wake.wait()
 
-    async def _send(self, sink: DecisionSink, slot: DecisionSlot, sem: anyio.Semaphore) -> None:
+    async def _send(self, sink: DecisionSink, slot: DecisionSlot, sem: asyncio.Semaphore) -> None:
         call, decision = slot.call, slot.decision
         assert call is not None
         assert decision is not None
