@@ -212,8 +212,6 @@ class Bot(Router):
             keeper = CallKeeper(graph, s.keepalive_interval)
 
             def decided(slot: DecisionSlot, error: BaseException | None) -> None:
-                if error is None and slot.attempts == 0:
-                    return  # fleet mode: another worker sent this call's decision
                 metrics.on_decided(slot, error)
                 if error is None and slot.decision is not None and slot.decision.kind == "answer":
                     call = slot.call

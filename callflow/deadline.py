@@ -349,8 +349,3 @@ class RecordingSink:
                 event = asyncio.Event()
                 self._waiters.append((loop, event))
             await event.wait()
-
-    @contextlib.asynccontextmanager
-    async def as_context(self) -> AsyncIterator[RecordingSink]:
-        """Yield this sink; lets a test hand the same recorder to the scheduler thread."""
-        yield self

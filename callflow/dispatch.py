@@ -38,7 +38,7 @@ from .events import (
     CallTerminated,
     IncomingCall,
 )
-from .routing import _DIRECT, CallContext, CompiledRoutes, Router, describe_decision
+from .routing import _DIRECT, CallContext, CompiledRoutes, Router
 
 __all__ = ["Engine", "EngineStats", "STATE_RANK"]
 
@@ -205,10 +205,6 @@ class Engine:
     def pending(self) -> int:
         """Incoming calls received and not yet decided."""
         return len(self._open)
-
-    def open_slots(self) -> list[DecisionSlot]:
-        """The slots of the calls not decided yet."""
-        return list(self._open.values())
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Engine]:
@@ -512,32 +508,28 @@ class Engine:
     # -- both threads ----------------------------------------------------------------------
 
     def _finish(self, slot: DecisionSlot, error: BaseException | None) -> None:
-        """Log the call's summary line, report it, and let go of the call."""
+        """Log the call's summary line, report it, and let go of the call.
+
+        A delivery that sent nothing (``attempts == 0``: another worker of the fleet sent
+        this call's decision) is neither logged as decided nor reported to ``on_decided``.
+        """
+        if error is None and slot.attempts == 0:
+            self._released(slot)
+            return
         decision = slot.decision
         assert decision is not None
-        latency_ms = round((time.monotonic() - slot.received) * 1000.0, 3)
-        if error is None and slot.attempts == 0:
-            pass  # nothing was sent: another worker of the fleet sent this call's decision
-        elif error is None:
-            log.info(
-                "call.decided",
-                call_id=slot.call_id,
-                decision=decision.kind,
-                reason=getattr(decision, "reason", None),
-                decided_by=slot.decided_by,
-                latency_ms=latency_ms,
-                attempts=slot.attempts,
-            )
+        fields = {
+            "call_id": slot.call_id,
+            "decision": decision.kind,
+            "reason": getattr(decision, "reason", None),
+            "decided_by": slot.decided_by,
+            "latency_ms": round((time.monotonic() - slot.received) * 1000.0, 3),
+        }
+        if error is None:
+            log.info("call.decided", attempts=slot.attempts, **fields)
         else:
             self.stats.decision_failures += 1
-            log.error(
-                "call.decision_failed",
-                call_id=slot.call_id,
-                decision=describe_decision(decision),
-                decided_by=slot.decided_by,
-                latency_ms=latency_ms,
-                error=f"{type(error).__name__}: {error}",
-            )
+            log.error("call.decision_failed", error=f"{type(error).__name__}: {error}", **fields)
         if self._on_decided is not None:
             try:
                 self._on_decided(slot, error)

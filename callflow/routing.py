@@ -37,7 +37,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
-    from .decisions import Decision
+    pass
 
 __all__ = [
     "CallContext",
@@ -421,9 +421,3 @@ class CompiledRoutes:
     def observers_for(self, event: CallEvent) -> tuple[_Invoker, ...]:
         """The observers registered for ``event``'s type, in registration order."""
         return self.observers.get(type(event), ())
-
-
-def describe_decision(decision: Decision) -> str:
-    """A short label for logs: ``answer``, ``reject:busy``, ``redirect``."""
-    reason = getattr(decision, "reason", None)
-    return f"{decision.kind}:{reason}" if reason is not None else decision.kind
