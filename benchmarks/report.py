@@ -383,19 +383,34 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
             f"{plan.overload_seconds:g} s; the load generator (at most 512 notification POSTs "
             f"awaiting their 202) **offered {over['offered']:,.0f}/s**, {over['calls']:,} calls. "
             f"Platform timeout {over['platform_timeout']:g} s, safety margin "
-            f"{over['safety_margin']:g} s, `MAX_PENDING` 10 000 (default)."
+            f"{over['safety_margin']:g} s; `MAX_PENDING`, `DEADLINE_SEND_RATE` and "
+            f"`MAX_SEND_BACKLOG` at their defaults."
         )
         w("")
         w("| figure | value |")
         w("|---|---|")
+        if "accepted" in over:
+            w(
+                f"| calls accepted (202) / refused (503 + Retry-After) | {over['accepted']:,} / "
+                f"{over['refused']:,} |"
+            )
+            w(
+                f"| accepted calls not decided within the platform timeout (goal 0) | "
+                f"**{over['missed_accepted']}** |"
+            )
         w(
-            f"| calls not decided within the platform timeout (goal 0) | **{over['missed']}** "
-            f"(never decided: {over['never_decided']}) |"
+            f"| offered calls not decided within the platform timeout (refused ones included) "
+            f"| **{over['missed']}** (never decided: {over['never_decided']}) |"
         )
         w(
             f"| webhook 202: p50 / p99 / max (goal p99 < 50 ms) | {_f(over['ack']['p50'])} / "
             f"**{_f(over['ack']['p99'])}** / {_f(over['ack']['max'])} ms |"
         )
+        if "reply" in over:
+            w(
+                f"| any reply (202 or 503): p50 / p99 / max | {_f(over['reply']['p50'])} / "
+                f"{_f(over['reply']['p99'])} / {_f(over['reply']['max'])} ms |"
+            )
         w(f"| non-202 replies | {over['non_202']} |")
         w(
             f"| decided within 1 s (admission control: default at once) | "
@@ -431,12 +446,12 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
             "that step):"
         )
         w("")
-        w("| t s | sent /s | 202 /s | decisions at Graph /s | missed |")
-        w("|---|---|---|---|---|")
+        w("| t s | sent /s | 202 /s | decisions at Graph /s | missed (202) | refused |")
+        w("|---|---|---|---|---|---|")
         for row in over_timeline:
             w(
                 f"| {row['t']:.0f} | {row['sent']:,.0f} | {row['acked']:,.0f} | "
-                f"{row['decided']:,.0f} | {row['missed']:,} |"
+                f"{row['decided']:,.0f} | {row['missed']:,} | {row.get('refused', 0):,} |"
             )
         w("")
 

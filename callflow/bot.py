@@ -112,6 +112,8 @@ class Bot(Router):
             "recording_timeout": s.recording_timeout,
             "safety_margin": s.safety_margin,
             "max_pending": s.max_pending,
+            "deadline_send_rate": s.deadline_send_rate,
+            "max_send_backlog": s.max_send_backlog,
             "drain_timeout": s.drain_timeout,
             "default_decision": Reject(RejectReason(s.default_reject_reason)),
         }

@@ -178,6 +178,8 @@ class DeadlineScheduler:
         self._send_limit = max_concurrent_sends
         self.fired = 0
         """Slots the scheduler decided with the default decision (written by its thread only)."""
+        self.unsent = 0
+        """Default decisions claimed and not yet sent (written by its thread only)."""
 
     # -- the bot's loop side -------------------------------------------------------------
 
@@ -283,6 +285,7 @@ class DeadlineScheduler:
             for slot in due:
                 if slot.is_open and slot.claim(self.default_decision, "default"):
                     self.fired += 1
+                    self.unsent += 1
                     if self._on_default is not None:
                         self._on_default(slot)
                     tg.create_task(self._send(sink, slot, sem))
@@ -305,6 +308,7 @@ class DeadlineScheduler:
                 slot.attempts = getattr(result, "attempts", 1)
             except Exception as exc:
                 error = exc
+        self.unsent -= 1
         if self._on_sent is not None:
             self._on_sent(slot, error)
 

@@ -71,7 +71,9 @@ class EngineStats:
         "gone",
         "handler_errors",
         "late_decisions",
+        "refused",
         "stale",
+        "wave_defaults",
     )
 
     def __init__(self) -> None:
@@ -80,6 +82,12 @@ class EngineStats:
         self.late_decisions = 0
         self.handler_errors = 0
         self.admission_defaults = 0
+        """Calls decided with the default at intake (MAX_PENDING reached, or a deadline wave
+        the scheduler could not send in time)."""
+        self.wave_defaults = 0
+        """Of ``admission_defaults``: those whose deadline fell in an already full wave."""
+        self.refused = 0
+        """Incoming-call notifications refused with 503 because sending is behind."""
         self.decision_failures = 0
         self.gone = 0
 
@@ -144,6 +152,8 @@ class Engine:
         recording_timeout: float = 5.0,
         safety_margin: float = 3.0,
         max_pending: int = 10_000,
+        deadline_send_rate: float = 500.0,
+        max_send_backlog: int = 1_000,
         default_decision: Decision | None = None,
         drain_timeout: float = 15.0,
         recent_size: int = 100_000,
@@ -166,6 +176,15 @@ class Engine:
         self._expiry = platform_timeout
         self._recording_expiry = recording_timeout
         self.max_pending = max_pending
+        self.max_send_backlog = max_send_backlog
+        # Undecided calls by deadline bucket (width: an eighth of the safety margin). The
+        # scheduler thread can send about ``deadline_send_rate`` defaults a second, and it has
+        # one safety margin to send a call's default before the platform gives up; so at most
+        # rate x margin undecided calls may fall due within any one margin.
+        slack = max(safety_margin, 0.1)
+        self._wave_width = slack / 8
+        self._wave_limit = max(1, int(deadline_send_rate * slack))
+        self._wave: dict[int, int] = {}
         self.drain_timeout = drain_timeout
         self._services = services
         self._on_decided = on_decided
@@ -187,6 +206,7 @@ class Engine:
         self._drain_until: float | None = None
         self._cut: asyncio.Event | None = None
         self._sending = 0
+        self._queued = 0  # decided at intake, not yet handed to the sink
         self._sends_done: asyncio.Event | None = None
 
         def factory() -> contextlib.AbstractAsyncContextManager[DecisionSink]:
@@ -314,16 +334,72 @@ class Engine:
             slot = DecisionSlot(call, now, now + self._timeout, now + self._expiry)
         if self._draining:
             slot.claim(self.default_decision, "shutdown")
+            self._queued += 1
             log.warning("call.shutdown_default", call_id=call.call_id)
             return slot
         if len(self._open) >= self.max_pending:
             self.stats.admission_defaults += 1
             slot.claim(self.default_decision, "admission")
-            log.warning("call.admission_default", call_id=call.call_id, pending=len(self._open))
+            self._queued += 1
+            log.warning(
+                "call.admission_default",
+                call_id=call.call_id,
+                pending=len(self._open),
+                cause="max_pending",
+            )
+            return slot
+        if not self._join_wave(slot.deadline, now):
+            # Held, this call would fall due with more undecided calls than the scheduler
+            # can send within the safety margin: default it now, while sending keeps up.
+            self.stats.admission_defaults += 1
+            self.stats.wave_defaults += 1
+            slot.claim(self.default_decision, "admission")
+            self._queued += 1
+            log.warning(
+                "call.admission_default",
+                call_id=call.call_id,
+                pending=len(self._open),
+                cause="deadline_wave",
+            )
             return slot
         self._open[call.call_id] = slot
         self.scheduler.schedule(slot)
         return slot
+
+    @property
+    def overloaded(self) -> bool:
+        """True while more decisions wait to be sent than :attr:`max_send_backlog`: a new
+        incoming call should then be refused (503) rather than taken and decided late."""
+        return self._queued + self._sending + self.scheduler.unsent >= self.max_send_backlog
+
+    def _join_wave(self, deadline: float, now: float) -> bool:
+        """Count a held call due at ``deadline``; False when its wave is full."""
+        width = self._wave_width
+        wave = self._wave
+        last = int(deadline / width)
+        first = max(last - 7, int(now / width))
+        due = 0
+        for bucket in range(first, last + 1):
+            due += wave.get(bucket, 0)
+        if due >= self._wave_limit:
+            return False
+        held = wave.get(last)
+        if held is None:
+            if len(wave) > 64:  # forget the buckets that are already due
+                current = int(now / width)
+                for bucket in [b for b in wave if b < current]:
+                    del wave[bucket]
+            wave[last] = 1
+        else:
+            wave[last] = held + 1
+        return True
+
+    def _leave_wave(self, slot: DecisionSlot) -> None:
+        """The call was decided (or gone) before its deadline: it no longer falls due."""
+        bucket = int(slot.deadline / self._wave_width)
+        held = self._wave.get(bucket)
+        if held:
+            self._wave[bucket] = held - 1
 
     def _is_stale(self, event: CallStateChanged | CallTerminated) -> bool:
         if isinstance(event, CallTerminated):
@@ -334,6 +410,7 @@ class Engine:
             if slot is not None and slot.close_gone():
                 # The caller hung up before anyone decided: stop the handlers, send nothing.
                 self._open.pop(event.call_id, None)
+                self._leave_wave(slot)
                 self.stats.gone += 1
                 _stop_handlers(slot)
                 log.info("call.gone_before_decision", call_id=event.call_id)
@@ -386,6 +463,7 @@ class Engine:
             # Another worker of the fleet owns this call (a redelivery that landed here).
             if slot.close_gone():
                 self._open.pop(call.call_id, None)
+                self._leave_wave(slot)
                 self.stats.duplicates += 1
                 log.info("event.duplicate", call_id=call.call_id, kind="IncomingCall", shared=True)
                 self._released(slot)
@@ -441,7 +519,10 @@ class Engine:
                     )
                 return
             self._open.pop(call.call_id, None)
-        elif slot.decided_by not in _SENT_BY_LANE:
+            self._leave_wave(slot)
+        elif slot.decided_by in _SENT_BY_LANE:
+            self._queued -= 1
+        else:
             return  # the caller hung up, or the scheduler decided and sends it itself
         chosen = slot.decision
         assert chosen is not None

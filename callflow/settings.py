@@ -135,6 +135,13 @@ class Settings:
     safety_margin: float = 3.0
     default_reject_reason: str = "busy"
     max_pending: int = 10_000
+    deadline_send_rate: float = 500.0
+    """Default decisions a second the deadline thread is counted on to send when many calls
+    fall due together. At most this x SAFETY_MARGIN undecided calls may fall due within one
+    safety margin; a call that would exceed it gets the default at once."""
+    max_send_backlog: int = 1_000
+    """Decisions waiting to be sent above which new incoming calls are refused with 503 and
+    Retry-After, instead of being taken and decided too late."""
     drain_timeout: float = 15.0
     keepalive_interval: float = 900.0
     request_timeout: float = 5.0
@@ -238,6 +245,8 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "safety_margin": _float(0.0, 30.0),
     "default_reject_reason": _choice("busy", "none", "forbidden"),
     "max_pending": _int(1, 10_000_000),
+    "deadline_send_rate": _float(1.0, 1_000_000.0),
+    "max_send_backlog": _int(1, 10_000_000),
     "drain_timeout": _float(0.0, 600.0),
     "keepalive_interval": _float(1.0, 2700.0),
     "request_timeout": _float(0.1, 60.0),

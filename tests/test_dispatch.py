@@ -560,3 +560,82 @@ def test_every_call_gets_exactly_one_decision_on_time(plan: list[tuple[str, floa
     assert all(len(d) == 1 for d in by_call.values())
     for _, _, at in sink.decisions:
         assert at <= received + 0.3 + 0.05
+
+
+async def test_calls_beyond_a_full_deadline_wave_get_the_default_at_once() -> None:
+    """At most DEADLINE_SEND_RATE x SAFETY_MARGIN undecided calls may fall due within one
+    safety margin (what the deadline thread can still send in time); the next call gets the
+    default at once, and a call decided early frees its place."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3, deadline_send_rate=1))
+    gates: dict[str, anyio.Event] = {}
+
+    @bot.incoming_call
+    async def waits(call: IncomingCall) -> Answer:
+        await gates.setdefault(call.call_id, anyio.Event()).wait()
+        return Answer()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming(f"held-{i}") for i in range(3)] + [incoming("over")])
+        with anyio.fail_after(5):
+            await sink.wait_for(1)
+        assert sink.by_call() == {"over": [Reject()]}
+        assert engine.pending == 3
+        assert engine.stats.wave_defaults == engine.stats.admission_defaults == 1
+
+        gates.setdefault("held-0", anyio.Event()).set()
+        with anyio.fail_after(5):
+            await sink.wait_for(2)
+        engine.submit([incoming("next")])  # held-0 left the wave: room for one more
+        assert engine.pending == 3
+        assert engine.stats.wave_defaults == 1
+        for cid in ("held-1", "held-2", "next"):
+            gates.setdefault(cid, anyio.Event()).set()
+        with anyio.fail_after(5):
+            await sink.wait_for(5)
+    got = sink.by_call()
+    assert all(got[cid] == [Answer()] for cid in ("held-0", "held-1", "held-2", "next"))
+
+
+async def test_engine_is_overloaded_while_decisions_wait_to_be_sent() -> None:
+    """Once MAX_SEND_BACKLOG decisions wait on Graph the engine says so (the webhook then
+    refuses new calls); it stops saying so when they are sent."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3, max_send_backlog=2))
+
+    @bot.incoming_call
+    async def answer(call: IncomingCall) -> Answer:
+        return Answer()
+
+    gate = anyio.Event()
+    entered = 0
+    both_in = anyio.Event()
+    sent = 0
+    both_sent = anyio.Event()
+
+    class GatedSink(RecordingSink):
+        async def deliver(self, call: IncomingCall, decision: Any, deadline: float) -> None:
+            nonlocal entered
+            entered += 1
+            if entered == 2:
+                both_in.set()
+            await gate.wait()
+            await super().deliver(call, decision, deadline)
+
+    def decided(slot: Any, error: BaseException | None) -> None:
+        nonlocal sent
+        sent += 1
+        if sent == 2:
+            both_sent.set()
+
+    sink = GatedSink()
+    async with bot.engine(sink, on_decided=decided).running() as engine:
+        engine.submit([incoming("a")])
+        assert not engine.overloaded
+        engine.submit([incoming("b")])
+        with anyio.fail_after(5):
+            await both_in.wait()
+        assert engine.overloaded
+        gate.set()
+        with anyio.fail_after(5):
+            await both_sent.wait()
+        assert not engine.overloaded
+    assert sink.by_call() == {"a": [Answer()], "b": [Answer()]}

@@ -32,6 +32,8 @@ def test_variables_are_parsed() -> None:
             "CALLFLOW_STORE": "redis://localhost:6379/0",
             "CALLFLOW_PLATFORM_TIMEOUT": "10",
             "CALLFLOW_LOG_PII": "on",
+            "CALLFLOW_DEADLINE_SEND_RATE": "250.5",
+            "CALLFLOW_MAX_SEND_BACKLOG": "64",
             "CALLFLOW_UNRELATED": "ignored",
         }
     )
@@ -44,6 +46,8 @@ def test_variables_are_parsed() -> None:
     assert s.store.startswith("redis://")
     assert s.platform_timeout == 10.0
     assert s.log_pii is True
+    assert s.deadline_send_rate == 250.5
+    assert s.max_send_backlog == 64
 
 
 def test_every_invalid_variable_is_named_in_one_error() -> None:
@@ -59,6 +63,8 @@ def test_every_invalid_variable_is_named_in_one_error() -> None:
                 "CALLFLOW_STORE": "postgres://x",
                 "CALLFLOW_CA_BUNDLE": "/no/such/file.pem",
                 "CALLFLOW_WEBHOOK_PATH": "api",
+                "CALLFLOW_MAX_SEND_BACKLOG": "0",
+                "CALLFLOW_DEADLINE_SEND_RATE": "fast",
             }
         )
     text = str(info.value)
@@ -71,6 +77,8 @@ def test_every_invalid_variable_is_named_in_one_error() -> None:
         ("CALLFLOW_STORE", "redis://"),
         ("CALLFLOW_CA_BUNDLE", "no such file"),
         ("CALLFLOW_WEBHOOK_PATH", "starting with '/'"),
+        ("CALLFLOW_MAX_SEND_BACKLOG", "between"),
+        ("CALLFLOW_DEADLINE_SEND_RATE", "number"),
     ]:
         line = next(ln for ln in text.splitlines() if name in ln)
         assert expected in line

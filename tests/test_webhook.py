@@ -105,3 +105,32 @@ async def test_batch_with_two_calls_reaches_both() -> None:
             assert reply.status == 202
         for cid in ("batch-1", "batch-2"):
             await fake.wait_requests(1, op="answer", call_id=cid)
+
+
+async def test_new_call_gets_503_with_retry_after_while_decisions_wait_to_be_sent() -> None:
+    """With MAX_SEND_BACKLOG decisions stuck on a slow Graph, a new call is refused with 503,
+    Retry-After and a JSON error instead of being taken and decided too late; it is neither
+    dispatched nor counted as pending, and the refusal shows in the metrics."""
+    async with (
+        FakeGraph() as fake,
+        fake.serve(answering_bot(), max_send_backlog=2) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        fake.latency = 3.0  # Graph holds each decision this long before it replies
+        first = await fake.place_call(running.webhook_url, call_id="slow-1")
+        second = await fake.place_call(running.webhook_url, call_id="slow-2")
+        for call in (first, second):
+            assert call.webhook_status == 202
+            await fake.wait_requests(1, op="answer", call_id=call.call_id)
+
+        refused = await fake.place_call(running.webhook_url, call_id="refused")
+        (reply,) = refused.replies
+        assert reply.status == 503
+        assert reply.headers["Retry-After"] == "1"
+        assert reply.body["error"]["code"] == "overloaded"
+        assert running.engine.stats.refused == 1
+        assert running.engine.pending == 0
+        async with http.get(running.url + "/metrics") as metrics:
+            text = await metrics.text()
+        assert 'callflow_rejected_notifications_total{code="overloaded"} 1.0' in text
+    assert fake.requests_for("refused") == ()

@@ -5,6 +5,10 @@ Order of work for ``POST {webhook_path}``: size limit (413), content type (415),
 to the engine and the reply is 202 at once; the reply never waits for handlers. Every 4xx
 carries ``{"error": {"code": ..., "message": ...}}``.
 
+While more decisions wait to be sent than the engine's ``max_send_backlog``, a notification
+with a new incoming call gets 503 with ``Retry-After`` (code ``overloaded``) instead: taken,
+it would only be decided after its deadline. State updates and terminations are still taken.
+
 In fleet mode a :class:`FleetHook` (:class:`Forwarder`) sees each authenticated body first: a
 notification whose URL names another live instance (``?instance=ID``, from the per-instance
 ``callbackUri`` of that worker's decision) is forwarded there and that worker's reply is
@@ -28,6 +32,7 @@ from yarl import URL
 
 from .._parse import parse_notifications
 from ..errors import InboundAuthError, NotificationFormatError
+from ..events import IncomingCall
 
 if TYPE_CHECKING:
     from ..dispatch import Engine
@@ -42,6 +47,9 @@ MAX_BODY: Final = 1024 * 1024
 """Largest notification body accepted (1 MiB); larger ones get 413."""
 
 _ECHO: Final = ("client-request-id", "scenario-id")
+
+RETRY_AFTER: Final = "1"
+"""Seconds a refused (503) notification is asked to wait before it is sent again."""
 
 FORWARDED_BY: Final = "X-Callflow-Forwarded-By"
 """Header naming the worker that forwarded a notification; such a notification is never
@@ -208,6 +216,8 @@ class WebhookHandler:
         self._on_auth_failure = on_auth_failure
         self._on_rejected_input = on_rejected_input
         self._fleet = fleet
+        self._refused = 0
+        self._refusal_logged = -1e9
 
     def _reject(
         self, request: web.Request, status: int, code: str, message: str, echo: dict[str, str]
@@ -223,6 +233,31 @@ class WebhookHandler:
             path=request.path_qs,
         )
         return error_response(status, code, message, echo)
+
+    def _refuse(self, echo: dict[str, str]) -> web.Response:
+        """503 + Retry-After for a new call while decisions wait to be sent: taking it would
+        only decide it late. Logged once a second at most, with the count since."""
+        engine = self._engine
+        engine.stats.refused += 1
+        self._refused += 1
+        if self._on_rejected_input is not None:
+            self._on_rejected_input("overloaded")
+        now = time.monotonic()
+        if now >= self._refusal_logged + 1.0:
+            self._refusal_logged = now
+            log.warning(
+                "webhook.overloaded",
+                refused=self._refused,
+                pending=engine.pending,
+                max_send_backlog=engine.max_send_backlog,
+            )
+            self._refused = 0
+        return error_response(
+            503,
+            "overloaded",
+            "decisions are waiting to be sent; this call would be decided late: retry",
+            {**echo, "Retry-After": RETRY_AFTER},
+        )
 
     async def _read(self, request: web.Request) -> bytes:
         """The whole body, at most ``max_body`` bytes (chunked bodies included)."""
@@ -293,6 +328,9 @@ class WebhookHandler:
             return self._reject(request, 400, "invalid_notification", str(exc), echo)
         if fleet is not None:
             events = await fleet.fresh(events)
+
+        if self._engine.overloaded and any(type(e) is IncomingCall for e in events):
+            return self._refuse(echo)
 
         scenario_id = headers.get("scenario-id")
         token_tenant = caller.tenant_id if caller is not None else None
