@@ -72,7 +72,14 @@ def quiet_logs() -> None:
 def make_bot(hang: bool = False) -> Bot:
     # A long platform timeout for the memory run: tracemalloc slows intake a lot.
     timeout = 600.0 if hang else 15.0
-    bot = Bot(Settings(platform_timeout=timeout, safety_margin=3.0, max_pending=10_000_000))
+    bot = Bot(
+        Settings(
+            platform_timeout=timeout,
+            safety_margin=3.0,
+            max_pending=10_000_000,
+            deadline_send_rate=1_000_000,  # hold every call: no deadline-wave pacing here
+        )
+    )
 
     if hang:
 
