@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import random
 import socket
 import ssl
 import threading
@@ -194,6 +195,27 @@ async def test_answer_and_redirect_bodies_and_ids(graph: GraphStub) -> None:
     assert third.headers["Scenario-Id"] != "scn-1"
     request_ids = {seen.headers["Client-Request-Id"] for seen in graph.seen}
     assert len(request_ids) == 3
+
+
+async def test_repeated_decisions_send_the_current_body(graph: GraphStub) -> None:
+    """The same decision sent again has the same body; a new default callbackUri is used."""
+    reasons = [RejectReason.BUSY, RejectReason.FORBIDDEN, RejectReason.NONE]
+    async with make_client(graph.base_url) as client:
+        for index in range(300):  # more distinct decisions than the client keeps encoded
+            callback = f"{CALLBACK}/{index // 3}"
+            await client.reject(f"c-{index}", Reject(reasons[index % 3], callback_uri=callback))
+        await client.reject("c-busy-1", Reject())
+        await client.reject("c-busy-2", Reject())
+        client.callback_url = CALLBACK + "/moved"
+        await client.reject("c-busy-3", Reject())
+    for index, seen in enumerate(graph.seen[:300]):
+        reason = reasons[index % 3].value
+        assert seen.body == {"reason": reason, "callbackUri": f"{CALLBACK}/{index // 3}"}
+    assert [seen.body for seen in graph.seen[300:]] == [
+        {"reason": "busy", "callbackUri": CALLBACK},
+        {"reason": "busy", "callbackUri": CALLBACK},
+        {"reason": "busy", "callbackUri": CALLBACK + "/moved"},
+    ]
 
 
 async def test_deliver_sends_the_decision_for_the_call(graph: GraphStub) -> None:
@@ -644,3 +666,15 @@ def test_request_ids_are_random_uuid4() -> None:
     ids = [_new_uuid() for _ in range(2000)]
     assert all(is_uuid(value) for value in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_request_ids_do_not_follow_the_random_module_seed() -> None:
+    """A bot seeding the random module does not make request ids repeat."""
+    saved = random.getstate()
+    try:
+        random.seed(7)
+        first = [_new_uuid() for _ in range(3)]
+        random.seed(7)
+        assert [_new_uuid() for _ in range(3)] != first
+    finally:
+        random.setstate(saved)
