@@ -125,7 +125,7 @@ def _stop_handlers(slot: DecisionSlot) -> None:
 
 def _event_key(event: CallEvent) -> Any:
     if isinstance(event, IncomingCall):
-        return (event.call_id, "incoming")
+        return event.call_id  # the id alone: no key tuple kept per pending call
     if isinstance(event, CallStateChanged):
         return (event.call_id, "state", event.state, event.etag)
     if isinstance(event, CallTerminated):
@@ -323,7 +323,10 @@ class Engine:
                 continue
             lanes[call_id] = None
             assert self._tg is not None
-            self._tg.create_task(self._run_lane(call_id, event, slot))
+            if slot is not None:
+                self._tg.create_task(self._decide(event, slot, call_id))  # type: ignore[arg-type]
+            else:
+                self._tg.create_task(self._run_lane(call_id, event))
 
     def _admit(self, call: IncomingCall, now: float) -> DecisionSlot:
         if call.is_policy_recording:
@@ -436,110 +439,144 @@ class Engine:
 
     # -- lanes -----------------------------------------------------------------------------
 
-    async def _run_lane(self, call_id: str, event: CallEvent, slot: DecisionSlot | None) -> None:
-        """Process a call's events one after the other, in arrival order."""
-        lanes = self._lanes
+    async def _run_lane(self, call_id: str, event: CallEvent) -> None:
+        """The lane of a call whose first event is not an incoming call."""
         try:
-            while True:
-                try:
-                    if slot is not None:
-                        await self._decide(event, slot)  # type: ignore[arg-type]
-                    else:
-                        await self._observe(event)
-                except Exception:  # pragma: no cover - _decide and _observe handle their own
-                    log.exception("lane.failed", call_id=call_id)
-                queued = lanes[call_id]
-                if not queued:
-                    return
-                event, slot = queued.pop(0)
-        finally:
-            del lanes[call_id]
-
-    async def _decide(self, call: IncomingCall, slot: DecisionSlot) -> None:
-        """Run the handlers until one decides (the default when none does), then send."""
-        decided_by = "default"
-        decision: Decision | None = None
-        if self._admit_hook is not None and slot.is_open and not await self._admit_hook(call, slot):
-            # Another worker of the fleet owns this call (a redelivery that landed here).
-            if slot.close_gone():
-                self._open.pop(call.call_id, None)
-                self._leave_wave(slot)
-                self.stats.duplicates += 1
-                log.info("event.duplicate", call_id=call.call_id, kind="IncomingCall", shared=True)
-                self._released(slot)
-            return
-        if slot.is_open:
-            assert self._routes is not None
-            ctx: CallContext | None = None
             try:
-                async with asyncio.timeout(None) as stopper:
-                    slot.cancel_handlers = stopper
-                    for inv in self._routes.handlers:
-                        if slot.state != SlotState.OPEN:
-                            break
-                        try:
-                            if inv.group is not None and call.is_group_call != inv.group:
-                                continue
-                            if inv.where is not None and not inv.where(call):
-                                continue
-                            if inv.mode == _DIRECT:
-                                result = await inv.fn(call)
-                            else:
-                                if ctx is None:
-                                    ctx = CallContext(call.call_id, slot.deadline, self._services)
-                                result = await inv.call(call, ctx)
-                        except Exception as exc:
-                            await self._handler_failed(exc, call, inv.name)
-                            continue
-                        if result is None:
-                            continue
-                        if is_decision(result):
-                            decision, decided_by = result, inv.name
-                            break
-                        await self._handler_failed(
-                            TypeError(
-                                f"handler {inv.name!r} returned {result!r}; "
-                                "expected Answer, Reject, Redirect or None"
-                            ),
-                            call,
-                            inv.name,
-                        )
-            except TimeoutError:
-                pass  # the deadline (or the caller hanging up) stopped the handlers
-            finally:
-                slot.cancel_handlers = None
-            if not slot.claim(decision or self.default_decision, decided_by):
-                if decided_by != "default" and slot.state == SlotState.DECIDED:
-                    self.stats.late_decisions += 1
-                    log.warning(
-                        "call.late_decision",
-                        call_id=call.call_id,
-                        handler=decided_by,
-                        decided_by=slot.decided_by,
-                    )
-                return
-            self._open.pop(call.call_id, None)
-            self._leave_wave(slot)
-        elif slot.decided_by in _SENT_BY_LANE:
-            self._queued -= 1
-        else:
-            return  # the caller hung up, or the scheduler decided and sends it itself
-        chosen = slot.decision
-        assert chosen is not None
-        # Not cancelled at shutdown: the engine waits for sends in flight before it cancels
-        # the lanes (a cancel scope per call would cost more than the rest of this path).
-        self._sending += 1
-        error: BaseException | None = None
-        try:
-            result = await self._sink.deliver(call, chosen, slot.expires)
-            slot.attempts = getattr(result, "attempts", 1)
-        except Exception as exc:
-            error = exc
+                await self._observe(event)
+            except Exception:  # pragma: no cover - _observe handles its own
+                log.exception("lane.failed", call_id=call_id)
+            if self._lanes[call_id]:
+                await self._run_queued(call_id)
         finally:
-            self._sending -= 1
-            if not self._sending and self._sends_done is not None:
-                self._sends_done.set()
-        self._finish(slot, error)
+            del self._lanes[call_id]
+
+    async def _run_queued(self, call_id: str) -> None:
+        """Process the events queued behind a lane's first event, in arrival order."""
+        lanes = self._lanes
+        while queued := lanes[call_id]:
+            event, slot = queued.pop(0)
+            try:
+                if slot is not None:
+                    await self._decide(event, slot)  # type: ignore[arg-type]
+                else:
+                    await self._observe(event)
+            except Exception:  # pragma: no cover - _decide and _observe handle their own
+                log.exception("lane.failed", call_id=call_id)
+
+    async def _decide(
+        self, call: IncomingCall, slot: DecisionSlot, lane: str | None = None
+    ) -> None:
+        """Run the handlers until one decides (the default when none does), then send.
+
+        As the lane of a new call (``lane`` is its id) it then processes the events queued
+        behind it: one coroutine frame per pending call instead of two.
+        """
+        try:
+            send = False
+            if (
+                self._admit_hook is not None
+                and slot.is_open
+                and not await self._admit_hook(call, slot)
+            ):
+                # Another worker of the fleet owns this call (a redelivery that landed here).
+                if slot.close_gone():
+                    self._open.pop(call.call_id, None)
+                    self._leave_wave(slot)
+                    self.stats.duplicates += 1
+                    log.info(
+                        "event.duplicate", call_id=call.call_id, kind="IncomingCall", shared=True
+                    )
+                    self._released(slot)
+            elif slot.is_open:
+                decided_by = "default"
+                decision: Decision | None = None
+                assert self._routes is not None
+                ctx: CallContext | None = None
+                try:
+                    async with asyncio.timeout(None) as stopper:
+                        slot.cancel_handlers = stopper
+                        for inv in self._routes.handlers:
+                            if slot.state != SlotState.OPEN:
+                                break
+                            try:
+                                if inv.group is not None and call.is_group_call != inv.group:
+                                    continue
+                                if inv.where is not None and not inv.where(call):
+                                    continue
+                                if inv.mode == _DIRECT:
+                                    result = await inv.fn(call)
+                                else:
+                                    if ctx is None:
+                                        ctx = CallContext(
+                                            call.call_id, slot.deadline, self._services
+                                        )
+                                    result = await inv.call(call, ctx)
+                            except Exception as exc:
+                                await self._handler_failed(exc, call, inv.name)
+                                continue
+                            if result is None:
+                                continue
+                            if is_decision(result):
+                                decision, decided_by = result, inv.name
+                                break
+                            await self._handler_failed(
+                                TypeError(
+                                    f"handler {inv.name!r} returned {result!r}; "
+                                    "expected Answer, Reject, Redirect or None"
+                                ),
+                                call,
+                                inv.name,
+                            )
+                except TimeoutError:
+                    pass  # the deadline (or the caller hanging up) stopped the handlers
+                finally:
+                    slot.cancel_handlers = None
+                send = self._settle(call, slot, decision, decided_by)
+            elif slot.decided_by in _SENT_BY_LANE:
+                self._queued -= 1
+                send = True
+            # else: the caller hung up, or the scheduler decided and sends it itself
+            if send:
+                chosen = slot.decision
+                assert chosen is not None
+                # Not cancelled at shutdown: the engine waits for sends in flight before it
+                # cancels the lanes (a cancel scope per call would cost more than the rest).
+                self._sending += 1
+                error: BaseException | None = None
+                try:
+                    result = await self._sink.deliver(call, chosen, slot.expires)
+                    slot.attempts = getattr(result, "attempts", 1)
+                except Exception as exc:
+                    error = exc
+                finally:
+                    self._sending -= 1
+                    if not self._sending and self._sends_done is not None:
+                        self._sends_done.set()
+                self._finish(slot, error)
+            if lane is not None and self._lanes[lane]:
+                await self._run_queued(lane)
+        finally:
+            if lane is not None:
+                del self._lanes[lane]
+
+    def _settle(
+        self, call: IncomingCall, slot: DecisionSlot, decision: Decision | None, decided_by: str
+    ) -> bool:
+        """Claim the slot for what the handlers chose; True if this lane must send it."""
+        if not slot.claim(decision or self.default_decision, decided_by):
+            if decided_by != "default" and slot.state == SlotState.DECIDED:
+                self.stats.late_decisions += 1
+                log.warning(
+                    "call.late_decision",
+                    call_id=call.call_id,
+                    handler=decided_by,
+                    decided_by=slot.decided_by,
+                )
+            return False
+        self._open.pop(call.call_id, None)
+        self._leave_wave(slot)
+        return True
 
     async def _observe(self, event: CallEvent) -> None:
         assert self._routes is not None
