@@ -1049,3 +1049,27 @@ def test_incoming_call_raw_from_bytes_is_the_item_decoded_on_demand() -> None:
     assert call.raw["resourceData"]["id"] == call.call_id
     assert len(call.raw) == len(body["value"][1])
     assert "resourceData" in repr(call.raw)
+
+
+def test_pending_calls_share_the_strings_every_call_repeats() -> None:
+    """Two calls parsed from separate bodies share one copy of the strings a worker sees in
+    every call (tenant, its own app identity, callback URI, endpoint types, identity kinds),
+    and one call's repeated ids are one string: pending calls stay small."""
+    first = parse_one(json.dumps(p2p()).encode())
+    second = parse_one(json.dumps(p2p()).encode())
+    assert first == second
+    (bot_a,), (bot_b,) = first.targets, second.targets
+    assert bot_a.identity is not None and bot_b.identity is not None
+    for a, b in [
+        (first.tenant_id, second.tenant_id),
+        (first.callback_uri, second.callback_uri),
+        (first.caller.kind, second.caller.kind),
+        (bot_a.identity.id, bot_b.identity.id),
+        (bot_a.identity.display_name, bot_b.identity.display_name),
+        (bot_a.endpoint_type, bot_b.endpoint_type),
+    ]:
+        assert a is not None and a is b
+    assert first.caller.id is not second.caller.id  # callers' own ids are not pooled
+    assert first.my_participant_id is bot_a.id
+    assert first.incoming_context is not None and first.source is not None
+    assert first.incoming_context.source_participant_id is first.source.id
