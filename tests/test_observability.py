@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -22,9 +24,11 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+import callflow._log
 from callflow import Answer, Bot, CallContext, IncomingCall, Reject, RejectReason
-from callflow._log import configure_logging, mask_pii, redact_secrets
+from callflow._log import JsonLines, configure_logging, mask_pii, redact_secrets
 from callflow.bot import RunningBot
+from callflow.events import Identity
 from callflow.testing import CallHandle, FakeGraph, SigningKey
 
 GUARD = 10.0
@@ -320,6 +324,107 @@ def test_personal_data_keys_are_masked() -> None:
     }
 
 
+def reference_line(event: dict[str, Any], method: str, pii: bool) -> dict[str, Any]:
+    """What structlog's own processor chain makes of ``event`` (as JSON, parsed back)."""
+    chain: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+        *([] if pii else [mask_pii]),
+        structlog.processors.dict_tracebacks,
+        structlog.processors.JSONRenderer(),
+    ]
+    rendered: Any = dict(event)
+    for processor in chain:
+        rendered = processor(None, method, rendered)
+    parsed: dict[str, Any] = json.loads(rendered)
+    return parsed
+
+
+@pytest.mark.parametrize("pii", [False, True])
+@pytest.mark.parametrize("method", ["info", "warn", "exception"])
+def test_json_lines_match_structlogs_processor_chain(pii: bool, method: str) -> None:
+    """A JSON line has the keys and values structlog's standard processors would give it."""
+    event: dict[str, Any] = {
+        "attempts": 1,
+        "call_id": "c-1",
+        "reason": RejectReason.BUSY,
+        "latency_ms": 1.25,
+        "display_name": "Dana",
+        "caller_name": "",
+        "phone": "+14255550123",
+        "access_token": "t",
+        "APP_SECRET": "s",
+        "caller": Identity("phone", "+14255550123"),
+        "event": "call.decided",
+    }
+    tokens = structlog.contextvars.bind_contextvars(tenant_id="t-1", call_id="bound", token="x")
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            if method == "exception":
+                event["exc_info"] = True
+            expected = reference_line(event, method, pii)
+            line = json.loads(JsonLines(pii=pii)(None, method, dict(event)))
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+    stamp = line.pop("timestamp")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", stamp)
+    assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 60
+    expected.pop("timestamp")
+    if method == "exception":
+        assert line.pop("exception")[0]["exc_value"] == "boom"
+        assert expected.pop("exception")[0]["exc_value"] == "boom"
+    assert line == expected
+    assert (line["call_id"], line["tenant_id"], line["token"]) == ("c-1", "t-1", "[redacted]")
+
+
+def test_json_line_timestamps_leave_out_zero_microseconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a whole second the time has no fraction, as datetime.isoformat() writes it."""
+    monkeypatch.setattr(time, "time_ns", lambda: 1_790_000_000 * 1_000_000_000)
+    whole = json.loads(JsonLines()(None, "info", {"event": "x"}))
+    monkeypatch.setattr(time, "time_ns", lambda: 1_790_000_000 * 1_000_000_000 + 1_500)
+    later = json.loads(JsonLines()(None, "info", {"event": "x"}))
+    assert (whole["timestamp"], later["timestamp"]) == (
+        "2026-09-21T14:13:20Z",
+        "2026-09-21T14:13:20.000001Z",
+    )
+
+
+def test_json_lines_without_structlogs_variable_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should structlog stop keeping its context variables in a dict, lines stay the same."""
+    tokens = structlog.contextvars.bind_contextvars(call_id="c-2", scenario_id="s-2")
+    try:
+        fast = json.loads(JsonLines()(None, "info", {"event": "x"}))
+        monkeypatch.setattr(callflow._log, "_registry", None)
+        slow = json.loads(JsonLines()(None, "info", {"event": "x"}))
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+    fast.pop("timestamp")
+    slow.pop("timestamp")
+    assert fast == slow
+    assert (fast["call_id"], fast["scenario_id"]) == ("c-2", "s-2")
+
+
+def test_unusual_keys_and_a_json_module_without_its_c_encoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Non-string keys pass, keys past the remembered ones are still checked, pure-Python JSON."""
+    monkeypatch.setattr(callflow._log, "_KINDS_MAX", 0)  # remember no new key
+    out = redact_secrets(None, "info", {7: "seven", "new_client_secret": "s", "event": "x"})
+    assert out == {7: "seven", "new_client_secret": "[redacted]", "event": "x"}
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    encode = callflow._log._json_encoder()
+    assert json.loads(encode({"a": [1, None], "b": Identity("user", "u")})) == {
+        "a": [1, None],
+        "b": "Identity(kind='user', id='u', tenant_id=None)",
+    }
+
+
 class _Terminal(io.StringIO):
     """A stream that says it is a terminal."""
 
@@ -356,6 +461,11 @@ def test_the_format_follows_the_stream_and_the_level_filters(logging_restored: N
     log.info("test.no_colours")
     assert "test.no_colours" in console.getvalue()
     assert "\x1b[" not in console.getvalue()
+
+    shown = io.StringIO()
+    configure_logging(fmt="console", stream=shown, pii=True, cache=False)
+    log.info("test.names_shown", display_name="Dana")
+    assert "Dana" in shown.getvalue()
 
 
 # --- metrics and health ----------------------------------------------------------------------
