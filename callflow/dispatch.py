@@ -24,6 +24,7 @@ from typing import Any, Final
 import anyio
 import structlog
 
+from ._parse import LazyItem
 from .deadline import (
     DeadlineScheduler,
     DecisionSink,
@@ -154,6 +155,7 @@ class Engine:
         max_pending: int = 10_000,
         deadline_send_rate: float = 500.0,
         max_send_backlog: int = 1_000,
+        compact_above: int = 1_000,
         default_decision: Decision | None = None,
         drain_timeout: float = 15.0,
         recent_size: int = 100_000,
@@ -177,6 +179,9 @@ class Engine:
         self._recording_expiry = recording_timeout
         self.max_pending = max_pending
         self.max_send_backlog = max_send_backlog
+        self.compact_above = compact_above
+        """With this many calls pending, a new call keeps its body text compressed: about
+        1 KB less per call for ~10 us more at intake."""
         # Undecided calls by deadline bucket (width: an eighth of the safety margin). The
         # scheduler thread can send about ``deadline_send_rate`` defaults a second, and it has
         # one safety margin to send a call's default before the platform gives up; so at most
@@ -365,6 +370,10 @@ class Engine:
                 cause="deadline_wave",
             )
             return slot
+        if len(self._open) >= self.compact_above:
+            raw = call.raw
+            if type(raw) is LazyItem:
+                raw.compact()
         self._open[call.call_id] = slot
         self.scheduler.schedule(slot)
         return slot

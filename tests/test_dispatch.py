@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -639,3 +640,43 @@ async def test_engine_is_overloaded_while_decisions_wait_to_be_sent() -> None:
             await both_sent.wait()
         assert not engine.overloaded
     assert sink.by_call() == {"a": [Answer()], "b": [Answer()]}
+
+
+async def test_calls_waiting_among_many_keep_their_body_compressed_and_raw_intact() -> None:
+    """Past COMPACT_ABOVE pending calls a new call keeps its body text compressed; its
+    ``raw`` still reads the whole notification item."""
+    from callflow._parse import LazyItem, parse_notifications
+    from callflow.testing._payloads import incoming_call
+
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3))
+    gate = anyio.Event()
+    seen: dict[str, Any] = {}
+
+    @bot.incoming_call
+    async def waits(call: IncomingCall) -> Answer:
+        await gate.wait()
+        seen[call.call_id] = dict(call.raw)
+        return Answer()
+
+    bodies = {
+        cid: incoming_call(
+            kind="p2p",
+            call_id=cid,
+            tenant_id="t",
+            bot_app_id="app",
+            callback_uri="https://b.example",
+        )
+        for cid in ("first", "second")
+    }
+    calls = {cid: parse_notifications(json.dumps(b).encode())[0] for cid, b in bodies.items()}
+    async with running(bot, compact_above=1) as (engine, sink):
+        engine.submit([calls["first"]])
+        engine.submit([calls["second"]])
+        first_raw, second_raw = calls["first"].raw, calls["second"].raw
+        assert type(first_raw) is LazyItem and type(second_raw) is LazyItem
+        assert isinstance(first_raw._source, str)  # alone: kept as it came
+        assert isinstance(second_raw._source, bytes)  # behind one pending call: compressed
+        gate.set()
+        with anyio.fail_after(5):
+            await sink.wait_for(2)
+    assert seen == {cid: body["value"][0] for cid, body in bodies.items()}
