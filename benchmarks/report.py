@@ -502,11 +502,13 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
         )
         if memory.get("parsed_body_bytes"):
             w(
-                f"Of that, the parsed notification (`json.loads` dict tree, which the "
-                f"`IncomingCall` keeps as `raw`) is {memory['parsed_body_bytes']:,.0f} bytes; "
-                f"the rest, {memory['bytes_per_pending'] - memory['parsed_body_bytes']:,.0f} "
-                "bytes, is the engine's per-call state (lane task and its coroutine frames, "
-                "decision slot, heap entry, dedupe entries) plus allocator overhead."
+                f"For scale: the notification's parsed JSON tree alone takes "
+                f"{memory['parsed_body_bytes']:,.0f} bytes. A pending call keeps the body text "
+                "instead (zlib-compressed once 1 000 calls are pending; `raw` decodes it on "
+                "first read), its typed event, the lane task with the handler's suspended "
+                "coroutine (here the handler's own `asyncio.Event` wait too), the decision "
+                "slot, its deadline and dedupe entries, plus allocator overhead. "
+                "`python -m benchmarks.bench_core` breaks the in-process figure down."
             )
         if memory.get("gc"):
             w("")
