@@ -75,6 +75,10 @@ class Metrics:
         self.graph_retries = Counter(
             "callflow_graph_retries", "Retried requests to Graph, by operation", ("op",), registry=r
         )
+        # The labelled series each hook updates, looked up once per distinct label set:
+        # prometheus_client's labels() checks, converts and locks on every call.
+        self._decided: dict[tuple[str, object, str | None], tuple[Any, Any]] = {}
+        self._requests: dict[tuple[str, int | None], Any] = {}
         self._engine: Engine | None = None
         self._token_failures: Callable[[], int] | None = None
         self._fleet: FleetStats | None = None
@@ -99,14 +103,25 @@ class Metrics:
         if error is not None:
             self.decision_failures.labels(kind).inc()
             return
-        reason = str(getattr(decision, "reason", ""))
-        self.decisions.labels(kind, reason, _who(slot.decided_by)).inc()
+        reason = getattr(decision, "reason", "")
+        key = (kind, reason, slot.decided_by)
+        series = self._decided.get(key)
+        if series is None:
+            who = _who(slot.decided_by)
+            series = (self.decisions.labels(kind, str(reason), who), self.latency.labels(who))
+            self._decided[key] = series
+        series[0].inc()
         if slot.decided_at is not None:
-            self.latency.labels(_who(slot.decided_by)).observe(time.monotonic() - slot.received)
+            series[1].observe(time.monotonic() - slot.received)
 
     def on_graph_request(self, op: str, status: int | None, attempt: int) -> None:
         """Count one request to Graph (the Graph client's hook)."""
-        self.graph_requests.labels(op, "error" if status is None else str(status)).inc()
+        key = (op, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self.graph_requests.labels(op, "error" if status is None else str(status))
+            self._requests[key] = counter
+        counter.inc()
         if attempt > 1:
             self.graph_retries.labels(op).inc()
 
