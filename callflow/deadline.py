@@ -109,7 +109,8 @@ class DecisionSlot:
         self.decided_by: str | None = None
         self.decided_at: float | None = None
         self.attempts = 0
-        self.cancel_handlers: asyncio.Timeout | None = None
+        self.cancel_handlers: asyncio.Task[None] | None = None
+        """The lane task while it runs the call's handlers (the bot's loop only)."""
 
     def claim(self, decision: Decision, decided_by: str) -> bool:
         """Claim the slot for ``decision``; True for the first claim only."""

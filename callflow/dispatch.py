@@ -117,11 +117,16 @@ class _Recent:
 
 
 def _stop_handlers(slot: DecisionSlot) -> None:
-    """Cancel the handlers still running for ``slot`` (call in the bot's loop)."""
-    stopper = slot.cancel_handlers
-    if stopper is not None:
-        with contextlib.suppress(RuntimeError):  # the handlers finished meanwhile
-            stopper.reschedule(0)
+    """Cancel the handlers still running for ``slot`` (call in the bot's loop).
+
+    Clearing ``cancel_handlers`` first tells the lane the cancellation is this one. A lane
+    that stops its own call (a handler submitting the call's hang-up) is not cancelled: its
+    handlers end as soon as the running one returns.
+    """
+    task = slot.cancel_handlers
+    if task is not None and task is not asyncio.current_task():
+        slot.cancel_handlers = None
+        task.cancel()
 
 
 def _event_key(event: CallEvent) -> Any:
@@ -190,6 +195,8 @@ class Engine:
         self._wave_width = slack / 8
         self._wave_limit = max(1, int(deadline_send_rate * slack))
         self._wave: dict[int, int] = {}
+        # The last window summed: buckets [first, last) hold ``base`` calls.
+        self._span_first = self._span_last = self._span_base = 0
         self.drain_timeout = drain_timeout
         self._services = services
         self._on_decided = on_decided
@@ -390,10 +397,13 @@ class Engine:
         wave = self._wave
         last = int(deadline / width)
         first = max(last - 7, int(now / width))
-        due = 0
-        for bucket in range(first, last + 1):
-            due += wave.get(bucket, 0)
-        if due >= self._wave_limit:
+        if last != self._span_last or first != self._span_first:
+            # The window moved (every eighth of a margin): sum its older buckets once.
+            base = 0
+            for bucket in range(first, last):
+                base += wave.get(bucket, 0)
+            self._span_first, self._span_last, self._span_base = first, last, base
+        if self._span_base + wave.get(last, 0) >= self._wave_limit:
             return False
         held = wave.get(last)
         if held is None:
@@ -412,6 +422,8 @@ class Engine:
         held = self._wave.get(bucket)
         if held:
             self._wave[bucket] = held - 1
+            if self._span_first <= bucket < self._span_last:
+                self._span_base -= 1
 
     def _is_stale(self, event: CallStateChanged | CallTerminated) -> bool:
         if isinstance(event, CallTerminated):
@@ -502,9 +514,15 @@ class Engine:
                 decision: Decision | None = None
                 assert self._routes is not None
                 ctx: CallContext | None = None
+                # The deadline or the caller hanging up cancels this task while it runs the
+                # handlers (_stop_handlers); a cancellation from anywhere else goes on.
+                task = asyncio.current_task()
+                assert task is not None
+                cancelling = task.cancelling()
+                slot.cancel_handlers = task
+                stopped = False
                 try:
-                    async with asyncio.timeout(None) as stopper:
-                        slot.cancel_handlers = stopper
+                    try:
                         for inv in self._routes.handlers:
                             if slot.state != SlotState.OPEN:
                                 break
@@ -537,10 +555,14 @@ class Engine:
                                 call,
                                 inv.name,
                             )
-                except TimeoutError:
-                    pass  # the deadline (or the caller hanging up) stopped the handlers
-                finally:
-                    slot.cancel_handlers = None
+                    finally:
+                        stopped = slot.cancel_handlers is None
+                        slot.cancel_handlers = None
+                        if stopped:
+                            task.uncancel()
+                except asyncio.CancelledError:
+                    if not stopped or task.cancelling() > cancelling:
+                        raise
                 send = self._settle(call, slot, decision, decided_by)
             elif slot.decided_by in _SENT_BY_LANE:
                 self._queued -= 1

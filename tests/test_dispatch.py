@@ -680,3 +680,35 @@ async def test_calls_waiting_among_many_keep_their_body_compressed_and_raw_intac
         with anyio.fail_after(5):
             await sink.wait_for(2)
     assert seen == {cid: body["value"][0] for cid, body in bodies.items()}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(0.0, 0.5),  # time passing before the step
+            st.sampled_from([12.0, 2.0]),  # held until: a call's or a recording's deadline
+            st.booleans(),  # whether an earlier held call is decided now
+        ),
+        max_size=120,
+    )
+)
+def test_deadline_wave_counts_match_a_recount(steps: list[tuple[float, float, bool]]) -> None:
+    """Whatever the order of arrivals and early decisions, a call joins the wave exactly
+    when fewer than the limit of still-undecided calls fall due within one margin of it."""
+    engine = Engine(Router(), sink=RecordingSink(), safety_margin=3.0, deadline_send_rate=2.0)
+    width = engine._wave_width
+    held: list[Any] = []
+    now = 1000.0
+    for pause, hold, decide in steps:
+        now += pause
+        if decide and held:
+            engine._leave_wave(held.pop(0))
+        deadline = now + hold
+        last = int(deadline / width)
+        first = max(last - 7, int(now / width))
+        due = sum(1 for s in held if first <= int(s.deadline / width) <= last)
+        joined = engine._join_wave(deadline, now)
+        assert joined == (due < 6)  # the limit: 2 defaults a second x a 3 s margin
+        if joined:
+            held.append(type("Slot", (), {"deadline": deadline})())
