@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -58,6 +59,8 @@ _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False
 _NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()  # attempts are bounded by asyncio.timeout
 # Sent with every request as session defaults, so each request builds only its own three.
 _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
+_PLAIN_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
+"""A call id that ``quote(call_id, safe="")`` leaves as it is (call ids are GUIDs)."""
 _BODY_CACHE_SIZE: Final = 256
 """Encoded decision bodies kept per client: a bot sends the same few decisions again and again."""
 
@@ -122,7 +125,8 @@ class GraphClient:
 
         self.callback_url = callback_url
         self._tokens = tokens
-        self._calls_prefix = str(url).rstrip("/") + "/communications/calls/"
+        self._calls_url = URL(str(url).rstrip("/") + "/communications/calls/", encoded=True)
+        self._calls_path = self._calls_url.raw_path
         self._ssl: ssl.SSLContext | bool = _ssl_context(ca_bundle) if ca_bundle else True
         self._request_timeout = float(request_timeout)
         self._max_connections = max_connections
@@ -295,7 +299,8 @@ class GraphClient:
                 f"GraphClient is not open ({op} for call {call_id}); "
                 "expected `async with GraphClient(...)` around its use"
             )
-        url = URL(self._calls_prefix + quote(call_id, safe="") + suffix, encoded=True)
+        segment = call_id if _PLAIN_SEGMENT(call_id) else quote(call_id, safe="")
+        url = self._calls_url.with_path(self._calls_path + segment + suffix, encoded=True)
         scenario = scenario_id or _new_uuid()
         error: GraphError | None = None
         cause: BaseException | None = None
