@@ -79,6 +79,9 @@ def test_quick_harness_writes_a_report_with_sane_figures(tmp_path: Path) -> None
     over = results["overload"]
     assert over["calls"] > 100
     assert 0 <= over["missed"] <= over["calls"]
+    assert over["accepted"] > 0
+    assert over["accepted"] + over["refused"] <= over["calls"]
+    assert over["missed_accepted"] <= min(over["missed"], over["accepted"])
     assert over["ack"]["p99"] > 0
     blocked = results["blocked"]
     assert blocked["accepted_before_block"]["calls"] > 0
