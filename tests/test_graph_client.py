@@ -13,7 +13,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,13 @@ from structlog.testing import capture_logs
 from callflow.decisions import Answer, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import CallGoneError, ConfigError, GraphError, GraphResponseError
 from callflow.events import Identity, IncomingCall
-from callflow.graph._client import GraphClient, GraphResult, _new_uuid, _parse_retry_after
+from callflow.graph._client import (
+    GraphClient,
+    GraphResult,
+    _AttemptTimeout,
+    _new_uuid,
+    _parse_retry_after,
+)
 from callflow.graph._tokens import StaticTokenProvider
 
 pytestmark = pytest.mark.anyio
@@ -467,6 +474,49 @@ async def test_graph_that_never_answers_fails_by_the_deadline(graph: GraphStub) 
     assert isinstance(info.value.__cause__, TimeoutError)
     assert late < 0.1
     assert len(graph.seen) == 1
+
+
+async def test_a_cancelled_request_stays_cancelled(graph: GraphStub) -> None:
+    """Cancelling a caller mid-request cancels it: no GraphError, no retry."""
+    graph.script(Reply(hang=True), Reply(hang=True))
+    seen: list[tuple[str, int | None, int]] = []
+    with anyio.fail_after(GUARD):
+        async with make_client(
+            graph.base_url, request_timeout=5.0, on_request=lambda *args: seen.append(args)
+        ) as client:
+            with anyio.move_on_after(0.05) as scope:
+                await client.reject("c-1", Reject())
+    assert scope.cancelled_caught
+    assert [seen.path for seen in graph.seen] == ["/v1.0/communications/calls/c-1/reject"]
+    assert seen == []
+
+
+TimeoutFactory = Callable[[float], AbstractAsyncContextManager[Any]]
+
+
+@pytest.mark.parametrize("make_timeout", [asyncio.timeout, _AttemptTimeout])
+@pytest.mark.parametrize("scenario", ["expires", "cancelled", "both", "neither"])
+async def test_attempt_timeout_follows_asyncio_timeout(
+    make_timeout: TimeoutFactory, scenario: str
+) -> None:
+    """The attempt timeout ends a block as asyncio.timeout() does in each case."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    outcome = "finished"
+    try:
+        async with make_timeout(0.0 if scenario in ("expires", "both") else 5.0):
+            if scenario in ("cancelled", "both"):
+                loop.call_soon(task.cancel)  # runs in the iteration the timer fires in
+            if scenario != "neither":
+                await asyncio.sleep(GUARD)
+    except TimeoutError:
+        outcome = "timeout"
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        task.uncancel()
+    expected = {"expires": "timeout", "neither": "finished"}.get(scenario, "cancelled")
+    assert (outcome, task.cancelling()) == (expected, 0)
 
 
 async def test_request_timeout_without_deadline_is_retried(graph: GraphStub) -> None:

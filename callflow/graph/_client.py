@@ -56,7 +56,7 @@ _CALL_GONE_CODE: Final = "8522"
 _DNS_CACHE_TTL: Final = 300
 _ERROR_TEXT_LIMIT: Final = 300
 _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()  # attempts are bounded by asyncio.timeout
+_NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()  # attempts are bounded by _AttemptTimeout
 # Sent with every request as session defaults, so each request builds only its own three.
 _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 _PLAIN_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
@@ -78,6 +78,55 @@ class GraphResult:
     attempts: int
     request_id: str | None
     client_request_id: str
+
+
+class _AttemptTimeout:
+    """``async with asyncio.timeout(delay)`` for one attempt, with less bookkeeping.
+
+    The same rules: the task is cancelled when ``delay`` seconds have passed, and that
+    cancellation (and only that one) leaves the block as :class:`TimeoutError`; a cancellation
+    from elsewhere stays a cancellation. There is no rescheduling, no state machine and no
+    ``call_soon`` special case (a timer already due runs on the next loop iteration anyway),
+    which is most of what ``asyncio.Timeout`` costs on the decision path.
+    """
+
+    __slots__ = ("_cancelling", "_delay", "_expired", "_handle", "_task")
+
+    def __init__(self, delay: float) -> None:
+        self._delay = delay
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - the client is only used from tasks
+            raise RuntimeError("a Graph request must run inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        loop = task.get_loop()
+        self._handle = loop.call_at(loop.time() + self._delay, self._expire)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+            self._handle = None
+        if (
+            self._expired
+            and self._task.uncancel() <= self._cancelling
+            and exc_type is asyncio.CancelledError
+        ):
+            raise TimeoutError from exc
+
+    def _expire(self) -> None:
+        self._task.cancel()
+        self._expired = True
+        self._handle = None
 
 
 OnRequest = Callable[[str, int | None, int], None]
@@ -323,7 +372,7 @@ class GraphClient:
             client_request_id = _new_uuid()
             retry_after: float | None = None
             try:
-                async with asyncio.timeout(budget):
+                async with _AttemptTimeout(budget):
                     token = await self._tokens.get_token(tenant_id)
                     headers = {
                         "Authorization": "Bearer " + token,
