@@ -386,6 +386,12 @@ class Engine:
         return slot
 
     @property
+    def send_backlog(self) -> int:
+        """Decisions made and not yet sent (or failed): queued, in flight, or the deadline
+        thread's."""
+        return self._queued + self._sending + self.scheduler.unsent
+
+    @property
     def overloaded(self) -> bool:
         """True while more decisions wait to be sent than :attr:`max_send_backlog`: a new
         incoming call should then be refused (503) rather than taken and decided late."""

@@ -62,7 +62,7 @@ class Metrics:
         )
         self.rejected_input = Counter(
             "callflow_rejected_notifications",
-            "Notifications refused before dispatch (4xx), by error code",
+            "Notifications refused before dispatch (4xx, or 503 when overloaded), by error code",
             ("code",),
             registry=r,
         )
@@ -158,6 +158,11 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily(
             "callflow_pending_calls", "Incoming calls not decided yet", value=engine.pending
         )
+        yield GaugeMetricFamily(
+            "callflow_send_backlog",
+            "Decisions waiting to be sent; at MAX_SEND_BACKLOG new calls get 503",
+            value=engine.send_backlog,
+        )
         for name, doc, value in (
             ("callflow_default_decisions", "Calls decided by the default decision at the deadline",
              engine.scheduler.fired),
@@ -168,8 +173,11 @@ class _EngineCollector(Collector):
             ("callflow_stale_notifications", "Out-of-order state updates dropped", stats.stale),
             ("callflow_handler_errors", "Exceptions raised by handlers and observers",
              stats.handler_errors),
-            ("callflow_admission_defaults", "Calls decided at once because MAX_PENDING was reached",
-             stats.admission_defaults),
+            ("callflow_admission_defaults", "Calls decided at once at intake: MAX_PENDING "
+             "reached, or their deadline fell in a full wave", stats.admission_defaults),
+            ("callflow_wave_defaults", "Of the admission defaults: deadline wave full "
+             "(DEADLINE_SEND_RATE x SAFETY_MARGIN calls due within one margin)",
+             stats.wave_defaults),
             ("callflow_calls_gone", "Calls whose caller hung up before a decision", stats.gone),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)

@@ -480,12 +480,14 @@ FAMILIES = (
     ("callflow_graph_requests", "counter"),
     ("callflow_graph_retries", "counter"),
     ("callflow_pending_calls", "gauge"),
+    ("callflow_send_backlog", "gauge"),
     ("callflow_token_refresh_failures", "counter"),
     ("callflow_decision_failures", "counter"),
     ("callflow_rejected_notifications", "counter"),
     ("callflow_stale_notifications", "counter"),
     ("callflow_handler_errors", "counter"),
     ("callflow_admission_defaults", "counter"),
+    ("callflow_wave_defaults", "counter"),
     ("callflow_calls_gone", "counter"),
 )
 

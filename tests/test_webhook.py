@@ -133,4 +133,5 @@ async def test_new_call_gets_503_with_retry_after_while_decisions_wait_to_be_sen
         async with http.get(running.url + "/metrics") as metrics:
             text = await metrics.text()
         assert 'callflow_rejected_notifications_total{code="overloaded"} 1.0' in text
+        assert "callflow_send_backlog 2.0" in text
     assert fake.requests_for("refused") == ()
