@@ -18,6 +18,7 @@ dropped.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -261,6 +262,12 @@ class WebhookHandler:
 
     async def _read(self, request: web.Request) -> bytes:
         """The whole body, at most ``max_body`` bytes (chunked bodies included)."""
+        length = request.content_length
+        if length is not None:  # already checked against max_body: one read
+            try:
+                return await request.content.readexactly(length)
+            except asyncio.IncompleteReadError as exc:  # pragma: no cover - aiohttp reports
+                return exc.partial  # a short body as a lost connection; kept for other servers
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():
