@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
@@ -712,3 +713,66 @@ def test_deadline_wave_counts_match_a_recount(steps: list[tuple[float, float, bo
         assert joined == (due < 6)  # the limit: 2 defaults a second x a 3 s margin
         if joined:
             held.append(type("Slot", (), {"deadline": deadline})())
+
+
+async def test_handler_swallowing_the_deadline_cancel_leaves_the_lane_working() -> None:
+    """A handler that catches the deadline's cancellation and answers anyway is late (counted,
+    not sent); the call's lane still runs the events queued behind it."""
+    bot = make_bot()
+    caught = anyio.Event()
+    seen: list[str] = []
+    observed = anyio.Event()
+
+    @bot.incoming_call
+    async def stubborn(call: IncomingCall) -> Answer:
+        try:
+            await anyio.sleep_forever()
+        except BaseException:
+            caught.set()
+        # Still able to await: the cancellation was taken back.
+        await anyio.lowlevel.checkpoint()
+        return Answer()
+
+    @bot.on(CallStateChanged)
+    async def state(event: CallStateChanged) -> None:
+        await anyio.lowlevel.checkpoint()  # an await in the lane after the stopped handler
+        seen.append(event.state)
+        observed.set()
+
+    async with running(bot) as (engine, sink):
+        engine.submit([incoming("c")])
+        engine.submit([CallStateChanged("c", "terminating", None)])
+        with anyio.fail_after(5):
+            await caught.wait()
+            await observed.wait()
+            await sink.wait_for(1)
+    assert sink.by_call() == {"c": [Reject()]}
+    assert engine.stats.late_decisions == 1
+    assert seen == ["terminating"]
+
+
+async def test_shutdown_still_cancels_a_lane_whose_handlers_were_stopped() -> None:
+    """Taking back the deadline's cancellation does not swallow the shutdown's: a handler
+    that swallows the first and waits again is cancelled when the engine stops."""
+    bot = make_bot()
+    waits: list[str] = []
+
+    @bot.incoming_call
+    async def waits_twice(call: IncomingCall) -> Answer:
+        try:
+            await anyio.sleep_forever()
+        except BaseException:
+            waits.append("deadline")
+        try:
+            await anyio.sleep_forever()
+        finally:
+            waits.append("shutdown")
+        return Answer()  # pragma: no cover
+
+    with anyio.fail_after(5):
+        async with running(bot, drain_timeout=0) as (engine, sink):
+            engine.submit([incoming("c")])
+            await sink.wait_for(1)  # the deadline's default went out
+    assert waits == ["deadline", "shutdown"]
+    assert sink.by_call() == {"c": [Reject()]}
+    assert engine.stats.handler_errors == 0
