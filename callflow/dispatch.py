@@ -395,7 +395,7 @@ class Engine:
     def overloaded(self) -> bool:
         """True while more decisions wait to be sent than :attr:`max_send_backlog`: a new
         incoming call should then be refused (503) rather than taken and decided late."""
-        return self._queued + self._sending + self.scheduler.unsent >= self.max_send_backlog
+        return self.send_backlog >= self.max_send_backlog
 
     def _join_wave(self, deadline: float, now: float) -> bool:
         """Count a held call due at ``deadline``; False when its wave is full."""
