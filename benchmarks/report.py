@@ -383,15 +383,16 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
             f"{plan.overload_seconds:g} s; the load generator (at most 512 notification POSTs "
             f"awaiting their 202) **offered {over['offered']:,.0f}/s**, {over['calls']:,} calls. "
             f"Platform timeout {over['platform_timeout']:g} s, safety margin "
-            f"{over['safety_margin']:g} s; `MAX_PENDING`, `DEADLINE_SEND_RATE` and "
-            f"`MAX_SEND_BACKLOG` at their defaults."
+            f"{over['safety_margin']:g} s; `MAX_PENDING`, `DEADLINE_SEND_RATE`, "
+            f"`MAX_SEND_BACKLOG` and `OVERLOAD_WAIT` at their defaults."
         )
         w("")
         w("| figure | value |")
         w("|---|---|")
         if "accepted" in over:
             w(
-                f"| calls accepted (202) / refused (503 + Retry-After) | {over['accepted']:,} / "
+                f"| calls accepted (202, some after waiting for room) / refused (503 + "
+                f"Retry-After) | {over['accepted']:,} / "
                 f"{over['refused']:,} |"
             )
             w(

@@ -284,6 +284,7 @@ class Bot(Router):
             on_auth_failure=metrics.on_auth_failure,
             on_rejected_input=metrics.on_rejected_input,
             fleet=fleet,
+            overload_wait=self.settings.overload_wait,
         )
         app = web.Application(client_max_size=2 * 1024 * 1024)
         path = self.settings.webhook_path

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -219,6 +219,7 @@ class Engine:
         self._cut: asyncio.Event | None = None
         self._sending = 0
         self._queued = 0  # decided at intake, not yet handed to the sink
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._sends_done: asyncio.Event | None = None
 
         def factory() -> contextlib.AbstractAsyncContextManager[DecisionSink]:
@@ -228,7 +229,7 @@ class Engine:
             scheduler_sink or factory,
             self.default_decision,
             on_default=self._on_scheduler_claim,
-            on_sent=self._finish,
+            on_sent=self._on_scheduler_sent,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -394,8 +395,44 @@ class Engine:
     @property
     def overloaded(self) -> bool:
         """True while more decisions wait to be sent than :attr:`max_send_backlog`: a new
-        incoming call should then be refused (503) rather than taken and decided late."""
+        incoming call should then wait for room (:meth:`wait_for_room`) or be refused (503)
+        rather than be taken and decided late."""
         return self.send_backlog >= self.max_send_backlog
+
+    async def wait_for_room(self, within: float) -> bool:
+        """Wait up to ``within`` seconds until the send backlog is below its limit.
+
+        True when there is room (at once when not :attr:`overloaded`); waiters get room in
+        arrival order, as decisions are sent.
+        """
+        if not self.overloaded:
+            return True
+        if within <= 0:
+            return False
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._room_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(within):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._room_waiters.remove(waiter)
+        return True
+
+    def _wake_room_waiters(self) -> None:
+        """Let as many waiting notifications in as the send backlog has room for."""
+        waiters = self._room_waiters
+        room = self.max_send_backlog - self.send_backlog
+        while room > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
 
     def _join_wave(self, deadline: float, now: float) -> bool:
         """Count a held call due at ``deadline``; False when its wave is full."""
@@ -591,6 +628,8 @@ class Engine:
                     if not self._sending and self._sends_done is not None:
                         self._sends_done.set()
                 self._finish(slot, error)
+                if self._room_waiters:
+                    self._wake_room_waiters()
             if lane is not None and self._lanes[lane]:
                 await self._run_queued(lane)
         finally:
@@ -659,6 +698,13 @@ class Engine:
     @staticmethod
     def _cancel_if_running(slot: DecisionSlot) -> None:
         _stop_handlers(slot)
+
+    def _on_scheduler_sent(self, slot: DecisionSlot, error: BaseException | None) -> None:
+        self._finish(slot, error)
+        loop = self._loop
+        if self._room_waiters and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(self._wake_room_waiters)
 
     # -- both threads ----------------------------------------------------------------------
 

@@ -140,8 +140,12 @@ class Settings:
     fall due together. At most this x SAFETY_MARGIN undecided calls may fall due within one
     safety margin; a call that would exceed it gets the default at once."""
     max_send_backlog: int = 1_000
-    """Decisions waiting to be sent above which new incoming calls are refused with 503 and
-    Retry-After, instead of being taken and decided too late."""
+    """Decisions waiting to be sent above which a new incoming call waits for room (at most
+    OVERLOAD_WAIT seconds) and is then refused with 503 and Retry-After, instead of being
+    taken and decided too late."""
+    overload_wait: float = 1.0
+    """Seconds a new call's notification may wait for room in the send backlog before the
+    503; its 202 comes that much later (the platform expects a reply within ~5 s)."""
     drain_timeout: float = 15.0
     keepalive_interval: float = 900.0
     request_timeout: float = 5.0
@@ -247,6 +251,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "max_pending": _int(1, 10_000_000),
     "deadline_send_rate": _float(1.0, 1_000_000.0),
     "max_send_backlog": _int(1, 10_000_000),
+    "overload_wait": _float(0.0, 4.0),
     "drain_timeout": _float(0.0, 600.0),
     "keepalive_interval": _float(1.0, 2700.0),
     "request_timeout": _float(0.1, 60.0),

@@ -34,6 +34,7 @@ def test_variables_are_parsed() -> None:
             "CALLFLOW_LOG_PII": "on",
             "CALLFLOW_DEADLINE_SEND_RATE": "250.5",
             "CALLFLOW_MAX_SEND_BACKLOG": "64",
+            "CALLFLOW_OVERLOAD_WAIT": "0.25",
             "CALLFLOW_UNRELATED": "ignored",
         }
     )
@@ -48,6 +49,7 @@ def test_variables_are_parsed() -> None:
     assert s.log_pii is True
     assert s.deadline_send_rate == 250.5
     assert s.max_send_backlog == 64
+    assert s.overload_wait == 0.25
 
 
 def test_every_invalid_variable_is_named_in_one_error() -> None:
@@ -65,6 +67,7 @@ def test_every_invalid_variable_is_named_in_one_error() -> None:
                 "CALLFLOW_WEBHOOK_PATH": "api",
                 "CALLFLOW_MAX_SEND_BACKLOG": "0",
                 "CALLFLOW_DEADLINE_SEND_RATE": "fast",
+                "CALLFLOW_OVERLOAD_WAIT": "10",
             }
         )
     text = str(info.value)
@@ -79,6 +82,7 @@ def test_every_invalid_variable_is_named_in_one_error() -> None:
         ("CALLFLOW_WEBHOOK_PATH", "starting with '/'"),
         ("CALLFLOW_MAX_SEND_BACKLOG", "between"),
         ("CALLFLOW_DEADLINE_SEND_RATE", "number"),
+        ("CALLFLOW_OVERLOAD_WAIT", "between"),
     ]:
         line = next(ln for ln in text.splitlines() if name in ln)
         assert expected in line

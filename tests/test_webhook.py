@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -108,12 +109,13 @@ async def test_batch_with_two_calls_reaches_both() -> None:
 
 
 async def test_new_call_gets_503_with_retry_after_while_decisions_wait_to_be_sent() -> None:
-    """With MAX_SEND_BACKLOG decisions stuck on a slow Graph, a new call is refused with 503,
-    Retry-After and a JSON error instead of being taken and decided too late; it is neither
-    dispatched nor counted as pending, and the refusal shows in the metrics."""
+    """With MAX_SEND_BACKLOG decisions stuck on a slow Graph and no OVERLOAD_WAIT, a new call
+    is refused with 503, Retry-After and a JSON error instead of being taken and decided too
+    late; it is neither dispatched nor counted as pending, and the refusal shows in the
+    metrics."""
     async with (
         FakeGraph() as fake,
-        fake.serve(answering_bot(), max_send_backlog=2) as running,
+        fake.serve(answering_bot(), max_send_backlog=2, overload_wait=0) as running,
         aiohttp.ClientSession() as http,
     ):
         fake.latency = 3.0  # Graph holds each decision this long before it replies
@@ -135,3 +137,25 @@ async def test_new_call_gets_503_with_retry_after_while_decisions_wait_to_be_sen
         assert 'callflow_rejected_notifications_total{code="overloaded"} 1.0' in text
         assert "callflow_send_backlog 2.0" in text
     assert fake.requests_for("refused") == ()
+
+
+async def test_new_call_waits_for_room_in_the_send_backlog_then_is_taken() -> None:
+    """Within OVERLOAD_WAIT, a new call's notification waits until a decision has been sent,
+    then gets its 202 and its own decision: a later reply instead of a lost call."""
+    async with (
+        FakeGraph() as fake,
+        fake.serve(answering_bot(), max_send_backlog=2, overload_wait=4.0) as running,
+    ):
+        fake.latency = 1.5  # Graph holds each decision this long before it replies
+        for cid in ("busy-1", "busy-2"):
+            call = await fake.place_call(running.webhook_url, call_id=cid)
+            assert call.webhook_status == 202
+            await fake.wait_requests(1, op="answer", call_id=cid)
+        started = time.monotonic()
+        waited = await fake.place_call(running.webhook_url, call_id="waited")
+        took = time.monotonic() - started
+        assert waited.webhook_status == 202
+        assert took >= 0.5  # held until one of the first two decisions had been sent
+        (request,) = await fake.wait_requests(1, op="answer", call_id="waited")
+        assert request.op == "answer"
+        assert running.engine.stats.refused == 0

@@ -6,8 +6,10 @@ to the engine and the reply is 202 at once; the reply never waits for handlers. 
 carries ``{"error": {"code": ..., "message": ...}}``.
 
 While more decisions wait to be sent than the engine's ``max_send_backlog``, a notification
-with a new incoming call gets 503 with ``Retry-After`` (code ``overloaded``) instead: taken,
-it would only be decided after its deadline. State updates and terminations are still taken.
+with a new incoming call waits for room, up to ``overload_wait`` seconds (its deadline still
+counts from its arrival), and then gets 503 with ``Retry-After`` (code ``overloaded``):
+taken, it would only be decided after its deadline. State updates and terminations are
+always taken at once.
 
 In fleet mode a :class:`FleetHook` (:class:`Forwarder`) sees each authenticated body first: a
 notification whose URL names another live instance (``?instance=ID``, from the per-instance
@@ -210,8 +212,10 @@ class WebhookHandler:
         on_auth_failure: Callable[[str], None] | None = None,
         on_rejected_input: Callable[[str], None] | None = None,
         fleet: FleetHook | None = None,
+        overload_wait: float = 1.0,
     ) -> None:
         self._engine = engine
+        self._overload_wait = overload_wait
         self._auth = auth
         self._max_body = max_body
         self._on_auth_failure = on_auth_failure
@@ -236,8 +240,8 @@ class WebhookHandler:
         return error_response(status, code, message, echo)
 
     def _refuse(self, echo: dict[str, str]) -> web.Response:
-        """503 + Retry-After for a new call while decisions wait to be sent: taking it would
-        only decide it late. Logged once a second at most, with the count since."""
+        """503 + Retry-After for a new call that found no room to be decided in time.
+        Logged once a second at most, with the count since."""
         engine = self._engine
         engine.stats.refused += 1
         self._refused += 1
@@ -336,7 +340,11 @@ class WebhookHandler:
         if fleet is not None:
             events = await fleet.fresh(events)
 
-        if self._engine.overloaded and any(type(e) is IncomingCall for e in events):
+        if (
+            self._engine.overloaded
+            and any(type(e) is IncomingCall for e in events)
+            and not await self._engine.wait_for_room(self._overload_wait)
+        ):
             return self._refuse(echo)
 
         scenario_id = headers.get("scenario-id")
