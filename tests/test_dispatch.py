@@ -776,3 +776,43 @@ async def test_shutdown_still_cancels_a_lane_whose_handlers_were_stopped() -> No
     assert waits == ["deadline", "shutdown"]
     assert sink.by_call() == {"c": [Reject()]}
     assert engine.stats.handler_errors == 0
+
+
+async def test_wait_for_room_gives_up_after_its_time_and_wakes_when_a_decision_is_sent() -> None:
+    """A notification waiting for room in the send backlog gets it as soon as a decision has
+    been sent; when none is sent within its wait it is told to give up (the webhook's 503)."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3, max_send_backlog=1))
+
+    @bot.incoming_call
+    async def answer(call: IncomingCall) -> Answer:
+        return Answer()
+
+    gate = anyio.Event()
+    entered = anyio.Event()
+
+    class GatedSink(RecordingSink):
+        async def deliver(self, call: IncomingCall, decision: Any, deadline: float) -> None:
+            entered.set()
+            await gate.wait()
+            await super().deliver(call, decision, deadline)
+
+    async with bot.engine(GatedSink()).running() as engine:
+        assert await engine.wait_for_room(0)  # room: at once, whatever the wait
+        engine.submit([incoming("a")])
+        with anyio.fail_after(5):
+            await entered.wait()
+        assert engine.overloaded
+        assert not await engine.wait_for_room(0)
+        assert not await engine.wait_for_room(0.05)  # nobody sent anything meanwhile
+        got: list[bool] = []
+        async with anyio.create_task_group() as tg:
+
+            async def wait() -> None:
+                got.append(await engine.wait_for_room(10))
+
+            tg.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()  # the waiter waits, the send hangs
+            assert got == []
+            gate.set()
+        assert got == [True]
+        assert not engine.overloaded
