@@ -354,36 +354,28 @@ class Engine:
             log.warning("call.shutdown_default", call_id=call.call_id)
             return slot
         if len(self._open) >= self.max_pending:
-            self.stats.admission_defaults += 1
-            slot.claim(self.default_decision, "admission")
-            self._queued += 1
-            log.warning(
-                "call.admission_default",
-                call_id=call.call_id,
-                pending=len(self._open),
-                cause="max_pending",
-            )
-            return slot
+            return self._default_at_intake(slot, "max_pending")
         if not self._join_wave(slot.deadline, now):
             # Held, this call would fall due with more undecided calls than the scheduler
             # can send within the safety margin: default it now, while sending keeps up.
-            self.stats.admission_defaults += 1
             self.stats.wave_defaults += 1
-            slot.claim(self.default_decision, "admission")
-            self._queued += 1
-            log.warning(
-                "call.admission_default",
-                call_id=call.call_id,
-                pending=len(self._open),
-                cause="deadline_wave",
-            )
-            return slot
+            return self._default_at_intake(slot, "deadline_wave")
         if len(self._open) >= self.compact_above:
             raw = call.raw
             if type(raw) is LazyItem:
                 raw.compact()
         self._open[call.call_id] = slot
         self.scheduler.schedule(slot)
+        return slot
+
+    def _default_at_intake(self, slot: DecisionSlot, cause: str) -> DecisionSlot:
+        """Admission control: decide ``slot`` with the default now; its lane sends it."""
+        self.stats.admission_defaults += 1
+        slot.claim(self.default_decision, "admission")
+        self._queued += 1
+        log.warning(
+            "call.admission_default", call_id=slot.call_id, pending=len(self._open), cause=cause
+        )
         return slot
 
     @property
