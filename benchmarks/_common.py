@@ -6,6 +6,7 @@ Every process of the harness prints one line ``READY {json}`` on stdout once it 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import json
@@ -36,6 +37,8 @@ __all__ = [
     "rss_bytes",
     "run_loop",
     "serve_app",
+    "serve_baseline",
+    "baseline_main",
 ]
 
 APP_ID: Final = "8e2d4c10-55aa-4f3b-b1c2-0d9e7f6a5b41"
@@ -134,3 +137,39 @@ async def serve_app(
                 await on_stop()
         finally:
             await runner.cleanup()
+
+
+async def serve_baseline(
+    port: int,
+    decide: Callable[[str], Coroutine[Any, Any, None]],
+    on_stop: Callable[[], Awaitable[None]],
+) -> None:
+    """The baselines' webhook: ``json.loads`` the notification, spawn ``decide(call_id)``,
+    reply 202 (and ``/readyz``); served until SIGTERM, then ``on_stop``."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def webhook(request: web.Request) -> web.Response:
+        data = json.loads(await request.read())
+        call_id = data["value"][0]["resourceData"]["id"]
+        task = asyncio.create_task(decide(call_id))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return web.Response(status=202)
+
+    async def readyz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ready"})
+
+    app = web.Application()
+    app.router.add_post(WEBHOOK_PATH, webhook)
+    app.router.add_get("/readyz", readyz)
+    await serve_app(app, port, on_stop=on_stop)
+
+
+def baseline_main(doc: str, serve: Callable[[int, str], Coroutine[Any, Any, None]]) -> None:
+    """A baseline bot's command line: ``--port P --graph-url URL [--loop uvloop]``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--graph-url", required=True)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    args = parser.parse_args()
+    run_loop(lambda: serve(args.port, args.graph_url), args.loop)

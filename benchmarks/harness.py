@@ -1266,6 +1266,15 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({path})" if path else name
 
 
+def _git(*args: str) -> str:
+    """What ``git ARGS`` prints in the project (empty when git is missing or fails)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    return ""
+
+
 def machine_info(plan: Plan, variants: Sequence[str]) -> dict[str, Any]:
     """nproc, CPU model, Python, package versions, date, commit, command."""
     model = ""
@@ -1278,26 +1287,8 @@ def machine_info(plan: Plan, variants: Sequence[str]) -> dict[str, Any]:
     for name in PACKAGES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    dirty = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "dirty": bool(dirty),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -12,14 +12,10 @@ Run: ``python -m benchmarks.sdk_bot --port P --graph-url URL [--loop uvloop]``.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import sys
 from typing import Any
 
 import httpx
-from aiohttp import web
 from kiota_abstractions.authentication import (
     AccessTokenProvider,
     AllowedHostsValidator,
@@ -34,7 +30,7 @@ from msgraph.graph_request_adapter import options as DEFAULT_OPTIONS
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
 
-from benchmarks._common import WEBHOOK_PATH, run_loop, serve_app
+from benchmarks._common import baseline_main, serve_baseline
 
 
 class StaticAccessTokenProvider(AccessTokenProvider):
@@ -74,7 +70,6 @@ def make_client(graph_url: str) -> tuple[GraphServiceClient, httpx.AsyncClient]:
 async def serve(port: int, graph_url: str) -> None:
     """Serve the webhook until SIGTERM."""
     client, http = make_client(graph_url)
-    tasks: set[asyncio.Task[None]] = set()
 
     async def decide(call_id: str) -> None:
         body = RejectPostRequestBody(reason=RejectReason.Busy)
@@ -83,34 +78,15 @@ async def serve(port: int, graph_url: str) -> None:
         except Exception as exc:  # the SDK raises APIError, httpx errors, ...
             print(f"sdk_bot: reject {call_id} failed: {exc!r}", file=sys.stderr, flush=True)
 
-    async def webhook(request: web.Request) -> web.Response:
-        data = json.loads(await request.read())
-        call_id = data["value"][0]["resourceData"]["id"]
-        task = asyncio.create_task(decide(call_id))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return web.Response(status=202)
-
-    async def readyz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ready"})
-
     async def close() -> None:
         await http.aclose()
 
-    app = web.Application()
-    app.router.add_post(WEBHOOK_PATH, webhook)
-    app.router.add_get("/readyz", readyz)
-    await serve_app(app, port, on_stop=close)
+    await serve_baseline(port, decide, close)
 
 
 def main() -> None:
     """Parse the arguments and serve."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--graph-url", required=True)
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    args = parser.parse_args()
-    run_loop(lambda: serve(args.port, args.graph_url), args.loop)
+    baseline_main(__doc__ or "", serve)
 
 
 if __name__ == "__main__":
