@@ -221,7 +221,7 @@ class WebhookHandler:
         self._on_auth_failure = on_auth_failure
         self._on_rejected_input = on_rejected_input
         self._fleet = fleet
-        self._refused = 0
+        self._refused_logged = 0  # the engine's refusal count at the last log line
         self._refusal_logged = -1e9
 
     def _reject(
@@ -243,8 +243,8 @@ class WebhookHandler:
         """503 + Retry-After for a new call that found no room to be decided in time.
         Logged once a second at most, with the count since."""
         engine = self._engine
-        engine.stats.refused += 1
-        self._refused += 1
+        stats = engine.stats
+        stats.refused += 1
         if self._on_rejected_input is not None:
             self._on_rejected_input("overloaded")
         now = time.monotonic()
@@ -252,11 +252,11 @@ class WebhookHandler:
             self._refusal_logged = now
             log.warning(
                 "webhook.overloaded",
-                refused=self._refused,
+                refused=stats.refused - self._refused_logged,
                 pending=engine.pending,
                 max_send_backlog=engine.max_send_backlog,
             )
-            self._refused = 0
+            self._refused_logged = stats.refused
         return error_response(
             503,
             "overloaded",
