@@ -9,22 +9,20 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from aiohttp import web
 
-from .calls import CallKeeper, HeldCall
-from .deadline import DecisionSink, DecisionSlot, SinkFactory
 from .decisions import Reject, RejectReason
 from .dispatch import Engine
-from .errors import CallflowError, ConfigError
-from .metrics import CONTENT_TYPE, Metrics
+from .errors import CallflowError
 from .routing import Router
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from ._crossing import IoThread
+    from .calls import CallKeeper, HeldCall
+    from .deadline import DecisionSink, DecisionSlot
     from .graph._client import GraphClient
     from .graph._tokens import TokenProvider
-    from .store import Fleet
-    from .webhook._app import FleetHook
+    from .metrics import Metrics
 
 __all__ = ["Bot", "RunningBot"]
 
@@ -32,16 +30,27 @@ log = structlog.get_logger(__name__)
 
 
 class RunningBot:
-    """A bot that is serving: its bound address, readiness, engine and Graph client."""
+    """A bot that is serving: its bound address, readiness, engine and Graph client.
+
+    ``graph`` and ``keeper`` live on the bot's I/O loop: call :meth:`hang_up` rather than
+    using them from the app loop.
+    """
 
     def __init__(
-        self, bot: Bot, engine: Engine, graph: GraphClient, metrics: Metrics, keeper: CallKeeper
+        self,
+        bot: Bot,
+        engine: Engine,
+        graph: GraphClient,
+        metrics: Metrics,
+        keeper: CallKeeper,
+        io: IoThread,
     ) -> None:
         self.bot = bot
         self.engine = engine
         self.graph = graph
         self.metrics = metrics
         self.keeper = keeper
+        self.io = io
         self.host = ""
         self.port = 0
         self.ready = False
@@ -54,7 +63,8 @@ class RunningBot:
 
     async def hang_up(self, call_id: str) -> None:
         """Hang up the bot's leg of a call it holds."""
-        await self.keeper.hang_up(call_id)
+        keeper = self.keeper
+        await self.io.run(lambda: keeper.hang_up(call_id))
 
     @property
     def url(self) -> str:
@@ -68,9 +78,18 @@ class RunningBot:
         return self.url + self.bot.settings.webhook_path
 
     def stop(self, *, urgent: bool = False) -> None:
-        """Begin a graceful stop; ``urgent`` skips waiting for pending handlers."""
+        """Begin a graceful stop; ``urgent`` skips waiting for pending handlers.
+
+        At once ``/readyz`` answers 503 and a new incoming call gets the default decision;
+        leaving ``Bot.serve`` then drains.
+        """
         self.ready = False
         self.urgent = self.urgent or urgent
+        with contextlib.suppress(RuntimeError):  # the engine already stopped
+            self.engine.begin_drain()
+        if urgent:
+            with contextlib.suppress(RuntimeError):
+                self.engine.cut_drain()
         self.shutting_down.set()
 
 
@@ -97,15 +116,13 @@ class Bot(Router):
         self._check_open("settings")
         self._settings = settings
 
-    def engine(
-        self,
-        sink: DecisionSink,
-        *,
-        scheduler_sink: SinkFactory | None = None,
-        services: Any = None,
-        **overrides: Any,
-    ) -> Engine:
-        """Build the engine that runs this bot's handlers with the deadline guarantee."""
+    def engine(self, sink: DecisionSink | None = None, **overrides: Any) -> Engine:
+        """Build the engine that runs this bot's handlers with the deadline guarantee.
+
+        ``sink`` delivers the decisions (it may be given later, to ``Engine.io_side``);
+        ``overrides`` are :class:`~callflow.dispatch.Engine` options that win over the
+        settings (``clock``, ``services``, ``on_decided``, ...).
+        """
         s = self.settings
         options: dict[str, Any] = {
             "platform_timeout": s.platform_timeout,
@@ -114,11 +131,12 @@ class Bot(Router):
             "max_pending": s.max_pending,
             "deadline_send_rate": s.deadline_send_rate,
             "max_send_backlog": s.max_send_backlog,
+            "shed_lag": s.shed_lag,
             "drain_timeout": s.drain_timeout,
             "default_decision": Reject(RejectReason(s.default_reject_reason)),
         }
         options.update(overrides)
-        return Engine(self, sink=sink, scheduler_sink=scheduler_sink, services=services, **options)
+        return Engine(self, sink=sink, **options)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -133,182 +151,19 @@ class Bot(Router):
     ) -> AsyncIterator[RunningBot]:
         """Start the bot: token, inbound keys, engine, then the webhook; stop it on exit.
 
-        ``tokens`` replaces the msal token provider built from the settings (tests, or a
-        custom credential); ``on_decided(slot, error)`` is told of every decision sent (from
-        either thread). Readiness turns true once everything is started. Leaving the
-        block drains: pending calls keep deciding until their deadlines (bounded by
-        ``DRAIN_TIMEOUT``), the rest get the default decision, then sessions close.
+        The webhook, inbound authentication, deadlines and every request to Graph run on an
+        I/O event loop in a thread of their own; handlers, observers, middleware and error
+        hooks run on the loop that enters this block. ``tokens`` replaces the msal token
+        provider built from the settings (tests, or a custom credential);
+        ``on_decided(slot, error)`` is told of every decision sent (on the I/O loop).
+        Readiness turns true once everything is started. Leaving the block drains: pending
+        calls keep deciding until their deadlines (bounded by ``DRAIN_TIMEOUT``), the rest
+        get the default decision, then sessions close.
         """
-        from .graph._client import GraphClient
-        from .graph._tokens import MsalTokenProvider
-        from .webhook._jwt import InboundAuthenticator
+        from ._worker import serve
 
-        s = self.settings
-        if tokens is None:
-            s.require_for_run()
-        elif s.inbound_auth and not s.app_id:
-            raise ConfigError(
-                "missing settings:\n  CALLFLOW_APP_ID: required to check inbound tokens "
-                "(or set CALLFLOW_INBOUND_AUTH=off for local development)"
-            )
-        host = s.host if host is None else host
-        port = s.port if port is None else port
-
-        async with contextlib.AsyncExitStack() as stack:
-            if tokens is None:
-                assert s.app_id is not None
-                tokens = await stack.enter_async_context(
-                    MsalTokenProvider(
-                        client_id=s.app_id,
-                        client_secret=s.app_secret,
-                        certificate_path=s.certificate_path,
-                        certificate_thumbprint=s.certificate_thumbprint,
-                        tenant_id=s.tenant_id,
-                        authority_url=s.authority_url,
-                        ca_bundle=s.ca_bundle,
-                    )
-                )
-            token_provider = tokens
-
-            metrics = Metrics()
-            default = Reject(RejectReason(s.default_reject_reason))
-            fleet: Fleet | None = None
-            if s.store != "memory":
-                from .store import Fleet
-
-                fleet = await stack.enter_async_context(Fleet(s))
-                metrics.attach_fleet(fleet.stats)
-            callback_url = fleet.callback_url if fleet is not None else s.callback_url
-
-            def graph_client() -> GraphClient:
-                return GraphClient(
-                    tokens=token_provider,
-                    base_url=s.graph_url,
-                    callback_url=callback_url,
-                    ca_bundle=s.ca_bundle,
-                    request_timeout=s.request_timeout,
-                    on_request=metrics.on_graph_request,
-                )
-
-            auth: InboundAuthenticator | None = None
-            if s.inbound_auth:
-                assert s.app_id is not None
-                auth = await stack.enter_async_context(
-                    InboundAuthenticator(
-                        app_id=s.app_id,
-                        openid_config_url=s.openid_config_url,
-                        issuers=s.issuers,
-                        allowed_tenants=s.allowed_tenants or None,
-                        ssl=s.client_ssl_context(),
-                    )
-                )
-            else:
-                log.warning(
-                    "inbound_auth.disabled",
-                    message="CALLFLOW_INBOUND_AUTH=off: notifications are NOT authenticated; "
-                    "use this for local development only",
-                )
-
-            graph = await stack.enter_async_context(graph_client())
-
-            keeper = CallKeeper(graph, s.keepalive_interval)
-
-            def decided(slot: DecisionSlot, error: BaseException | None) -> None:
-                metrics.on_decided(slot, error)
-                if error is None and slot.decision is not None and slot.decision.kind == "answer":
-                    call = slot.call
-                    keeper.answered(slot.call_id, call.tenant_id if call is not None else None)
-                if on_decided is not None:
-                    on_decided(slot, error)
-
-            engine = self.engine(
-                graph if fleet is None else fleet.sink(graph),
-                scheduler_sink=graph_client
-                if fleet is None
-                else fleet.scheduler_sink(graph_client, default),
-                services=keeper,
-                on_decided=decided,
-                on_terminated=keeper.ended,
-                default_decision=default,
-                admit=None if fleet is None else fleet.admit,
-            )
-            metrics.attach(engine)
-            if isinstance(token_provider, MsalTokenProvider):
-                provider = token_provider
-                metrics.attach(engine, lambda: provider.failures)
-            running = RunningBot(self, engine, graph, metrics, keeper)
-            async with engine.running(), anyio.create_task_group() as background:
-                await background.start(keeper.run)
-                app = self._make_app(
-                    engine, auth, running, metrics, None if fleet is None else fleet.webhook
-                )
-                runner = web.AppRunner(app, access_log=None, handle_signals=False)
-                await runner.setup()
-                try:
-                    site = web.TCPSite(runner, host, port, reuse_address=True)
-                    await site.start()
-                    running.host, running.port = _bound_address(runner, host)
-                    if fleet is not None:
-                        from .store import internal_url
-
-                        fleet.address = s.internal_url or internal_url(running.host, running.port)
-                    running.ready = True
-                    log.info("bot.ready", url=running.webhook_url)
-                    try:
-                        yield running
-                    finally:
-                        running.ready = False
-                        with anyio.CancelScope(shield=True):
-                            engine.begin_drain()
-                            if not running.urgent:
-                                await engine.drain(s.drain_timeout)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await runner.cleanup()
-                    background.cancel_scope.cancel()
-        log.info("bot.stopped")
-
-    def _make_app(
-        self,
-        engine: Engine,
-        auth: Any,
-        running: RunningBot,
-        metrics: Metrics,
-        fleet: FleetHook | None = None,
-    ) -> web.Application:
-        from .webhook._app import WebhookHandler
-
-        handler = WebhookHandler(
-            engine,
-            auth,
-            on_auth_failure=metrics.on_auth_failure,
-            on_rejected_input=metrics.on_rejected_input,
-            fleet=fleet,
-            overload_wait=self.settings.overload_wait,
-        )
-        app = web.Application(client_max_size=2 * 1024 * 1024)
-        path = self.settings.webhook_path
-
-        async def webhook(request: web.Request) -> web.StreamResponse:
-            return await handler(request)
-
-        app.router.add_post(path, webhook)
-
-        async def healthz(request: web.Request) -> web.Response:
-            return web.json_response({"status": "ok"})
-
-        async def readyz(request: web.Request) -> web.Response:
-            if running.ready:
-                return web.json_response({"status": "ready", "pending": engine.pending})
-            return web.json_response({"status": "not ready"}, status=503)
-
-        async def metrics_route(request: web.Request) -> web.Response:
-            return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics_route)
-        return app
+        async with serve(self, host=host, port=port, tokens=tokens, on_decided=on_decided) as r:
+            yield r
 
     def run(self, *, host: str | None = None, port: int | None = None) -> None:
         """Serve until SIGTERM or SIGINT, then drain and exit.
@@ -365,13 +220,13 @@ class _SignalWatcher:
             log.info("bot.stopping_during_startup", signal=name)
             self.startup.cancel()
             return
+        pending = running.engine.pending
         if self.signals > 1:
-            log.warning("bot.stopping_now", signal=name, pending=running.engine.pending)
             running.stop(urgent=True)
-            running.engine.cut_drain()
+            log.warning("bot.stopping_now", signal=name, pending=pending)
         else:
-            log.info("bot.stopping", signal=name, pending=running.engine.pending)
             running.stop()
+            log.info("bot.stopping", signal=name, pending=pending)
 
     async def watch(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -379,10 +234,3 @@ class _SignalWatcher:
                 self.signals += 1
                 self.last = signal.Signals(signum).name
                 self._stop()
-
-
-def _bound_address(runner: web.AppRunner, host: str) -> tuple[str, int]:
-    for addr in runner.addresses:
-        if isinstance(addr, tuple) and len(addr) >= 2:
-            return str(addr[0]), int(addr[1])
-    return host, 0  # pragma: no cover - a TCP site always has an address

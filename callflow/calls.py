@@ -9,6 +9,7 @@ terminates, and treats a 404 from Graph as "the call is gone": its state is clea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
@@ -54,19 +55,29 @@ class CallKeeper:
         self._wake: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
-        self._changed = anyio.Event()
+        self._watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._lock = threading.Lock()
 
     def _touch(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        with self._lock:
+            watchers, self._watchers = self._watchers, []
+        for loop, event in watchers:
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                loop.call_soon_threadsafe(event.set)
 
     async def wait_until(self, predicate: Callable[[list[HeldCall]], bool]) -> None:
-        """Wait (without polling) until ``predicate(calls())`` holds."""
-        while not predicate(self.calls()):
-            await self._changed.wait()
+        """Wait (without polling) until ``predicate(calls())`` holds; from any loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            changed = asyncio.Event()
+            with self._lock:
+                self._watchers.append((loop, changed))
+            if predicate(self.calls()):
+                return
+            await changed.wait()
 
     def calls(self) -> list[HeldCall]:
-        """The calls held right now, oldest first."""
+        """The calls held right now, oldest first (from any thread: a snapshot)."""
         return sorted(self._calls.values(), key=lambda c: c.answered_at)
 
     def __contains__(self, call_id: object) -> bool:

@@ -3,26 +3,23 @@
 Design
 ------
 Every incoming call gets a :class:`DecisionSlot`. Whoever claims the slot first — a handler
-in the bot's event loop, the deadline, admission control, a shutdown — decides the call;
-every later claim is refused. The slot's state lives behind one process-wide
-``threading.Lock``, so claims from two threads are safe and cost one uncontended lock.
+on the app loop, the deadline, admission control, a shutdown — decides the call; every later
+claim is refused. The slot's state lives behind one process-wide ``threading.Lock``, so
+claims from the two loops' threads are safe and cost one uncontended lock.
 
-The :class:`DeadlineScheduler` owns a **dedicated thread running its own event loop** and a
-heap of ``(deadline, seq, slot)`` entries. The bot's own loop only pushes onto the heap (no
-task, no timer handle per call: about 100 bytes a call). The thread sleeps until the earliest
-deadline, re-reads the monotonic clock on waking (loops may wake early or late), and for each
-due slot that is still open claims it with the default decision and sends that decision
-through its *own* sink (its own Graph client and HTTP session, created inside the thread's
-loop). Because nothing in that path runs on the bot's loop, the guarantee holds when a
-handler raises, hangs, or blocks the bot's loop (``time.sleep`` in an ``async def``, a CPU
-spin: the interpreter still switches threads every few milliseconds).
+The :class:`DeadlineScheduler` lives on the bot's **I/O loop**, in its own thread, which runs
+no user code: a heap of ``(deadline, seq, slot)`` entries and one timer for the earliest (no
+task, no timer handle per call: about 100 bytes a call). When a deadline passes it claims the
+slot with the default decision and hands it to the outbox, which sends it from the same loop.
+Because nothing in that path runs on the app loop, the guarantee holds when a handler raises,
+hangs, or blocks the app loop (``time.sleep`` in an ``async def``, a CPU spin: the
+interpreter still switches threads every few milliseconds).
 
-After the scheduler has claimed a slot it asks the bot's loop, thread-safely, to cancel the
-handlers still running for that call; if that loop is blocked the cancellation simply lands
-later, and whatever the handlers return then is dropped and counted as late.
+After the scheduler has claimed a slot the app loop is asked (through the crossing) to cancel
+the handlers still running for that call; if that loop is blocked the cancellation simply
+lands later, and whatever the handlers return then is dropped and counted as late.
 
-Heap entries of calls decided early stay until their deadline and are then discarded; a
-decided slot drops its reference to the call, so only the small slot stays alive.
+Time comes from an injectable :class:`~callflow._clock.Clock`, so tests move it by hand.
 """
 
 from __future__ import annotations
@@ -34,12 +31,12 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
-import anyio
 import structlog
+
+from ._clock import MONOTONIC, Clock, Timer
 
 if TYPE_CHECKING:
     from .decisions import Decision
@@ -90,6 +87,7 @@ class DecisionSlot:
         "decision",
         "expires",
         "received",
+        "scenario_id",
         "state",
     )
 
@@ -110,7 +108,9 @@ class DecisionSlot:
         self.decided_at: float | None = None
         self.attempts = 0
         self.cancel_handlers: asyncio.Task[None] | None = None
-        """The lane task while it runs the call's handlers (the bot's loop only)."""
+        """The lane task while it runs the call's handlers (the app loop only)."""
+        self.scenario_id: str | None = None
+        """The notification's ``Scenario-Id`` header, for the call's summary line."""
 
     def claim(self, decision: Decision, decided_by: str) -> bool:
         """Claim the slot for ``decision``; True for the first claim only."""
@@ -140,198 +140,116 @@ class DecisionSlot:
         return f"<DecisionSlot {self.call_id} state={self.state} by={self.decided_by}>"
 
 
-SinkFactory = Callable[[], AbstractAsyncContextManager[DecisionSink]]
-"""Builds the scheduler's own sink inside the scheduler thread's event loop."""
-
-
 class DeadlineScheduler:
-    """Sends the default decision for every slot still open at its deadline, from its own thread.
+    """Claims every slot still open at its deadline for the default decision.
 
-    ``on_default(slot)`` is called (in the scheduler thread) after the scheduler has claimed a
-    slot, before the decision is sent; ``on_sent(slot, error)`` after the send finished or
-    failed. Both must be quick and thread-safe.
+    Lives on the I/O loop (:meth:`start` binds it there; :meth:`schedule` is called there):
+    a heap of ``(deadline, seq, slot)`` entries and one timer, armed for the earliest
+    deadline, on ``clock``. When the timer fires the scheduler re-reads the clock (timers
+    may fire a little early or late), claims each due slot that is still open with the
+    default decision and hands it to ``on_due(slot)``, which sends it. Nothing here waits
+    for the app loop, so a handler that blocks or spins cannot delay a default.
+
+    Heap entries of calls decided early stay until their deadline and are then discarded; a
+    decided slot drops its reference to the call, so only the small slot stays alive.
     """
 
     def __init__(
         self,
-        sink_factory: SinkFactory,
         default_decision: Decision,
         *,
-        on_default: Callable[[DecisionSlot], None] | None = None,
-        on_sent: Callable[[DecisionSlot, BaseException | None], None] | None = None,
-        max_concurrent_sends: int = 256,
+        on_due: Callable[[DecisionSlot], None],
+        clock: Clock = MONOTONIC,
     ) -> None:
-        self._sink_factory = sink_factory
         self.default_decision = default_decision
-        self._on_default = on_default
-        self._on_sent = on_sent
+        self._on_due = on_due
+        self.clock = clock
         self._heap: list[tuple[float, int, DecisionSlot]] = []
         self._seq = itertools.count()
-        self._armed = float("inf")
+        self._armed = math.inf
+        self._timer: Timer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._done = threading.Event()
-        self._stopping = False
-        self._flush_all = False
-        self._error: BaseException | None = None
-        self._send_limit = max_concurrent_sends
         self.fired = 0
-        """Slots the scheduler decided with the default decision (written by its thread only)."""
-        self.unsent = 0
-        """Default decisions claimed and not yet sent (written by its thread only)."""
+        """Slots the scheduler decided with the default decision."""
 
-    # -- the bot's loop side -------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Bind the scheduler to ``loop`` (the running one by default) and arm its timer."""
+        self._loop = loop or asyncio.get_running_loop()
+        if self._heap:
+            self._arm(self._heap[0][0])
+
+    def stop(self) -> list[DecisionSlot]:
+        """Disarm the timer; claim every slot still open with the default and return them."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed = math.inf
+        heap, self._heap = self._heap, []
+        heap.sort()
+        return [slot for _, _, slot in heap if self._claim(slot)]
 
     def schedule(self, slot: DecisionSlot) -> None:
         """Watch ``slot``: if still open at ``slot.deadline`` the default decision goes out."""
-        with _LOCK:
-            heapq.heappush(self._heap, (slot.deadline, next(self._seq), slot))
-            wake = slot.deadline < self._armed
-            if wake:
-                self._armed = slot.deadline
-        if wake:
-            self._wakeup()
+        deadline = slot.deadline
+        heapq.heappush(self._heap, (deadline, next(self._seq), slot))
+        if deadline < self._armed:
+            self._arm(deadline)
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def _wakeup(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to wake
-                loop.call_soon_threadsafe(wake.set)
-
-    def start(self) -> None:
-        """Start the scheduler thread and wait until its loop and sink are ready."""
-        if self._thread is not None:
-            raise RuntimeError("the deadline scheduler is already running")
-        self._thread = threading.Thread(
-            target=self._thread_main, name="callflow-deadline", daemon=True
-        )
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-
-    def stop(self, *, flush: bool = True) -> None:
-        """Stop the thread; with ``flush`` every slot still open gets the default decision first.
-
-        Blocks until the thread has sent what it owes; call it from a worker thread when an
-        event loop must stay responsive meanwhile.
-        """
-        if self._thread is None:
+    def _arm(self, when: float) -> None:
+        if self._loop is None:
             return
-        self._stopping = True
-        self._flush_all = flush
-        self._wakeup()
-        self._done.wait()
-        self._thread.join()
-        self._thread = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = when
+        self._timer = self.clock.call_at(self._loop, when, self._fire)
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[DeadlineScheduler]:
-        """Run the scheduler thread for the duration of the block (flushing at the end)."""
-        await anyio.to_thread.run_sync(self.start)
-        try:
-            yield self
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.stop)
+    def _claim(self, slot: DecisionSlot) -> bool:
+        if slot.is_open and slot.claim(self.default_decision, "default"):
+            self.fired += 1
+            return True
+        return False
 
-    # -- the scheduler thread --------------------------------------------------------------
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # pragma: no cover - reported through start()
-            self._error = exc
-            self._ready.set()
-        finally:
-            self._done.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        try:
-            sink_cm = self._sink_factory()
-            sink = await sink_cm.__aenter__()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        try:
-            # Plain asyncio here: under a deadline wave this thread starts thousands of sends,
-            # and anyio's per-task cancel scopes cost a tenth of its time.
-            async with asyncio.TaskGroup() as tg:
-                self._ready.set()
-                await self._tick_forever(tg, sink)
-        finally:
-            await sink_cm.__aexit__(None, None, None)
-
-    async def _tick_forever(self, tg: asyncio.TaskGroup, sink: DecisionSink) -> None:
-        assert self._wake is not None
-        sem = asyncio.Semaphore(self._send_limit)
-        while True:
-            now = time.monotonic()
-            flush = self._stopping and self._flush_all
-            due: list[DecisionSlot] = []
-            with _LOCK:
-                heap = self._heap
-                while heap and (flush or heap[0][0] <= now):
-                    due.append(heapq.heappop(heap)[2])
-                self._armed = heap[0][0] if heap else float("inf")
-                armed = self._armed
-            for slot in due:
-                if slot.is_open and slot.claim(self.default_decision, "default"):
-                    self.fired += 1
-                    self.unsent += 1
-                    if self._on_default is not None:
-                        self._on_default(slot)
-                    tg.create_task(self._send(sink, slot, sem))
-            if self._stopping:
-                return
-            self._wake.clear()
-            delay = armed - time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None if delay == math.inf else max(delay, 0.0)):
-                    await self._wake.wait()
-
-    async def _send(self, sink: DecisionSink, slot: DecisionSlot, sem: asyncio.Semaphore) -> None:
-        call, decision = slot.call, slot.decision
-        assert call is not None
-        assert decision is not None
-        error: BaseException | None = None
-        async with sem:
-            try:
-                result = await sink.deliver(call, decision, slot.expires)
-                slot.attempts = getattr(result, "attempts", 1)
-            except Exception as exc:
-                error = exc
-        self.unsent -= 1
-        if self._on_sent is not None:
-            self._on_sent(slot, error)
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed = math.inf
+        now = self.clock.now()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            slot = heapq.heappop(heap)[2]
+            if self._claim(slot):
+                try:
+                    self._on_due(slot)
+                except Exception:  # pragma: no cover - on_due hands over; it must not stop us
+                    log.exception("deadline.on_due_failed", call_id=slot.call_id)
+        if heap:
+            self._arm(heap[0][0])
 
 
 class RecordingSink:
     """A sink that records every decision it is given; for tests and dry runs.
 
-    Thread-safe: the scheduler thread and the bot's loop may deliver at the same time.
-    ``await wait_for(n)`` returns once ``n`` decisions have been recorded (wrap it in
-    ``anyio.fail_after``).
+    Thread-safe: it is delivered to on the I/O loop and read from another. Each decision is
+    recorded with the time on ``clock`` (``time.monotonic()`` by default) when it arrived;
+    :attr:`arrived` is set (a ``threading.Event``) at the first one. ``await wait_for(n)``
+    returns once ``n`` decisions have been recorded (wrap it in ``anyio.fail_after``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = MONOTONIC) -> None:
         self.decisions: list[tuple[IncomingCall, Decision, float]] = []
+        self.arrived = threading.Event()
+        self._clock = clock
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> None:
-        """Record the decision with the monotonic time it arrived."""
+        """Record the decision with the clock reading at which it arrived."""
         with self._lock:
-            self.decisions.append((call, decision, time.monotonic()))
+            self.decisions.append((call, decision, self._clock.now()))
             waiters, self._waiters = self._waiters, []
+        self.arrived.set()
         for loop, event in waiters:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)

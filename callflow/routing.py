@@ -18,7 +18,6 @@ import functools
 import inspect
 import itertools
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -26,6 +25,7 @@ import anyio
 import attrs
 import structlog
 
+from ._clock import MONOTONIC, Clock
 from .errors import RegistrationError
 from .events import (
     CallEvent,
@@ -68,19 +68,26 @@ class CallContext:
     ``remaining()`` says how many seconds are left before the default decision goes out.
     """
 
-    __slots__ = ("_log", "_services", "call_id", "deadline")
+    __slots__ = ("_clock", "_log", "_services", "call_id", "deadline")
 
-    def __init__(self, call_id: str | None, deadline: float | None, services: Any = None) -> None:
+    def __init__(
+        self,
+        call_id: str | None,
+        deadline: float | None,
+        services: Any = None,
+        clock: Clock = MONOTONIC,
+    ) -> None:
         self.call_id = call_id
         self.deadline = deadline
         self._services = services
+        self._clock = clock
         self._log: Any = None
 
     def remaining(self) -> float:
         """Seconds left before the deadline (0 once passed; infinite when there is none)."""
         if self.deadline is None:
             return math.inf
-        return max(0.0, self.deadline - time.monotonic())
+        return max(0.0, self.deadline - self._clock.now())
 
     @property
     def log(self) -> Any:

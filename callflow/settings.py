@@ -143,6 +143,10 @@ class Settings:
     """Decisions waiting to be sent above which a new incoming call waits for room (at most
     OVERLOAD_WAIT seconds) and is then refused with 503 and Retry-After, instead of being
     taken and decided too late."""
+    shed_lag: float = 0.5
+    """Seconds late the I/O loop may run before a new incoming call gets the default at once
+    instead of going to the handlers: a notification that arrives then has probably waited
+    about that long before the worker could read it."""
     overload_wait: float = 1.0
     """Seconds a new call's notification may wait for room in the send backlog before the
     503; its 202 comes that much later (the platform expects a reply within ~5 s)."""
@@ -251,6 +255,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "max_pending": _int(1, 10_000_000),
     "deadline_send_rate": _float(1.0, 1_000_000.0),
     "max_send_backlog": _int(1, 10_000_000),
+    "shed_lag": _float(0.01, 30.0),
     "overload_wait": _float(0.0, 4.0),
     "drain_timeout": _float(0.0, 600.0),
     "keepalive_interval": _float(1.0, 2700.0),

@@ -17,8 +17,8 @@ Cluster hash tag, so all keys of a fleet live in one slot and every script stays
     A sorted set of the calls a worker owns and has not decided, scored by the epoch time at
     which the platform gives up on them; members are ``call_id|tenant_id``.
 ``callflow:{ns}:final:{call_id}``
-    The send-time claim. :class:`FleetSink` wraps the decision sink of both threads of a
-    worker (the bot's loop and the deadline scheduler's): it claims ``final`` before any
+    The send-time claim. :class:`FleetSink` wraps the worker's decision sink (the Graph
+    client its outbox sends through): it claims ``final`` before any
     decision POST, skips the POST when another worker holds it
     (``decision.dropped_elsewhere``), and takes the call out of its pending set afterwards.
 ``callflow:{ns}:seen:{hash}``
@@ -33,8 +33,8 @@ Claims hold ``instance#boot`` (``boot`` is random per process) and are idempoten
 holder, so the store may retry a command once after a lost connection (a restarted Redis)
 without ever mistaking its own claim for another worker's.
 
-Take-over: :class:`FleetWatch` runs in the deadline scheduler's thread, whose loop stays
-responsive when a handler blocks the bot's loop, so a busy worker keeps its heartbeat. When
+Take-over: :class:`FleetWatch` runs on the worker's I/O loop, which runs no user code and
+stays responsive when a handler blocks the app loop, so a busy worker keeps its heartbeat. When
 an instance's heartbeat is gone, one script moves its pending (and adopted) calls into this
 worker's adopted set and drops it from the instances set: only one survivor gets each call,
 and if it dies too the next survivor finds the calls in *its* sets. For each call still
@@ -51,7 +51,7 @@ loop) risks a double decision, while the rest of the time is still ample for the
 Redis fails the worker decides with its local slot (``admit`` and the final claim count as
 won, nothing counts as seen before), logs ``store.unavailable`` (at most every few seconds)
 and counts ``callflow_store_failures_total``. A connection error, or three timeouts in a
-row, opens a circuit breaker shared by both threads of the worker: Redis is skipped for a
+row, opens a circuit breaker shared by every store client of the worker: Redis is skipped for a
 short, growing back-off, the heartbeat probes it, and once it answers ``store.recovered`` is
 logged and shared dedupe resumes.
 """
@@ -67,8 +67,8 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -80,7 +80,7 @@ import structlog
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .deadline import DecisionSink, DecisionSlot, SinkFactory
+    from .deadline import DecisionSink, DecisionSlot
     from .decisions import Decision
     from .events import CallEvent, IncomingCall
     from .settings import Settings
@@ -322,8 +322,8 @@ class FleetStats:
 class Directory:
     """The live instances of the fleet and their forwarding URLs, as the last heartbeat saw.
 
-    Written by :class:`FleetWatch` in the scheduler thread, read by the webhook in the bot's
-    loop: the mapping is replaced whole, never changed in place.
+    Written by :class:`FleetWatch`, read by the webhook (both on the I/O loop; tests read it
+    from other threads): the mapping is replaced whole, never changed in place.
     """
 
     def __init__(self) -> None:
@@ -585,10 +585,10 @@ class Breaker:
 class RedisStore:
     """A :class:`DecisionStore` on Redis (``redis.asyncio``), for a fleet of workers.
 
-    Use it as an async context manager in the event loop that uses it (a worker has two: the
-    bot's loop and the deadline scheduler's thread each open their own, sharing ``breaker``,
-    ``stats`` and ``boot``). ``timeout`` bounds every operation, a lost connection is retried
-    once at once (every command here is safe to repeat). ``label`` names the store in logs.
+    Use it as an async context manager in the event loop that uses it (a worker's I/O loop;
+    several clients of one worker share ``breaker``, ``stats`` and ``boot``). ``timeout``
+    bounds every operation, a lost connection is retried once at once (every command here
+    is safe to repeat). ``label`` names the store in logs.
     """
 
     def __init__(
@@ -901,7 +901,7 @@ def open_store(
 class FleetSink:
     """A decision sink that sends only when this worker wins the call's final claim.
 
-    Wraps the real sink (the Graph client of the bot's loop, or of the scheduler thread). A
+    Wraps the real sink (the Graph client the worker's outbox sends through). A
     lost claim skips the POST, logs ``decision.dropped_elsewhere`` and returns
     :data:`DROPPED` (``attempts`` 0). After the send, successful or not, the call leaves this
     worker's pending set.
@@ -1059,7 +1059,7 @@ class FleetWatch:
     async def _tick_safely(self, sends: anyio.abc.TaskGroup) -> None:
         try:
             await self.tick(sends)
-        except Exception:  # the watch lives in the scheduler's thread: never let it stop that
+        except Exception:  # the watch keeps the worker in the fleet: never let it stop
             log.exception("fleet.watch_failed", instance=self._store.instance_id)
 
     async def tick(self, sends: anyio.abc.TaskGroup) -> None:
@@ -1176,12 +1176,12 @@ def internal_url(host: str, port: int) -> str:
 class Fleet:
     """Fleet mode of one worker (``CALLFLOW_STORE=redis://...``): what the bot wires in.
 
-    In the bot's loop (enter it there): a Redis store for intake ownership (:meth:`admit`,
-    the engine's hook), the final claims of the decisions sent there (:meth:`sink`), and
-    the webhook's forwarding and shared-dedupe hook (``webhook``). In the deadline scheduler's
-    thread (:meth:`scheduler_sink` builds it there): its own Graph client and Redis store, the
-    final claims of default decisions, and the :class:`FleetWatch`. The bot sets ``address``
-    once its webhook listens.
+    Everything lives on the worker's I/O loop (enter it there): one Redis store for intake
+    ownership (:meth:`admit`, the intake's hook), the final claims of every decision sent
+    (:meth:`sink`), the webhook's forwarding and shared-dedupe hook (``webhook``), and the
+    :class:`FleetWatch` (:meth:`watch`). The I/O loop runs no user code, so a handler that
+    blocks the app loop cannot stop the heartbeat. The bot sets ``address`` once its webhook
+    listens.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -1203,6 +1203,8 @@ class Fleet:
         """``CALLBACK_URL`` with ``instance=INSTANCE_ID``: the callbackUri of decisions."""
         self.webhook: FleetHook | None = None
         self._store: RedisStore | None = None
+        self._watch: FleetWatch | None = None
+        self._watch_done: anyio.Event | None = None
         self._stack = AsyncExitStack()
 
     def open_store(self, label: str) -> RedisStore:
@@ -1269,36 +1271,38 @@ class Fleet:
         """The bot loop's sink: claim the call's final decision, then send through ``inner``."""
         return FleetSink(inner, self._loop_store(), self.stats)
 
-    def scheduler_sink(
+    async def watch(
         self,
-        graph_client: Callable[[], AbstractAsyncContextManager[Any]],
+        graph: Decider,
         default: Decision,
-    ) -> SinkFactory:
-        """The scheduler thread's sink factory: its own Graph client (``graph_client()``, a
-        :class:`~callflow.graph.GraphClient`) and Redis store, and the watch."""
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the :class:`FleetWatch` (heartbeat, directory, take-over) until cancelled;
+        started after the first beat. On the way out the worker retires from the fleet."""
+        watch = self._watch = FleetWatch(
+            self._loop_store(),
+            graph,
+            default=default,
+            interval=self.settings.heartbeat_interval,
+            address=lambda: self.address,
+            directory=self.directory,
+            stats=self.stats,
+        )
+        self._watch_done = anyio.Event()
+        try:
+            await watch.run(task_status=task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._loop_store().retire()
+            self._watch_done.set()
 
-        @asynccontextmanager
-        async def factory() -> AsyncIterator[DecisionSink]:
-            async with (
-                graph_client() as graph,
-                self.open_store("scheduler") as store,
-                anyio.create_task_group() as tg,
-            ):
-                watch = FleetWatch(
-                    store,
-                    graph,
-                    default=default,
-                    interval=self.settings.heartbeat_interval,
-                    address=lambda: self.address,
-                    directory=self.directory,
-                    stats=self.stats,
-                )
-                await tg.start(watch.run)
-                try:
-                    yield FleetSink(graph, store, self.stats)
-                finally:
-                    watch.stop()  # take-over sends in flight finish before the thread ends
-                    with anyio.CancelScope(shield=True):
-                        await store.retire()
-
-        return factory
+    async def stop_watch(self) -> None:
+        """End the heartbeat; wait (at most one platform timeout) for the take-over sends in
+        flight and the retirement."""
+        watch, done = self._watch, self._watch_done
+        if watch is None or done is None:
+            return
+        watch.stop()
+        with anyio.move_on_after(self.settings.platform_timeout):
+            await done.wait()

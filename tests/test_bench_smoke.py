@@ -85,7 +85,6 @@ def test_quick_harness_writes_a_report_with_sane_figures(tmp_path: Path) -> None
     assert over["ack"]["p99"] > 0
     blocked = results["blocked"]
     assert blocked["accepted_before_block"]["calls"] > 0
-    assert blocked["loop_blocked_for"] > 0.5
     memory = results["memory"]
     assert memory["pending"] >= memory["calls"]  # every call held, none defaulted
     assert 100 < memory["bytes_per_pending"] < 1_000_000

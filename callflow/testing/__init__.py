@@ -26,6 +26,7 @@ The pytest plugin :mod:`callflow.testing.plugin` (``pytest_plugins =
 
 from __future__ import annotations
 
+from .._clock import ManualClock
 from ._fake_graph import (
     CALLBACK_URL,
     DECISION_OPS,
@@ -60,6 +61,7 @@ __all__ = [
     "FakeGraph",
     "GraphRequest",
     "KeyServer",
+    "ManualClock",
     "SigningKey",
     "TokenServer",
     "WebhookReply",

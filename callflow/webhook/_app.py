@@ -38,7 +38,7 @@ from ..errors import InboundAuthError, NotificationFormatError
 from ..events import IncomingCall
 
 if TYPE_CHECKING:
-    from ..dispatch import Engine
+    from .._intake import Intake
     from ..events import CallEvent
     from ._jwt import Caller
 
@@ -205,7 +205,7 @@ class WebhookHandler:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Intake,
         auth: Authenticator | None,
         *,
         max_body: int = MAX_BODY,
@@ -359,7 +359,7 @@ class WebhookHandler:
                     scenario_id=scenario_id,
                 )
                 try:
-                    self._engine.submit((event,), received)
+                    self._engine.submit((event,), received, scenario_id)
                 finally:
                     reset_contextvars(**tokens)
         except RuntimeError as exc:  # the engine stopped taking calls (shutting down)

@@ -1,0 +1,162 @@
+"""The outbox: every decision leaves the process here, from the I/O loop.
+
+Handlers' decisions (handed over from the app loop), defaults at the deadline, and defaults
+decided at intake all go through one :class:`Outbox`. A fixed pool of sender tasks takes the
+claimed slots earliest platform expiry first, sends each through the decision sink (the Graph
+client, or a fleet sink around it), and logs the call's one summary line. No task is created
+per decision: an idle sender is handed the slot directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from .deadline import DecisionSink, DecisionSlot
+
+__all__ = ["Outbox"]
+
+log = structlog.get_logger(__name__)
+
+
+class Outbox:
+    """Sends claimed decisions with at most ``concurrency`` requests in flight.
+
+    Lives on the I/O loop: :meth:`send` and every property are for that loop only. ``sink``
+    may be given late (before :meth:`running`). ``on_decided(slot, error)`` is told of every
+    decision sent or failed (not of one another worker of the fleet sent); ``on_sent(slot)``
+    after every send, for the intake's bookkeeping.
+    """
+
+    def __init__(
+        self,
+        sink: DecisionSink | None = None,
+        *,
+        concurrency: int = 256,
+        on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+        on_sent: Callable[[DecisionSlot], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency={concurrency!r}: expected an integer >= 1")
+        self.sink = sink
+        self.concurrency = concurrency
+        self._on_decided = on_decided
+        self._on_sent = on_sent
+        self._heap: list[tuple[float, int, DecisionSlot]] = []
+        self._seq = itertools.count()
+        self._idle: deque[asyncio.Future[DecisionSlot]] = deque()
+        self._empty: asyncio.Event | None = None
+        self.in_flight = 0
+        self.failures = 0
+        """Decisions that could not be sent (after the sink's retries)."""
+
+    @property
+    def backlog(self) -> int:
+        """Decisions waiting to be sent or being sent."""
+        return len(self._heap) + self.in_flight
+
+    def send(self, slot: DecisionSlot) -> None:
+        """Queue ``slot``'s decision (claimed, its call still attached) for sending."""
+        idle = self._idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(slot)
+                return
+        heapq.heappush(self._heap, (slot.expires, next(self._seq), slot))
+
+    async def idle(self) -> None:
+        """Return once nothing waits to be sent and nothing is in flight."""
+        while self.backlog:
+            if self._empty is None:
+                self._empty = asyncio.Event()
+            await self._empty.wait()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Outbox]:
+        """Run the senders for the duration of the block; on exit wait for what is queued
+        (the caller bounds that wait), then stop them."""
+        if self.sink is None:
+            raise RuntimeError("the outbox has no sink: give one before running it")
+        async with asyncio.TaskGroup() as tg:
+            senders = [tg.create_task(self._sender()) for _ in range(self.concurrency)]
+            try:
+                yield self
+                await self.idle()
+            finally:
+                for task in senders:
+                    task.cancel()
+
+    async def _sender(self) -> None:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        sink = self.sink
+        assert sink is not None
+        while True:
+            if heap:
+                slot = heapq.heappop(heap)[2]
+                self.in_flight += 1
+            else:
+                waiter: asyncio.Future[DecisionSlot] = loop.create_future()
+                self._idle.append(waiter)
+                slot = await waiter
+            call, decision = slot.call, slot.decision
+            assert call is not None
+            assert decision is not None
+            error: BaseException | None = None
+            try:
+                result = await sink.deliver(call, decision, slot.expires)
+                slot.attempts = getattr(result, "attempts", 1)
+            except Exception as exc:
+                error = exc
+            finally:
+                self.in_flight -= 1
+            self._finish(slot, error)
+
+    def _finish(self, slot: DecisionSlot, error: BaseException | None) -> None:
+        """Log the call's summary line, report it, and let go of the call.
+
+        A delivery that sent nothing (``attempts == 0``: another worker of the fleet sent
+        this call's decision) is neither logged as decided nor reported to ``on_decided``.
+        """
+        if error is not None or slot.attempts != 0:
+            decision = slot.decision
+            assert decision is not None
+            call = slot.call
+            fields = {
+                "call_id": slot.call_id,
+                "tenant_id": call.tenant_id if call is not None else None,
+                "scenario_id": slot.scenario_id,
+                "decision": decision.kind,
+                "reason": getattr(decision, "reason", None),
+                "decided_by": slot.decided_by,
+                "latency_ms": round((time.monotonic() - slot.received) * 1000.0, 3),
+            }
+            if error is None:
+                log.info("call.decided", attempts=slot.attempts, **fields)
+            else:
+                self.failures += 1
+                log.error(
+                    "call.decision_failed", error=f"{type(error).__name__}: {error}", **fields
+                )
+            if self._on_decided is not None:
+                try:
+                    self._on_decided(slot, error)
+                except Exception:  # a metrics hook must not break delivery
+                    log.exception("on_decided.failed", call_id=slot.call_id)
+        slot.call = None
+        if self._on_sent is not None:
+            self._on_sent(slot)
+        if self._empty is not None and not self.backlog:
+            self._empty.set()
+            self._empty = None

@@ -1,0 +1,308 @@
+"""Builds a serving bot out of its parts, on its two event loops.
+
+On the **I/O loop** (:class:`~callflow._crossing.IoThread`): the app-token provider, fleet
+mode (Redis), the Graph client, inbound authentication, the keep-alive of answered calls,
+the engine's intake, deadlines and outbox, and the aiohttp server (webhook, ``/healthz``,
+``/readyz``, ``/metrics``, forwarding). On the **app loop** (the caller's): the lanes that run
+handlers, observers, middleware and error hooks. :func:`serve` is what ``Bot.serve`` runs.
+
+Start: the I/O side comes up first (token and keys fetched), then the lanes, then the server
+listens and the bot is ready. Stop: not ready; new calls get the default at once; pending
+calls keep deciding until their deadlines (at most ``DRAIN_TIMEOUT``; not at all on an
+urgent stop); the rest get the default; every decision is sent; the server closes; the lanes
+are cancelled; sessions close; the I/O thread ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from aiohttp import web
+
+from ._crossing import IoThread
+from .calls import CallKeeper
+from .decisions import Reject, RejectReason
+from .errors import ConfigError
+from .metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:
+    from .bot import Bot, RunningBot
+    from .deadline import DecisionSlot
+    from .dispatch import Engine
+    from .graph._client import GraphClient
+    from .graph._tokens import TokenProvider
+    from .store import Fleet
+    from .webhook._app import FleetHook
+    from .webhook._jwt import InboundAuthenticator
+
+__all__ = ["AppServices", "serve"]
+
+log = structlog.get_logger(__name__)
+
+
+class AppServices:
+    """What code on the app loop may ask of the I/O side (``ctx.hang_up()``, ...).
+
+    Each request runs on the I/O loop, where the Graph client lives; the caller awaits it.
+    """
+
+    def __init__(self, io: IoThread, keeper: CallKeeper) -> None:
+        self._io = io
+        self._keeper = keeper
+
+    async def hang_up(self, call_id: str) -> None:
+        """Hang up the bot's leg of ``call_id``."""
+        keeper = self._keeper
+        await self._io.run(lambda: keeper.hang_up(call_id))
+
+
+class _IoSide:
+    """Everything a serving bot runs on the I/O loop; entered there by :func:`serve`."""
+
+    def __init__(
+        self,
+        bot: Bot,
+        io: IoThread,
+        tokens: TokenProvider | None,
+        on_decided: Callable[[DecisionSlot, BaseException | None], None] | None,
+    ) -> None:
+        self.bot = bot
+        self.io = io
+        self.tokens = tokens
+        self.user_on_decided = on_decided
+        self.metrics = Metrics()
+        self.engine: Engine | None = None
+        self.graph: GraphClient | None = None
+        self.keeper: CallKeeper | None = None
+        self.services: AppServices | None = None
+        self.fleet: Fleet | None = None
+        self.auth: InboundAuthenticator | None = None
+        self.running: RunningBot | None = None
+        self._runner: web.AppRunner | None = None
+
+    @contextlib.asynccontextmanager
+    async def entered(self) -> AsyncIterator[_IoSide]:
+        """Open everything but the server, in order; close it in reverse order."""
+        from .graph._client import GraphClient
+        from .graph._tokens import MsalTokenProvider
+        from .webhook._jwt import InboundAuthenticator
+
+        s = self.bot.settings
+        metrics = self.metrics
+        async with contextlib.AsyncExitStack() as stack:
+            tokens = self.tokens
+            if tokens is None:
+                assert s.app_id is not None
+                tokens = await stack.enter_async_context(
+                    MsalTokenProvider(
+                        client_id=s.app_id,
+                        client_secret=s.app_secret,
+                        certificate_path=s.certificate_path,
+                        certificate_thumbprint=s.certificate_thumbprint,
+                        tenant_id=s.tenant_id,
+                        authority_url=s.authority_url,
+                        ca_bundle=s.ca_bundle,
+                    )
+                )
+            default = Reject(RejectReason(s.default_reject_reason))
+            fleet: Fleet | None = None
+            if s.store != "memory":
+                from .store import Fleet
+
+                fleet = await stack.enter_async_context(Fleet(s))
+                metrics.attach_fleet(fleet.stats)
+            self.fleet = fleet
+            graph = await stack.enter_async_context(
+                GraphClient(
+                    tokens=tokens,
+                    base_url=s.graph_url,
+                    callback_url=fleet.callback_url if fleet is not None else s.callback_url,
+                    ca_bundle=s.ca_bundle,
+                    request_timeout=s.request_timeout,
+                    on_request=metrics.on_graph_request,
+                )
+            )
+            self.graph = graph
+            if s.inbound_auth:
+                assert s.app_id is not None
+                self.auth = await stack.enter_async_context(
+                    InboundAuthenticator(
+                        app_id=s.app_id,
+                        openid_config_url=s.openid_config_url,
+                        issuers=s.issuers,
+                        allowed_tenants=s.allowed_tenants or None,
+                        ssl=s.client_ssl_context(),
+                    )
+                )
+            else:
+                log.warning(
+                    "inbound_auth.disabled",
+                    message="CALLFLOW_INBOUND_AUTH=off: notifications are NOT authenticated; "
+                    "use this for local development only",
+                )
+            keeper = self.keeper = CallKeeper(graph, s.keepalive_interval)
+            self.services = AppServices(self.io, keeper)
+            user_on_decided = self.user_on_decided
+
+            def decided(slot: DecisionSlot, error: BaseException | None) -> None:
+                metrics.on_decided(slot, error)
+                if error is None and slot.decision is not None and slot.decision.kind == "answer":
+                    call = slot.call
+                    keeper.answered(slot.call_id, call.tenant_id if call is not None else None)
+                if user_on_decided is not None:
+                    user_on_decided(slot, error)
+
+            engine = self.engine = self.bot.engine(
+                None,
+                services=self.services,
+                on_decided=decided,
+                on_terminated=keeper.ended,
+                default_decision=default,
+                admit=None if fleet is None else fleet.admit,
+            )
+            metrics.attach(engine)
+            if isinstance(tokens, MsalTokenProvider):
+                provider = tokens
+                metrics.attach(engine, lambda: provider.failures)
+            background = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(background.cancel_scope.cancel)
+            await background.start(keeper.run)
+            if fleet is not None:
+                await background.start(fleet.watch, graph, default)
+                stack.push_async_callback(fleet.stop_watch)  # before the cancel: sends finish
+            await stack.enter_async_context(
+                engine.io_side(graph if fleet is None else fleet.sink(graph))
+            )
+            yield self
+
+    async def start_server(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on ``host:port``; return the bound address."""
+        assert self.engine is not None and self.running is not None
+        s = self.bot.settings
+        app = make_app(
+            self.bot,
+            self.engine,
+            self.auth,
+            self.running,
+            self.metrics,
+            None if self.fleet is None else self.fleet.webhook,
+        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        bound = _bound_address(runner, host)
+        if self.fleet is not None:
+            from .store import internal_url
+
+            self.fleet.address = s.internal_url or internal_url(*bound)
+        return bound
+
+    async def stop_server(self) -> None:
+        """Close the listening socket and the open connections."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+def make_app(
+    bot: Bot,
+    engine: Engine,
+    auth: Any,
+    running: RunningBot,
+    metrics: Metrics,
+    fleet: FleetHook | None = None,
+) -> web.Application:
+    """The aiohttp application: the webhook, ``/healthz``, ``/readyz`` and ``/metrics``."""
+    from .webhook._app import WebhookHandler
+
+    settings = bot.settings
+    handler = WebhookHandler(
+        engine.intake,
+        auth,
+        on_auth_failure=metrics.on_auth_failure,
+        on_rejected_input=metrics.on_rejected_input,
+        fleet=fleet,
+        overload_wait=settings.overload_wait,
+    )
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+
+    async def webhook(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if running.ready:
+            return web.json_response({"status": "ready", "pending": engine.pending})
+        return web.json_response({"status": "not ready"}, status=503)
+
+    async def metrics_route(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_post(settings.webhook_path, webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_route)
+    return app
+
+
+def check_settings(bot: Bot, tokens: TokenProvider | None) -> None:
+    """Raise ConfigError for what a serving bot needs and lacks."""
+    s = bot.settings
+    if tokens is None:
+        s.require_for_run()
+    elif s.inbound_auth and not s.app_id:
+        raise ConfigError(
+            "missing settings:\n  CALLFLOW_APP_ID: required to check inbound tokens "
+            "(or set CALLFLOW_INBOUND_AUTH=off for local development)"
+        )
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    bot: Bot,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    tokens: TokenProvider | None = None,
+    on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+) -> AsyncIterator[RunningBot]:
+    """Serve ``bot`` (see ``Bot.serve``)."""
+    from .bot import RunningBot
+
+    check_settings(bot, tokens)
+    s = bot.settings
+    host = s.host if host is None else host
+    port = s.port if port is None else port
+    async with IoThread() as io:
+        side = _IoSide(bot, io, tokens, on_decided)
+        async with io.enter(side.entered):
+            engine, graph, keeper = side.engine, side.graph, side.keeper
+            assert engine is not None and graph is not None and keeper is not None
+            running = side.running = RunningBot(bot, engine, graph, side.metrics, keeper, io)
+            async with engine.app_side(io):
+                running.host, running.port = await io.run(lambda: side.start_server(host, port))
+                try:
+                    running.ready = True
+                    log.info("bot.ready", url=running.webhook_url)
+                    yield running
+                finally:
+                    running.ready = False
+                    with anyio.CancelScope(shield=True):
+                        await engine.stop(urgent=running.urgent)
+                        await io.run(side.stop_server)
+    log.info("bot.stopped")
+
+
+def _bound_address(runner: web.AppRunner, host: str) -> tuple[str, int]:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return str(addr[0]), int(addr[1])
+    return host, 0  # pragma: no cover - a TCP site always has an address
