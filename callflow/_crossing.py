@@ -47,7 +47,7 @@ class Inbox:
     the same way, behind those already waiting, without writing to the loop's wake-up pipe.
     """
 
-    __slots__ = ("_items", "_loop", "_scheduled", "_thread", "name")
+    __slots__ = ("_items", "_loop", "_scheduled", "_thread", "name", "wakeups")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, name: str, thread: int | None = None
@@ -57,6 +57,8 @@ class Inbox:
         self._scheduled = False
         self._thread = threading.get_ident() if thread is None else thread
         self.name = name
+        self.wakeups = 0
+        """Batches run so far (each one wake-up of the loop)."""
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the inbox's loop, after everything posted before it."""
@@ -78,6 +80,7 @@ class Inbox:
 
     def _drain(self) -> None:
         self._scheduled = False
+        self.wakeups += 1
         items = self._items
         while items:
             fn, args = items.popleft()

@@ -138,9 +138,11 @@ class Recent:
 class LagProbe:
     """How late the I/O loop runs: a timer every ``interval`` seconds measures its own delay.
 
-    :attr:`lag` is the largest delay seen over the last ``window`` seconds. A notification that
-    arrives while the loop runs that late may have waited about as long in the socket before
-    the worker could read it: the platform's clock was already running.
+    :attr:`lag` is the largest delay seen over the last ``window`` seconds, or how overdue
+    the probe's own timer is right now if that is more (a loop that was just stalled knows it
+    before the probe has run again). A notification that arrives while the loop runs that
+    late may have waited about as long in the socket before the worker could read it: the
+    platform's clock was already running.
     """
 
     def __init__(self, interval: float = 0.025, window: float = 1.0) -> None:
@@ -150,9 +152,18 @@ class LagProbe:
         self._expected = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.lag = 0.0
+        self._lag = 0.0
         self.worst = 0.0
         """The largest delay ever seen."""
+
+    @property
+    def lag(self) -> float:
+        """Seconds the loop runs late (see the class docstring); 0 when not probing."""
+        loop = self._loop
+        if loop is None or self._handle is None:
+            return self._lag
+        overdue = loop.time() - self._expected
+        return overdue if overdue > self._lag else self._lag
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start probing ``loop`` (the running one by default)."""
@@ -164,6 +175,7 @@ class LagProbe:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._lag = 0.0
 
     def _arm(self) -> None:
         loop = self._loop
@@ -177,10 +189,10 @@ class LagProbe:
         samples = self._samples
         dropped = samples[0] if len(samples) == samples.maxlen else 0.0
         samples.append(late)
-        if late >= self.lag:
-            self.lag = late
-        elif dropped >= self.lag:  # the largest sample left the window: find the next one
-            self.lag = max(samples)
+        if late >= self._lag:
+            self._lag = late
+        elif dropped >= self._lag:  # the largest sample left the window: find the next one
+            self._lag = max(samples)
         if late > self.worst:
             self.worst = late
         self._arm()
@@ -378,7 +390,8 @@ class Intake:
     def _admit(self, call: IncomingCall, now: float) -> DecisionSlot:
         # The platform's clock started when it sent the notification: count the time the
         # notification probably waited before this loop could read it.
-        sent = now - self.lag.lag
+        lag = self.lag.lag
+        sent = now - lag
         if call.is_policy_recording:
             slot = DecisionSlot(
                 call, sent, sent + self._recording_timeout, sent + self._recording_expiry
@@ -391,7 +404,7 @@ class Intake:
             return slot
         if len(self._open) >= self.max_pending:
             return self._default_at_intake(slot, "max_pending")
-        if self.lag.lag > self.shed_lag:
+        if lag > self.shed_lag:
             # The loop is running late: taking the call for handlers would only make it
             # later. Decide it now, while the default still goes out in time.
             self.stats.shed += 1
