@@ -933,3 +933,18 @@ def _incoming(data: dict[str, Any], call_id: str, url: str | None, item: Any) ->
         url,
         item,
     )
+
+
+def read_call(data: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """(id, state, myParticipantId, callChainId) of a ``call`` resource, read leniently."""
+    if not isinstance(data, Mapping):
+        return None, None, None, None
+    state = _loose_str(data, "state")
+    if state is not None:
+        state = _STATES.get(state) or _STATES.get(state.lower(), state)
+    return (
+        _loose_str(data, "id"),
+        state,
+        _loose_str(data, "myParticipantId"),
+        _loose_str(data, "callChainId"),
+    )
