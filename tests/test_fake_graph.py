@@ -423,7 +423,9 @@ async def test_unknown_calls_actions_and_paths(
     )
     assert status == 404
     assert_graph_error(reply, "8522", "no call nope was placed")
-    status, reply, _ = await call_control(http, fake_graph, "POST", "/communications/calls/x/frobnicate")
+    status, reply, _ = await call_control(
+        http, fake_graph, "POST", "/communications/calls/x/frobnicate"
+    )
     assert status == 400
     assert_graph_error(reply, "BadRequest", "segment 'frobnicate'")
     assert fake_graph.requests_for("x")[0].op == "unknown:frobnicate"

@@ -485,6 +485,21 @@ class CallHandle:
 
         return await self._wait(ready, timeout, f"{count} {op or 'any'} request(s)")
 
+    async def wait_deliveries(
+        self,
+        kind: str,
+        count: int,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> tuple[WebhookReply, ...]:
+        """Return the webhook's replies to notifications of ``kind`` once there are ``count``."""
+
+        def ready() -> tuple[WebhookReply, ...] | None:
+            found = tuple(r for r in self._deliveries if r.kind == kind)
+            return found if len(found) >= count else None
+
+        return await self._wait(ready, timeout, f"{count} {kind} notification(s)")
+
     async def wait_delivery(
         self,
         kind: str,
