@@ -159,3 +159,15 @@ def test_stale_states_do_not_move_the_call_back() -> None:
     )
     record = registry.record(CALL)
     assert (record.state, record.established) == ("established", True)
+
+
+def test_operation_metrics() -> None:
+    """The metrics hook counts operations by kind and outcome and records their latency."""
+    from callflow.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.on_operation("playPrompt", "completed", 0.2)
+    metrics.on_operation("playPrompt", "timeout", 5.0)
+    text = metrics.render().decode()
+    assert 'callflow_call_operations_total{kind="playPrompt",outcome="completed"} 1.0' in text
+    assert 'callflow_call_operation_seconds_count{kind="playPrompt"} 2.0' in text
