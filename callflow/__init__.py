@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from .bot import Bot
+from .call import Call, Calls, IoPort, Recording, SameLoopPort
 from .deadline import DecisionSink, RecordingSink
 from .decisions import Answer, Decision, MediaPrompt, Redirect, Reject, RejectReason, Target
 from .errors import (
+    ActionError,
+    CallControlError,
+    CallEndedError,
     CallflowError,
     CallGoneError,
     ConfigError,
@@ -13,9 +17,14 @@ from .errors import (
     GraphError,
     GraphResponseError,
     InboundAuthError,
+    MediaCancelledError,
     NotificationFormatError,
+    OperationError,
+    OperationTimeoutError,
+    RecordingTooLargeError,
     RegistrationError,
     TokenError,
+    TransferError,
 )
 from .events import (
     CallStateChanged,
@@ -25,23 +34,30 @@ from .events import (
     IncomingCall,
     IncomingContext,
     JoinMeetingIdMeetingInfo,
+    OperationFinished,
     OrganizerMeetingInfo,
     Participant,
     ParticipantsUpdated,
     ResultInfo,
     TokenMeetingInfo,
+    ToneReceived,
     UnknownNotification,
 )
 from .routing import CallContext, Router
 from .settings import Settings
 
 __all__ = [
+    "ActionError",
     "Answer",
     "Bot",
+    "Call",
     "CallContext",
+    "CallControlError",
+    "CallEndedError",
     "CallGoneError",
     "CallStateChanged",
     "CallTerminated",
+    "Calls",
     "CallflowError",
     "ChatInfo",
     "ConfigError",
@@ -54,23 +70,33 @@ __all__ = [
     "InboundAuthError",
     "IncomingCall",
     "IncomingContext",
+    "IoPort",
     "JoinMeetingIdMeetingInfo",
+    "MediaCancelledError",
     "MediaPrompt",
     "NotificationFormatError",
+    "OperationError",
+    "OperationFinished",
+    "OperationTimeoutError",
     "OrganizerMeetingInfo",
     "Participant",
     "ParticipantsUpdated",
+    "Recording",
     "RecordingSink",
+    "RecordingTooLargeError",
     "Redirect",
     "RegistrationError",
     "Reject",
     "RejectReason",
     "ResultInfo",
     "Router",
+    "SameLoopPort",
     "Settings",
     "Target",
     "TokenError",
     "TokenMeetingInfo",
+    "ToneReceived",
+    "TransferError",
     "UnknownNotification",
 ]
 

@@ -15,9 +15,15 @@ What becomes what (``changeType`` and enum values are matched case-insensitively
   numeric strings. An empty ``resultInfo`` gives ``result=None``.
 - ``created``/``updated`` + ``.../participants`` with an array ->
   :class:`~callflow.events.ParticipantsUpdated`.
-- Anything else -> :class:`~callflow.events.UnknownNotification`: operations, other resources,
-  unknown change types, a call update without ``state``, a ``deleted`` on ``.../participants``
-  (those are the participants who left, not the roster).
+- ``created``/``updated`` + a call carrying ``toneInfo`` -> :class:`~callflow.events.ToneReceived`
+  (a key press, not a state change); a ``toneInfo`` without a readable ``sequenceId`` and
+  tone gives an :class:`~callflow.events.UnknownNotification`.
+- ``deleted`` + ``.../operations/{id}`` with an object ->
+  :class:`~callflow.events.OperationFinished`. Read leniently: a field of the wrong type is
+  None, an unknown ``status`` is kept as sent.
+- Anything else -> :class:`~callflow.events.UnknownNotification`: other operation
+  notifications, other resources, unknown change types, a call update without ``state``, a
+  ``deleted`` on ``.../participants`` (those are the participants who left, not the roster).
 
 The call id comes from ``resourceData.id``, else from ``resourceUrl`` (or the legacy
 ``resource`` when ``resourceUrl`` is absent), else from ``resourceData["@odata.id"]``. A call
@@ -62,6 +68,8 @@ import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+import attrs
+
 from callflow.errors import NotificationFormatError
 from callflow.events import (
     CallEvent,
@@ -73,11 +81,13 @@ from callflow.events import (
     IncomingContext,
     JoinMeetingIdMeetingInfo,
     MeetingInfo,
+    OperationFinished,
     OrganizerMeetingInfo,
     Participant,
     ParticipantsUpdated,
     ResultInfo,
     TokenMeetingInfo,
+    ToneReceived,
     UnknownNotification,
 )
 
@@ -140,6 +150,19 @@ _MEETING_KINDS: Final = {
 _KIND_OTHER: Final = 0
 _KIND_CALL: Final = 1
 _KIND_PARTICIPANTS: Final = 2
+_KIND_OPERATION: Final = 3
+
+_OPERATION_STATUSES: Final = _canonical("notStarted", "running", "completed", "failed")
+_TONE_NAMES: Final = {
+    **{f"tone{digit}": str(digit) for digit in range(10)},
+    **{str(digit): str(digit) for digit in range(10)},
+    "star": "*",
+    "*": "*",
+    "pound": "#",
+    "#": "#",
+    **{letter: letter.upper() for letter in "abcd"},
+    "flash": "flash",
+}
 
 _UNKNOWN_CALLER: Final = Identity(kind="unknown")
 _EMPTY: Final[dict[str, Any]] = {}
@@ -353,8 +376,17 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
                 kind = _KIND_CALL
             elif rest.lower().rstrip("/") == "/participants":
                 kind = _KIND_PARTICIPANTS
+            elif rest[:12].lower() == "/operations/":
+                kind = _KIND_OPERATION
     elif isinstance(data, dict):
         kind = _KIND_CALL
+
+    if kind == _KIND_OPERATION:
+        if change == "deleted" and url_call_id and isinstance(data, dict):
+            finished = _finished(url_call_id, rest, data, item)
+            if finished is not None:
+                return finished
+        return UnknownNotification(change or sent_change, url, url_call_id, raw=item)
 
     if change is None or kind == _KIND_OTHER:
         loose_id = url_call_id
@@ -424,7 +456,132 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
         except _Bad as exc:
             exc.under("resourceData")
             raise
-    return CallStateChanged(call_id, canonical, _etag(data.get("@odata.etag")), raw=item)
+    etag = _etag(data.get("@odata.etag"))
+    tone_info = data.get("toneInfo")
+    if tone_info is not None:
+        tone = _tone(tone_info)
+        if tone is None:
+            return UnknownNotification(change, url, call_id, raw=item)
+        return ToneReceived(call_id, tone[0], tone[1], etag, raw=item)
+    info = data.get("resultInfo")
+    return CallStateChanged(
+        call_id, canonical, etag, raw=item, result=None if info is None else _loose_result(info)
+    )
+
+
+def _tone(info: Any) -> tuple[int, str] | None:
+    """(sequenceId, tone) of a ``toneInfo``; None when either is missing or unreadable."""
+    if not isinstance(info, dict):
+        return None
+    sequence = _loose_code(info.get("sequenceId"))
+    name = info.get("tone")
+    if sequence is None or not isinstance(name, str):
+        return None
+    tone = _TONE_NAMES.get(name)
+    if tone is None:
+        tone = _TONE_NAMES.get(name.lower())
+        if tone is None:
+            return None
+    return sequence, tone
+
+
+def _loose_code(value: Any) -> int | None:
+    """An integer sent as a number or a numeric string; None for anything else."""
+    try:
+        return _code(value, "")
+    except _Bad:
+        return None
+
+
+def _loose_result(info: Any) -> ResultInfo | None:
+    """A ``resultInfo`` read leniently: unreadable codes are None, a non-object is None."""
+    if not isinstance(info, dict):
+        return None
+    code = _loose_code(info.get("code"))
+    subcode = _loose_code(info.get("subcode"))
+    message = info.get("message")
+    if not isinstance(message, str):
+        message = None
+    if code is None and subcode is None and message is None:
+        return None
+    return ResultInfo(code, subcode, message)
+
+
+def _loose_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def operation_kind(odata_type: Any) -> str | None:
+    """``#microsoft.graph.playPromptOperation`` -> ``playPrompt``; None when not a string."""
+    if not isinstance(odata_type, str) or not odata_type:
+        return None
+    name = odata_type.removeprefix("#")
+    if name[:16].lower() == "microsoft.graph.":
+        name = name[16:]
+    if name[-9:].lower() == "operation" and len(name) > 9:
+        name = name[:-9]
+    return name or None
+
+
+@attrs.frozen
+class OperationFields:
+    """What a Graph ``commsOperation`` resource says, read leniently (wrong types are None).
+
+    Read from an operation notification and from the reply to an action's POST alike.
+    """
+
+    operation_id: str | None
+    kind: str | None
+    status: str | None
+    result: ResultInfo | None
+    client_context: str | None
+    completion_reason: str | None
+    recording_location: str | None
+    recording_access_token: str | None = attrs.field(repr=False)
+
+
+def read_operation(data: Any) -> OperationFields | None:
+    """Read a ``commsOperation`` object; None when ``data`` is not a JSON object."""
+    if not isinstance(data, Mapping):
+        return None
+    status = data.get("status")
+    if isinstance(status, str):
+        status = _OPERATION_STATUSES.get(status) or _OPERATION_STATUSES.get(status.lower(), status)
+    else:
+        status = None
+    return OperationFields(
+        _loose_str(data, "id"),
+        operation_kind(data.get("@odata.type")),
+        status,
+        _loose_result(data.get("resultInfo")),
+        _loose_str(data, "clientContext"),
+        _loose_str(data, "completionReason"),
+        _loose_str(data, "recordingLocation"),
+        _loose_str(data, "recordingAccessToken"),
+    )
+
+
+def _finished(
+    call_id: str, rest: str, data: dict[str, Any], item: dict[str, Any]
+) -> OperationFinished | None:
+    fields = read_operation(data)
+    assert fields is not None
+    operation_id = rest[12:].split("/", 1)[0] or fields.operation_id
+    if not operation_id:
+        return None
+    return OperationFinished(
+        call_id,
+        operation_id,
+        fields.kind,
+        fields.status,
+        fields.result,
+        fields.client_context,
+        fields.completion_reason,
+        fields.recording_location,
+        fields.recording_access_token,
+        raw=item,
+    )
 
 
 def _etag(value: Any) -> int | None:
@@ -775,4 +932,19 @@ def _incoming(data: dict[str, Any], call_id: str, url: str | None, item: Any) ->
         _etag(data.get("@odata.etag")),
         url,
         item,
+    )
+
+
+def read_call(data: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """(id, state, myParticipantId, callChainId) of a ``call`` resource, read leniently."""
+    if not isinstance(data, Mapping):
+        return None, None, None, None
+    state = _loose_str(data, "state")
+    if state is not None:
+        state = _STATES.get(state) or _STATES.get(state.lower(), state)
+    return (
+        _loose_str(data, "id"),
+        state,
+        _loose_str(data, "myParticipantId"),
+        _loose_str(data, "callChainId"),
     )

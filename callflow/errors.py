@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .events import ResultInfo
+
 __all__ = [
+    "ActionError",
+    "CallControlError",
+    "CallEndedError",
     "CallGoneError",
     "CallflowError",
     "ConfigError",
@@ -10,9 +18,14 @@ __all__ = [
     "GraphError",
     "GraphResponseError",
     "InboundAuthError",
+    "MediaCancelledError",
     "NotificationFormatError",
+    "OperationError",
+    "OperationTimeoutError",
+    "RecordingTooLargeError",
     "RegistrationError",
     "TokenError",
+    "TransferError",
 ]
 
 
@@ -30,6 +43,10 @@ class NotificationFormatError(CallflowError, ValueError):
 
 class DecisionError(CallflowError, ValueError):
     """Raised when a decision has invalid fields; the message names the field and allowed values."""
+
+
+class ActionError(CallflowError, ValueError):
+    """Raised when a call-control request has invalid fields; the message names the field."""
 
 
 class RegistrationError(CallflowError, RuntimeError):
@@ -69,3 +86,65 @@ class GraphResponseError(GraphError):
 
 class CallGoneError(GraphResponseError):
     """Raised when Graph says the call no longer exists (404 or error code 8522)."""
+
+
+class RecordingTooLargeError(GraphError):
+    """Raised when a recording to download is larger than the limit the caller set."""
+
+
+class CallControlError(CallflowError):
+    """Raised when a call-control operation (play, record, transfer, ...) cannot be done."""
+
+
+class OperationError(CallControlError):
+    """Raised when Graph reports that a call-control operation failed.
+
+    ``kind`` names the operation (``playPrompt``, ``record``, ``transfer``, ...); ``result``
+    is Graph's ``resultInfo`` (code, subcode, message) when it sent one; ``status`` and
+    ``completion_reason`` are as Graph reported them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        call_id: str,
+        result: ResultInfo | None = None,
+        status: str | None = None,
+        completion_reason: str | None = None,
+        operation_id: str | None = None,
+        client_context: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.call_id = call_id
+        self.result = result
+        self.status = status
+        self.completion_reason = completion_reason
+        self.operation_id = operation_id
+        self.client_context = client_context
+
+
+class MediaCancelledError(OperationError):
+    """Raised when a prompt or recording was cancelled (Graph's 400/8508) before it finished."""
+
+
+class TransferError(OperationError):
+    """Raised when a transfer failed and the call went back to ``established``."""
+
+
+class OperationTimeoutError(OperationError, TimeoutError):
+    """Raised when a call-control operation did not finish within its timeout."""
+
+
+class CallEndedError(CallControlError):
+    """Raised when the call ended before (or while) an operation on it could finish.
+
+    ``result`` is the call's terminating ``resultInfo`` when Graph sent one.
+    """
+
+    def __init__(self, message: str, *, call_id: str, result: ResultInfo | None = None) -> None:
+        super().__init__(message)
+        self.call_id = call_id
+        self.result = result

@@ -14,6 +14,10 @@ import attrs
 __all__ = [
     "CallEvent",
     "mask_phone",
+    "normalize_id",
+    "OperationFinished",
+    "ToneReceived",
+    "TONES",
     "CallStateChanged",
     "CallTerminated",
     "ChatInfo",
@@ -36,6 +40,23 @@ def mask_phone(number: str) -> str:
     if len(number) <= 6:
         return "*" * len(number)
     return number[:5] + "*" * (len(number) - 7) + number[-2:]
+
+
+def normalize_id(value: str) -> str:
+    """The form of a Graph id used to match ids: lowercase, without dashes or braces.
+
+    Graph names the same call ``57dab8b1-894c-409a-b240-bd8beae78896`` in API responses and
+    ``57DAB8B1894C409AB240BD8BEAE78896`` in some ``resourceUrl`` values; both normalise to
+    ``57dab8b1894c409ab240bd8beae78896``. Every correlation of calls and operations goes
+    through this function.
+    """
+    return value.translate(_ID_NOISE).lower()
+
+
+_ID_NOISE = str.maketrans("", "", "-{}")
+
+TONES = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#", "A", "B", "C", "D", "flash")
+"""The DTMF tones callflow names: digits, ``*``, ``#``, ``A``-``D`` and ``flash``."""
 
 
 @attrs.frozen(repr=False)
@@ -175,12 +196,17 @@ class IncomingCall:
 
 @attrs.frozen
 class CallStateChanged:
-    """A call moved to a new state (``establishing``, ``established``, ``hold``, ...)."""
+    """A call moved to a new state (``establishing``, ``established``, ``hold``, ...).
+
+    ``result`` is the ``resultInfo`` Graph sent with the state, if any (a failed transfer
+    brings the call back to ``established`` with one).
+    """
 
     call_id: str
     state: str
     etag: int | None = None
     raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+    result: ResultInfo | None = None
 
 
 @attrs.frozen
@@ -202,6 +228,49 @@ class ParticipantsUpdated:
 
 
 @attrs.frozen
+class ToneReceived:
+    """The caller pressed a key: one DTMF tone (``toneInfo``) of a call.
+
+    Graph sends one notification per key press once the bot subscribed to tones.
+    ``tone`` is one of :data:`TONES` (Graph's ``tone5`` is ``"5"``, ``star`` is ``"*"``,
+    ``pound`` is ``"#"``); ``sequence_id`` orders the tones of a call (notifications may
+    arrive out of order, and twice).
+    """
+
+    call_id: str
+    sequence_id: int
+    tone: str
+    etag: int | None = None
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+
+
+@attrs.frozen
+class OperationFinished:
+    """A call-control operation (play prompt, record, send tones, invite, ...) has ended.
+
+    Graph reports it as a ``deleted`` notification on
+    ``/communications/calls/{call_id}/operations/{operation_id}``. ``kind`` is the operation
+    type without its namespace and suffix (``playPrompt``, ``record``, ``subscribeToTone``,
+    ``sendDtmfTones``, ``cancelMediaProcessing``, ``inviteParticipants``,
+    ``muteParticipant``, ...; None when Graph did not say). ``status`` is ``completed`` or
+    ``failed`` (other values are kept as sent); ``client_context`` echoes what the bot sent.
+    A recording comes with ``recording_location`` and ``recording_access_token`` (a secret:
+    left out of ``repr``, never logged).
+    """
+
+    call_id: str
+    operation_id: str
+    kind: str | None = None
+    status: str | None = None
+    result: ResultInfo | None = None
+    client_context: str | None = None
+    completion_reason: str | None = None
+    recording_location: str | None = None
+    recording_access_token: str | None = attrs.field(default=None, repr=False)
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+
+
+@attrs.frozen
 class UnknownNotification:
     """A notification of a shape callflow does not model (operations, unknown resources)."""
 
@@ -212,5 +281,11 @@ class UnknownNotification:
 
 
 CallEvent: TypeAlias = (
-    IncomingCall | CallStateChanged | CallTerminated | ParticipantsUpdated | UnknownNotification
+    IncomingCall
+    | CallStateChanged
+    | CallTerminated
+    | ParticipantsUpdated
+    | ToneReceived
+    | OperationFinished
+    | UnknownNotification
 )

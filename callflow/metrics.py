@@ -75,6 +75,19 @@ class Metrics:
         self.graph_retries = Counter(
             "callflow_graph_retries", "Retried requests to Graph, by operation", ("op",), registry=r
         )
+        self.operations = Counter(
+            "callflow_call_operations",
+            "Call-control operations (play, record, transfer, ...) by kind and outcome",
+            ("kind", "outcome"),
+            registry=r,
+        )
+        self.operation_latency = Histogram(
+            "callflow_call_operation_seconds",
+            "Call-control operation started -> its result known, by kind",
+            ("kind",),
+            buckets=(*_LATENCY_BUCKETS, 30.0, 60.0, 120.0),
+            registry=r,
+        )
         # The labelled series each hook updates, looked up once per distinct label set:
         # prometheus_client's labels() checks, converts and locks on every call.
         self._decided: dict[tuple[str, object, str | None], tuple[Any, Any]] = {}
@@ -124,6 +137,11 @@ class Metrics:
         counter.inc()
         if attempt > 1:
             self.graph_retries.labels(op).inc()
+
+    def on_operation(self, kind: str, outcome: str, seconds: float) -> None:
+        """Count one finished call-control operation (the CallControl hook)."""
+        self.operations.labels(kind, outcome).inc()
+        self.operation_latency.labels(kind).observe(seconds)
 
     def on_auth_failure(self, reason: str) -> None:
         """Count one refused token."""

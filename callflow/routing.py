@@ -32,7 +32,9 @@ from .events import (
     CallStateChanged,
     CallTerminated,
     IncomingCall,
+    OperationFinished,
     ParticipantsUpdated,
+    ToneReceived,
     UnknownNotification,
 )
 
@@ -58,7 +60,7 @@ ErrorHook = Callable[[BaseException, CallEvent], Awaitable[None] | None]
 
 _SEQ = itertools.count()
 _EVENT_TYPES = (IncomingCall, CallStateChanged, CallTerminated, ParticipantsUpdated,
-                UnknownNotification)  # fmt: skip
+                ToneReceived, OperationFinished, UnknownNotification)  # fmt: skip
 
 
 class CallContext:
@@ -258,9 +260,10 @@ class Router:
     ) -> Callable[[F], F]:
         """Register an observer for one event type: ``async def obs(event)`` or ``(event, ctx)``.
 
-        Observers see ``CallStateChanged``, ``CallTerminated``, ``ParticipantsUpdated`` and
-        ``UnknownNotification`` (use ``incoming_call`` to decide calls). Their results are
-        ignored; every matching observer runs, in registration order, per call in arrival order.
+        Observers see ``CallStateChanged``, ``CallTerminated``, ``ParticipantsUpdated``,
+        ``ToneReceived``, ``OperationFinished`` and ``UnknownNotification`` (use
+        ``incoming_call`` to decide calls). Their results are ignored; every matching observer
+        runs, in registration order, per call in arrival order.
         """
         if event_type is IncomingCall:
             raise RegistrationError(

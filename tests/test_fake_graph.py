@@ -423,10 +423,12 @@ async def test_unknown_calls_actions_and_paths(
     )
     assert status == 404
     assert_graph_error(reply, "8522", "no call nope was placed")
-    status, reply, _ = await call_control(http, fake_graph, "POST", "/communications/calls/x/mute")
+    status, reply, _ = await call_control(
+        http, fake_graph, "POST", "/communications/calls/x/frobnicate"
+    )
     assert status == 400
-    assert_graph_error(reply, "BadRequest", "segment 'mute'")
-    assert fake_graph.requests_for("x")[0].op == "unknown:mute"
+    assert_graph_error(reply, "BadRequest", "segment 'frobnicate'")
+    assert fake_graph.requests_for("x")[0].op == "unknown:frobnicate"
     status, reply, headers = await call_control(
         http, fake_graph, "GET", "/me", headers={"client-request-id": ""}
     )
@@ -508,8 +510,8 @@ async def test_fail_next_answers_matching_requests_with_the_fault(
 def test_fail_next_refuses_nonsense(callflow_signing_key: SigningKey) -> None:
     """fail_next names what was wrong with its arguments."""
     fake = make_fake(callflow_signing_key)
-    with pytest.raises(ValueError, match="unknown op 'mute'"):
-        fake.fail_next("mute")
+    with pytest.raises(ValueError, match="unknown op 'frobnicate'"):
+        fake.fail_next("frobnicate")
     with pytest.raises(ValueError, match="HTTP error status"):
         fake.fail_next(status=200)
     with pytest.raises(ValueError, match="count must be 1 or more"):

@@ -424,14 +424,15 @@ def test_enum_casing_is_normalised() -> None:
 
 
 def test_non_created_incoming_and_updated_terminated_are_state_changes() -> None:
-    """Only created+incoming is an incoming call; updated+terminated is a state change."""
+    """Only created+incoming is an incoming call; updated+terminated is a state change
+    that keeps the resultInfo sent with it."""
     doc = wrap(
         item("updated", CALL_URL, {"state": "incoming"}),
         item("updated", CALL_URL, {"state": "terminated", "resultInfo": {"code": 200}}),
     )
     assert parse_notifications(doc) == [
         CallStateChanged(CALL, "incoming"),
-        CallStateChanged(CALL, "terminated"),
+        CallStateChanged(CALL, "terminated", result=ResultInfo(200)),
     ]
 
 

@@ -1,4 +1,10 @@
-"""Call control against Microsoft Graph: answer, reject, redirect, hang up, keep alive.
+"""Call control against Microsoft Graph: answer, reject, redirect, hang up, keep alive, and
+the actions after the answer (prompts, recording, tones, mute, invite, transfer, new calls).
+
+Actions that Graph runs as an operation (``playPrompt``, ``recordResponse``, ...) answer 200
+with the operation; each method returns it as an :class:`Operation` (its ``status`` says
+whether it already finished; otherwise the result comes later as a notification). Every such
+request carries a ``clientContext``, generated unless given, to correlate that notification.
 
 A :class:`GraphClient` owns one keep-alive :class:`aiohttp.ClientSession`, created in the
 event loop that enters it (``async with GraphClient(...) as graph``); a second client may live
@@ -23,9 +29,9 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -33,16 +39,34 @@ import attrs
 import structlog
 from yarl import URL
 
-from ..errors import CallGoneError, ConfigError, GraphError, GraphResponseError
+from .._parse import read_call, read_operation
+from ..actions import (
+    Invite,
+    JoinMeeting,
+    OutgoingCall,
+    PlayPrompt,
+    RecordResponse,
+    SendTones,
+    Transfer,
+    UpdateRecordingStatus,
+    context_body,
+)
+from ..errors import (
+    CallGoneError,
+    ConfigError,
+    GraphError,
+    GraphResponseError,
+    RecordingTooLargeError,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from ..decisions import Answer, Decision, Redirect, Reject
-    from ..events import IncomingCall
+    from ..events import IncomingCall, ResultInfo
     from ._tokens import TokenProvider
 
-__all__ = ["GraphClient", "GraphResult"]
+__all__ = ["CreatedCall", "GraphClient", "GraphResult", "Operation"]
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +102,46 @@ class GraphResult:
     attempts: int
     request_id: str | None
     client_request_id: str
+
+
+@attrs.frozen
+class Operation:
+    """A call-control operation as Graph's reply to the action's POST described it.
+
+    ``status`` is ``notStarted``/``running`` (the result follows as a notification),
+    ``completed`` or ``failed`` (no notification follows), or None when Graph did not say.
+    ``operation_id`` comes from the body or the ``Location`` header. ``client_context`` is
+    the one sent with the request.
+    """
+
+    call_id: str
+    kind: str
+    client_context: str
+    operation_id: str | None
+    status: str | None
+    result: ResultInfo | None
+    completion_reason: str | None
+    location: str | None
+    request: GraphResult
+    recording_location: str | None = None
+    recording_access_token: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        """True when the reply already says completed or failed: no notification follows."""
+        return self.status in ("completed", "failed")
+
+
+@attrs.frozen
+class CreatedCall:
+    """A call Graph created for ``POST /communications/calls`` (201), usually establishing."""
+
+    call_id: str
+    state: str | None
+    my_participant_id: str | None
+    call_chain_id: str | None
+    location: str | None
+    request: GraphResult
 
 
 class _AttemptTimeout:
@@ -323,6 +387,339 @@ class GraphClient:
             "keep_alive", "POST", call_id, "/keepAlive", None, tenant_id, deadline, scenario_id
         )
 
+    # -- actions after the answer ---------------------------------------------------------
+
+    async def play_prompt(
+        self,
+        call_id: str,
+        request: PlayPrompt,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Play prompts to ``call_id`` (``POST .../playPrompt``); see :meth:`run_action`."""
+        return await self.run_action(
+            call_id,
+            request.action,
+            request.to_graph,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def record_response(
+        self,
+        call_id: str,
+        request: RecordResponse,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Record the caller (``POST .../recordResponse``); see :meth:`run_action`."""
+        return await self.run_action(
+            call_id,
+            request.action,
+            request.to_graph,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def send_dtmf_tones(
+        self,
+        call_id: str,
+        request: SendTones,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Send DTMF tones into ``call_id`` (``POST .../sendDtmfTones``)."""
+        return await self.run_action(
+            call_id,
+            request.action,
+            request.to_graph,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def update_recording_status(
+        self,
+        call_id: str,
+        request: UpdateRecordingStatus,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Tell Graph the bot's recording status (``POST .../updateRecordingStatus``)."""
+        return await self.run_action(
+            call_id,
+            request.action,
+            request.to_graph,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def invite_participants(
+        self,
+        call_id: str,
+        request: Invite,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Invite participants into a group call (``POST .../participants/invite``)."""
+        return await self.run_action(
+            call_id,
+            request.action,
+            request.to_graph,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def subscribe_to_tone(
+        self,
+        call_id: str,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Ask Graph to report the caller's key presses (``POST .../subscribeToTone``)."""
+        return await self.run_action(
+            call_id,
+            "subscribeToTone",
+            context_body,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def cancel_media_processing(
+        self,
+        call_id: str,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Cancel every queued or running prompt and recording of ``call_id``.
+
+        Each cancelled operation then ends ``failed`` with 400/8508."""
+        return await self.run_action(
+            call_id,
+            "cancelMediaProcessing",
+            context_body,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def mute(
+        self,
+        call_id: str,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Mute the bot in ``call_id`` (``POST .../mute``)."""
+        return await self.run_action(
+            call_id,
+            "mute",
+            context_body,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def unmute(
+        self,
+        call_id: str,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """Unmute the bot in ``call_id`` (``POST .../unmute``)."""
+        return await self.run_action(
+            call_id,
+            "unmute",
+            context_body,
+            client_context=client_context,
+            tenant_id=tenant_id,
+            deadline=deadline,
+            scenario_id=scenario_id,
+        )
+
+    async def run_action(
+        self,
+        call_id: str,
+        action: str,
+        render: Callable[[str], Mapping[str, Any]],
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Operation:
+        """POST ``render(client_context)`` to ``.../{action}`` and return the operation.
+
+        ``client_context`` is generated when not given. Raises :class:`CallGoneError` when
+        the call no longer exists, another :class:`GraphResponseError` for any other error
+        response, and :class:`GraphError` when Graph could not be reached in time.
+        """
+        context = client_context if client_context is not None else _new_uuid()
+        body = _encode_json(render(context)).encode()
+        result, raw, location = await self._exchange(
+            action,
+            "POST",
+            self._call_url(call_id, "/" + action),
+            call_id,
+            body,
+            tenant_id,
+            deadline,
+            scenario_id,
+        )
+        fields = read_operation(_json_or_none(raw))
+        if fields is None:
+            return Operation(
+                call_id, action, context, _last_segment(location), None, None, None, location,
+                result,
+            )  # fmt: skip
+        return Operation(
+            call_id,
+            action,
+            context,
+            fields.operation_id or _last_segment(location),
+            fields.status,
+            fields.result,
+            fields.completion_reason,
+            location,
+            result,
+            fields.recording_location,
+            fields.recording_access_token,
+        )
+
+    async def transfer(
+        self,
+        call_id: str,
+        request: Transfer,
+        *,
+        client_context: str | None = None,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> GraphResult:
+        """Transfer ``call_id`` (``POST .../transfer``, 202); the outcome comes as states."""
+        context = client_context if client_context is not None else _new_uuid()
+        body = _encode_json(request.to_graph(context)).encode()
+        return await self._request(
+            "transfer", "POST", call_id, "/transfer", body, tenant_id, deadline, scenario_id
+        )
+
+    async def create_call(
+        self,
+        request: OutgoingCall | JoinMeeting,
+        *,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> CreatedCall:
+        """Place an outgoing call or join a meeting (``POST /communications/calls``, 201).
+
+        The call's ``callbackUri`` is the request's own, else the client's ``callback_url``;
+        the token is for ``tenant_id``, else the request's tenant. Raises :class:`GraphError`
+        when the reply names no call id, and like :meth:`run_action` otherwise.
+        """
+        body = _encode_json(request.to_graph(self.callback_url)).encode()
+        if tenant_id is None:
+            if isinstance(request, OutgoingCall):
+                tenant_id = request.tenant_id
+            else:
+                tenant_id = request.meeting.tenant_id
+        result, raw, location = await self._exchange(
+            "create_call",
+            "POST",
+            self._calls_url.with_path(self._calls_path.rstrip("/"), encoded=True),
+            "(new)",
+            body,
+            tenant_id,
+            deadline,
+            scenario_id,
+        )
+        call_id, state, participant_id, chain_id = read_call(_json_or_none(raw))
+        call_id = call_id or _last_segment(location)
+        if call_id is None:
+            raise GraphError(
+                f"Graph answered {result.status} to create a call but named no call id; "
+                "expected a call resource with an id or a Location header"
+            )
+        return CreatedCall(call_id, state, participant_id, chain_id, location, result)
+
+    async def download_recording(
+        self,
+        location: str,
+        access_token: str,
+        *,
+        max_bytes: int = 16 * 1024 * 1024,
+        deadline: float | None = None,
+        call_id: str = "(recording)",
+    ) -> bytes:
+        """GET a recording from ``location`` with ``Authorization: Bearer <access_token>``.
+
+        Raises :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes``, and like
+        :meth:`run_action` otherwise (with retries within ``deadline``). The token is never
+        logged.
+        """
+        url = URL(location)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise GraphError(
+                f"recording location {location!r} is not an absolute http(s) URL; expected the "
+                "recordingLocation Graph sent"
+            )
+        _, raw, _ = await self._exchange(
+            "download_recording",
+            "GET",
+            url,
+            call_id,
+            None,
+            None,
+            deadline,
+            None,
+            bearer=access_token,
+            max_bytes=max_bytes,
+        )
+        return raw
+
+    def _call_url(self, call_id: str, suffix: str) -> URL:
+        segment = call_id if _PLAIN_SEGMENT(call_id) else quote(call_id, safe="")
+        return self._calls_url.with_path(self._calls_path + segment + suffix, encoded=True)
+
     async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> GraphResult:
         """Send ``decision`` for ``call`` before ``deadline`` (the decision-sink interface)."""
         return await self.decide(
@@ -342,14 +739,35 @@ class GraphClient:
         *,
         gone_ok: bool = False,
     ) -> GraphResult:
+        segment = call_id if _PLAIN_SEGMENT(call_id) else quote(call_id, safe="")
+        url = self._calls_url.with_path(self._calls_path + segment + suffix, encoded=True)
+        reply = await self._exchange(
+            op, method, url, call_id, body, tenant_id, deadline, scenario_id, gone_ok=gone_ok
+        )
+        return reply[0]
+
+    async def _exchange(
+        self,
+        op: str,
+        method: str,
+        url: URL,
+        call_id: str,
+        body: bytes | None,
+        tenant_id: str | None,
+        deadline: float | None,
+        scenario_id: str | None,
+        *,
+        gone_ok: bool = False,
+        bearer: str | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[GraphResult, bytes, str | None]:
+        """Send one request with retries; return the result, the body and ``Location``."""
         session = self._session
         if session is None:
             raise GraphError(
                 f"GraphClient is not open ({op} for call {call_id}); "
                 "expected `async with GraphClient(...)` around its use"
             )
-        segment = call_id if _PLAIN_SEGMENT(call_id) else quote(call_id, safe="")
-        url = self._calls_url.with_path(self._calls_path + segment + suffix, encoded=True)
         scenario = scenario_id or _new_uuid()
         error: GraphError | None = None
         cause: BaseException | None = None
@@ -373,17 +791,24 @@ class GraphClient:
             retry_after: float | None = None
             try:
                 async with _AttemptTimeout(budget):
-                    token = await self._tokens.get_token(tenant_id)
+                    token = bearer
+                    if token is None:
+                        token = await self._tokens.get_token(tenant_id)
                     headers = {
                         "Authorization": "Bearer " + token,
                         "Client-Request-Id": client_request_id,
                         "Scenario-Id": scenario,
                     }
+                    if max_bytes is not None:
+                        headers["Accept"] = "*/*"
                     async with session.request(
                         method, url, data=body, headers=headers, allow_redirects=False
                     ) as response:
                         status = response.status
-                        raw = await response.read()
+                        if max_bytes is not None and status < 300:
+                            raw = await _read_bounded(response, max_bytes, op, call_id)
+                        else:
+                            raw = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status = None
                 self._report(op, None, attempt)
@@ -400,7 +825,11 @@ class GraphClient:
                 self._report(op, status, attempt)
                 request_id = response.headers.get("request-id") or None
                 if status < 300:
-                    return GraphResult(status, attempt, request_id, client_request_id)
+                    return (
+                        GraphResult(status, attempt, request_id, client_request_id),
+                        raw,
+                        response.headers.get("Location"),
+                    )
                 error = _response_error(status, raw, request_id, response.reason)
                 cause = None
                 if isinstance(error, CallGoneError):
@@ -413,7 +842,11 @@ class GraphClient:
                         request_id=error.request_id,
                     )
                     if gone_ok:
-                        return GraphResult(status, attempt, error.request_id, client_request_id)
+                        return (
+                            GraphResult(status, attempt, error.request_id, client_request_id),
+                            raw,
+                            None,
+                        )
                     raise error
                 if status not in RETRY_STATUSES:
                     raise error
@@ -520,6 +953,33 @@ def _response_error(
     return cls(status, code, message, request_id)
 
 
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+async def _read_bounded(
+    response: aiohttp.ClientResponse, max_bytes: int, op: str, call_id: str
+) -> bytes:
+    """Read the body, refusing (before or while reading) one longer than ``max_bytes``."""
+    length = response.content_length
+    too_large = RecordingTooLargeError(
+        f"{op} for call {call_id}: the body is larger than max_bytes={max_bytes}"
+    )
+    if length is not None and length > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _parse_retry_after(value: str) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds or HTTP-date); None if invalid."""
     try:
@@ -535,3 +995,10 @@ def _parse_retry_after(value: str) -> float | None:
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return seconds
+
+
+def _last_segment(location: str | None) -> str | None:
+    """The last path segment of a ``Location`` URL (an operation or call id), if any."""
+    if not location:
+        return None
+    return location.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or None

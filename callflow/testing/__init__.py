@@ -2,7 +2,8 @@
 
 ``FakeGraph`` serves, on loopback, the parts of Microsoft Graph a calling bot touches: an
 Entra-like token endpoint over TLS, the key set notifications are signed with, and call
-control (answer, reject, redirect, keepAlive, hang up). It places calls on a bot's webhook,
+control (answer, reject, redirect, keepAlive, hang up, and the operations after the answer:
+prompts, recording, key presses, transfer, new calls). It places calls on a bot's webhook,
 records what the bot sends back, enforces the platform timeout and injects faults::
 
     from callflow import Answer, Bot
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from .._clock import ManualClock
 from ._fake_graph import (
+    ACTION_OPS,
     CALLBACK_URL,
     DECISION_OPS,
     DEFAULT_APP_ID,
@@ -35,6 +37,7 @@ from ._fake_graph import (
     OPS,
     CallHandle,
     FakeGraph,
+    FakeOperation,
     GraphRequest,
     WebhookReply,
 )
@@ -46,11 +49,14 @@ from ._payloads import (
     envelope,
     identity_set,
     incoming_call,
+    operation_result,
     participants,
+    tone,
 )
 from ._token_server import TokenServer
 
 __all__ = [
+    "ACTION_OPS",
     "CALLBACK_URL",
     "DECISION_OPS",
     "DEFAULT_APP_ID",
@@ -59,6 +65,7 @@ __all__ = [
     "OPS",
     "CallHandle",
     "FakeGraph",
+    "FakeOperation",
     "GraphRequest",
     "KeyServer",
     "ManualClock",
@@ -71,5 +78,7 @@ __all__ = [
     "graph_claims",
     "identity_set",
     "incoming_call",
+    "operation_result",
     "participants",
+    "tone",
 ]

@@ -6,7 +6,11 @@ One :class:`FakeGraph` runs, while entered (``async with FakeGraph() as fake:``)
 - the OpenID configuration and key set of the key it signs notifications with
   (``/botframework/.well-known/openid-configuration``, plain http);
 - Graph call control under ``/v1.0``: ``POST /communications/calls/{id}/answer``,
-  ``/reject``, ``/redirect``, ``/keepAlive``, ``DELETE`` and ``GET /communications/calls/{id}``.
+  ``/reject``, ``/redirect``, ``/keepAlive``, ``DELETE`` and ``GET /communications/calls/{id}``;
+- the actions after the answer: ``playPrompt``, ``recordResponse``, ``cancelMediaProcessing``,
+  ``subscribeToTone``, ``sendDtmfTones``, ``mute``, ``unmute``, ``updateRecordingStatus``,
+  ``participants/invite``, ``transfer``, and ``POST /communications/calls`` (outgoing calls
+  and meeting joins); recordings are served under ``/recordings/{id}`` to their access token.
 
 Every call-control request is checked the way Graph checks it (the bearer token must be one
 the token endpoint issued, else 401; the JSON body must have Graph's shape, else 400), recorded
@@ -24,6 +28,17 @@ notification with ``resultInfo`` 408/8544 to the webhook and the handle's ``time
 turns true. With ``follow_up=True`` (the default) an accepted answer is followed by an
 ``updated``/``established`` notification and a reject, redirect or hang-up by a
 ``deleted``/``terminated`` one, each POSTed to the webhook the call was placed on.
+
+Operations answer 200 with the operation (``running``) and a ``Location``, then end after
+``operation_duration`` seconds with a ``deleted`` notification on ``.../operations/{id}``
+(subscribeToTone, mute, unmute, updateRecordingStatus and cancelMediaProcessing complete in
+the 200 itself). :meth:`FakeGraph.plan_operation` changes what the next matching operation
+does: fail with a code, complete in the 200, never complete, complete before the 200 is
+sent, complete twice; a transfer or a new call goes through its states (or fails), in order
+or not. ``cancelMediaProcessing`` fails the running prompts and recordings with 400/8508.
+:meth:`CallHandle.press` sends key presses (``toneInfo``) once the bot subscribed to tones.
+Calls the bot creates send their notifications to the webhook :meth:`FakeGraph.route` names
+for their ``callbackUri``.
 
 Faults: :meth:`FakeGraph.fail_next` (status, ``Retry-After``, error code), ``latency``
 (seconds added to every call-control reply) and :meth:`FakeGraph.gone`; out-of-order,
@@ -44,7 +59,15 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
@@ -68,6 +91,7 @@ if TYPE_CHECKING:
     from ..bot import Bot, RunningBot
 
 __all__ = [
+    "ACTION_OPS",
     "CALLBACK_URL",
     "DECISION_OPS",
     "DEFAULT_APP_ID",
@@ -75,6 +99,7 @@ __all__ = [
     "OPS",
     "CallHandle",
     "FakeGraph",
+    "FakeOperation",
     "GraphRequest",
     "WebhookReply",
 ]
@@ -89,8 +114,37 @@ CALLBACK_URL: Final = "https://bot.invalid/api/calls"
 GRAPH_PATH: Final = "/v1.0"
 KEYS_PATH: Final = "/botframework"
 DECISION_OPS: Final = ("answer", "reject", "redirect")
-OPS: Final = (*DECISION_OPS, "keepAlive", "delete", "get")
-"""The call-control operations the fake records; ``op`` of every :class:`GraphRequest`."""
+ACTION_OPS: Final = (
+    "playPrompt",
+    "recordResponse",
+    "cancelMediaProcessing",
+    "subscribeToTone",
+    "sendDtmfTones",
+    "mute",
+    "unmute",
+    "updateRecordingStatus",
+    "invite",
+    "transfer",
+)
+"""The actions on an established call (``invite`` is ``POST .../participants/invite``)."""
+OPS: Final = (*DECISION_OPS, "keepAlive", "delete", "get", *ACTION_OPS, "create", "recording")
+"""The requests the fake records; ``op`` of every :class:`GraphRequest` (``create`` is
+``POST /communications/calls``, ``recording`` a recording download)."""
+MEDIA_OPS: Final = ("playPrompt", "recordResponse")
+"""The operations ``cancelMediaProcessing`` cancels."""
+_ASYNC_OPS: Final = ("playPrompt", "recordResponse", "sendDtmfTones", "invite")
+"""Operations that answer ``running`` and end with a notification (the others end in the 200)."""
+CANCELLED: Final = (400, 8508, "Action failed, the operation was cancelled.")
+TRANSFERRED: Final = (200, 7015, "GracefulTransferCompleted")
+_SUCCESS_RESULTS: Final = {
+    "recordResponse": (200, 8515, "Action completed, max record duration reached."),
+}
+_SUCCESS_REASONS: Final = {
+    "playPrompt": "completedSuccessfully",
+    "sendDtmfTones": "completedSuccessfully",
+    "recordResponse": "maxRecordDurationReached",
+}
+_OK_RESULT: Final = (200, 0, "Action completed successfully.")
 
 CALL_NOT_FOUND: Final = "8522"
 TIMEOUT_CODE: Final = 408
@@ -116,8 +170,17 @@ _FAULT_CODES: Final = {
     504: "GatewayTimeout",
 }
 _SUCCESS: Final = {"answer": 202, "reject": 202, "redirect": 202, "keepAlive": 200, "delete": 204}
-_ACTIONS: Final = {"answer": "answer", "reject": "reject", "redirect": "redirect"}
-_ACTIONS_LOWER: Final = {"keepalive": "keepAlive"}
+_ACTIONS: Final = {
+    "answer": "answer",
+    "reject": "reject",
+    "redirect": "redirect",
+    **{op: op for op in ACTION_OPS if op != "invite"},
+}
+_ACTION_NAMES: Final = ", ".join(op for op in ACTION_OPS if op != "invite")
+_ACTIONS_LOWER: Final = {
+    "keepalive": "keepAlive",
+    **{op.lower(): op for op in ACTION_OPS if op != "invite"},
+}
 
 _T = TypeVar("_T")
 
@@ -177,6 +240,52 @@ class WebhookReply:
     def ok(self) -> bool:
         """True for a 2xx reply."""
         return 200 <= self.status < 300
+
+
+@attrs.define
+class FakeOperation:
+    """One operation the fake started for an action (``op`` is one of :data:`ACTION_OPS`).
+
+    ``status`` is ``running`` until it ends ``completed`` or ``failed``; ``result`` is the
+    (code, subcode, message) it ended with; ``notifications`` counts the completion
+    notifications sent for it.
+    """
+
+    id: str
+    op: str
+    call_id: str
+    client_context: str | None
+    status: str = "running"
+    result: tuple[int | None, int | None, str | None] | None = None
+    completion_reason: str | None = None
+    notifications: int = 0
+    started_at: float = 0.0
+    recording_location: str | None = None
+    recording_access_token: str | None = attrs.field(default=None, repr=False)
+    _scope: anyio.CancelScope | None = attrs.field(default=None, repr=False, alias="scope")
+
+
+@attrs.define
+class _Plan:
+    """One pending ``plan_operation`` instruction."""
+
+    op: str | None
+    call_id: str | None
+    duration: float | None
+    code: int | None
+    subcode: int | None
+    message: str | None
+    completion_reason: str | None
+    complete: bool
+    immediate: bool
+    before_reply: bool
+    duplicate: int
+    out_of_order: bool
+    remaining: int
+
+    @property
+    def fails(self) -> bool:
+        return self.code is not None and not 200 <= self.code < 300
 
 
 class _Fault:
@@ -244,9 +353,15 @@ class CallHandle:
         self.etag = 1
         self.placed_at = time.monotonic()
         self.deadline = self.placed_at + timeout
+        self.subscribed_to_tones = False
+        self.tone_sequence = 0
+        self.muted = False
+        self.recording_status: str | None = None
         self._requests: list[GraphRequest] = []
         self._deliveries: list[WebhookReply] = []
+        self._operations: list[FakeOperation] = []
         self._changed = anyio.Event()
+        self._fake: FakeGraph | None = None
 
     def __repr__(self) -> str:
         return (
@@ -291,8 +406,31 @@ class CallHandle:
         """
         return tuple(r for r in self._requests if r.is_decision)
 
+    @property
+    def operations(self) -> tuple[FakeOperation, ...]:
+        """Every operation started for this call, in the order the actions arrived."""
+        return tuple(self._operations)
+
     def _first(self, kind: str) -> WebhookReply | None:
         return next((r for r in self._deliveries if r.kind == kind), None)
+
+    async def press(
+        self,
+        *keys: str,
+        order: Sequence[int] | None = None,
+        duplicates: int = 0,
+    ) -> tuple[WebhookReply, ...]:
+        """The caller presses ``keys`` (``"1"``, ``"#"``, ...): one ``toneInfo`` notification
+        each, with increasing ``sequenceId``, POSTed to the call's webhook.
+
+        ``order`` sends them in another order (a permutation of their indexes);
+        ``duplicates=N`` sends each one N more times. Graph reports tones only after
+        ``subscribeToTone``: pressing before it raises RuntimeError.
+        """
+        fake = self._fake
+        if fake is None:
+            raise RuntimeError(f"call {self.call_id} does not belong to a running FakeGraph")
+        return await fake._press(self, keys, order, duplicates)
 
     # -- waiting ----------------------------------------------------------------------------
     # The waiters take a timeout (ASYNC109) on purpose: a bot that never sends what a test
@@ -346,6 +484,21 @@ class CallHandle:
             return found if len(found) >= count else None
 
         return await self._wait(ready, timeout, f"{count} {op or 'any'} request(s)")
+
+    async def wait_deliveries(
+        self,
+        kind: str,
+        count: int,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> tuple[WebhookReply, ...]:
+        """Return the webhook's replies to notifications of ``kind`` once there are ``count``."""
+
+        def ready() -> tuple[WebhookReply, ...] | None:
+            found = tuple(r for r in self._deliveries if r.kind == kind)
+            return found if len(found) >= count else None
+
+        return await self._wait(ready, timeout, f"{count} {kind} notification(s)")
 
     async def wait_delivery(
         self,
@@ -419,6 +572,18 @@ class FakeGraph:
         """The key endpoint; ``keys.failing = True`` makes it answer 500."""
         self.latency = 0.0
         """Seconds added to every call-control reply (settable at any time)."""
+        self.operation_duration = 0.05
+        """Seconds an operation runs before its completion notification (settable)."""
+        self.upper_case_ids = False
+        """Name calls upper-case without dashes in operation and tone notification URLs, as
+        Graph sometimes does (settable)."""
+        self.recording_audio = _silent_wav(0.1)
+        """The bytes every recording download serves (a short silent WAV by default)."""
+        self._plans: list[_Plan] = []
+        self._before_reply: dict[int, Callable[[], Awaitable[None]]] = {}
+        self._routes: dict[str, str] = {}
+        self._recordings: dict[str, tuple[str, str]] = {}
+        self._operations: list[FakeOperation] = []
         self._calls: dict[str, CallHandle] = {}
         self._requests: list[GraphRequest] = []
         self._by_call: dict[str, list[GraphRequest]] = {}
@@ -460,7 +625,10 @@ class FakeGraph:
             app = web.Application(client_max_size=4 * 1024 * 1024)
             app.add_subapp(KEYS_PATH, self.keys.app)
             calls = GRAPH_PATH + "/communications/calls/{call_id}"
+            app.router.add_post(GRAPH_PATH + "/communications/calls", self._handle_create)
+            app.router.add_post(calls + "/participants/invite", self._handle_invite)
             app.router.add_post(calls + "/{action}", self._handle_action)
+            app.router.add_get("/recordings/{recording_id}", self._handle_recording)
             app.router.add_delete(calls, self._handle_delete)
             app.router.add_get(calls, self._handle_get)
             app.router.add_route("*", GRAPH_PATH + "/{tail:.*}", self._handle_unknown)
@@ -821,7 +989,7 @@ class FakeGraph:
                 400,
                 "BadRequest",
                 f"Resource not found for the segment '{action}'; expected one of answer, "
-                "reject, redirect, keepAlive",
+                f"reject, redirect, keepAlive, {_ACTION_NAMES}",
             )
         return await self._serve(request, op, call_id)
 
@@ -866,6 +1034,9 @@ class FakeGraph:
         self._record(
             GraphRequest(op, call_id, body, _headers(request), at, response.status, injected)
         )
+        before = self._before_reply.pop(id(response), None)
+        if before is not None:
+            await before()
         if self.latency > 0 and self._closing is not None:
             with anyio.move_on_after(self.latency):
                 await self._closing.wait()
@@ -891,7 +1062,7 @@ class FakeGraph:
     def _call_control(
         self, request: web.Request, op: str, call_id: str, body: Any, raw: bytes
     ) -> tuple[web.Response, Callable[[], None] | None]:
-        if op in DECISION_OPS:
+        if op in _VALIDATORS:
             problem = _check_content(request, op, body, raw)
             if problem is not None:
                 status, message = problem
@@ -900,17 +1071,29 @@ class FakeGraph:
             invalid = _VALIDATORS[op](body)
             if invalid is not None:
                 return _graph_error(request, 400, "BadRequest", invalid), None
+        if op == "create":
+            return self._create(request, body)
         call = self._calls.get(call_id)
         why = self._missing(call_id, call, op)
         if why is not None:
             return _graph_error(request, 404, CALL_NOT_FOUND, f"Call not found: {why}."), None
         assert call is not None
+        if op in ACTION_OPS:
+            if call.state != "established":
+                return _graph_error(
+                    request,
+                    400,
+                    "BadRequest",
+                    f"{op}: call {call_id} is {call.state}; expected an established call",
+                ), None
+            return self._action(request, op, call, body)
         follow: Callable[[], None] | None = None
         if op == "answer":
             call.state = "established"
             follow = self._follow_established(call)
         elif op in ("reject", "redirect", "delete"):
             call.state = "terminated"
+            self._drop_operations(call)
             follow = self._follow_terminated(call, op)
         elif op == "get":
             resource = {
@@ -936,6 +1119,414 @@ class FakeGraph:
         if op in DECISION_OPS and call.state != "incoming":
             return f"call {call_id} was already answered; a call is decided once"
         return None
+
+    # -- call control after the answer -------------------------------------------------------
+
+    @property
+    def operations(self) -> tuple[FakeOperation, ...]:
+        """Every operation started so far, in the order the actions arrived."""
+        return tuple(self._operations)
+
+    def route(self, callback_uri: str, webhook_url: str) -> None:
+        """Send the notifications of calls created with ``callback_uri`` to ``webhook_url``.
+
+        Graph calls the ``callbackUri`` a new call names (https); the fake calls the webhook
+        routed here instead. A ``callbackUri`` with a query string (``?instance=...``) uses
+        the route of the URI without it unless it has its own.
+        """
+        self._routes[callback_uri] = webhook_url
+
+    def plan_operation(
+        self,
+        op: str | None = None,
+        *,
+        call_id: str | None = None,
+        duration: float | None = None,
+        code: int | None = None,
+        subcode: int | None = None,
+        message: str | None = None,
+        completion_reason: str | None = None,
+        complete: bool = True,
+        immediate: bool = False,
+        before_reply: bool = False,
+        duplicate: int = 0,
+        out_of_order: bool = False,
+        count: int = 1,
+    ) -> None:
+        """Change what the next ``count`` matching operations do.
+
+        ``op`` is one of :data:`ACTION_OPS` or ``create`` (None: any); ``call_id`` narrows it
+        to one call. ``duration`` replaces ``operation_duration``. A ``code`` outside 2xx
+        makes the operation fail with (``code``, ``subcode``, ``message``); a transfer then
+        goes back to ``established`` with that resultInfo and a new call ends ``terminated``
+        with it. ``completion_reason`` replaces the reason sent. ``complete=False``: it never
+        ends. ``immediate=True``: the 200 itself says completed (or failed), no notification
+        follows. ``before_reply=True``: the completion (a new call's states) is delivered
+        before the reply to the POST is sent. ``duplicate=N``: the completion is sent N more
+        times. ``out_of_order=True``: a transfer sends transferAccepted before transferring,
+        a new call established before establishing.
+        """
+        if op is not None and op not in (*ACTION_OPS, "create"):
+            raise ValueError(
+                f"unknown op {op!r}; expected None, 'create' or one of {', '.join(ACTION_OPS)}"
+            )
+        if count < 1 or duplicate < 0:
+            raise ValueError(f"count must be >= 1 and duplicate >= 0, got {count}, {duplicate}")
+        if duration is not None and not duration >= 0:
+            raise ValueError(f"duration must be zero or more seconds, got {duration}")
+        self._plans.append(
+            _Plan(
+                op=op,
+                call_id=call_id,
+                duration=duration,
+                code=code,
+                subcode=subcode,
+                message=message,
+                completion_reason=completion_reason,
+                complete=complete,
+                immediate=immediate,
+                before_reply=before_reply,
+                duplicate=duplicate,
+                out_of_order=out_of_order,
+                remaining=count,
+            )
+        )
+
+    def _take_plan(self, op: str, call_id: str) -> _Plan | None:
+        for plan in self._plans:
+            if (plan.op is None or plan.op == op) and plan.call_id in (None, call_id):
+                plan.remaining -= 1
+                if plan.remaining <= 0:
+                    self._plans.remove(plan)
+                return plan
+        return None
+
+    def _url_id(self, call_id: str) -> str:
+        return call_id.replace("-", "").upper() if self.upper_case_ids else call_id
+
+    async def _handle_invite(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "invite", request.match_info["call_id"])
+
+    async def _handle_create(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "create", "")
+
+    async def _handle_recording(self, request: web.Request) -> web.StreamResponse:
+        recording_id = request.match_info["recording_id"]
+        known = self._recordings.get(recording_id)
+        call_id = known[1] if known is not None else ""
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if known is None:
+            response = _graph_error(request, 404, "NotFound", f"no recording {recording_id}")
+        elif scheme.lower() != "bearer" or token.strip() != known[0]:
+            response = _graph_error(
+                request,
+                401,
+                "InvalidAuthenticationToken",
+                "a recording is served only with 'Authorization: Bearer <recordingAccessToken>'",
+            )
+        else:
+            response = web.Response(
+                body=self.recording_audio, content_type="audio/wav", headers=_ids(request)
+            )
+        self._record(
+            GraphRequest(
+                "recording", call_id, None, _headers(request), time.monotonic(), response.status
+            )
+        )
+        return response
+
+    def _action(
+        self, request: web.Request, op: str, call: CallHandle, body: dict[str, Any]
+    ) -> tuple[web.Response, Callable[[], None] | None]:
+        plan = self._take_plan(op, call.call_id)
+        context = body.get("clientContext")
+        if op == "transfer":
+            return web.Response(status=202, headers=_ids(request)), self._transfer_flow(call, plan)
+        if op == "subscribeToTone":
+            call.subscribed_to_tones = True
+        elif op in ("mute", "unmute"):
+            call.muted = op == "mute"
+        elif op == "updateRecordingStatus":
+            call.recording_status = body["status"]
+        operation = FakeOperation(
+            str(uuid.uuid4()), op, call.call_id, context, started_at=time.monotonic()
+        )
+        self._operations.append(operation)
+        call._operations.append(operation)
+        if op == "cancelMediaProcessing":
+            for running in call._operations:
+                if running.op in MEDIA_OPS and running.status == "running":
+                    self._cancel(call, running)
+        immediate = op not in _ASYNC_OPS or (plan is not None and plan.immediate)
+        location = f"{self.graph_url}/communications/calls/{call.call_id}/operations/{operation.id}"
+        headers = {**_ids(request), "Location": location}
+        if immediate:
+            self._finish(operation, plan)
+            payload = _payloads.operation_resource(
+                op,
+                operation.id,
+                status=operation.status,
+                client_context=context,
+                result=operation.result,
+                completion_reason=operation.completion_reason,
+            )
+            return web.json_response(payload, headers=headers), None
+        payload = _payloads.operation_resource(
+            op, operation.id, status="running", client_context=context
+        )
+        response = web.json_response(payload, headers=headers)
+        if plan is not None and not plan.complete:
+            return response, None
+        if plan is not None and plan.before_reply:
+            self._finish(operation, plan)
+            self._before_reply[id(response)] = lambda: self._notify_operation(call, operation, plan)
+            return response, None
+        delay = self.operation_duration
+        if plan is not None and plan.duration is not None:
+            delay = plan.duration
+        operation._scope = anyio.CancelScope()
+        return response, lambda: self._spawn(self._complete_later, call, operation, plan, delay)
+
+    def _finish(self, operation: FakeOperation, plan: _Plan | None) -> None:
+        """Decide how ``operation`` ends (status, result, reason), per ``plan``."""
+        op = operation.op
+        if plan is not None and plan.fails:
+            operation.status = "failed"
+            operation.result = (plan.code, plan.subcode, plan.message or "Action failed.")
+            operation.completion_reason = plan.completion_reason or "unknown"
+        else:
+            operation.status = "completed"
+            operation.result = _SUCCESS_RESULTS.get(op, _OK_RESULT)
+            operation.completion_reason = _SUCCESS_REASONS.get(op)
+            if plan is not None:
+                if plan.code is not None:
+                    operation.result = (plan.code, plan.subcode, plan.message)
+                if plan.completion_reason is not None:
+                    operation.completion_reason = plan.completion_reason
+            if op == "recordResponse":
+                recording_id = uuid.uuid4().hex
+                token = f"fake-recording-token-{uuid.uuid4().hex}"
+                self._recordings[recording_id] = (token, operation.call_id)
+                operation.recording_location = f"{self.url}/recordings/{recording_id}"
+                operation.recording_access_token = token
+
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        tg = self._tg
+        if tg is None or (self._closing is not None and self._closing.is_set()):
+            return
+        tg.start_soon(fn, *args)
+
+    async def _complete_later(
+        self, call: CallHandle, operation: FakeOperation, plan: _Plan | None, delay: float
+    ) -> None:
+        scope = operation._scope
+        assert scope is not None
+        with scope:
+            await anyio.sleep(delay)
+            self._finish(operation, plan)
+            operation._scope = None
+            await self._notify_operation(call, operation, plan)
+
+    async def _notify_operation(
+        self, call: CallHandle, operation: FakeOperation, plan: _Plan | None
+    ) -> None:
+        item = _payloads.operation_result(
+            self._url_id(call.call_id),
+            operation.op,
+            operation.id,
+            status=operation.status,
+            client_context=operation.client_context,
+            result=operation.result,
+            completion_reason=operation.completion_reason,
+            recording_location=operation.recording_location,
+            recording_access_token=operation.recording_access_token,
+        )
+        for _ in range(1 + (plan.duplicate if plan is not None else 0)):
+            operation.notifications += 1
+            await self._deliver_quietly(call, "operation", _payloads.envelope(item))
+
+    def _cancel(self, call: CallHandle, operation: FakeOperation) -> None:
+        """Fail a running media operation with 400/8508 and notify it (cancelMediaProcessing)."""
+        if operation._scope is not None:
+            operation._scope.cancel()
+            operation._scope = None
+        operation.status = "failed"
+        operation.result = CANCELLED
+        operation.completion_reason = "operationCanceled"
+        self._spawn(self._notify_operation, call, operation, None)
+
+    def _drop_operations(self, call: CallHandle) -> None:
+        """The call ended: its running operations stop, and no notification reports them."""
+        for operation in call._operations:
+            if operation.status == "running":
+                if operation._scope is not None:
+                    operation._scope.cancel()
+                    operation._scope = None
+                operation.status = "dropped"
+
+    def _transfer_flow(self, call: CallHandle, plan: _Plan | None) -> Callable[[], None] | None:
+        if plan is not None and not plan.complete:
+            return None
+        delay = self.operation_duration if plan is None or plan.duration is None else plan.duration
+        states = ["transferring", "transferAccepted"]
+        if plan is not None and plan.fails:
+            states = ["transferring"]
+        elif plan is not None and plan.out_of_order:
+            states.reverse()
+        return lambda: self._spawn(self._run_transfer, call, plan, states, delay)
+
+    async def _run_transfer(
+        self, call: CallHandle, plan: _Plan | None, states: list[str], delay: float
+    ) -> None:
+        for state in states:
+            call.state = state
+            call.etag += 1
+            item = _payloads.call_state(call.call_id, state, etag=call.etag)
+            await self._deliver_quietly(call, "state", _payloads.envelope(item))
+            await anyio.sleep(delay / 2)
+        if plan is not None and plan.fails:
+            call.state = "established"
+            call.etag += 1
+            result = (plan.code, plan.subcode, plan.message or "Transfer failed.")
+            item = _payloads.call_state(call.call_id, "established", etag=call.etag, result=result)
+            await self._deliver_quietly(call, "state", _payloads.envelope(item))
+            return
+        call.state = "terminated"
+        call.etag += 1
+        self._drop_operations(call)
+        code, subcode, message = TRANSFERRED
+        item = _payloads.call_terminated(
+            call.call_id, code=code, subcode=subcode, message=message, etag=call.etag
+        )
+        await self._deliver_quietly(call, "terminated", _payloads.envelope(item))
+
+    def _create(
+        self, request: web.Request, body: dict[str, Any]
+    ) -> tuple[web.Response, Callable[[], None] | None]:
+        callback = body["callbackUri"]
+        webhook = self._routes.get(callback) or self._routes.get(callback.split("?", 1)[0])
+        if webhook is None:
+            return _graph_error(
+                request,
+                400,
+                "BadRequest",
+                f"create: no webhook is routed for callbackUri {callback!r}; expected "
+                "fake.route(callback_uri, webhook_url) before creating calls",
+            ), None
+        call_id = str(uuid.uuid4())
+        joins = "chatInfo" in body
+        tenant = body.get("tenantId") or self.tenant_id
+        call = CallHandle(
+            call_id=call_id,
+            kind="join" if joins else "outgoing",
+            webhook_url=webhook,
+            tenant_id=tenant,
+            policy_recording=False,
+            timeout=self.platform_timeout,
+            payload=body,
+        )
+        call._fake = self
+        call.state = "establishing"
+        self._calls[call_id] = call
+        plan = self._take_plan("create", call_id)
+        resource = {
+            "@odata.type": _payloads.CALL,
+            "id": call_id,
+            "state": "establishing",
+            "direction": "outgoing",
+            "callbackUri": callback,
+            "tenantId": tenant,
+            "myParticipantId": str(uuid.uuid4()),
+            "callChainId": call.chain_id,
+            "requestedModalities": body["requestedModalities"],
+        }
+        headers = {
+            **_ids(request),
+            "Location": f"{self.graph_url}/communications/calls/{call_id}",
+        }
+        response = web.json_response(resource, status=201, headers=headers)
+        if plan is not None and not plan.complete:
+            return response, None
+        delay = self.operation_duration if plan is None or plan.duration is None else plan.duration
+        if plan is not None and plan.before_reply:
+            self._before_reply[id(response)] = lambda: self._establish(call, plan, 0.0)
+            return response, None
+        return response, lambda: self._spawn(self._establish, call, plan, delay)
+
+    async def _establish(self, call: CallHandle, plan: _Plan | None, delay: float) -> None:
+        if plan is not None and plan.fails:
+            await anyio.sleep(delay)
+            call.state = "terminated"
+            call.etag += 1
+            item = _payloads.call_terminated(
+                call.call_id,
+                code=plan.code,
+                subcode=plan.subcode,
+                message=plan.message or "The call could not be established.",
+                etag=call.etag,
+            )
+            await self._deliver_quietly(call, "terminated", _payloads.envelope(item))
+            return
+        first, second = call.etag + 1, call.etag + 2
+        call.etag += 2
+        sends = [("establishing", first), ("established", second)]
+        if plan is not None and plan.out_of_order:
+            sends.reverse()
+        for index, (state, etag) in enumerate(sends):
+            if index:
+                await anyio.sleep(delay / 2)
+            else:
+                await anyio.sleep(delay)
+            if state == "established":
+                call.state = "established"
+            item = _payloads.call_state(call.call_id, state, etag=etag)
+            for _ in range(1 + (plan.duplicate if plan is not None else 0)):
+                await self._deliver_quietly(call, state, _payloads.envelope(item))
+
+    async def _press(
+        self,
+        call: CallHandle,
+        keys: Sequence[str],
+        order: Sequence[int] | None,
+        duplicates: int,
+    ) -> tuple[WebhookReply, ...]:
+        self._running()
+        for key in keys:
+            if key not in _payloads.GRAPH_TONES:
+                raise ValueError(
+                    f"unknown key {key!r}; expected one of {', '.join(_payloads.GRAPH_TONES)}"
+                )
+        if not call.subscribed_to_tones:
+            raise RuntimeError(
+                f"call {call.call_id} did not subscribe to tones (subscribeToTone): Graph "
+                "would not report these key presses"
+            )
+        if call.state != "established":
+            raise RuntimeError(
+                f"call {call.call_id} is {call.state}; keys need an established call"
+            )
+        indexes = list(range(len(keys))) if order is None else list(order)
+        if sorted(indexes) != list(range(len(keys))):
+            raise ValueError(f"order must be a permutation of 0..{len(keys) - 1}, got {order!r}")
+        if duplicates < 0:
+            raise ValueError(f"duplicates must be zero or more, got {duplicates}")
+        items = []
+        for key in keys:
+            call.tone_sequence += 1
+            call.etag += 1
+            items.append(
+                _payloads.tone(self._url_id(call.call_id), call.tone_sequence, key, etag=call.etag)
+            )
+        replies = []
+        for index in indexes:
+            for _ in range(1 + duplicates):
+                replies.append(
+                    await self._post(
+                        call.webhook_url, _payloads.envelope(items[index]), kind="tone", call=call
+                    )
+                )
+        return tuple(replies)
 
     # -- follow-up notifications ------------------------------------------------------------
 
@@ -1073,6 +1664,7 @@ class FakeGraph:
             timeout=self.recording_timeout if recording else self.platform_timeout,
             payload=body,
         )
+        call._fake = self
         self._calls[call_id] = call
         self._schedule(call)
         try:
@@ -1191,6 +1783,7 @@ class FakeGraph:
         call = self.call(call_id)
         call.state = "terminated"
         call.etag += 1
+        self._drop_operations(call)
         call._touch()
         body = _payloads.envelope(
             _payloads.call_terminated(
@@ -1533,8 +2126,278 @@ def _validate_redirect(body: dict[str, Any]) -> str | None:
     return None
 
 
+_MEDIA_PROMPT: Final = "#microsoft.graph.mediaPrompt"
+_PARTICIPANT_INFO: Final = "#microsoft.graph.participantInfo"
+_INVITATION: Final = "#microsoft.graph.invitationParticipantInfo"
+_GRAPH_TONE_NAMES: Final = frozenset(_payloads.GRAPH_TONES.values())
+_STOP_TONES: Final = frozenset("0123456789*#ABCD")
+_RECORDING_STATUSES: Final = ("notRecording", "recording", "failed")
+_MEETING_TYPES: Final = (
+    "#microsoft.graph.organizerMeetingInfo",
+    "#microsoft.graph.tokenMeetingInfo",
+    "#microsoft.graph.joinMeetingIdMeetingInfo",
+)
+
+
+def _context_problem(op: str, body: dict[str, Any]) -> str | None:
+    context = body.get("clientContext")
+    if context is not None and (not isinstance(context, str) or not 0 < len(context) <= 256):
+        return f"{op}: clientContext is {context!r:.60}; expected a string of 1 to 256 characters"
+    return None
+
+
+def _identity_problem(where: str, target: Any, odata_type: str | None) -> str | None:
+    identity = target.get("identity") if isinstance(target, dict) else None
+    members = (
+        [v for k, v in identity.items() if k != "@odata.type"] if isinstance(identity, dict) else []
+    )
+    if not any(isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] for m in members):
+        return (
+            f"{where} is {target!r}; expected a participant whose identity set has an identity "
+            "with an id"
+        )
+    kind = target.get("@odata.type")
+    if odata_type is not None and kind is not None and kind != odata_type:
+        return f"{where}.@odata.type is {kind!r}; expected {odata_type}"
+    return None
+
+
+def _prompts_problem(op: str, prompts: Any, most: int) -> str | None:
+    if not isinstance(prompts, list) or len(prompts) > most:
+        return f"{op}: prompts is {prompts!r:.80}; expected an array of at most {most} prompts"
+    for index, prompt in enumerate(prompts):
+        where = f"{op}: prompts[{index}]"
+        if not isinstance(prompt, dict) or prompt.get("@odata.type") != _MEDIA_PROMPT:
+            return f"{where} is {prompt!r:.80}; expected an object of {_MEDIA_PROMPT}"
+        info = prompt.get("mediaInfo")
+        if not isinstance(info, dict):
+            return f"{where}.mediaInfo is {info!r}; expected a mediaInfo object"
+        problem = _unknown_keys(f"{where}.mediaInfo", info, ("uri", "resourceId"))
+        if problem:
+            return problem
+        problem = _https_problem(f"{where}.mediaInfo", "uri", info.get("uri"), required=True)
+        if problem:
+            return problem
+        resource_id = info.get("resourceId")
+        if resource_id is not None and not isinstance(resource_id, str):
+            return f"{where}.mediaInfo.resourceId is {resource_id!r}; expected a string"
+    return None
+
+
+def _validate_play_prompt(body: dict[str, Any]) -> str | None:
+    problem = _unknown_keys("playPrompt", body, ("clientContext", "prompts"))
+    if problem or (problem := _context_problem("playPrompt", body)):
+        return problem
+    prompts = body.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        return f"playPrompt: prompts is {prompts!r:.80}; expected a non-empty array of prompts"
+    return _prompts_problem("playPrompt", prompts, 20)
+
+
+_RECORD_KEYS: Final = (
+    "clientContext",
+    "prompts",
+    "bargeInAllowed",
+    "initialSilenceTimeoutInSeconds",
+    "maxSilenceTimeoutInSeconds",
+    "maxRecordDurationInSeconds",
+    "playBeep",
+    "stopTones",
+)
+
+
+def _validate_record(body: dict[str, Any]) -> str | None:
+    op = "recordResponse"
+    problem = _unknown_keys(op, body, _RECORD_KEYS)
+    if problem or (problem := _context_problem(op, body)):
+        return problem
+    prompts = body.get("prompts")
+    if prompts is not None and (problem := _prompts_problem(op, prompts, 1)):
+        return problem
+    for name in ("bargeInAllowed", "playBeep"):
+        if name in body and not isinstance(body[name], bool):
+            return f"{op}: {name} is {body[name]!r}; expected true or false"
+    for name in _RECORD_KEYS[3:6]:
+        value = body.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 120
+        ):
+            return f"{op}: {name} is {value!r}; expected whole seconds from 1 to 120"
+    tones = body.get("stopTones")
+    if tones is not None and (
+        not isinstance(tones, list) or any(t not in _STOP_TONES for t in tones)
+    ):
+        return f"{op}: stopTones is {tones!r}; expected an array of '0'-'9', '*', '#', 'A'-'D'"
+    return None
+
+
+def _validate_context_only(op: str) -> Callable[[dict[str, Any]], str | None]:
+    def validate(body: dict[str, Any]) -> str | None:
+        return _unknown_keys(op, body, ("clientContext",)) or _context_problem(op, body)
+
+    return validate
+
+
+def _validate_send_tones(body: dict[str, Any]) -> str | None:
+    op = "sendDtmfTones"
+    problem = _unknown_keys(op, body, ("clientContext", "tones", "delayBetweenTonesMs"))
+    if problem or (problem := _context_problem(op, body)):
+        return problem
+    tones = body.get("tones")
+    if not isinstance(tones, list) or not tones or any(t not in _GRAPH_TONE_NAMES for t in tones):
+        return (
+            f"{op}: tones is {tones!r}; expected a non-empty array of tone0-tone9, star, pound, "
+            "a-d, flash"
+        )
+    delay = body.get("delayBetweenTonesMs")
+    if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool) or delay < 0):
+        return f"{op}: delayBetweenTonesMs is {delay!r}; expected an integer >= 0"
+    return None
+
+
+def _validate_recording_status(body: dict[str, Any]) -> str | None:
+    op = "updateRecordingStatus"
+    problem = _unknown_keys(op, body, ("clientContext", "status"))
+    if problem or (problem := _context_problem(op, body)):
+        return problem
+    if body.get("status") not in _RECORDING_STATUSES:
+        return (
+            f"{op}: status is {body.get('status')!r}; expected one of "
+            f"{', '.join(_RECORDING_STATUSES)}"
+        )
+    return None
+
+
+def _validate_invite(body: dict[str, Any]) -> str | None:
+    op = "invite"
+    problem = _unknown_keys(op, body, ("clientContext", "participants"))
+    if problem or (problem := _context_problem(op, body)):
+        return problem
+    participants = body.get("participants")
+    if not isinstance(participants, list) or not 1 <= len(participants) <= 5:
+        return f"{op}: participants is {participants!r:.80}; expected an array of 1 to 5"
+    for index, target in enumerate(participants):
+        problem = _identity_problem(f"{op}: participants[{index}]", target, _INVITATION)
+        if problem:
+            return problem
+    return None
+
+
+def _validate_transfer(body: dict[str, Any]) -> str | None:
+    op = "transfer"
+    problem = _unknown_keys(op, body, ("clientContext", "transferTarget", "transferee"))
+    if problem or (problem := _context_problem(op, body)):
+        return problem
+    target = body.get("transferTarget")
+    if target is None:
+        return f"{op}: transferTarget is required; expected an invitationParticipantInfo"
+    problem = _identity_problem(f"{op}: transferTarget", target, _INVITATION)
+    if problem:
+        return problem
+    replaces = target.get("replacesCallId")
+    if replaces is not None and not isinstance(replaces, str):
+        return f"{op}: transferTarget.replacesCallId is {replaces!r}; expected a string"
+    transferee = body.get("transferee")
+    if transferee is not None:
+        return _identity_problem(f"{op}: transferee", transferee, _PARTICIPANT_INFO)
+    return None
+
+
+_CREATE_KEYS: Final = (
+    "@odata.type",
+    "callbackUri",
+    "targets",
+    "requestedModalities",
+    "mediaConfig",
+    "source",
+    "tenantId",
+    "chatInfo",
+    "meetingInfo",
+    "subject",
+)
+
+
+def _validate_create(body: dict[str, Any]) -> str | None:
+    op = "create"
+    problem = _unknown_keys(op, body, _CREATE_KEYS) or _https_problem(
+        op, "callbackUri", body.get("callbackUri"), required=True
+    )
+    if problem:
+        return problem
+    kind = body.get("@odata.type")
+    if kind is not None and kind != _payloads.CALL:
+        return f"{op}: @odata.type is {kind!r}; expected {_payloads.CALL}"
+    media = body.get("mediaConfig")
+    if not isinstance(media, dict) or media.get("@odata.type") not in (_SERVICE_MEDIA, _APP_MEDIA):
+        return f"{op}: mediaConfig is {media!r:.80}; expected {_SERVICE_MEDIA} or {_APP_MEDIA}"
+    modalities = body.get("requestedModalities")
+    if (
+        not isinstance(modalities, list)
+        or not modalities
+        or any(m not in _MODALITIES for m in modalities)
+    ):
+        return (
+            f"{op}: requestedModalities is {modalities!r}; expected a non-empty array of "
+            f"{', '.join(_MODALITIES)}"
+        )
+    targets = body.get("targets")
+    chat = body.get("chatInfo")
+    meeting = body.get("meetingInfo")
+    if targets is None and chat is None:
+        return f"{op}: expected targets (an outgoing call) or chatInfo + meetingInfo (a join)"
+    if targets is not None:
+        if not isinstance(targets, list) or not 1 <= len(targets) <= 25:
+            return f"{op}: targets is {targets!r:.80}; expected an array of 1 to 25 targets"
+        for index, target in enumerate(targets):
+            problem = _identity_problem(f"{op}: targets[{index}]", target, _INVITATION)
+            if problem:
+                return problem
+    if chat is not None or meeting is not None:
+        if not isinstance(chat, dict) or not isinstance(chat.get("threadId"), str):
+            return f"{op}: chatInfo is {chat!r:.80}; expected an object with a threadId"
+        if not isinstance(meeting, dict) or meeting.get("@odata.type") not in _MEETING_TYPES:
+            kinds = ", ".join(_MEETING_TYPES)
+            return f"{op}: meetingInfo is {meeting!r:.80}; expected one of {kinds}"
+    source = body.get("source")
+    if source is not None:
+        return _identity_problem(f"{op}: source", source, _PARTICIPANT_INFO)
+    return None
+
+
 _VALIDATORS: Final[dict[str, Callable[[dict[str, Any]], str | None]]] = {
     "answer": _validate_answer,
     "reject": _validate_reject,
     "redirect": _validate_redirect,
+    "playPrompt": _validate_play_prompt,
+    "recordResponse": _validate_record,
+    "cancelMediaProcessing": _validate_context_only("cancelMediaProcessing"),
+    "subscribeToTone": _validate_context_only("subscribeToTone"),
+    "mute": _validate_context_only("mute"),
+    "unmute": _validate_context_only("unmute"),
+    "sendDtmfTones": _validate_send_tones,
+    "updateRecordingStatus": _validate_recording_status,
+    "invite": _validate_invite,
+    "transfer": _validate_transfer,
+    "create": _validate_create,
 }
+
+
+def _silent_wav(seconds: float) -> bytes:
+    """A WAV file of ``seconds`` of silence: mono, 16-bit, 16 kHz (what Graph records)."""
+    rate = 16_000
+    data = b"\x00\x00" * int(rate * seconds)
+    header = (
+        b"RIFF"
+        + (36 + len(data)).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little")
+        + rate.to_bytes(4, "little")
+        + (rate * 2).to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + len(data).to_bytes(4, "little")
+    )
+    return header + data

@@ -24,7 +24,10 @@ __all__ = [
     "envelope",
     "identity_set",
     "incoming_call",
+    "operation_resource",
+    "operation_result",
     "participants",
+    "tone",
 ]
 
 NOTIFICATIONS: Final = "#microsoft.graph.commsNotifications"
@@ -260,14 +263,35 @@ def _chat_info(thread_id: str, message_id: str) -> dict[str, Any]:
     }
 
 
+def _result_info(code: int | None, subcode: int | None, message: str | None) -> dict[str, Any]:
+    info: dict[str, Any] = {"@odata.type": RESULT_INFO}
+    if code is not None:
+        info["code"] = code
+    if subcode is not None:
+        info["subcode"] = subcode
+    if message is not None:
+        info["message"] = message
+    return info
+
+
 def call_state(
-    call_id: str, state: str, *, etag: int | None = None, change_type: str = "updated"
+    call_id: str,
+    state: str,
+    *,
+    etag: int | None = None,
+    change_type: str = "updated",
+    result: tuple[int | None, int | None, str | None] | None = None,
 ) -> dict[str, Any]:
-    """Return a notification item saying the call moved to ``state`` (``established``, ...)."""
+    """Return a notification item saying the call moved to ``state`` (``established``, ...).
+
+    ``result`` adds a ``resultInfo`` (code, subcode, message), as after a failed transfer.
+    """
     resource_url = f"/communications/calls/{call_id}"
     data: dict[str, Any] = {"@odata.type": CALL, "@odata.id": resource_url, "state": state}
     if etag is not None:
         data["@odata.etag"] = _etag(etag)
+    if result is not None:
+        data["resultInfo"] = _result_info(*result)
     return {
         "@odata.type": NOTIFICATION,
         "changeType": change_type,
@@ -290,15 +314,113 @@ def call_terminated(
     """
     item = call_state(call_id, "terminated", etag=etag, change_type="deleted")
     if code is not None or subcode is not None or message is not None:
-        info: dict[str, Any] = {"@odata.type": RESULT_INFO}
-        if code is not None:
-            info["code"] = code
-        if subcode is not None:
-            info["subcode"] = subcode
-        if message is not None:
-            info["message"] = message
-        item["resourceData"]["resultInfo"] = info
+        item["resourceData"]["resultInfo"] = _result_info(code, subcode, message)
     return item
+
+
+GRAPH_TONES: Final = {
+    **{str(d): f"tone{d}" for d in range(10)},
+    "*": "star",
+    "#": "pound",
+    **{letter: letter.lower() for letter in "ABCD"},
+    "flash": "flash",
+}
+"""Key names (``"1"``, ``"#"``, ``"A"``, ``"flash"``) -> Graph's tone names (``tone1``, ...)."""
+
+
+def tone(call_id: str, sequence_id: int, key: str, *, etag: int | None = None) -> dict[str, Any]:
+    """Return an ``updated`` item for one key press: the call, ``established``, with toneInfo.
+
+    ``key`` is ``"0"``-``"9"``, ``"*"``, ``"#"``, ``"A"``-``"D"``, ``"flash"``, or a Graph tone
+    name (``tone5``, ``pound``), which is sent as it is.
+    """
+    item = call_state(call_id, "established", etag=etag)
+    item["resourceData"]["toneInfo"] = {
+        "@odata.type": "#microsoft.graph.toneInfo",
+        "sequenceId": sequence_id,
+        "tone": GRAPH_TONES.get(key, key),
+    }
+    return item
+
+
+OPERATION_TYPES: Final = {
+    "playPrompt": "#microsoft.graph.playPromptOperation",
+    "recordResponse": "#microsoft.graph.recordOperation",
+    "sendDtmfTones": "#microsoft.graph.sendDtmfTonesOperation",
+    "subscribeToTone": "#microsoft.graph.subscribeToToneOperation",
+    "cancelMediaProcessing": "#microsoft.graph.cancelMediaProcessingOperation",
+    "mute": "#microsoft.graph.muteParticipantOperation",
+    "unmute": "#microsoft.graph.unmuteParticipantOperation",
+    "updateRecordingStatus": "#microsoft.graph.updateRecordingStatusOperation",
+    "invite": "#microsoft.graph.inviteParticipantsOperation",
+}
+"""The ``@odata.type`` of the operation each action starts."""
+
+
+def operation_resource(
+    op: str,
+    operation_id: str,
+    *,
+    status: str,
+    client_context: str | None = None,
+    result: tuple[int | None, int | None, str | None] | None = None,
+    completion_reason: str | None = None,
+    recording_location: str | None = None,
+    recording_access_token: str | None = None,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """Return a ``commsOperation`` object of the kind ``op`` starts (an action's 200 body)."""
+    data: dict[str, Any] = {
+        "@odata.type": OPERATION_TYPES.get(op, "#microsoft.graph.commsOperation"),
+        "id": operation_id,
+        "status": status,
+        "clientContext": client_context,
+        "resultInfo": None if result is None else _result_info(*result),
+    }
+    if url is not None:
+        data["@odata.id"] = url
+    if completion_reason is not None:
+        data["completionReason"] = completion_reason
+    if op == "recordResponse":
+        data["recordingLocation"] = recording_location
+        data["recordingAccessToken"] = recording_access_token
+    return data
+
+
+def operation_result(
+    call_id: str,
+    op: str,
+    operation_id: str,
+    *,
+    status: str,
+    client_context: str | None = None,
+    result: tuple[int | None, int | None, str | None] | None = None,
+    completion_reason: str | None = None,
+    recording_location: str | None = None,
+    recording_access_token: str | None = None,
+) -> dict[str, Any]:
+    """Return the ``deleted`` item on ``.../operations/{id}`` that reports an operation's end.
+
+    ``call_id`` is put in the URL as given (Graph sometimes sends it upper-case without
+    dashes).
+    """
+    url = f"/communications/calls/{call_id}/operations/{operation_id}"
+    return {
+        "@odata.type": NOTIFICATION,
+        "changeType": "deleted",
+        "resourceUrl": url,
+        "resourceData": operation_resource(
+            op,
+            operation_id,
+            status=status,
+            client_context=client_context,
+            result=result,
+            completion_reason=completion_reason,
+            recording_location=recording_location,
+            recording_access_token=recording_access_token,
+            url=url,
+        ),
+    }
 
 
 def participants(

@@ -1,0 +1,409 @@
+"""The :class:`Call` handle: one ``await`` per call-control operation.
+
+A bot holds a :class:`Call` for a call it answered or created, and awaits what it wants done::
+
+    await call.play(MediaPrompt("https://cdn.example.com/menu.wav"))
+    choice = await call.collect_digits(1, timeout=10)
+    if choice == "1":
+        await call.transfer(Target.user(SALES))
+    else:
+        recording = await call.record(max_duration=60)
+        audio = await recording.download()
+    await call.hang_up()
+
+Each method returns when Graph's operation completed, raises an
+:class:`~callflow.errors.OperationError` carrying Graph's ``resultInfo`` when it failed,
+:class:`~callflow.errors.OperationTimeoutError` when it did not finish in time and
+:class:`~callflow.errors.CallEndedError` when the call ended first. Cancelling the awaiting
+task cancels the operation (a prompt or recording is stopped in Graph).
+
+Threads: the Graph client and the notifications live on the I/O loop, bot code on the app
+loop. A :class:`Call` never touches them itself: every method hands a function to its
+:class:`IoPort`, which runs it on the I/O loop and brings the result back. All the waiting
+(the operation's result, the caller's key presses) happens inside that function, on the I/O
+side. :class:`SameLoopPort` is the port for a single loop (tests, simple embeddings).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import attrs
+
+from .actions import (
+    Invite,
+    JoinMeeting,
+    OutgoingCall,
+    PlayPrompt,
+    RecordResponse,
+    SendTones,
+    Transfer,
+    UpdateRecordingStatus,
+)
+from .decisions import MediaPrompt, Target
+from .errors import ActionError, CallControlError
+from .events import TONES, ResultInfo
+
+if TYPE_CHECKING:
+    from ._control import CallControl
+
+__all__ = ["Call", "Calls", "IoPort", "Recording", "SameLoopPort"]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_RECORDING = 16 * 1024 * 1024
+"""Bytes a recording download may have unless told otherwise (2 minutes of WAV is ~4 MB)."""
+
+
+class IoPort(Protocol):
+    """Runs work on the I/O loop for code on another loop.
+
+    ``await port.run(fn)`` runs ``fn()`` on the loop that owns the Graph client and the
+    notifications, and returns its result (or raises its exception) in the caller's loop.
+    Cancelling the caller cancels ``fn``.
+    """
+
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn()`` on the I/O loop and return its result to the calling loop."""
+        ...
+
+
+class SameLoopPort:
+    """The :class:`IoPort` of a program with one loop: ``run(fn)`` is ``await fn()``."""
+
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn()`` right here."""
+        return await fn()
+
+
+def _check_timeout(name: str, value: float | None, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not value > 0
+        or not math.isfinite(value)
+    ):
+        raise ActionError(f"{name} must be a number of seconds > 0, got {value!r}")
+
+
+@attrs.frozen
+class Recording:
+    """What :meth:`Call.record` recorded: where Graph keeps it, and how to fetch it.
+
+    ``completion_reason`` says why recording stopped (``stopToneDetected``,
+    ``maxRecordDurationReached``, ``initialSilenceTimeout``, ``maxSilenceTimeout``); after
+    ``initialSilenceTimeout`` there may be no ``location``. Graph discards recordings soon
+    after the call ends: download promptly. ``access_token`` is a secret (not in ``repr``).
+    """
+
+    call_id: str
+    operation_id: str
+    location: str | None
+    access_token: str | None = attrs.field(repr=False)
+    completion_reason: str | None
+    result: ResultInfo | None
+    _fetch: Callable[[str, str, int, float | None], Awaitable[bytes]] = attrs.field(
+        repr=False, eq=False, alias="fetch"
+    )
+
+    async def download(
+        self, *, max_bytes: int = DEFAULT_MAX_RECORDING, timeout: float | None = 30.0
+    ) -> bytes:
+        """Fetch the recording's bytes (``GET location`` with the access token).
+
+        Raises :class:`~callflow.errors.CallControlError` when there is nothing to fetch,
+        :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes``, and
+        :class:`~callflow.errors.GraphError` when the download fails.
+        """
+        _check_timeout("timeout", timeout)
+        if self.location is None or self.access_token is None:
+            raise CallControlError(
+                f"call {self.call_id}: the recording has no location to download "
+                f"(completionReason {self.completion_reason})"
+            )
+        return await self._fetch(self.location, self.access_token, max_bytes, timeout)
+
+
+class Call:
+    """A call the bot holds (answered or created): play, record, collect digits, transfer...
+
+    Built by the bot (or :class:`Calls`) with the :class:`~callflow._control.CallControl`
+    of the I/O loop and the :class:`IoPort` that reaches it. ``call_id`` is Graph's id;
+    ``tenant_id`` picks the app token. Operations on one call may run concurrently, except
+    one digit collection and one transfer at a time.
+    """
+
+    __slots__ = ("_control", "_port", "call_id", "tenant_id")
+
+    def __init__(
+        self, call_id: str, *, control: CallControl, port: IoPort, tenant_id: str | None = None
+    ) -> None:
+        self.call_id = call_id
+        self.tenant_id = tenant_id
+        self._control = control
+        self._port = port
+
+    def __repr__(self) -> str:
+        return f"<Call {self.call_id}>"
+
+    async def play(
+        self, prompts: MediaPrompt | Iterable[MediaPrompt], *, timeout: float | None = 120.0
+    ) -> None:
+        """Play one prompt or several in a row; return once they were played.
+
+        A prompt that Graph reports ``completed`` without ``completedSuccessfully`` (it
+        played nothing) raises :class:`~callflow.errors.OperationError`; one stopped by
+        :meth:`cancel_media` raises :class:`~callflow.errors.MediaCancelledError`.
+        """
+        request = PlayPrompt(prompts)
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(lambda: control.play(call_id, tenant, request, timeout))
+
+    async def record(
+        self,
+        *,
+        prompt: MediaPrompt | None = None,
+        barge_in_allowed: bool = False,
+        initial_silence_timeout: int = 5,
+        max_silence_timeout: int = 5,
+        max_duration: int = 60,
+        play_beep: bool = True,
+        stop_tones: str | Iterable[str] = ("#",),
+        timeout: float | None = None,
+    ) -> Recording:
+        """Record the caller (optionally after ``prompt``); return the :class:`Recording`.
+
+        Recording stops at a stop tone, after ``max_silence_timeout`` s of silence, after
+        ``max_duration`` s, or when nothing is said for ``initial_silence_timeout`` s (each
+        1 to 120). ``timeout`` defaults to the longest the recording can take plus 30 s.
+        """
+        request = RecordResponse(
+            prompt,
+            barge_in_allowed,
+            initial_silence_timeout,
+            max_silence_timeout,
+            max_duration,
+            play_beep,
+            stop_tones,
+        )
+        if timeout is None:
+            timeout = float(initial_silence_timeout + max_duration + 30 + (60 if prompt else 0))
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        finished = await self._port.run(lambda: control.record(call_id, tenant, request, timeout))
+        port = self._port
+
+        async def fetch(location: str, token: str, max_bytes: int, limit: float | None) -> bytes:
+            return await port.run(
+                lambda: control.download(location, token, call_id, max_bytes, limit)
+            )
+
+        return Recording(
+            call_id,
+            finished.operation_id,
+            finished.recording_location,
+            finished.recording_access_token,
+            finished.completion_reason,
+            finished.result,
+            fetch,
+        )
+
+    async def collect_digits(
+        self,
+        max_digits: int,
+        *,
+        timeout: float = 10.0,
+        inter_digit_timeout: float = 3.0,
+        stop_tones: str | Iterable[str] = ("#",),
+        prompt: MediaPrompt | Iterable[MediaPrompt] | None = None,
+        prompt_timeout: float | None = 120.0,
+    ) -> str:
+        """Collect up to ``max_digits`` key presses and return them (``"1234"``).
+
+        Collection ends at the ``max_digits``-th key, at a ``stop_tones`` key (not returned),
+        ``inter_digit_timeout`` s after a key with no next one, or ``timeout`` s after it
+        began; it returns the keys pressed so far ("" when none). With ``prompt``, the
+        prompt plays first and the clock starts when it ends; the first key stops it
+        (barge-in). Keys pressed before the call (after an earlier collection) count: they
+        wait in the call's buffer, in ``sequenceId`` order, each once. The first collection
+        subscribes the call to tones (``subscribeToTone``).
+        """
+        if not isinstance(max_digits, int) or isinstance(max_digits, bool) or max_digits < 1:
+            raise ActionError(f"max_digits must be an integer >= 1, got {max_digits!r}")
+        _check_timeout("timeout", timeout, optional=False)
+        _check_timeout("inter_digit_timeout", inter_digit_timeout, optional=False)
+        _check_timeout("prompt_timeout", prompt_timeout)
+        stops = _stop_tones(stop_tones)
+        request = None if prompt is None else PlayPrompt(prompt)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        return await self._port.run(
+            lambda: control.collect_digits(
+                call_id,
+                tenant,
+                max_digits=max_digits,
+                timeout=timeout,
+                inter_digit_timeout=inter_digit_timeout,
+                stop_tones=stops,
+                prompt=request,
+                prompt_timeout=prompt_timeout,
+            )
+        )
+
+    async def send_tones(
+        self,
+        tones: str | Iterable[str],
+        *,
+        delay_between_tones_ms: int | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        """Send DTMF tones into the call (``"123#"``); return once Graph sent them."""
+        request = SendTones(tones, delay_between_tones_ms)
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(lambda: control.send_tones(call_id, tenant, request, timeout))
+
+    async def transfer(
+        self,
+        target: Target,
+        *,
+        transferee: Target | None = None,
+        replaces_call_id: str | None = None,
+        timeout: float | None = 60.0,
+    ) -> None:
+        """Transfer the call to ``target``; return once it was transferred (the call ends).
+
+        Raises :class:`~callflow.errors.TransferError` with Graph's ``resultInfo`` when the
+        transfer failed and the call is back to ``established`` (it stays usable).
+        """
+        request = Transfer(target, transferee, replaces_call_id)
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(lambda: control.transfer(call_id, tenant, request, timeout))
+
+    async def invite(
+        self, participants: Target | Iterable[Target], *, timeout: float | None = 60.0
+    ) -> None:
+        """Invite 1 to 5 participants into this group call; return once Graph invited them."""
+        request = Invite(participants)
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(lambda: control.invite(call_id, tenant, request, timeout))
+
+    async def mute(self, *, timeout: float | None = 30.0) -> None:
+        """Mute the bot in this call."""
+        await self._simple("mute", timeout)
+
+    async def unmute(self, *, timeout: float | None = 30.0) -> None:
+        """Unmute the bot in this call."""
+        await self._simple("unmute", timeout)
+
+    async def cancel_media(self, *, timeout: float | None = 30.0) -> None:
+        """Stop every prompt and recording of the call (their awaiters get MediaCancelledError)."""
+        await self._simple("cancelMediaProcessing", timeout)
+
+    async def update_recording_status(self, status: str, *, timeout: float | None = 30.0) -> None:
+        """Tell Graph whether the bot records: ``recording``, ``notRecording`` or ``failed``."""
+        request = UpdateRecordingStatus(status)
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(
+            lambda: control.update_recording_status(call_id, tenant, request, timeout)
+        )
+
+    async def hang_up(self, *, timeout: float | None = 30.0) -> None:
+        """Hang up the bot's leg of the call; waiting operations get CallEndedError."""
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(lambda: control.hang_up(call_id, tenant, timeout))
+
+    async def _simple(self, kind: str, timeout: float | None) -> None:
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(lambda: control.simple(call_id, tenant, kind, timeout))
+
+
+def _stop_tones(value: str | Iterable[str]) -> tuple[str, ...]:
+    tones = (value,) if isinstance(value, str) and value in TONES else tuple(value)
+    for tone in tones:
+        if tone not in TONES:
+            raise ActionError(f"stop_tones must hold tones from {', '.join(TONES)}, got {tone!r}")
+    return tones
+
+
+class Calls:
+    """Places new calls and hands out :class:`Call` handles (``bot.calls``).
+
+    ``control`` is the I/O loop's :class:`~callflow._control.CallControl`, ``port`` the
+    :class:`IoPort` that reaches it.
+    """
+
+    def __init__(self, control: CallControl, port: IoPort) -> None:
+        self._control = control
+        self._port = port
+
+    def get(self, call_id: str, *, tenant_id: str | None = None) -> Call:
+        """The handle of a call the bot already holds (one it answered)."""
+        return Call(call_id, control=self._control, port=self._port, tenant_id=tenant_id)
+
+    async def create(
+        self,
+        targets: Target | Iterable[Target],
+        *,
+        source: Target | None = None,
+        modalities: str | Iterable[str] = ("audio",),
+        prefetch: MediaPrompt | Iterable[MediaPrompt] = (),
+        callback_uri: str | None = None,
+        tenant_id: str | None = None,
+        timeout: float | None = 60.0,
+    ) -> Call:
+        """Call ``targets`` and return the :class:`Call` once it is established.
+
+        A phone target needs ``source``, the bot's application instance with a number.
+        Raises :class:`~callflow.errors.CallEndedError` (with Graph's ``resultInfo``) when
+        the call ended before it was established, and OperationTimeoutError (after hanging
+        it up) when ``timeout`` ran out.
+        """
+        request = OutgoingCall(
+            targets,
+            source,
+            modalities,
+            prefetch,
+            callback_uri,
+            tenant_id,
+        )
+        return await self._establish(request, tenant_id, timeout)
+
+    async def join(
+        self,
+        join_web_url: str,
+        *,
+        modalities: str | Iterable[str] = ("audio",),
+        prefetch: MediaPrompt | Iterable[MediaPrompt] = (),
+        callback_uri: str | None = None,
+        timeout: float | None = 60.0,
+    ) -> Call:
+        """Join the Teams meeting of ``join_web_url``; return the :class:`Call` once in.
+
+        Raises :class:`~callflow.errors.ActionError` when the link is not a Teams join link,
+        and like :meth:`create` otherwise.
+        """
+        request = JoinMeeting(
+            join_web_url,
+            modalities,
+            prefetch,
+            callback_uri,
+        )
+        return await self._establish(request, request.meeting.tenant_id, timeout)
+
+    async def _establish(
+        self, request: OutgoingCall | JoinMeeting, tenant_id: str | None, timeout: float | None
+    ) -> Call:
+        _check_timeout("timeout", timeout)
+        control = self._control
+        created = await self._port.run(lambda: control.create(request, timeout))
+        return Call(created.call_id, control=control, port=self._port, tenant_id=tenant_id)
