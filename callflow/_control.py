@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import structlog
 
-from .actions import PlayPrompt
+from .actions import JoinMeeting, PlayPrompt
 from .errors import (
     CallControlError,
     CallEndedError,
@@ -49,7 +49,6 @@ from .graph._client import _new_uuid
 if TYPE_CHECKING:
     from .actions import (
         Invite,
-        JoinMeeting,
         OutgoingCall,
         RecordResponse,
         SendTones,
@@ -548,13 +547,40 @@ class CallControl:
         *,
         cancel_timeout: float = 5.0,
         on_operation: OnOperation | None = None,
+        on_created: Callable[[str, str | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.graph = graph
         self.registry = registry if registry is not None else OperationRegistry(clock=clock)
         self.cancel_timeout = cancel_timeout
         self._on_operation = on_operation
+        self._on_created = on_created
+        """``on_created(call_id, tenant_id)``: a call the bot created is established (the
+        bot then holds it: keep-alive)."""
         self._clock = clock
+
+    async def wait_established(self, call_id: str, timeout: float | None) -> None:
+        """Return once Graph reported ``call_id`` established (at once if it did already).
+
+        Raises CallEndedError when the call ended first, OperationTimeoutError after
+        ``timeout`` seconds.
+        """
+        record = self.registry.record(call_id)
+        record.pins += 1  # keep the record while waiting
+        try:
+            with anyio.fail_after(timeout):
+                while not record.established:
+                    if record.ended:
+                        raise _ended(record)
+                    await record.changed.wait()
+        except TimeoutError as exc:
+            raise OperationTimeoutError(
+                f"call {call_id} was not established within {timeout} s",
+                kind="establish",
+                call_id=call_id,
+            ) from exc
+        finally:
+            record.pins -= 1
 
     # -- one operation -----------------------------------------------------------------------
 
@@ -840,7 +866,9 @@ class CallControl:
 
     # -- tones -------------------------------------------------------------------------------
 
-    async def _subscribe(self, call_id: str, tenant_id: str | None, timeout: float | None) -> None:
+    async def subscribe_tones(
+        self, call_id: str, tenant_id: str | None, timeout: float | None
+    ) -> None:
         """subscribeToTone once per call; concurrent callers share the one request."""
         record = self.registry.record(call_id)
         while not record.subscribed:
@@ -875,7 +903,7 @@ class CallControl:
             raise CallControlError(f"call {call_id} is already collecting digits")
         record.collecting = True
         try:
-            await self._subscribe(call_id, tenant_id, timeout)
+            await self.subscribe_tones(call_id, tenant_id, timeout)
             if prompt is None:
                 return await self._gather(
                     record, max_digits, timeout, inter_digit_timeout, stop_tones, None
@@ -1011,6 +1039,13 @@ class CallControl:
                 finally:
                     record.pins -= 1
             outcome = "completed"
+            if self._on_created is not None:
+                tenant = (
+                    request.meeting.tenant_id
+                    if isinstance(request, JoinMeeting)
+                    else request.tenant_id
+                )
+                self._on_created(created.call_id, tenant)
             return created
         except TimeoutError as exc:
             outcome = "timeout"

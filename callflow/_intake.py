@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from ._clock import MONOTONIC, Clock
+from ._control import event_key as control_event_key
 from ._parse import LazyItem
 from .deadline import DeadlineScheduler, DecisionSlot
 from .decisions import Decision, Reject
@@ -74,7 +75,7 @@ def event_key(event: CallEvent) -> Any:
         return (event.call_id, "state", event.state, event.etag)
     if isinstance(event, CallTerminated):
         return (event.call_id, "terminated")
-    return None
+    return control_event_key(event)
 
 
 class EngineStats:
@@ -272,6 +273,8 @@ class Intake:
         self._tasks: set[asyncio.Task[None]] = set()
         self.scheduler = DeadlineScheduler(self.default_decision, on_due=self._due, clock=clock)
         self.lag = LagProbe()
+        self.on_events: Callable[[Sequence[CallEvent]], None] | None = None
+        """Told of every notification's events first (call control's registry)."""
         self.to_lanes: Callable[[CallEvent, DecisionSlot | None], None] | None = None
         self.stop_handlers: Callable[[DecisionSlot], None] | None = None
         self.accepting = False
@@ -361,6 +364,10 @@ class Intake:
                 "the engine is not running: start it with `async with engine.running()`"
             )
         now = self.clock.now() if received is None else received
+        if self.on_events is not None:
+            if not isinstance(events, Sequence):
+                events = tuple(events)
+            self.on_events(events)
         for event in events:
             key = event_key(event)
             if key is not None and not self._recent.first(key, now):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,11 +25,13 @@ import structlog
 from ._clock import MONOTONIC, Clock
 from .deadline import DecisionSlot, SlotState
 from .decisions import Decision, is_decision
+from .errors import CallEndedError
 from .events import CallEvent, IncomingCall
 from .routing import _DIRECT, CallContext, CompiledRoutes, Router
 
 if TYPE_CHECKING:
     from ._intake import EngineStats
+    from .call import Call
 
 __all__ = ["Lanes", "run_handlers"]
 
@@ -64,7 +66,7 @@ async def run_handlers(
                 result = await inv.fn(call)
             else:
                 if ctx is None:
-                    ctx = CallContext(call.call_id, slot.deadline, services, clock)
+                    ctx = CallContext(call.call_id, slot.deadline, services, clock, call.tenant_id)
                 result = await inv.call(call, ctx)
         except Exception as exc:
             await failed(exc, call, inv.name)
@@ -110,6 +112,10 @@ class Lanes:
         self._lanes: dict[str, list[tuple[CallEvent, DecisionSlot | None]] | None] = {}
         self._routes: CompiledRoutes | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self.flows = 0
+        """``Answer(then=...)`` flows running."""
+        self.establish_timeout = 30.0
+        """Seconds a flow waits for its call to be established before it is given up."""
 
     @property
     def routes(self) -> CompiledRoutes:
@@ -155,6 +161,36 @@ class Lanes:
             tg.create_task(self._decide(event, slot, call_id))  # type: ignore[arg-type]
         else:
             tg.create_task(self._run_lane(call_id, event))
+
+    def start_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
+        """Run ``flow(call handle)`` (an ``Answer(then=...)``) once the call is established.
+
+        The flow is a task of its own, not part of the call's lane: the call's later events
+        (key presses, state updates) still reach their observers while it runs. It is not
+        cancelled when the call ends (every operation it awaits then raises
+        :class:`~callflow.errors.CallEndedError`); it is cancelled when the bot stops.
+        """
+        tg = self._tg
+        if tg is None:
+            return
+        self.flows += 1
+        tg.create_task(self._run_flow(call, flow))
+
+    async def _run_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
+        name = getattr(flow, "__name__", repr(flow))
+        try:
+            services = self._services
+            if services is None:
+                raise RuntimeError("Answer(then=...) needs a serving bot (no Graph client here)")
+            handle: Call = services.call(call.call_id, call.tenant_id)
+            await handle.established(timeout=self.establish_timeout)
+            await flow(handle)
+        except CallEndedError as exc:
+            log.info("call.flow_ended", call_id=call.call_id, flow=name, result=str(exc))
+        except Exception as exc:
+            await self._handler_failed(exc, call, name)
+        finally:
+            self.flows -= 1
 
     def stop_handlers(self, slot: DecisionSlot) -> None:
         """Cancel the handlers still running for ``slot`` (its call was decided elsewhere).

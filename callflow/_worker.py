@@ -23,9 +23,11 @@ import anyio
 import structlog
 from aiohttp import web
 
+from ._control import CallControl
 from ._crossing import IoThread
+from .call import Call, Calls
 from .calls import CallKeeper
-from .decisions import Reject, RejectReason
+from .decisions import Answer, Reject, RejectReason
 from .errors import ConfigError
 from .metrics import CONTENT_TYPE, Metrics
 
@@ -45,19 +47,33 @@ log = structlog.get_logger(__name__)
 
 
 class AppServices:
-    """What code on the app loop may ask of the I/O side (``ctx.hang_up()``, ...).
+    """What code on the app loop may ask of the I/O side (``ctx.hang_up()``, ``ctx.call``).
 
     Each request runs on the I/O loop, where the Graph client lives; the caller awaits it.
     """
 
-    def __init__(self, io: IoThread, keeper: CallKeeper) -> None:
+    def __init__(self, io: IoThread, keeper: CallKeeper, control: CallControl) -> None:
         self._io = io
         self._keeper = keeper
+        self._control = control
+        self.calls = Calls(control, io)
+        """Places new calls and hands out call handles (``bot.calls``)."""
+
+    def call(self, call_id: str, tenant_id: str | None = None) -> Call:
+        """The handle of ``call_id`` (its tenant from the held call when not given)."""
+        tenant = tenant_id or self._keeper.tenant_of(call_id)
+        return self.calls.get(call_id, tenant_id=tenant)
 
     async def hang_up(self, call_id: str) -> None:
-        """Hang up the bot's leg of ``call_id``."""
-        keeper = self._keeper
-        await self._io.run(lambda: keeper.hang_up(call_id))
+        """Hang up the bot's leg of ``call_id``; its pending operations fail at once."""
+        keeper, control = self._keeper, self._control
+
+        async def hang_up() -> None:
+            tenant = keeper.tenant_of(call_id)
+            keeper.ended(call_id)
+            await control.hang_up(call_id, tenant, 30.0)
+
+        await self._io.run(hang_up)
 
 
 class _IoSide:
@@ -79,6 +95,7 @@ class _IoSide:
         self.graph: GraphClient | None = None
         self.keeper: CallKeeper | None = None
         self.services: AppServices | None = None
+        self.control: CallControl | None = None
         self.fleet: Fleet | None = None
         self.auth: InboundAuthenticator | None = None
         self.running: RunningBot | None = None
@@ -145,14 +162,19 @@ class _IoSide:
                     "use this for local development only",
                 )
             keeper = self.keeper = CallKeeper(graph, s.keepalive_interval)
-            self.services = AppServices(self.io, keeper)
+            control = self.control = CallControl(
+                graph, on_operation=metrics.on_operation, on_created=keeper.answered
+            )
+            self.services = AppServices(self.io, keeper, control)
             user_on_decided = self.user_on_decided
 
             def decided(slot: DecisionSlot, error: BaseException | None) -> None:
                 metrics.on_decided(slot, error)
-                if error is None and slot.decision is not None and slot.decision.kind == "answer":
-                    call = slot.call
-                    keeper.answered(slot.call_id, call.tenant_id if call is not None else None)
+                decision, call = slot.decision, slot.call
+                if error is None and isinstance(decision, Answer) and call is not None:
+                    keeper.answered(slot.call_id, call.tenant_id)
+                    if decision.then is not None:
+                        engine.post_app(engine.lanes.start_flow, call, decision.then)
                 if user_on_decided is not None:
                     user_on_decided(slot, error)
 
@@ -164,6 +186,7 @@ class _IoSide:
                 default_decision=default,
                 admit=None if fleet is None else fleet.admit,
             )
+            engine.intake.on_events = control.registry.on_events
             metrics.attach(engine)
             if isinstance(tokens, MsalTokenProvider):
                 provider = tokens
@@ -286,10 +309,14 @@ async def serve(
         async with io.enter(side.entered):
             engine, graph, keeper = side.engine, side.graph, side.keeper
             assert engine is not None and graph is not None and keeper is not None
+            services = side.services
+            assert services is not None
             running = side.running = RunningBot(bot, engine, graph, side.metrics, keeper, io)
+            running.services = services
             async with engine.app_side(io):
                 running.host, running.port = await io.run(lambda: side.start_server(host, port))
                 try:
+                    bot._calls = services.calls
                     running.ready = True
                     log.info("bot.ready", url=running.webhook_url)
                     yield running
@@ -298,6 +325,7 @@ async def serve(
                     with anyio.CancelScope(shield=True):
                         await engine.stop(urgent=running.urgent)
                         await io.run(side.stop_server)
+                    bot._calls = None
     log.info("bot.stopped")
 
 

@@ -18,6 +18,8 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from ._crossing import IoThread
+    from ._worker import AppServices
+    from .call import Call, Calls
     from .calls import CallKeeper, HeldCall
     from .deadline import DecisionSink, DecisionSlot
     from .graph._client import GraphClient
@@ -51,6 +53,7 @@ class RunningBot:
         self.metrics = metrics
         self.keeper = keeper
         self.io = io
+        self.services: AppServices | None = None
         self.host = ""
         self.port = 0
         self.ready = False
@@ -62,9 +65,14 @@ class RunningBot:
         return self.keeper.calls()
 
     async def hang_up(self, call_id: str) -> None:
-        """Hang up the bot's leg of a call it holds."""
-        keeper = self.keeper
-        await self.io.run(lambda: keeper.hang_up(call_id))
+        """Hang up the bot's leg of a call it holds (its pending operations fail at once)."""
+        assert self.services is not None
+        await self.services.hang_up(call_id)
+
+    def call(self, call_id: str, tenant_id: str | None = None) -> Call:
+        """The :class:`~callflow.Call` handle of a call the bot holds."""
+        assert self.services is not None
+        return self.services.call(call_id, tenant_id)
 
     @property
     def url(self) -> str:
@@ -103,6 +111,18 @@ class Bot(Router):
     def __init__(self, settings: Settings | None = None, *, name: str = "bot") -> None:
         super().__init__(name)
         self._settings = settings
+        self._calls: Calls | None = None
+
+    @property
+    def calls(self) -> Calls:
+        """Outgoing calls and meeting joins while the bot serves:
+        ``call = await bot.calls.create(Target.user(...))``, ``await bot.calls.join(url)``."""
+        if self._calls is None:
+            raise RuntimeError(
+                "bot.calls needs a serving bot: use it inside `async with bot.serve()` "
+                "(or from a handler or observer of a running bot)"
+            )
+        return self._calls
 
     @property
     def settings(self) -> Settings:

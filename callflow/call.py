@@ -150,6 +150,18 @@ class Call:
     def __repr__(self) -> str:
         return f"<Call {self.call_id}>"
 
+    async def established(self, *, timeout: float | None = 30.0) -> None:
+        """Return once Graph reported the call established (at once if it was already).
+
+        Media operations need an established call: a flow given to ``Answer(then=...)`` is
+        started only after this. Raises :class:`~callflow.errors.CallEndedError` when the
+        call ended first and :class:`~callflow.errors.OperationTimeoutError` after
+        ``timeout`` seconds.
+        """
+        _check_timeout("timeout", timeout)
+        control, call_id = self._control, self.call_id
+        await self._port.run(lambda: control.wait_established(call_id, timeout))
+
     async def play(
         self, prompts: MediaPrompt | Iterable[MediaPrompt], *, timeout: float | None = 120.0
     ) -> None:
@@ -253,6 +265,16 @@ class Call:
                 prompt_timeout=prompt_timeout,
             )
         )
+
+    async def subscribe_tones(self, *, timeout: float | None = 30.0) -> None:
+        """Ask Graph to report the caller's key presses (``subscribeToTone``, once per call).
+
+        Each key then reaches ``@bot.on(ToneReceived)`` observers (and
+        :meth:`collect_digits`, which subscribes by itself).
+        """
+        _check_timeout("timeout", timeout)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(lambda: control.subscribe_tones(call_id, tenant, timeout))
 
     async def send_tones(
         self,

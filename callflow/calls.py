@@ -80,6 +80,11 @@ class CallKeeper:
         """The calls held right now, oldest first (from any thread: a snapshot)."""
         return sorted(self._calls.values(), key=lambda c: c.answered_at)
 
+    def tenant_of(self, call_id: str) -> str | None:
+        """The tenant of a held call (None when not held or unknown); from any thread."""
+        held = self._calls.get(call_id)
+        return held.tenant_id if held is not None else None
+
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._calls
 

@@ -12,14 +12,19 @@ This module is the only one that knows Graph's field names on the way out.
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
 from callflow.errors import DecisionError
+
+if TYPE_CHECKING:
+    from callflow.call import Call
 
 __all__ = [
     "Answer",
@@ -114,6 +119,22 @@ def _check_text(instance: object, attribute: attrs.Attribute[Any], value: object
 def _check_optional_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         _check_text(instance, attribute, value)
+
+
+def _check_flow(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    fn = value
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not (
+        inspect.iscoroutinefunction(fn)
+        or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+    ):
+        raise DecisionError(
+            f"Answer.then must be an async function taking the call (async def flow(call)), "
+            f"got {value!r}"
+        )
 
 
 def _check_optional_bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -340,6 +361,12 @@ class Answer:
     is_content_sharing_notification_enabled: bool | None = attrs.field(
         default=None, validator=_check_optional_bool
     )
+    then: Callable[[Call], Awaitable[None]] | None = attrs.field(
+        default=None, eq=False, hash=False, repr=False, kw_only=True, validator=_check_flow
+    )
+    """``async def flow(call)``: run on the app loop once Graph accepted this answer and
+    reported the call established, with the call's :class:`~callflow.Call` handle (play,
+    collect digits, record, transfer, hang up). Not part of the request body."""
 
     def __attrs_post_init__(self) -> None:
         if self.media == "app":

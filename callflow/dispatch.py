@@ -107,6 +107,7 @@ class Engine:
         )
         self._io: IoThread | None = None
         self._to_io: Inbox | None = None
+        self._to_app: Inbox | None = None
 
     # -- what the I/O side knows (read them from anywhere: they are snapshots) ---------------
 
@@ -162,7 +163,7 @@ class Engine:
     async def app_side(self, io: IoThread) -> AsyncIterator[Lanes]:
         """Run the lanes on this (the app) loop and connect them with the I/O side on ``io``."""
         self._io = io
-        to_app = Inbox(asyncio.get_running_loop(), "app")
+        to_app = self._to_app = Inbox(asyncio.get_running_loop(), "app")
         to_io = self._to_io = io.inbox("io")
         intake, lanes = self.intake, self.lanes
         take, stop_handlers, decided = lanes.take, lanes.stop_handlers, intake.decided
@@ -235,6 +236,13 @@ class Engine:
     async def wait_for_room(self, within: float) -> bool:
         """See :meth:`Intake.wait_for_room <callflow._intake.Intake.wait_for_room>`."""
         return await self._on_io(lambda: self.intake.wait_for_room(within))
+
+    def post_app(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the app loop (from the I/O loop), behind what was posted."""
+        inbox = self._to_app
+        if inbox is None:
+            raise RuntimeError("the engine is not running")
+        inbox.post(fn, *args)
 
     def _post_io(self, fn: Callable[..., Any], *args: Any) -> None:
         io, inbox = self._io, self._to_io

@@ -39,7 +39,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from .call import Call
 
 __all__ = [
     "CallContext",
@@ -64,13 +64,15 @@ _EVENT_TYPES = (IncomingCall, CallStateChanged, CallTerminated, ParticipantsUpda
 
 
 class CallContext:
-    """What a handler knows about its call beyond the event: the deadline and a logger.
+    """What a handler knows about its call beyond the event: deadline, logger, call handle.
 
     ``deadline`` is a ``time.monotonic()`` value (None for observers of non-call events);
     ``remaining()`` says how many seconds are left before the default decision goes out.
+    ``call`` is the :class:`~callflow.Call` handle of the event's call (play, collect digits,
+    record, transfer...; for a call the bot answered or created).
     """
 
-    __slots__ = ("_clock", "_log", "_services", "call_id", "deadline")
+    __slots__ = ("_clock", "_log", "_services", "call_id", "deadline", "tenant_id")
 
     def __init__(
         self,
@@ -78,12 +80,22 @@ class CallContext:
         deadline: float | None,
         services: Any = None,
         clock: Clock = MONOTONIC,
+        tenant_id: str | None = None,
     ) -> None:
         self.call_id = call_id
         self.deadline = deadline
+        self.tenant_id = tenant_id
         self._services = services
         self._clock = clock
         self._log: Any = None
+
+    @property
+    def call(self) -> Call:
+        """The handle of this event's call, for call control after the answer."""
+        if self._services is None or self.call_id is None:
+            raise RuntimeError("this context is not attached to a running bot's Graph client")
+        handle: Call = self._services.call(self.call_id, self.tenant_id)
+        return handle
 
     def remaining(self) -> float:
         """Seconds left before the deadline (0 once passed; infinite when there is none)."""

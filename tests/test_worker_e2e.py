@@ -117,9 +117,11 @@ class Worker:
 
     async def exit_code(self, within: float = GUARD) -> int:
         """Wait (at most ``within`` seconds) for the worker to exit; return its exit code."""
-        with anyio.fail_after(within):
-            code = await self.process.wait()
-        return code
+        with anyio.move_on_after(within):
+            return await self.process.wait()
+        raise AssertionError(
+            f"the worker did not exit within {within} s; its output so far:\n{self.output[-6000:]}"
+        )
 
 
 @contextlib.asynccontextmanager
