@@ -551,12 +551,16 @@ def test_every_call_gets_exactly_one_decision_on_time(plan: list[tuple[str, floa
     async def scenario() -> tuple[RecordingSink, float, int]:
         clock = ManualClock()
         sink = RecordingSink(clock)
-        returned = anyio.Event()
+        returned, all_started = anyio.Event(), anyio.Event()
+        started: set[str] = set()
         finished: set[str] = set()
 
         @bot.incoming_call
         async def chaos(call: IncomingCall) -> Answer | None:
             kind, delay = behaviour[call.call_id]
+            started.add(call.call_id)
+            if len(started) == len(behaviour):
+                all_started.set()
             try:
                 if kind == "answer":
                     await anyio.sleep(delay)
@@ -588,6 +592,7 @@ def test_every_call_gets_exactly_one_decision_on_time(plan: list[tuple[str, floa
             received = clock.now()
             engine.submit([incoming(cid) for cid in behaviour])
             with anyio.fail_after(10):
+                await all_started.wait()
                 if waiting:
                     await sink.wait_for(len(waiting))  # the prompt ones have decided
                 clock.advance(12.0)  # the deadline: the rest get the default
