@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import gc
-from typing import Final
+import importlib.util
+import sys
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["WORKER_GC_THRESHOLD", "tune_gc_for_worker"]
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = ["WORKER_GC_THRESHOLD", "tune_gc_for_worker", "tune_worker", "use_uvloop"]
 
 WORKER_GC_THRESHOLD: Final = (50_000, 20, 100)
 """Young-generation threshold high enough that a call's objects usually die before the
@@ -23,3 +30,28 @@ def tune_gc_for_worker() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*WORKER_GC_THRESHOLD)
+
+
+def tune_worker(settings: Settings) -> None:
+    """What ``callflow run`` does to its process: collector tuning and ``SWITCH_INTERVAL``.
+
+    A worker runs two threads (the I/O loop and the app loop) that take turns holding the
+    interpreter: the switch interval bounds how long one waits for the other when both have
+    work, so it bounds how late the I/O loop may read a notification while a handler computes.
+    """
+    tune_gc_for_worker()
+    sys.setswitchinterval(settings.switch_interval)
+
+
+def use_uvloop(choice: str) -> bool:
+    """Whether the ``LOOP`` setting (``auto``, ``asyncio``, ``uvloop``) means uvloop here.
+
+    Raises ConfigError for ``uvloop`` when it is not installed.
+    """
+    installed = importlib.util.find_spec("uvloop") is not None
+    if choice == "uvloop" and not installed:
+        raise ConfigError(
+            "CALLFLOW_LOOP=uvloop but uvloop is not installed: pip install 'callflow[speed]' "
+            "(or set CALLFLOW_LOOP=auto)"
+        )
+    return installed if choice == "auto" else choice == "uvloop"

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from ._control import CallControl
 from ._crossing import IoThread
+from ._runtime import use_uvloop
 from .call import Call, Calls
 from .calls import CallKeeper
 from .decisions import Answer, Reject, RejectReason
@@ -304,7 +305,7 @@ async def serve(
     s = bot.settings
     host = s.host if host is None else host
     port = s.port if port is None else port
-    async with IoThread() as io:
+    async with IoThread(uvloop=use_uvloop(s.loop)) as io:
         side = _IoSide(bot, io, tokens, on_decided)
         async with io.enter(side.entered):
             engine, graph, keeper = side.engine, side.graph, side.keeper

@@ -192,10 +192,11 @@ class Bot(Router):
         deadlines (at most ``DRAIN_TIMEOUT``); a second signal stops at once. Either way every
         call still undecided gets the default decision before the process exits.
         """
-        from ._runtime import tune_gc_for_worker
+        from ._runtime import tune_worker, use_uvloop
 
-        tune_gc_for_worker()
-        anyio.run(self.serve_until_signalled, host, port)
+        options = {"use_uvloop": True} if use_uvloop(self.settings.loop) else {}
+        tune_worker(self.settings)
+        anyio.run(self.serve_until_signalled, host, port, backend_options=options)
 
     async def serve_until_signalled(self, host: str | None = None, port: int | None = None) -> None:
         """Serve until SIGTERM/SIGINT (the async form of :meth:`run`).

@@ -41,22 +41,25 @@ def load_bot(target: str) -> Any:
     return obj
 
 
-def _backend_options() -> dict[str, Any]:
-    """Use uvloop when it is installed (``pip install callflow[speed]``)."""
-    return {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
+def _backend_options(loop: str = "auto") -> dict[str, Any]:
+    """uvloop for ``LOOP=uvloop``, or ``auto`` when it is installed (``callflow[speed]``)."""
+    from ._runtime import use_uvloop
+
+    return {"use_uvloop": True} if use_uvloop(loop) else {}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._log import configure_logging
-    from ._runtime import tune_gc_for_worker
+    from ._runtime import tune_worker
     from .check import settings_for_run
 
     settings = settings_for_run()
     configure_logging(fmt=settings.log_format, level=settings.log_level, pii=settings.log_pii)
     bot = load_bot(args.target)
     bot.configure(settings)
-    tune_gc_for_worker()
-    anyio.run(bot.serve_until_signalled, args.host, args.port, backend_options=_backend_options())
+    options = _backend_options(settings.loop)
+    tune_worker(settings)
+    anyio.run(bot.serve_until_signalled, args.host, args.port, backend_options=options)
     return 0
 
 

@@ -163,6 +163,13 @@ class Settings:
     internal_url: str | None = None
     """Fleet mode: the base URL other workers forward notifications to (default
     ``http://HOST:PORT``, the host name when HOST is a wildcard)."""
+    loop: str = "auto"
+    """Event loop implementation of both loops: ``auto`` (uvloop when installed),
+    ``asyncio`` or ``uvloop``."""
+    switch_interval: float = 0.001
+    """``callflow run``: seconds one thread may hold the interpreter while the other waits
+    (Python's default is 0.005): how late the I/O loop may get to a notification while a
+    handler computes on the app loop."""
     log_format: str | None = None
     log_level: str = "info"
     log_pii: bool = False
@@ -265,6 +272,8 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "heartbeat_interval": _float(0.05, 60.0),
     "store_timeout": _float(0.01, 5.0),
     "internal_url": _url("http", "https"),
+    "loop": _choice("auto", "asyncio", "uvloop"),
+    "switch_interval": _float(0.0001, 0.1),
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_pii": _bool,
