@@ -2,21 +2,24 @@
 
 :class:`Lanes` keeps one *lane* per call with events in flight: a task that processes the
 call's events in arrival order (the incoming call's handlers, then observers of the updates
-queued behind it). :func:`run_handlers` is the handler loop of an incoming call: filters,
-priority, middleware, error hooks, first decision wins. A decision is claimed on the call's
-slot here and handed back to the I/O loop to be sent (``decided(slot)``); the deadline or a
-hang-up claimed on the I/O loop stops the handlers through :meth:`Lanes.stop_handlers`.
+queued behind it). :meth:`Lanes.run_handlers` is the handler loop of an incoming call:
+filters, priority, middleware, error hooks, first decision wins. A decision is claimed on
+the call's slot here and handed back to the I/O loop to be sent (``decided(slot)``); the
+deadline or a hang-up claimed on the I/O loop stops the handlers through
+:meth:`Lanes.stop_handlers`.
 
-Lane tasks are plain asyncio tasks owned by one ``asyncio.TaskGroup``: an anyio task costs
-about three times the memory of an asyncio task, and a pending call should cost a few
-kilobytes at most.
+A pending call should cost a few kilobytes at most, and most of them are the lane: so the
+lane of a new call is one plain asyncio task running :meth:`Lanes.run_handlers` itself (one
+coroutine frame, no wrapper), owned by the :class:`Lanes` (a set and one shared done
+callback, not a task group's bookkeeping per task), and cancelled when the lanes stop. An
+anyio task would cost about three times the memory of an asyncio task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,57 +36,9 @@ if TYPE_CHECKING:
     from ._intake import EngineStats
     from .call import Call
 
-__all__ = ["Lanes", "run_handlers"]
+__all__ = ["Lanes"]
 
 log = structlog.get_logger(__name__)
-
-
-async def run_handlers(
-    routes: CompiledRoutes,
-    call: IncomingCall,
-    slot: DecisionSlot,
-    *,
-    services: Any,
-    clock: Clock,
-    failed: Callable[[BaseException, CallEvent, str], Any],
-) -> tuple[Decision | None, str]:
-    """Run the incoming-call handlers in priority order until one decides.
-
-    Returns the decision (None when no handler gave one) and who decided. Stops early when
-    the slot is no longer open (the deadline or a hang-up). A handler that raises, or returns
-    something that is not a decision, is reported to ``failed`` and the next one runs.
-    """
-    ctx: CallContext | None = None
-    for inv in routes.handlers:
-        if slot.state != SlotState.OPEN:
-            break
-        try:
-            if inv.group is not None and call.is_group_call != inv.group:
-                continue
-            if inv.where is not None and not inv.where(call):
-                continue
-            if inv.mode == _DIRECT:
-                result = await inv.fn(call)
-            else:
-                if ctx is None:
-                    ctx = CallContext(call.call_id, slot.deadline, services, clock, call.tenant_id)
-                result = await inv.call(call, ctx)
-        except Exception as exc:
-            await failed(exc, call, inv.name)
-            continue
-        if result is None:
-            continue
-        if is_decision(result):
-            return result, inv.name
-        await failed(
-            TypeError(
-                f"handler {inv.name!r} returned {result!r}; "
-                "expected Answer, Reject, Redirect or None"
-            ),
-            call,
-            inv.name,
-        )
-    return None, "default"
 
 
 class Lanes:
@@ -111,7 +66,9 @@ class Lanes:
         # call id -> events queued behind the running lane (None: nothing queued yet)
         self._lanes: dict[str, list[tuple[CallEvent, DecisionSlot | None]] | None] = {}
         self._routes: CompiledRoutes | None = None
-        self._tg: asyncio.TaskGroup | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._forget = self._tasks.discard  # one bound method for every task's done callback
         self.flows = 0
         """``Answer(then=...)`` flows running."""
         self.establish_timeout = 30.0
@@ -129,23 +86,33 @@ class Lanes:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Lanes]:
-        """Run lanes on the current loop; on exit cancel the handlers still running."""
+        """Run lanes on the current loop; on exit cancel the handlers still running and wait
+        for them to end."""
         _ = self.routes
-        with anyio.CancelScope() as scope:
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                try:
-                    yield self
-                finally:
-                    self._tg = None
-                    scope.cancel()
+        self._loop = asyncio.get_running_loop()
+        try:
+            yield self
+        finally:
+            self._loop = None
+            with anyio.CancelScope(shield=True):
+                while self._tasks:
+                    tasks = list(self._tasks)
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.wait(tasks)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+        loop = self._loop
+        assert loop is not None
+        task = loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
 
     # -- intake (the app loop, through the crossing) ----------------------------------------
 
     def take(self, event: CallEvent, slot: DecisionSlot | None) -> None:
         """Process ``event`` in its call's lane (``slot``: an incoming call's, still open)."""
-        tg = self._tg
-        if tg is None:  # stopped: the I/O loop sends the defaults of what is left
+        if self._loop is None:  # stopped: the I/O loop sends the defaults of what is left
             return
         call_id = event.call_id or ""
         lanes = self._lanes
@@ -157,10 +124,12 @@ class Lanes:
                 queued.append((event, slot))
             return
         lanes[call_id] = None
+        # Named after the call: the id exists already, a generated name would be one more
+        # string per pending call.
         if slot is not None:
-            tg.create_task(self._decide(event, slot, call_id))  # type: ignore[arg-type]
+            self._spawn(self.run_handlers(event, slot, call_id), call_id)  # type: ignore[arg-type]
         else:
-            tg.create_task(self._run_lane(call_id, event))
+            self._spawn(self._run_lane(call_id, event), call_id)
 
     def start_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
         """Run ``flow(call handle)`` (an ``Answer(then=...)``) once the call is established.
@@ -170,11 +139,10 @@ class Lanes:
         cancelled when the call ends (every operation it awaits then raises
         :class:`~callflow.errors.CallEndedError`); it is cancelled when the bot stops.
         """
-        tg = self._tg
-        if tg is None:
+        if self._loop is None:
             return
         self.flows += 1
-        tg.create_task(self._run_flow(call, flow))
+        self._spawn(self._run_flow(call, flow))
 
     async def _run_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
         name = getattr(flow, "__name__", repr(flow))
@@ -221,22 +189,25 @@ class Lanes:
         while queued := lanes[call_id]:
             event, slot = queued.pop(0)
             if slot is not None:
-                await self._decide(event, slot)  # type: ignore[arg-type]
+                await self.run_handlers(event, slot)  # type: ignore[arg-type]
             else:
                 await self._observe(event)
 
-    async def _decide(
+    async def run_handlers(
         self, call: IncomingCall, slot: DecisionSlot, lane: str | None = None
     ) -> None:
-        """Run the handlers until one decides (the default when none does); hand it over.
+        """Run the incoming-call handlers in priority order until one decides; hand it over.
 
+        Filters are checked first; a handler that raises, or returns something that is not
+        a decision, is reported (log, error hooks) and the next one runs; ``None`` passes
+        on; with no decision the default is claimed. The deadline or the caller hanging up
+        cancels this task while it runs the handlers (:meth:`stop_handlers`): that
+        cancellation is taken back and nothing more is run; one from anywhere else goes on.
         As the lane of a new call (``lane`` is its id) it then processes the events queued
-        behind it: one coroutine frame per pending call instead of two.
+        behind it.
         """
         try:
             if slot.is_open:
-                # The deadline or the caller hanging up cancels this task while it runs the
-                # handlers (stop_handlers); a cancellation from anywhere else goes on.
                 task = asyncio.current_task()
                 assert task is not None
                 cancelling = task.cancelling()
@@ -246,14 +217,43 @@ class Lanes:
                 decided_by = "default"
                 try:
                     try:
-                        decision, decided_by = await run_handlers(
-                            self.routes,
-                            call,
-                            slot,
-                            services=self._services,
-                            clock=self._clock,
-                            failed=self._handler_failed,
-                        )
+                        ctx: CallContext | None = None
+                        for inv in self.routes.handlers:
+                            if slot.state != SlotState.OPEN:
+                                break
+                            try:
+                                if inv.group is not None and call.is_group_call != inv.group:
+                                    continue
+                                if inv.where is not None and not inv.where(call):
+                                    continue
+                                if inv.mode == _DIRECT:
+                                    result = await inv.fn(call)
+                                else:
+                                    if ctx is None:
+                                        ctx = CallContext(
+                                            call.call_id,
+                                            slot.deadline,
+                                            self._services,
+                                            self._clock,
+                                            call.tenant_id,
+                                        )
+                                    result = await inv.call(call, ctx)
+                            except Exception as exc:
+                                await self._handler_failed(exc, call, inv.name)
+                                continue
+                            if result is None:
+                                continue
+                            if is_decision(result):
+                                decision, decided_by = result, inv.name
+                                break
+                            await self._handler_failed(
+                                TypeError(
+                                    f"handler {inv.name!r} returned {result!r}; "
+                                    "expected Answer, Reject, Redirect or None"
+                                ),
+                                call,
+                                inv.name,
+                            )
                     finally:
                         stopped = slot.cancel_handlers is None
                         slot.cancel_handlers = None

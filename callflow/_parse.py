@@ -240,6 +240,33 @@ def parse_notifications(
         raise NotificationFormatError(f"{exc.where}: {exc.problem}") from exc.__cause__
 
 
+_ZDICT: Final = (
+    b'"@odata.type":"#microsoft.graph.commsNotifications","value":[{"@odata.type":'
+    b'"#microsoft.graph.commsNotification","changeType":"created","resource":"/app/calls/",'
+    b'"resourceUrl":"/communications/calls/","resourceData":{"@odata.type":'
+    b'"#microsoft.graph.call","@odata.id":"/communications/calls/","@odata.etag":"W/\\"",'
+    b'"state":"incoming","direction":"incoming","callbackUri":"https://","callChainId":"",'
+    b'"myParticipantId":"","tenantId":"","requestedModalities":["audio","video",'
+    b'"videoBasedScreenSharing"],"mediaState":{"@odata.type":"#microsoft.graph.callMediaState",'
+    b'"audio":"active"},"meetingCapability":null,"chatInfo":{"@odata.type":'
+    b'"#microsoft.graph.chatInfo","threadId":"19:meeting_","messageId":"0"},"meetingInfo":'
+    b'{"@odata.type":"#microsoft.graph.organizerMeetingInfo","organizer":{"@odata.type":'
+    b'"#microsoft.graph.identitySet"}},"source":{"@odata.type":'
+    b'"#microsoft.graph.participantInfo","id":"","identity":{"@odata.type":'
+    b'"#microsoft.graph.identitySet","user":{"@odata.type":"#microsoft.graph.identity","id":'
+    b'"","displayName":"","tenantId":""},"phone":{"@odata.type":"#microsoft.graph.identity",'
+    b'"id":"+"}},"endpointType":"default","region":"amer","languageId":"en-US"},"targets":'
+    b'[{"@odata.type":"#microsoft.graph.invitationParticipantInfo","identity":{"@odata.type":'
+    b'"#microsoft.graph.identitySet","application":{"@odata.type":"#microsoft.graph.identity",'
+    b'"id":"","displayName":""}},"endpointType":"default"}],"incomingContext":{"@odata.type":'
+    b'"#microsoft.graph.incomingContext","sourceParticipantId":"","observedParticipantId":""},'
+    b'"applicationMetadata":{"botData":""}}}]}'
+)
+"""A preset dictionary for compressing notification bodies: the field names, types and
+enumeration values of Graph's incoming-call notifications (the protocol, not any one
+call's values). It takes a compressed body from about 600 to about 420 bytes."""
+
+
 class LazyItem(Mapping[str, Any]):
     """An incoming call's notification item, decoded again from the body text on first use.
 
@@ -255,20 +282,26 @@ class LazyItem(Mapping[str, Any]):
         self._item: dict[str, Any] | None = None
 
     def compact(self) -> None:
-        """Keep the body text compressed (about a third of its size) until it is read.
+        """Keep the body text compressed (about a quarter of its size) until it is read.
 
         For calls that may wait long among many others; reading the item afterwards costs
-        a few microseconds more.
+        a few microseconds more. The compressor is primed with Graph's field names and
+        types (:data:`_ZDICT`), which every notification repeats.
         """
         source = self._source
         if self._item is None and isinstance(source, str):
-            self._source = zlib.compress(source.encode(), 1)
+            packer = zlib.compressobj(6, zdict=_ZDICT)
+            self._source = packer.compress(source.encode()) + packer.flush()
 
     def _load(self) -> dict[str, Any]:
         item = self._item
         if item is None:
             source = self._source
-            text = source if isinstance(source, str) else zlib.decompress(source).decode()
+            if isinstance(source, str):
+                text = source
+            else:
+                unpacker = zlib.decompressobj(zdict=_ZDICT)
+                text = (unpacker.decompress(source) + unpacker.flush()).decode()
             item = self._item = _loads(text)["value"][self._index]
         return item
 
