@@ -2,7 +2,7 @@
 
 One operation is the whole exchange a bot awaits: the action POSTed to Graph
 (``playPrompt``), Graph's 200 (operation running), Graph's result notification POSTed to the
-bot's webhook, and the awaiting task resumed. Both sides do exactly that, in the same run,
+bot's webhook, and the awaiting task resumed. Each side does exactly that, in the same run,
 against the same Graph stub (a process of its own on 127.0.0.1), in alternating rounds:
 
 * **callflow**: a real serving :class:`~callflow.Bot` answers one call with
@@ -10,6 +10,9 @@ against the same Graph stub (a process of its own on 127.0.0.1), in alternating 
   operation includes the hop from the app loop to the I/O loop and back, the Graph client,
   the webhook and intake, the operation registry, the metrics and the ``call.operation``
   log line (JSON, written to /dev/null, as a worker logs at ``info``).
+* **callflow, no hop**: the same operations on the same call, awaited on the I/O loop
+  through a :class:`~callflow.SameLoopPort`: what the hop between the loops costs is the
+  difference between these two rows.
 * **baseline**: what a bot author writes by hand on one loop: a ``ClientSession`` POST, and
   an aiohttp webhook that resolves the future registered under the ``clientContext`` in a
   dict of futures.
@@ -46,7 +49,8 @@ from aiohttp import web
 from anyio.abc import Process
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from callflow import Answer, Bot, Call, IncomingCall, MediaPrompt
+from callflow import Answer, Bot, Call, IncomingCall, MediaPrompt, SameLoopPort
+from callflow._crossing import IoThread
 from callflow._log import configure_logging
 from callflow._runtime import tune_gc_for_worker
 from callflow.bench import percentile
@@ -72,6 +76,11 @@ OP_TIMEOUT = 10.0
 BUDGET = 120.0
 """Seconds the whole run may take (the full run takes well under a minute)."""
 
+SIDES = {
+    "callflow": "callflow (flow on the app loop)",
+    "callflow_io": "callflow, awaited on the I/O loop (no hop)",
+    "baseline": "baseline (hand-written aiohttp)",
+}
 FULL = {"ops": 2000, "rounds": 4, "warmup": 300}
 QUICK = {"ops": 150, "rounds": 2, "warmup": 50}
 
@@ -223,6 +232,7 @@ class CallflowSide:
         self._send, self.results = anyio.create_memory_object_stream[tuple[list[float], float]](1)
         self.ended = anyio.Event()
         self.error: BaseException | None = None
+        self.call: Call | None = None
         self.bot = Bot()
 
         @self.bot.incoming_call
@@ -235,6 +245,7 @@ class CallflowSide:
         async def play() -> None:
             await call.play(PROMPT, timeout=OP_TIMEOUT)
 
+        self.call = call
         try:
             async with self._asked, self._send:
                 async for ops in self._asked:
@@ -253,6 +264,20 @@ class CallflowSide:
             return await self.results.receive()
         except anyio.EndOfStream:
             raise RuntimeError(f"the flow ended early: {self.error!r}") from self.error
+
+    async def io_round(self, io: IoThread, ops: int) -> tuple[list[float], float]:
+        """The same operations on the same call, awaited on the I/O loop itself: all of
+        callflow but the hop between the loops."""
+        call = self.call
+        assert call is not None, "run a flow round first"
+        direct = Call(
+            call.call_id, control=call._control, port=SameLoopPort(), tenant_id=call.tenant_id
+        )
+
+        async def play() -> None:
+            await direct.play(PROMPT, timeout=OP_TIMEOUT)
+
+        return await io.run(lambda: timed(play, ops))
 
 
 class Baseline:
@@ -317,7 +342,7 @@ def summary(times: list[float], cpu: float) -> dict[str, float]:
 async def measure(ops: int, rounds: int, warmup: int) -> dict[str, Any]:
     """Run both sides against one stub, ``rounds`` alternating rounds of ``ops`` each."""
     started = time.monotonic()
-    figures: dict[str, tuple[list[float], float]] = {"callflow": ([], 0.0), "baseline": ([], 0.0)}
+    figures: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name in SIDES}
     async with (
         stub_process() as graph_url,
         aiohttp.ClientSession() as http,
@@ -362,6 +387,7 @@ async def measure(ops: int, rounds: int, warmup: int) -> dict[str, Any]:
                     assert reply.status == 202, reply.status
                 plays: dict[str, Callable[[int], Awaitable[tuple[list[float], float]]]] = {
                     "callflow": side.round,
+                    "callflow_io": lambda n: side.io_round(running.io, n),
                     "baseline": lambda n: timed(baseline.play, n),
                 }
                 for run in plays.values():
@@ -379,7 +405,7 @@ async def measure(ops: int, rounds: int, warmup: int) -> dict[str, Any]:
                 if runner is not None:
                     await runner.cleanup()
     results = {name: summary(*value) for name, value in figures.items()}
-    cf, base = results["callflow"], results["baseline"]
+    base = results["baseline"]
     return {
         "ops_per_round": ops,
         "rounds": rounds,
@@ -391,9 +417,13 @@ async def measure(ops: int, rounds: int, warmup: int) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "results": results,
         "ratios": {
-            "p50": cf["p50_us"] / base["p50_us"],
-            "p99": cf["p99_us"] / base["p99_us"],
-            "cpu_per_op": cf["cpu_per_op_us"] / base["cpu_per_op_us"],
+            name: {
+                "p50": row["p50_us"] / base["p50_us"],
+                "p99": row["p99_us"] / base["p99_us"],
+                "cpu_per_op": row["cpu_per_op_us"] / base["cpu_per_op_us"],
+            }
+            for name, row in results.items()
+            if name != "baseline"
         },
     }
 
@@ -404,19 +434,19 @@ def render(report: dict[str, Any]) -> str:
         f"(after {report['warmup']} warm-up), {report['seconds']} s; Python "
         f"{report['python']}, app loop {report['app_loop']}, I/O loop {report['io_loop']}",
         "",
-        "| side | p50 µs | p99 µs | mean µs | CPU µs/op |",
-        "|---|---:|---:|---:|---:|",
+        "| side | p50 µs | p99 µs | mean µs | CPU µs/op | p50 | p99 | CPU/op |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in report["results"].items():
+        ratio = report["ratios"].get(name)
+        versus = "| | | |"
+        if ratio is not None:
+            versus = f"| {ratio['p50']:.2f}x | {ratio['p99']:.2f}x | {ratio['cpu_per_op']:.2f}x |"
         lines.append(
-            f"| {name} | {row['p50_us']:.0f} | {row['p99_us']:.0f} | {row['mean_us']:.0f} "
-            f"| {row['cpu_per_op_us']:.0f} |"
+            f"| {SIDES[name]} | {row['p50_us']:.0f} | {row['p99_us']:.0f} "
+            f"| {row['mean_us']:.0f} | {row['cpu_per_op_us']:.0f} {versus}"
         )
-    ratios = report["ratios"]
-    lines.append(
-        f"| callflow / baseline | {ratios['p50']:.2f}x | {ratios['p99']:.2f}x | | "
-        f"{ratios['cpu_per_op']:.2f}x |"
-    )
+    lines += ["", "The last three columns are ratios to the baseline."]
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_quick_operation_benchmark_reports_both_sides(tmp_path: Path) -> None:
     """``python -m benchmarks.bench_operations --quick`` finishes in seconds with figures for
-    callflow and the aiohttp baseline, and their ratios."""
+    callflow (flow and I/O loop) and the aiohttp baseline, and their ratios."""
     out = tmp_path / "operations.json"
     started = time.monotonic()
     done = subprocess.run(
@@ -30,12 +30,14 @@ def test_quick_operation_benchmark_reports_both_sides(tmp_path: Path) -> None:
     assert took < 60, f"the quick mode took {took:.0f} s; expected a few seconds"
     report = json.loads(out.read_text())
     assert report["rounds"] * report["ops_per_round"] > 0
-    for side in ("callflow", "baseline"):
-        row = report["results"][side]
+    assert set(report["results"]) == {"callflow", "callflow_io", "baseline"}
+    for side, row in report["results"].items():
         assert row["ops"] == report["rounds"] * report["ops_per_round"], side
         assert 0 < row["p50_us"] <= row["p99_us"] < 1_000_000, side  # under a second each
         assert 0 < row["cpu_per_op_us"] < 100_000, side
-    for name, ratio in report["ratios"].items():
-        assert math.isfinite(ratio), name
-        assert 0.05 < ratio < 50, (name, ratio)
-    assert "| callflow / baseline |" in done.stdout
+    assert set(report["ratios"]) == {"callflow", "callflow_io"}
+    for side, ratios in report["ratios"].items():
+        for name, ratio in ratios.items():
+            assert math.isfinite(ratio), (side, name)
+            assert 0.05 < ratio < 50, (side, name, ratio)
+    assert "| baseline (hand-written aiohttp) |" in done.stdout
