@@ -12,8 +12,8 @@ Every one-to-one call is answered; once it is established ``ivr(call)`` runs:
   :data:`VOICEMAILS`; replace it to store voicemails elsewhere.
 * 3: the caller types a PIN ending with ``#`` (``CALLFLOW_IVR_PIN``); two attempts.
 * A caller who hangs up ends the flow wherever it is: the operation being awaited raises
-  :class:`~callflow.CallEndedError`. If Graph cannot play, record or collect, the bot hangs up
-  rather than leave the caller in silence.
+  :class:`~callflow.CallEndedError`. When Graph refuses or fails a step (``GraphError``,
+  ``OperationError``) the bot hangs up rather than leave the caller in silence.
 
 Prompts are WAV files (mono, 16-bit, 16 kHz) under ``CALLFLOW_IVR_PROMPTS``, an https URL.
 
@@ -33,6 +33,7 @@ from callflow import (
     Bot,
     Call,
     CallEndedError,
+    GraphError,
     IncomingCall,
     MediaPrompt,
     OperationError,
@@ -91,8 +92,8 @@ async def ivr(call: Call) -> None:
         await call.hang_up()
     except CallEndedError:
         log.info("ivr.caller_hung_up", call_id=call.call_id)
-    except OperationError as exc:  # Graph could not play, record or collect
-        log.warning("ivr.failed", call_id=call.call_id, kind=exc.kind, result=str(exc.result))
+    except (OperationError, GraphError) as exc:  # Graph refused or failed a step
+        log.warning("ivr.failed", call_id=call.call_id, error=str(exc))
         await call.hang_up()
 
 

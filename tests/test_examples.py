@@ -567,7 +567,30 @@ async def test_ivr_hangs_up_when_graph_cannot_play_the_menu(
     assert ops(handle)[-1] == "delete"
     assert prompts(handle.requests) == ["menu"]
     (failed,) = [entry for entry in logs if entry["event"] == "ivr.failed"]
-    assert (failed["kind"], failed["call_id"]) == ("playPrompt", handle.call_id)
+    assert failed["call_id"] == handle.call_id
+    assert "playPrompt" in failed["error"]
+    assert "500/9999" in failed["error"]
+
+
+@pytest.mark.anyio
+async def test_ivr_hangs_up_when_graph_refuses_to_record(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recording Graph refuses (400) ends the call: the bot hangs up, nothing is kept."""
+    ivr = load_ivr(monkeypatch)
+    fake_graph.fail_next("recordResponse", status=400)
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(ivr.bot) as running:
+            handle = await ivr.call(fake_graph, running)
+            await handle.press("2")
+            await ivr.finished(running)
+    assert ivr.voicemails == []
+    assert [(r.op, r.status) for r in handle.requests][-2:] == [
+        ("recordResponse", 400),
+        ("delete", 204),
+    ]
+    (failed,) = [entry for entry in logs if entry["event"] == "ivr.failed"]
+    assert "400" in failed["error"]
 
 
 def test_every_example_is_tested() -> None:
