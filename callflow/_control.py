@@ -537,7 +537,8 @@ class CallControl:
 
     ``graph`` must be entered on this loop. ``cancel_timeout`` bounds the shielded
     ``cancelMediaProcessing`` (or hang-up) sent when a wait is given up. ``on_operation``
-    is told about every operation that ends (metrics).
+    is told about every operation that ends (metrics); ``on_hung_up(call_id)`` about every
+    call :meth:`hang_up` ended (the bot then stops holding it).
     """
 
     def __init__(
@@ -548,6 +549,7 @@ class CallControl:
         cancel_timeout: float = 5.0,
         on_operation: OnOperation | None = None,
         on_created: Callable[[str, str | None], None] | None = None,
+        on_hung_up: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.graph = graph
@@ -557,6 +559,7 @@ class CallControl:
         self._on_created = on_created
         """``on_created(call_id, tenant_id)``: a call the bot created is established (the
         bot then holds it: keep-alive)."""
+        self._on_hung_up = on_hung_up
         self._clock = clock
 
     async def wait_established(self, call_id: str, timeout: float | None) -> None:
@@ -798,6 +801,8 @@ class CallControl:
         deadline = None if timeout is None else self._clock() + timeout
         await self.graph.hang_up(call_id, tenant_id=tenant_id, deadline=deadline)
         self.registry.end(call_id)
+        if self._on_hung_up is not None:
+            self._on_hung_up(call_id)
         log.info("call.hung_up", call_id=call_id)
 
     async def download(

@@ -164,7 +164,10 @@ class _IoSide:
                 )
             keeper = self.keeper = CallKeeper(graph, s.keepalive_interval)
             control = self.control = CallControl(
-                graph, on_operation=metrics.on_operation, on_created=keeper.answered
+                graph,
+                on_operation=metrics.on_operation,
+                on_created=keeper.answered,
+                on_hung_up=keeper.ended,
             )
             self.services = AppServices(self.io, keeper, control)
             user_on_decided = self.user_on_decided

@@ -21,7 +21,7 @@ from callflow import (
     Target,
     ToneReceived,
 )
-from callflow.testing import CALLBACK_URL, FakeGraph
+from callflow.testing import CALLBACK_URL, FakeGraph, SigningKey
 
 pytestmark = pytest.mark.anyio
 
@@ -142,3 +142,20 @@ async def test_bot_calls_create_places_an_outgoing_call_and_holds_it(
         assert running.calls() == []
     with pytest.raises(RuntimeError, match="serving bot"):
         _ = bot.calls
+
+
+async def test_hanging_up_through_the_call_handle_releases_the_held_call(
+    callflow_signing_key: SigningKey,
+) -> None:
+    """call.hang_up() stops the bot holding the call at once, without waiting for Graph's
+    terminated notification (here Graph sends none)."""
+    bot = Bot()
+    fake = FakeGraph(signing_key=callflow_signing_key, follow_up=False)
+    async with fake, fake.serve(bot) as running:
+        fake.route(CALLBACK_URL, running.webhook_url)
+        with anyio.fail_after(GUARD):
+            call = await bot.calls.create(Target.user("colleague"))
+            assert [held.call_id for held in running.calls()] == [call.call_id]
+            await call.hang_up()
+        assert running.calls() == []
+        assert "delete" in [r.op for r in fake.call(call.call_id).requests]

@@ -9,16 +9,27 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import aiohttp
+import anyio
 import pytest
 import structlog.testing
 
-from callflow import Bot
-from callflow.testing import CALLBACK_URL, FakeGraph, SigningKey, identity_set, incoming_call
+from callflow import Bot, Call
+from callflow.bot import RunningBot
+from callflow.testing import (
+    CALLBACK_URL,
+    CallHandle,
+    FakeGraph,
+    GraphRequest,
+    SigningKey,
+    identity_set,
+    incoming_call,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 GUARD = 10.0
@@ -291,10 +302,301 @@ async def test_slow_lookup_gives_the_default_well_before_the_deadline(
     assert not call.timed_out
 
 
+# --- ivr -------------------------------------------------------------------------------------
+
+SALES = "5a1e5a1e-1111-4222-8333-000000000777"
+PIN = "2468"
+
+
+def load_ivr(monkeypatch: pytest.MonkeyPatch, key_timeout: float = GUARD) -> IvrExample:
+    """Load the IVR example with a known sales agent, PIN and key timeout."""
+    monkeypatch.setenv("CALLFLOW_IVR_SALES", SALES)
+    monkeypatch.setenv("CALLFLOW_IVR_PIN", PIN)
+    monkeypatch.setenv("CALLFLOW_IVR_KEY_TIMEOUT", str(key_timeout))
+    monkeypatch.delenv("CALLFLOW_IVR_PROMPTS", raising=False)
+    return IvrExample(load_example("ivr"))
+
+
+class IvrExample:
+    """The IVR example's module, its flow wrapped to tell the test when it has ended."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+        self.bot: Bot = module.bot
+        self.ended = anyio.Event()
+        flow = module.ivr
+
+        async def watched(call: Call) -> None:
+            try:
+                await flow(call)
+            finally:
+                self.ended.set()
+
+        vars(module)["ivr"] = watched  # the answer handler looks the flow up at each call
+
+    @property
+    def voicemails(self) -> list[tuple[str, bytes]]:
+        """What the example's save_voicemail kept."""
+        return list(self.module.VOICEMAILS)
+
+    async def call(self, fake: FakeGraph, running: RunningBot) -> CallHandle:
+        """Place a Teams call on the IVR and wait until the menu is listening for keys."""
+        handle = await fake.place_call(running.webhook_url, caller=user(DANA, name="Dana"))
+        await handle.wait_requests(op="subscribeToTone", timeout=GUARD)
+        return handle
+
+    async def finished(self, running: RunningBot) -> None:
+        """Wait for the flow to end, and check it left nothing running or failing behind."""
+        with anyio.fail_after(GUARD):
+            await self.ended.wait()
+        assert running.engine.lanes.flows == 0
+        assert running.engine.stats.handler_errors == 0
+
+
+def prompts(requests: Iterable[GraphRequest]) -> list[str]:
+    """The prompts (resource ids) that playPrompt and recordResponse requests asked for."""
+    return [
+        prompt["mediaInfo"]["resourceId"]
+        for request in requests
+        if request.op in ("playPrompt", "recordResponse")
+        for prompt in request.body.get("prompts", ())
+    ]
+
+
+async def prompt_played(handle: CallHandle, name: str, times: int = 1) -> None:
+    """Wait until the bot has asked Graph ``times`` times to play prompt ``name``."""
+    count = 1
+    while prompts(await handle.wait_requests(count, op="playPrompt")).count(name) < times:
+        count += 1
+
+
+def ops(handle: CallHandle) -> list[str]:
+    """The requests the bot sent for a call, in order."""
+    return [request.op for request in handle.requests]
+
+
+@pytest.mark.anyio
+async def test_ivr_transfers_to_sales_on_1(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pressing 1 transfers the call to the configured sales agent; the bot does not hang up."""
+    ivr = load_ivr(monkeypatch)
+    async with fake_graph.serve(ivr.bot) as running:
+        handle = await ivr.call(fake_graph, running)
+        await handle.press("1")
+        await ivr.finished(running)
+        assert running.calls() == []  # the call went to the agent: nothing held
+    answer = handle.decisions[0].body
+    assert answer["mediaConfig"]["preFetchMedia"][0]["resourceId"] == "menu"
+    (transfer,) = [r for r in handle.requests if r.op == "transfer"]
+    assert transfer.body["transferTarget"]["identity"]["user"]["id"] == SALES
+    assert handle.state == "terminated"
+    assert "delete" not in ops(handle)
+    assert prompts(handle.requests) == ["menu"]
+
+
+@pytest.mark.anyio
+async def test_ivr_records_and_keeps_a_voicemail_on_2(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pressing 2 records a message, downloads it, keeps it, then says goodbye and hangs up."""
+    ivr = load_ivr(monkeypatch)
+    fake_graph.recording_audio = b"RIFF" + bytes(range(256)) * 8  # tell it from any other
+    async with fake_graph.serve(ivr.bot) as running:
+        handle = await ivr.call(fake_graph, running)
+        await handle.press("2")
+        await ivr.finished(running)
+        assert running.calls() == []
+    assert ivr.voicemails == [(handle.call_id, fake_graph.recording_audio)]
+    assert prompts(handle.requests) == ["menu", "leave-a-message", "message-saved", "goodbye"]
+    (record,) = [r for r in handle.requests if r.op == "recordResponse"]
+    assert record.body["stopTones"] == ["#"]
+    assert record.body["maxRecordDurationInSeconds"] == 60
+    (download,) = [r for r in handle.requests if r.op == "recording"]
+    assert download.status == 200
+    assert ops(handle)[-1] == "delete"
+
+
+@pytest.mark.anyio
+async def test_ivr_accepts_the_right_pin_after_a_wrong_one(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pressing 3, a wrong PIN is refused and the caller is asked again; the right one is
+    accepted."""
+    ivr = load_ivr(monkeypatch)
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(ivr.bot) as running:
+            handle = await ivr.call(fake_graph, running)
+            with anyio.fail_after(GUARD):
+                await handle.press("3")
+                await prompt_played(handle, "enter-pin")
+                await handle.press("1", "3", "5", "7", "#")
+                await prompt_played(handle, "wrong-pin")
+                await handle.press(*PIN, "#")
+            await ivr.finished(running)
+    assert prompts(handle.requests) == [
+        "menu",
+        "enter-pin",
+        "wrong-pin",
+        "enter-pin",
+        "pin-accepted",
+        "goodbye",
+    ]
+    assert ops(handle)[-1] == "delete"
+    assert "ivr.pin_refused" not in [entry["event"] for entry in logs]
+    assert not any(PIN in str(entry) or "1357" in str(entry) for entry in logs)  # never logged
+
+
+@pytest.mark.anyio
+async def test_ivr_hangs_up_after_two_wrong_pins(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two wrong PINs (typed ahead, each ending with #) and the bot says goodbye and hangs up."""
+    ivr = load_ivr(monkeypatch)
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(ivr.bot) as running:
+            handle = await ivr.call(fake_graph, running)
+            await handle.press("3", "1", "1", "1", "1", "#", "9", "9", "9", "9", "#")
+            await ivr.finished(running)
+    assert prompts(handle.requests) == [
+        "menu",
+        "enter-pin",
+        "wrong-pin",
+        "enter-pin",
+        "wrong-pin",
+        "goodbye",
+    ]
+    assert ops(handle)[-1] == "delete"
+    assert [entry["call_id"] for entry in logs if entry["event"] == "ivr.pin_refused"] == [
+        handle.call_id
+    ]
+
+
+@pytest.mark.anyio
+async def test_ivr_repeats_the_menu_once_then_says_goodbye(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no key pressed the menu plays twice, then the bot says goodbye and hangs up."""
+    ivr = load_ivr(monkeypatch, key_timeout=0.2)
+    async with fake_graph.serve(ivr.bot) as running:
+        handle = await ivr.call(fake_graph, running)
+        await ivr.finished(running)
+        assert running.calls() == []
+    assert prompts(handle.requests) == ["menu", "menu", "goodbye"]
+    assert ops(handle)[-1] == "delete"
+    assert "cancelMediaProcessing" not in ops(handle)  # each menu played to its end
+
+
+@pytest.mark.anyio
+async def test_ivr_asks_again_after_a_key_not_on_the_menu(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key that is not on the menu plays the menu again; the next choice is followed."""
+    ivr = load_ivr(monkeypatch)
+    async with fake_graph.serve(ivr.bot) as running:
+        handle = await ivr.call(fake_graph, running)
+        with anyio.fail_after(GUARD):
+            await handle.press("9")
+            await prompt_played(handle, "menu", times=2)
+            await handle.press("2")
+        await ivr.finished(running)
+    assert prompts(handle.requests)[:3] == ["menu", "menu", "leave-a-message"]
+    assert len(ivr.voicemails) == 1
+
+
+@pytest.mark.anyio
+async def test_ivr_ends_quietly_when_the_caller_hangs_up_during_the_menu(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller who hangs up during the menu ends the flow: no error, no hang-up request."""
+    ivr = load_ivr(monkeypatch)
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(ivr.bot) as running:
+            handle = await ivr.call(fake_graph, running)
+            await fake_graph.end_call(handle.call_id)
+            await ivr.finished(running)
+            assert running.calls() == []
+    assert "delete" not in ops(handle)
+    assert prompts(handle.requests) == ["menu"]
+    assert [entry["call_id"] for entry in logs if entry["event"] == "ivr.caller_hung_up"] == [
+        handle.call_id
+    ]
+
+
+@pytest.mark.anyio
+async def test_ivr_takes_a_voicemail_when_the_transfer_fails(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transfer that fails brings the caller back: the bot apologises, takes a voicemail
+    and hangs up; the failed transfer is counted in the metrics."""
+    ivr = load_ivr(monkeypatch)
+    fake_graph.plan_operation("transfer", code=500, subcode=7700, message="No answer")
+    async with fake_graph.serve(ivr.bot) as running:
+        handle = await ivr.call(fake_graph, running)
+        await handle.press("1")
+        await ivr.finished(running)
+        async with aiohttp.ClientSession() as http, http.get(running.url + "/metrics") as got:
+            metrics = await got.text()
+    assert prompts(handle.requests) == [
+        "menu",
+        "sales-unavailable",
+        "leave-a-message",
+        "message-saved",
+        "goodbye",
+    ]
+    assert ivr.voicemails == [(handle.call_id, fake_graph.recording_audio)]
+    assert ops(handle)[-1] == "delete"
+    assert 'callflow_call_operations_total{kind="transfer",outcome="failed"} 1.0' in metrics
+    assert 'callflow_call_operations_total{kind="recordResponse",outcome="completed"} 1.0' in (
+        metrics
+    )
+
+
+@pytest.mark.anyio
+async def test_ivr_hangs_up_when_graph_cannot_play_the_menu(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A menu Graph fails to play ends the call: the bot hangs up instead of waiting in
+    silence."""
+    ivr = load_ivr(monkeypatch)
+    fake_graph.plan_operation("playPrompt", code=500, subcode=9999, message="Unknown error")
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(ivr.bot) as running:
+            handle = await ivr.call(fake_graph, running)
+            await ivr.finished(running)
+    assert ops(handle)[-1] == "delete"
+    assert prompts(handle.requests) == ["menu"]
+    (failed,) = [entry for entry in logs if entry["event"] == "ivr.failed"]
+    assert failed["call_id"] == handle.call_id
+    assert "playPrompt" in failed["error"]
+    assert "500/9999" in failed["error"]
+
+
+@pytest.mark.anyio
+async def test_ivr_hangs_up_when_graph_refuses_to_record(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recording Graph refuses (400) ends the call: the bot hangs up, nothing is kept."""
+    ivr = load_ivr(monkeypatch)
+    fake_graph.fail_next("recordResponse", status=400)
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(ivr.bot) as running:
+            handle = await ivr.call(fake_graph, running)
+            await handle.press("2")
+            await ivr.finished(running)
+    assert ivr.voicemails == []
+    assert [(r.op, r.status) for r in handle.requests][-2:] == [
+        ("recordResponse", 400),
+        ("delete", 204),
+    ]
+    (failed,) = [entry for entry in logs if entry["event"] == "ivr.failed"]
+    assert "400" in failed["error"]
+
+
 def test_every_example_is_tested() -> None:
     """Each examples/*.py bot has a test in this module."""
     source = Path(__file__).read_text()
     names = sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "__init__")
-    assert names == ["busy_bot", "front_desk", "meeting_policy", "slow_lookup"]
+    assert names == ["busy_bot", "front_desk", "ivr", "meeting_policy", "slow_lookup"]
     for name in names:
         assert f'load_example("{name}")' in source
