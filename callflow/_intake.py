@@ -78,6 +78,16 @@ def event_key(event: CallEvent) -> Any:
     return control_event_key(event)
 
 
+class _AllTypes(frozenset[type]):
+    """Every event type (until the engine knows which ones are observed)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ALL_TYPES: Final = _AllTypes()
+
+
 class EngineStats:
     """Counters of one engine; read them for metrics. Each has a single writer: the I/O
     loop, except ``late_decisions`` and ``handler_errors`` (the app loop)."""
@@ -273,6 +283,8 @@ class Intake:
         self._tasks: set[asyncio.Task[None]] = set()
         self.scheduler = DeadlineScheduler(self.default_decision, on_due=self._due, clock=clock)
         self.lag = LagProbe()
+        self.observed: frozenset[type] | set[type] = _ALL_TYPES
+        """The event types the app loop has observers for (others are not handed over)."""
         self.on_events: Callable[[Sequence[CallEvent]], None] | None = None
         """Told of every notification's events first (call control's registry)."""
         self.to_lanes: Callable[[CallEvent, DecisionSlot | None], None] | None = None
@@ -383,6 +395,8 @@ class Intake:
                     continue
             elif isinstance(event, CallStateChanged | CallTerminated) and self._stale(event):
                 continue
+            elif type(event) not in self.observed:
+                continue  # nobody observes it: no reason to wake the app loop for it
             call_id = event.call_id or ""
             held = self._admitting.get(call_id)
             if held is not None:  # the fleet is still deciding who owns this call

@@ -166,6 +166,7 @@ class Engine:
         to_app = self._to_app = Inbox(asyncio.get_running_loop(), "app")
         to_io = self._to_io = io.inbox("io")
         intake, lanes = self.intake, self.lanes
+        intake.observed = frozenset(lanes.routes.observers)
         take, stop_handlers, decided = lanes.take, lanes.stop_handlers, intake.decided
         post_app, post_io = to_app.post, to_io.post
         intake.to_lanes = lambda event, slot: post_app(take, event, slot)

@@ -872,3 +872,23 @@ async def test_wait_for_room_gives_up_after_its_time_and_wakes_when_a_decision_i
             gate.set()
         assert got == [True]
         assert not engine.overloaded
+
+
+async def test_events_nobody_observes_do_not_wake_the_app_loop() -> None:
+    """State updates of a bot with no observer for them stay on the I/O loop: nothing is
+    handed to the app loop for them."""
+    bot = make_bot()
+
+    @bot.on(CallTerminated)
+    async def ended(event: CallTerminated) -> None:
+        pass
+
+    async with running(bot) as (engine, _):
+        engine.submit([CallStateChanged("c", "establishing", 1)])
+        engine.submit([CallStateChanged("c", "established", 2)])
+        await engine.settle()
+        assert engine._to_app is not None
+        assert engine._to_app.wakeups == 0
+        engine.submit([CallTerminated("c", None)])
+        await engine.settle()
+        assert engine._to_app.wakeups == 1  # the observed one crossed
