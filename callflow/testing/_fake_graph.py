@@ -81,6 +81,7 @@ import structlog
 from aiohttp import web
 from anyio.abc import TaskGroup
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ..settings import PREFIX, Settings
 from . import _payloads
@@ -1088,6 +1089,8 @@ class FakeGraph:
                 ), None
             return self._action(request, op, call, body)
         follow: Callable[[], None] | None = None
+        if op in DECISION_OPS and isinstance(body, dict):
+            self._pin(call, body.get("callbackUri"))
         if op == "answer":
             call.state = "established"
             follow = self._follow_established(call)
@@ -1126,6 +1129,19 @@ class FakeGraph:
     def operations(self) -> tuple[FakeOperation, ...]:
         """Every operation started so far, in the order the actions arrived."""
         return tuple(self._operations)
+
+    def _pin(self, call: CallHandle, callback_uri: object) -> None:
+        """Graph sends the rest of a call to the callbackUri of its decision: a routed one
+        to its webhook, one with a query (``?instance=ID`` of a fleet worker) to the same
+        webhook with that query, the way a load balancer in front of the fleet receives it."""
+        if not isinstance(callback_uri, str):
+            return
+        routed = self._routes.get(callback_uri) or self._routes.get(callback_uri.split("?", 1)[0])
+        query = URL(callback_uri).query_string
+        base = routed or call.webhook_url
+        if routed is None and not query:
+            return
+        call.webhook_url = str(URL(base).with_query(query)) if query else base
 
     def route(self, callback_uri: str, webhook_url: str) -> None:
         """Send the notifications of calls created with ``callback_uri`` to ``webhook_url``.
