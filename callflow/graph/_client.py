@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Self
-from urllib.parse import quote
 
 import aiohttp
 import attrs
@@ -59,8 +58,10 @@ _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False
 _NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()  # attempts are bounded by _AttemptTimeout
 # Sent with every request as session defaults, so each request builds only its own three.
 _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
-_PLAIN_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
-"""A call id that ``quote(call_id, safe="")`` leaves as it is (call ids are GUIDs)."""
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}").fullmatch
+"""An id that may be one segment of a Graph URL path: at most 128 unreserved characters, not
+starting with a dot (so never ``.``, ``..``, ``/`` or ``%2F``); Graph's ids are GUIDs. The
+same rule as the parser's ``CALL_ID_PATTERN``, checked again here, where ids meet URLs."""
 _BODY_CACHE_SIZE: Final = 256
 """Encoded decision bodies kept per client: a bot sends the same few decisions again and again."""
 
@@ -348,8 +349,13 @@ class GraphClient:
                 f"GraphClient is not open ({op} for call {call_id}); "
                 "expected `async with GraphClient(...)` around its use"
             )
-        segment = call_id if _PLAIN_SEGMENT(call_id) else quote(call_id, safe="")
-        url = self._calls_url.with_path(self._calls_path + segment + suffix, encoded=True)
+        if not isinstance(call_id, str) or not _SEGMENT(call_id):
+            raise GraphError(
+                f"{op}: call id {str(call_id)[:40]!r} ({len(str(call_id))} characters) is not "
+                "a Graph call id; expected at most 128 characters of A-Z a-z 0-9 - _ ~ . "
+                "(not starting with a dot). Nothing was sent."
+            )
+        url = self._calls_url.with_path(self._calls_path + call_id + suffix, encoded=True)
         scenario = scenario_id or _new_uuid()
         error: GraphError | None = None
         cause: BaseException | None = None
