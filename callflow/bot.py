@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .graph._tokens import TokenProvider
     from .store import Fleet
     from .webhook._app import FleetHook
+    from .webhook._server import WebhookServer
 
 __all__ = ["Bot", "RunningBot"]
 
@@ -153,6 +154,7 @@ class Bot(Router):
             )
         host = s.host if host is None else host
         port = s.port if port is None else port
+        s.check_serving(host)  # auth off or plain-http forwarding off loopback: refused
 
         async with contextlib.AsyncExitStack() as stack:
             if tokens is None:
@@ -212,6 +214,7 @@ class Bot(Router):
             graph = await stack.enter_async_context(graph_client())
 
             keeper = CallKeeper(graph, s.keepalive_interval)
+            metrics.attach_background(keeper, auth)
 
             def decided(slot: DecisionSlot, error: BaseException | None) -> None:
                 metrics.on_decided(slot, error)
@@ -242,11 +245,12 @@ class Bot(Router):
                 app = self._make_app(
                     engine, auth, running, metrics, None if fleet is None else fleet.webhook
                 )
-                runner = web.AppRunner(app, access_log=None, handle_signals=False)
-                await runner.setup()
+                from .webhook._server import start_server
+
+                runner = await start_server(
+                    app, host=host, port=port, settings=s, metrics=metrics
+                )  # connection limits, and /metrics on METRICS_PORT when set
                 try:
-                    site = web.TCPSite(runner, host, port, reuse_address=True)
-                    await site.start()
                     running.host, running.port = _bound_address(runner, host)
                     if fleet is not None:
                         from .store import internal_url
@@ -277,6 +281,7 @@ class Bot(Router):
         fleet: FleetHook | None = None,
     ) -> web.Application:
         from .webhook._app import WebhookHandler
+        from .webhook._server import ServerLimits
 
         handler = WebhookHandler(
             engine,
@@ -285,6 +290,8 @@ class Bot(Router):
             on_rejected_input=metrics.on_rejected_input,
             fleet=fleet,
             overload_wait=self.settings.overload_wait,
+            limits=ServerLimits.from_settings(self.settings),
+            on_suppressed_log=metrics.on_suppressed_log,
         )
         app = web.Application(client_max_size=2 * 1024 * 1024)
         path = self.settings.webhook_path
@@ -307,7 +314,8 @@ class Bot(Router):
 
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics_route)
+        if self.settings.metrics_port is None:  # else served on its own port
+            app.router.add_get("/metrics", metrics_route)
         return app
 
     def run(self, *, host: str | None = None, port: int | None = None) -> None:
@@ -381,7 +389,7 @@ class _SignalWatcher:
                 self._stop()
 
 
-def _bound_address(runner: web.AppRunner, host: str) -> tuple[str, int]:
+def _bound_address(runner: web.AppRunner | WebhookServer, host: str) -> tuple[str, int]:
     for addr in runner.addresses:
         if isinstance(addr, tuple) and len(addr) >= 2:
             return str(addr[0]), int(addr[1])
