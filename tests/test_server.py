@@ -19,7 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from callflow import Answer, Bot, ConfigError, IncomingCall, Settings
 from callflow.bot import RunningBot
 from callflow.testing import FakeGraph, SigningKey
-from callflow.webhook._server import ConnectionGuard, ServerLimits, start_server
+from callflow.webhook._server import (
+    SHUTDOWN_TIMEOUT,
+    ConnectionGuard,
+    ServerLimits,
+    start_server,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -275,3 +280,21 @@ def test_server_limits_are_settings_checked_by_name() -> None:
         assert f"CALLFLOW_{name}:" in str(caught.value)
     with pytest.raises(ValueError, match="at least one connection"):
         ConnectionGuard(0)
+
+
+async def test_stopping_does_not_wait_for_a_client_that_stalls(fake: FakeGraph) -> None:
+    """A client that sent its head and part of its body, then stalls, does not hold up a stop:
+    the bot stops within SHUTDOWN_TIMEOUT, not when BODY_TIMEOUT (here 30 s) or aiohttp's own
+    60 s would end that request."""
+    bot = answering_bot()
+    stream: anyio.abc.SocketStream | None = None
+    with anyio.fail_after(GUARD):
+        async with fake.serve(bot, body_timeout=30.0, drain_timeout=0.0) as running:
+            stream = await connect(running)
+            await stream.send(request_head(fake, running, 500) + b'{"value": [')
+            call = await fake.place_call(running.webhook_url)  # the stalled one is in its handler
+            await call.decision()
+            stopping = time.monotonic()
+        stopped_in = time.monotonic() - stopping
+    await stream.aclose()
+    assert stopped_in < SHUTDOWN_TIMEOUT + 3.0

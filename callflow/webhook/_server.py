@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKLOG",
     "LINGERING_TIME",
+    "SHUTDOWN_TIMEOUT",
     "BodyTimeoutError",
     "BodyTooLargeError",
     "ConnectionGuard",
@@ -58,6 +59,10 @@ log = structlog.get_logger(__name__)
 
 BACKLOG: Final = 1024
 """Connections the kernel queues before they are accepted."""
+SHUTDOWN_TIMEOUT: Final = 2.0
+"""Seconds stopping waits for the requests still being handled (a notification's reply takes
+milliseconds). aiohttp's own 60 s would also be spent on a connection accepted just as the
+listener stopped, which waits for a request that never comes."""
 LINGERING_TIME: Final = 2.0
 """Seconds an unread request body is still drained after an early reply (413, 401, ...), so
 that the client reads the reply rather than a reset; then the connection is closed."""
@@ -251,7 +256,9 @@ class WebhookServer:
 
 
 async def _listen(app: web.Application, host: str, port: int, **options: Any) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, **options)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, **options
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=BACKLOG)
@@ -283,6 +290,7 @@ async def start_server(
         keepalive_timeout=limits.keepalive_timeout,
         lingering_time=LINGERING_TIME,
         logger=_protocol_logger(),
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()
     metrics_runner: web.AppRunner | None = None
