@@ -2,7 +2,10 @@
 
 Only the CLI calls :func:`configure_logging`; a bot embedded in another program keeps that
 program's logging. Personal data (display names, phone numbers) is masked unless
-``LOG_PII=on``; anything that looks like a credential is always redacted.
+``LOG_PII=on``; anything that looks like a credential is always redacted: the value of a
+credential-like key, and a bearer token or a JWT anywhere in a rendered line (an exception
+message, say). Tracebacks never show local variables (a frame's locals hold request
+headers, tokens and callers' numbers).
 
 Every call logs a ``call.decided`` line, so the JSON format renders each line in one
 processor (:class:`JsonLines`) that does what structlog's ``merge_contextvars``,
@@ -16,16 +19,28 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
+import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any, Final, TextIO
 
 import structlog
+from structlog.processors import ExceptionRenderer
+from structlog.tracebacks import ExceptionDictTransformer
 
 from .events import mask_phone
 
-__all__ = ["JsonLines", "configure_logging", "mask_pii", "redact_secrets"]
+__all__ = [
+    "JsonLines",
+    "Throttle",
+    "configure_logging",
+    "dict_tracebacks",
+    "mask_pii",
+    "redact_secrets",
+    "scrub_tokens",
+]
 
 _SECRET_KEYS: Final = frozenset({"authorization", "api_key", "apikey", "private_key"})
 _SECRET_SUFFIXES: Final = ("token", "secret", "password")
@@ -39,6 +54,28 @@ _PHONE: Final = 3
 _KINDS_MAX: Final = 4096
 _kinds: dict[Any, int] = {}
 """What each key seen so far is (plain, secret, name, phone): log lines reuse a few keys."""
+
+
+_TOKEN_TEXT: Final = re.compile(
+    r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+)
+"""A bearer credential, or a JWT (its header always starts ``eyJ``), in free text."""
+
+dict_tracebacks: Final = ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+"""structlog's ``dict_tracebacks`` without local variables."""
+
+
+def scrub_tokens(text: str) -> str:
+    """``text`` with bearer tokens and JWTs replaced by ``[redacted]``."""
+    if "eyJ" not in text and "earer" not in text and "EARER" not in text:
+        return text
+    return _TOKEN_TEXT.sub("[redacted]", text)
+
+
+def _scrub_line(_: Any, __: str, line: str) -> str:
+    """The console renderer's last step: :func:`scrub_tokens` on the rendered line."""
+    return scrub_tokens(line)
 
 
 def _is_secret(key: str) -> bool:
@@ -88,6 +125,62 @@ def mask_pii(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping
     for key in [key for key in event if _kind(key) >= _NAME]:
         event[key] = _mask(_kind(key), event[key])
     return event
+
+
+class Throttle:
+    """Rate-limits a log line: at most one per key every ``interval`` seconds.
+
+    ``admit(key)`` returns None when the line is to be left out (it is counted), else how
+    many lines of that key were left out since the last one logged (log it as
+    ``suppressed``). ``on_suppressed(1)`` is told of every line left out (for a metric).
+    Thread-safe.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_interval",
+        "_last",
+        "_lock",
+        "_max_keys",
+        "_on_suppressed",
+        "_suppressed",
+    )
+
+    def __init__(
+        self,
+        interval: float = 1.0,
+        *,
+        on_suppressed: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
+    ) -> None:
+        self._interval = interval
+        self._on_suppressed = on_suppressed
+        self._clock = clock
+        self._last: dict[Hashable, float] = {}
+        self._suppressed: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+        self._max_keys = max_keys
+
+    def admit(self, key: Hashable = None) -> int | None:
+        """None to leave this line out, else the count of lines left out before it."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                left_out = True
+            else:
+                if last is None and len(self._last) >= self._max_keys:
+                    self._last.clear()  # many distinct keys: start over rather than grow
+                self._last[key] = now
+                left_out = False
+                count = self._suppressed.pop(key, 0)
+        if left_out:
+            if self._on_suppressed is not None:
+                self._on_suppressed(1)
+            return None
+        return count
 
 
 # --- the JSON line processor ---------------------------------------------------------------
@@ -171,7 +264,8 @@ class JsonLines:
 
     The same line (keys and values) that this chain gives: ``merge_contextvars``,
     ``add_log_level``, ``TimeStamper(fmt="iso", utc=True)``, :func:`redact_secrets`,
-    :func:`mask_pii` (unless ``pii``), ``dict_tracebacks`` and ``JSONRenderer()``.
+    :func:`mask_pii` (unless ``pii``), :data:`dict_tracebacks` (no local variables),
+    ``JSONRenderer()`` and :func:`scrub_tokens`.
     """
 
     __slots__ = ("_pii",)
@@ -201,9 +295,8 @@ class JsonLines:
                 elif not self._pii:
                     event[key] = _mask(kind, event[key])
         if "exc_info" in event:
-            structlog.processors.dict_tracebacks(logger, method_name, event)
-        result: str = _encode(event)
-        return result
+            dict_tracebacks(logger, method_name, event)
+        return scrub_tokens(_encode(event))
 
 
 def configure_logging(
@@ -236,7 +329,12 @@ def configure_logging(
         ]
         if not pii:
             processors.append(mask_pii)
-        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+        processors.append(
+            structlog.dev.ConsoleRenderer(
+                colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        )
+        processors.append(_scrub_line)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

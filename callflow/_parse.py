@@ -34,6 +34,14 @@ What is an error (:class:`~callflow.errors.NotificationFormatError`, nothing els
 raised; the message names the location, like ``value[1].resourceData.source.identity:
 expected an object, got list``):
 
+- more than :data:`MAX_NOTIFICATIONS` notifications in one body
+  (:class:`~callflow.errors.NotificationLimitError`, the webhook answers 413);
+- a call id that could not be one path segment of a Graph URL: at most
+  :data:`MAX_CALL_ID` characters of ``A-Z a-z 0-9 - _ ~ .``, not starting with a dot (so
+  never ``..``, ``/`` or ``%2F``); a tenant id that is not a GUID or domain name; any other
+  identifier (identity, participant, chain, thread ids...) longer than :data:`MAX_ID`, and a
+  ``resourceUrl`` or ``callbackUri`` longer than :data:`MAX_URL` characters;
+
 - a body that is not UTF-8 (a BOM is allowed), not JSON, not an object with a ``value`` array
   of objects;
 - a field the parser reads that has the wrong JSON type. ``null`` always counts as absent.
@@ -63,6 +71,7 @@ parser (a non-string key, say) is still reported as a ``NotificationFormatError`
 from __future__ import annotations
 
 import json
+import re
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
@@ -70,7 +79,7 @@ from typing import Any, Final
 
 import attrs
 
-from callflow.errors import NotificationFormatError
+from callflow.errors import NotificationFormatError, NotificationLimitError
 from callflow.events import (
     CallEvent,
     CallStateChanged,
@@ -91,7 +100,30 @@ from callflow.events import (
     UnknownNotification,
 )
 
-__all__ = ["parse_notifications"]
+__all__ = [
+    "CALL_ID_PATTERN",
+    "MAX_CALL_ID",
+    "MAX_ID",
+    "MAX_NOTIFICATIONS",
+    "MAX_URL",
+    "TENANT_ID_PATTERN",
+    "parse_notifications",
+]
+
+MAX_NOTIFICATIONS: Final = 100
+"""Notifications one body may carry; more get 413."""
+MAX_CALL_ID: Final = 128
+"""The longest call id accepted (Graph's are 36-character GUIDs)."""
+MAX_ID: Final = 256
+"""The longest identifier of any other kind (identities, participants, chains, threads)."""
+MAX_URL: Final = 2048
+"""The longest ``resourceUrl`` or ``callbackUri`` accepted."""
+CALL_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}")
+"""A call id that is one plain URL path segment: unreserved characters, no leading dot."""
+TENANT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,255}")
+"""A tenant id: a GUID or a domain name (it becomes a path segment of the token authority)."""
+_CALL_ID_OK: Final = CALL_ID_PATTERN.fullmatch
+_TENANT_OK: Final = TENANT_ID_PATTERN.fullmatch
 
 
 def _canonical(*names: str) -> dict[str, str]:
@@ -202,6 +234,26 @@ def _type_name(value: Any) -> str:
 
 def _wrong(where: str, expected: str, value: Any) -> _Bad:
     return _Bad(where, f"expected {expected}, got {_type_name(value)}")
+
+
+def _checked_call_id(call_id: str, where: str) -> str:
+    """``call_id`` when it can be one segment of a Graph URL path; else the error."""
+    if _CALL_ID_OK(call_id):
+        return call_id
+    if len(call_id) > MAX_CALL_ID:
+        raise _Bad(where, f"a call id of {len(call_id)} characters; expected at most {MAX_CALL_ID}")
+    raise _Bad(
+        where,
+        f"call id {call_id[:40]!r} is not a Graph call id; expected at most {MAX_CALL_ID} "
+        "characters of A-Z a-z 0-9 - _ ~ . (not starting with a dot)",
+    )
+
+
+def _bounded(value: str, where: str, limit: int = MAX_ID) -> str:
+    """``value`` when it is at most ``limit`` characters long; else the error."""
+    if len(value) > limit:
+        raise _Bad(where, f"{len(value)} characters; expected at most {limit}")
+    return value
 
 
 def parse_notifications(
@@ -342,6 +394,11 @@ def _document(doc: Any, source: str | None = None) -> list[CallEvent]:
         if items is None:
             raise _Bad("value", "missing; expected an array of notification objects")
         raise _wrong("value", "an array of notification objects", items)
+    if len(items) > MAX_NOTIFICATIONS:
+        raise NotificationLimitError(
+            f"value: {len(items)} notifications in one body; expected at most {MAX_NOTIFICATIONS}",
+            MAX_NOTIFICATIONS,
+        )
     events: list[CallEvent] = []
     append = events.append
     for index, item in enumerate(items):
@@ -390,10 +447,14 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
     url = item.get("resourceUrl")
     if url is None:
         url = item.get("resource")
-        if url is not None and not isinstance(url, str):
-            raise _wrong("resource", "a string", url)
+        if url is not None:
+            if not isinstance(url, str):
+                raise _wrong("resource", "a string", url)
+            _bounded(url, "resource", MAX_URL)
     elif not isinstance(url, str):
         raise _wrong("resourceUrl", "a string", url)
+    else:
+        _bounded(url, "resourceUrl", MAX_URL)
 
     data = item.get("resourceData")
     if data is not None and not isinstance(data, dict | list):
@@ -405,6 +466,10 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
         split = _split_url(url)
         if split is not None:
             url_call_id, rest = split
+            if url_call_id is not None:
+                _checked_call_id(
+                    url_call_id, "resourceUrl" if "resourceUrl" in item else "resource"
+                )
             if not rest or rest == "/":
                 kind = _KIND_CALL
             elif rest.lower().rstrip("/") == "/participants":
@@ -426,7 +491,7 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
         if loose_id is None and kind == _KIND_CALL and isinstance(data, dict):
             data_id = data.get("id")
             if isinstance(data_id, str) and data_id:
-                loose_id = data_id
+                loose_id = _checked_call_id(data_id, "resourceData.id")
         return UnknownNotification(change or sent_change, url, loose_id, raw=item)
 
     if kind == _KIND_PARTICIPANTS:
@@ -458,10 +523,12 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
             odata_id = data.get("@odata.id")
             if isinstance(odata_id, str):
                 split = _split_url(odata_id)
-                if split is not None:
-                    call_id = split[0]
+                if split is not None and split[0] is not None:
+                    call_id = _checked_call_id(split[0], "resourceData.@odata.id")
     elif not isinstance(call_id, str):
         raise _wrong("resourceData.id", "a string", call_id)
+    else:
+        _checked_call_id(call_id, "resourceData.id")
 
     state = data.get("state")
     if state is not None and not isinstance(state, str):
@@ -671,12 +738,17 @@ def _identity_set(members: dict[str, Any]) -> tuple[Identity | None, tuple[Ident
         if kind[:1] == "@":
             continue
         ident_id = value.get("id")
-        if ident_id is not None and not isinstance(ident_id, str):
-            raise _wrong(f"{kind}.id", "a string", ident_id)
+        if ident_id is not None:
+            if not isinstance(ident_id, str):
+                raise _wrong(f"{kind}.id", "a string", ident_id)
+            if len(ident_id) > MAX_ID:
+                _bounded(ident_id, f"{kind}.id")
         tenant = value.get("tenantId")
         if tenant is not None:
             if not isinstance(tenant, str):
                 raise _wrong(f"{kind}.tenantId", "a string", tenant)
+            if len(tenant) > MAX_ID:
+                _bounded(tenant, f"{kind}.tenantId")
             tenant = _intern(tenant)
         name = value.get("displayName")
         if not isinstance(name, str):
@@ -731,10 +803,14 @@ def _participant(
         participant_id = info.get("id")
         if participant_id is None:
             participant_id = info.get("participantId")
-            if participant_id is not None and not isinstance(participant_id, str):
-                raise _wrong("participantId", "a string", participant_id)
+            if participant_id is not None:
+                if not isinstance(participant_id, str):
+                    raise _wrong("participantId", "a string", participant_id)
+                _bounded(participant_id, "participantId")
         elif not isinstance(participant_id, str):
             raise _wrong("id", "a string", participant_id)
+        else:
+            _bounded(participant_id, "id")
     endpoint = info.get("endpointType")
     region = info.get("region")
     language = info.get("languageId")
@@ -770,8 +846,10 @@ def _roster(entries: list[Any]) -> tuple[Participant, ...]:
             raise _wrong(f"[{index}]", "an object", entry)
         try:
             participant_id = entry.get("id")
-            if participant_id is not None and not isinstance(participant_id, str):
-                raise _wrong("id", "a string", participant_id)
+            if participant_id is not None:
+                if not isinstance(participant_id, str):
+                    raise _wrong("id", "a string", participant_id)
+                _bounded(participant_id, "id")
             info = entry.get("info")
             if info is None:
                 info = _EMPTY
@@ -796,10 +874,12 @@ def _roster(entries: list[Any]) -> tuple[Participant, ...]:
     return tuple(found)
 
 
-def _opt_str(container: dict[str, Any], key: str) -> str | None:
+def _opt_str(container: dict[str, Any], key: str, limit: int = MAX_ID) -> str | None:
     value = container.get(key)
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
+    if isinstance(value, str):
+        return _bounded(value, key, limit) if len(value) > limit else value
     raise _wrong(key, "a string", value)
 
 
@@ -826,7 +906,7 @@ def _meeting(info: dict[str, Any]) -> MeetingInfo | None:
             _primary(info, "organizer"), allow if isinstance(allow, bool) else None
         )
     if kind == _TOKEN:
-        return TokenMeetingInfo(_opt_str(info, "token"))
+        return TokenMeetingInfo(_opt_str(info, "token", MAX_URL))
     return JoinMeetingIdMeetingInfo(_opt_str(info, "joinMeetingId"), _opt_str(info, "passcode"))
 
 
@@ -836,18 +916,20 @@ def _incoming(data: dict[str, Any], call_id: str, url: str | None, item: Any) ->
     if tenant is not None:
         if not isinstance(tenant, str):
             raise _wrong("tenantId", "a string", tenant)
+        if not _TENANT_OK(tenant):
+            raise _Bad(
+                "tenantId",
+                f"{tenant[:40]!r} is not a tenant id; expected a GUID or a domain name of at "
+                "most 256 characters",
+            )
         tenant = _intern(tenant)
     callback = data.get("callbackUri")
     if callback is not None:
         if not isinstance(callback, str):
             raise _wrong("callbackUri", "a string", callback)
-        callback = _intern(callback)
-    chain = data.get("callChainId")
-    if chain is not None and not isinstance(chain, str):
-        raise _wrong("callChainId", "a string", chain)
-    mine = data.get("myParticipantId")
-    if mine is not None and not isinstance(mine, str):
-        raise _wrong("myParticipantId", "a string", mine)
+        callback = _intern(_bounded(callback, "callbackUri", MAX_URL))
+    chain = _opt_str(data, "callChainId")
+    mine = _opt_str(data, "myParticipantId")
 
     source_info = data.get("source")
     if source_info is None:

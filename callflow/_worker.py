@@ -31,6 +31,7 @@ from .calls import CallKeeper
 from .decisions import Answer, Reject, RejectReason
 from .errors import ConfigError
 from .metrics import CONTENT_TYPE, Metrics
+from .webhook._server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
     from .bot import Bot, RunningBot
@@ -100,7 +101,7 @@ class _IoSide:
         self.fleet: Fleet | None = None
         self.auth: InboundAuthenticator | None = None
         self.running: RunningBot | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: WebhookServer | None = None
 
     @contextlib.asynccontextmanager
     async def entered(self) -> AsyncIterator[_IoSide]:
@@ -163,6 +164,7 @@ class _IoSide:
                     "use this for local development only",
                 )
             keeper = self.keeper = CallKeeper(graph, s.keepalive_interval)
+            metrics.attach_background(keeper, self.auth)
             control = self.control = CallControl(
                 graph,
                 on_operation=metrics.on_operation,
@@ -218,16 +220,16 @@ class _IoSide:
             self.metrics,
             None if self.fleet is None else self.fleet.webhook,
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self._runner = runner
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        # Connection limits, the body timeout, and /metrics on METRICS_PORT when set.
+        runner = self._runner = await start_server(
+            app, host=host, port=port, settings=s, metrics=self.metrics
+        )
         bound = _bound_address(runner, host)
         if self.fleet is not None:
             from .store import internal_url
 
             self.fleet.address = s.internal_url or internal_url(*bound)
+            await self.fleet.announce()  # ready means addressable: the fleet knows the URL
         return bound
 
     async def stop_server(self) -> None:
@@ -256,6 +258,8 @@ def make_app(
         on_rejected_input=metrics.on_rejected_input,
         fleet=fleet,
         overload_wait=settings.overload_wait,
+        limits=ServerLimits.from_settings(settings),
+        on_suppressed_log=metrics.on_suppressed_log,
     )
     app = web.Application(client_max_size=2 * 1024 * 1024)
 
@@ -276,7 +280,8 @@ def make_app(
     app.router.add_post(settings.webhook_path, webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_route)
+    if settings.metrics_port is None:  # else served on its own port
+        app.router.add_get("/metrics", metrics_route)
     return app
 
 
@@ -308,6 +313,7 @@ async def serve(
     s = bot.settings
     host = s.host if host is None else host
     port = s.port if port is None else port
+    s.check_serving(host)  # auth off or plain-http forwarding off loopback: refused
     async with IoThread(uvloop=use_uvloop(s.loop)) as io:
         side = _IoSide(bot, io, tokens, on_decided)
         async with io.enter(side.entered):
@@ -333,7 +339,7 @@ async def serve(
     log.info("bot.stopped")
 
 
-def _bound_address(runner: web.AppRunner, host: str) -> tuple[str, int]:
+def _bound_address(runner: WebhookServer, host: str) -> tuple[str, int]:
     for addr in runner.addresses:
         if isinstance(addr, tuple) and len(addr) >= 2:
             return str(addr[0]), int(addr[1])

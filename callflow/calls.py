@@ -4,6 +4,11 @@ Graph drops an answered call that the bot does not keep alive (at least every 45
 15 is the recommendation). :class:`CallKeeper` remembers each answered call, sends
 ``keepAlive`` every ``interval`` seconds from one heap-driven task, forgets the call when it
 terminates, and treats a 404 from Graph as "the call is gone": its state is cleaned up.
+
+A keepAlive that fails for any other reason (Graph unreachable or erring, no app token
+because the identity provider is down or the tenant revoked consent, anything else) never
+ends the task or the worker: it is logged, counted in ``failures`` and retried after a
+jittered backoff (at most ``interval``) until it succeeds or the call ends.
 """
 
 from __future__ import annotations
@@ -12,23 +17,28 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import attrs
 import structlog
 
-from .errors import CallGoneError, GraphError
+from .errors import CallGoneError
 
 if TYPE_CHECKING:
     from .graph._client import GraphClient
 
-__all__ = ["CallKeeper", "HeldCall"]
+__all__ = ["RETRY_BACKOFF", "CallKeeper", "HeldCall"]
 
 log = structlog.get_logger(__name__)
+
+RETRY_BACKOFF: Final = (1.0, 60.0)
+"""Seconds before retrying a failed keepAlive: doubling from the first to the second (and
+never later than the keep-alive interval), jittered."""
 
 
 @attrs.define
@@ -41,14 +51,25 @@ class HeldCall:
     """``time.monotonic()`` when the answer was accepted by Graph."""
     keepalives: int = 0
     """keepAlive requests Graph accepted for this call."""
+    failed: int = 0
+    """keepAlive attempts in a row that failed (0 after a success)."""
 
 
 class CallKeeper:
     """Holds answered calls and keeps them alive; also how handlers hang up (``ctx.hang_up``)."""
 
-    def __init__(self, graph: GraphClient, interval: float = 900.0) -> None:
+    def __init__(
+        self,
+        graph: GraphClient,
+        interval: float = 900.0,
+        *,
+        retry_backoff: tuple[float, float] = RETRY_BACKOFF,
+    ) -> None:
         self._graph = graph
         self.interval = interval
+        self.retry_backoff = retry_backoff
+        self.failures = 0
+        """keepAlive attempts that failed (any error but "the call is gone")."""
         self._calls: dict[str, HeldCall] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
@@ -146,12 +167,28 @@ class CallKeeper:
             self._touch()
             log.info("call.gone", call_id=held.call_id, reason="keepAlive answered 404")
             return
-        except GraphError as exc:
-            log.warning("call.keepalive_failed", call_id=held.call_id, error=str(exc))
+        except Exception as exc:  # GraphError, TokenError, anything: never end the task
+            held.failed += 1
+            self.failures += 1
+            wait = self._retry_in(held.failed)
+            log.warning(
+                "call.keepalive_failed",
+                call_id=held.call_id,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                attempt=held.failed,
+                retry_in=round(wait, 3),
+            )
+            self._touch()
         else:
             held.keepalives += 1
+            held.failed = 0
+            wait = self.interval
             self._touch()
         if held.call_id in self._calls:
-            heapq.heappush(
-                self._heap, (time.monotonic() + self.interval, next(self._seq), held.call_id)
-            )
+            heapq.heappush(self._heap, (time.monotonic() + wait, next(self._seq), held.call_id))
+
+    def _retry_in(self, failed: int) -> float:
+        """Seconds before the next attempt after ``failed`` failures in a row."""
+        low, high = self.retry_backoff
+        cap = min(high, low * 2.0 ** min(failed - 1, 30), self.interval)
+        return random.uniform(cap / 2, cap)

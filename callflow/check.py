@@ -58,6 +58,7 @@ async def run_checks(environ: dict[str, str] | None = None, out: TextIO | None =
 
     try:
         settings = settings_for_run(environ)
+        settings.check_serving(settings.host)  # what the worker would refuse at start
     except ConfigError as exc:
         report(False, "settings", str(exc))
         return 1

@@ -72,7 +72,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return anyio.run(run_checks)
 
 
+def _testing_kit() -> None:
+    """Raise CallflowError saying how to install the testing kit when it cannot be imported."""
+    try:
+        import callflow.testing  # noqa: F401
+    except ImportError as exc:
+        raise CallflowError(str(exc)) from None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _testing_kit()
     from .demo import run_demo
 
     code: int = anyio.run(run_demo, args.calls_per_kind)
@@ -80,6 +89,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    _testing_kit()
     from ._log import configure_logging
     from .bench import bench_bot
 

@@ -106,7 +106,7 @@ async def run_demo(calls_per_kind: int = 1, out: TextIO | None = None) -> int:
     loop = asyncio.get_running_loop()
 
     def on_decided(slot: DecisionSlot, error: BaseException | None) -> None:
-        # Runs in the bot's loop or in the deadline thread: hand over to the loop.
+        # Runs on the bot's I/O loop, in its own thread: hand over to this loop.
         decided[slot.call_id] = (slot.decided_by or "?", time.monotonic() - slot.received)
         loop.call_soon_threadsafe(lambda: reported.setdefault(slot.call_id, anyio.Event()).set())
 

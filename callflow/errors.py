@@ -23,6 +23,7 @@ __all__ = [
     "OperationError",
     "OperationTimeoutError",
     "RecordingTooLargeError",
+    "NotificationLimitError",
     "RegistrationError",
     "TokenError",
     "TransferError",
@@ -39,6 +40,15 @@ class ConfigError(CallflowError, ValueError):
 
 class NotificationFormatError(CallflowError, ValueError):
     """Raised when a notification body is not a Graph commsNotifications payload."""
+
+
+class NotificationLimitError(NotificationFormatError):
+    """Raised when a notification body is over a size limit (too many notifications in it);
+    ``limit`` is the limit that was exceeded."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class DecisionError(CallflowError, ValueError):

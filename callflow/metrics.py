@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .deadline import DecisionSlot
     from .dispatch import Engine
     from .store import FleetStats
+    from .webhook._server import ServerStats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -95,12 +96,33 @@ class Metrics:
         self._engine: Engine | None = None
         self._token_failures: Callable[[], int] | None = None
         self._fleet: FleetStats | None = None
+        self._background: dict[str, Callable[[], int]] = {}
+        self._server: ServerStats | None = None
+        self.suppressed_logs = 0
+        """Log lines left out by rate limits (``webhook.rejected``...), counted here."""
         r.register(_EngineCollector(self))
 
     def attach(self, engine: Engine, token_failures: Callable[[], int] | None = None) -> None:
         """Read the engine's counters (and the token provider's failures) at scrape time."""
         self._engine = engine
         self._token_failures = token_failures
+
+    def attach_background(self, keeper: Any = None, auth: Any = None) -> None:
+        """Count the failures of background work at scrape time: the keeper's keepAlive
+        attempts (``keeper.failures``) and the inbound key refreshes (``auth.refresh_failures``).
+        """
+        if keeper is not None:
+            self._background["keepalive"] = lambda: int(keeper.failures)
+        if auth is not None:
+            self._background["keys_refresh"] = lambda: int(auth.refresh_failures)
+
+    def attach_server(self, stats: ServerStats) -> None:
+        """Read the webhook server's connection counters at scrape time."""
+        self._server = stats
+
+    def on_suppressed_log(self, count: int = 1) -> None:
+        """Count log lines a rate limit left out."""
+        self.suppressed_logs += count
 
     def attach_fleet(self, stats: FleetStats) -> None:
         """Read the fleet-mode counters (store failures, take-overs, ...) at scrape time."""
@@ -199,6 +221,33 @@ class _EngineCollector(Collector):
             ("callflow_calls_gone", "Calls whose caller hung up before a decision", stats.gone),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
+        background = self._metrics._background
+        if background:
+            family = CounterMetricFamily(
+                "callflow_background_failures",
+                "Failures of background work (logged and retried; the worker keeps running)",
+                labels=("task",),
+            )
+            for task, count in sorted(background.items()):
+                family.add_metric((task,), count())
+            yield family
+        yield CounterMetricFamily(
+            "callflow_suppressed_log_lines",
+            "Log lines left out by rate limits (each logged line says how many it stands for)",
+            value=self._metrics.suppressed_logs,
+        )
+        server = self._metrics._server
+        if server is not None:
+            yield GaugeMetricFamily(
+                "callflow_open_connections", "Open webhook connections", value=server.open
+            )
+            for name, doc, value in (
+                ("callflow_connections_evicted", "Idle connections closed to make room for a "
+                 "new one (MAX_CONNECTIONS reached)", server.evicted),
+                ("callflow_connections_refused", "Connections refused with 503: "
+                 "MAX_CONNECTIONS reached and every connection busy", server.refused),
+            ):  # fmt: skip
+                yield CounterMetricFamily(name, doc, value=value)
         failures = self._metrics._token_failures
         if failures is not None:
             yield CounterMetricFamily(
@@ -220,5 +269,7 @@ class _EngineCollector(Collector):
                 ("callflow_shared_duplicate_notifications",
                  "State updates and terminations another worker had already taken",
                  fleet.shared_duplicates),
+                ("callflow_fleet_forged_values", "Values found in Redis without a valid "
+                 "CALLFLOW_FLEET_SECRET signature (ignored or replaced)", fleet.forged),
             ):  # fmt: skip
                 yield CounterMetricFamily(name, doc, value=value)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import ssl
@@ -15,11 +16,15 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._trust import forward_target
 from .errors import ConfigError
 
-__all__ = ["PREFIX", "Settings"]
+__all__ = ["MIN_FLEET_SECRET", "PREFIX", "Settings", "is_loopback", "masked_url"]
 
 PREFIX: Final = "CALLFLOW_"
+
+MIN_FLEET_SECRET: Final = 32
+"""The shortest ``FLEET_SECRET`` accepted, in characters."""
 
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
@@ -90,6 +95,10 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
 
 
+def _targets(raw: str) -> tuple[str, ...]:
+    return tuple(forward_target(part) for part in raw.split(",") if part.strip())
+
+
 def _store(raw: str) -> str:
     value = raw.strip()
     if value == "memory" or value.startswith(("redis://", "rediss://", "unix://")):
@@ -104,10 +113,68 @@ def _instance_id(raw: str) -> str:
     return value
 
 
+def _secret(raw: str) -> str:
+    value = raw.strip()
+    if len(value) < MIN_FLEET_SECRET:
+        raise ValueError(
+            f"expected at least {MIN_FLEET_SECRET} characters (e.g. `openssl rand -hex 32`), "
+            f"got {len(value)}"
+        )
+    return value
+
+
+def _port(raw: str) -> int | None:
+    if raw.strip().lower() in ("", "none", "off"):
+        return None
+    return _int(0, 65535)(raw)
+
+
 def _file(raw: str) -> str:
     if not os.path.isfile(raw):
         raise ValueError(f"no such file: {raw!r}")
     return raw
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``)."""
+    if not host:
+        return False
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def masked_url(url: object) -> str:
+    """``url`` as shown in reprs and logs: any password replaced by ``***``."""
+    if not isinstance(url, str):
+        return repr(url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return repr("<unparsable URL>")
+    if password is None:
+        return repr(url)
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return repr(parts._replace(netloc=f"{user}:***@{host}").geturl())
+
+
+def _plain_http_problem(name: str, url: str | None, allowed: bool) -> str | None:
+    """Why ``url`` (the setting ``name``) may not be used: plain http off loopback."""
+    if url is None or allowed:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        return (
+            f"{PREFIX}{name}: {masked_url(url)} is plain http to a host that is not loopback; "
+            f"expected https (or {PREFIX}ALLOW_INSECURE_HTTP=on for a test network)"
+        )
+    return None
 
 
 @attrs.frozen
@@ -119,16 +186,23 @@ class Settings:
     certificate_path: str | None = None
     certificate_thumbprint: str | None = None
     tenant_id: str = "common"
-    callback_url: str | None = None
+    callback_url: str | None = attrs.field(default=None, repr=masked_url)
     host: str = "0.0.0.0"
     port: int = 8000
     webhook_path: str = "/api/calls"
-    graph_url: str = "https://graph.microsoft.com/v1.0"
-    authority_url: str = "https://login.microsoftonline.com"
-    openid_config_url: str = "https://api.aps.skype.com/v1/.well-known/OpenIdConfiguration"
+    graph_url: str = attrs.field(default="https://graph.microsoft.com/v1.0", repr=masked_url)
+    authority_url: str = attrs.field(default="https://login.microsoftonline.com", repr=masked_url)
+    openid_config_url: str = attrs.field(
+        default="https://api.aps.skype.com/v1/.well-known/OpenIdConfiguration", repr=masked_url
+    )
     issuers: tuple[str, ...] = ("https://graph.microsoft.com", "https://api.botframework.com")
     allowed_tenants: tuple[str, ...] = ()
     inbound_auth: bool = True
+    allow_unauthenticated: bool = False
+    """Allow ``INBOUND_AUTH=off`` on a HOST that is not loopback (never in production)."""
+    allow_insecure_http: bool = False
+    """Allow plain-http ``GRAPH_URL``, ``OPENID_CONFIG_URL`` and ``INTERNAL_URL`` to hosts that
+    are not loopback (a test network); loopback http is always allowed."""
     ca_bundle: str | None = None
     platform_timeout: float = 15.0
     recording_timeout: float = 5.0
@@ -136,7 +210,7 @@ class Settings:
     default_reject_reason: str = "busy"
     max_pending: int = 10_000
     deadline_send_rate: float = 500.0
-    """Default decisions a second the deadline thread is counted on to send when many calls
+    """Default decisions a second the outbox is counted on to send when many calls
     fall due together. At most this x SAFETY_MARGIN undecided calls may fall due within one
     safety margin; a call that would exceed it gets the default at once."""
     max_send_backlog: int = 1_000
@@ -153,14 +227,23 @@ class Settings:
     drain_timeout: float = 15.0
     keepalive_interval: float = 900.0
     request_timeout: float = 5.0
-    store: str = "memory"
+    http_keepalive_timeout: float = 75.0
+    """Seconds an idle connection (or one that has not sent a whole request yet) stays open."""
+    max_connections: int = 1_000
+    """Open connections at most; past it the oldest idle one is closed for a new one, or the
+    new one gets 503 when every connection is busy with a request."""
+    body_timeout: float = 5.0
+    """Seconds a notification's body may take to arrive once its headers are in (then 408)."""
+    metrics_port: int | None = None
+    """Serve ``/metrics`` on this port (on HOST) instead of the webhook's port."""
+    store: str = attrs.field(default="memory", repr=masked_url)
     instance_id: str = attrs.field(factory=socket.gethostname)
     heartbeat_interval: float = 1.0
     """Fleet mode: seconds between heartbeats; a worker silent for 3 of them is taken over."""
     store_timeout: float = 0.15
     """Fleet mode: seconds a housekeeping store (Redis) operation may take, and the least a
     claim on the decision path may wait, before the worker decides on its own."""
-    internal_url: str | None = None
+    internal_url: str | None = attrs.field(default=None, repr=masked_url)
     """Fleet mode: the base URL other workers forward notifications to (default
     ``http://HOST:PORT``, the host name when HOST is a wildcard)."""
     loop: str = "auto"
@@ -170,6 +253,12 @@ class Settings:
     """``callflow run``: seconds one thread may hold the interpreter while the other waits
     (Python's default is 0.005): how late the I/O loop may get to a notification while a
     handler computes on the app loop."""
+    fleet_secret: str | None = attrs.field(default=None, repr=False)
+    """Fleet mode: the key every worker signs and checks fleet values and forwarded
+    notifications with (HMAC-SHA256); required with a Redis store."""
+    forward_allow: tuple[str, ...] = ()
+    """Fleet mode: the hosts, addresses and networks (CIDR) notifications may be forwarded to;
+    empty: any forwarding URL a worker of the fleet signed."""
     log_format: str | None = None
     log_level: str = "info"
     log_pii: bool = False
@@ -211,8 +300,54 @@ class Settings:
             problems.append(
                 f"{PREFIX}CERTIFICATE_PATH and {PREFIX}CERTIFICATE_THUMBPRINT go together"
             )
+        for name in ("graph_url", "openid_config_url", "internal_url"):
+            problem = _plain_http_problem(
+                name.upper(), getattr(self, name), self.allow_insecure_http
+            )
+            if problem is not None:
+                problems.append(problem)
+        if self.store != "memory" and not self.fleet_secret:
+            problems.append(
+                f"{PREFIX}FLEET_SECRET: required with {PREFIX}STORE={masked_url(self.store)}; "
+                f"expected the same secret of at least {MIN_FLEET_SECRET} characters on every "
+                "worker (fleet values and forwarded notifications are signed with it)"
+            )
+        elif self.fleet_secret is not None and len(self.fleet_secret) < MIN_FLEET_SECRET:
+            problems.append(
+                f"{PREFIX}FLEET_SECRET: expected at least {MIN_FLEET_SECRET} characters, "
+                f"got {len(self.fleet_secret)}"
+            )
         if problems:
             raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+    def check_serving(self, host: str) -> None:
+        """Raise ConfigError for settings unsafe on the interface ``host`` the webhook binds.
+
+        Inbound authentication may be off only on loopback unless ``ALLOW_UNAUTHENTICATED``;
+        in fleet mode without ``INTERNAL_URL``, the default ``http://HOST:PORT`` is plain http,
+        so it must be loopback unless ``ALLOW_INSECURE_HTTP``.
+        """
+        problems: list[str] = []
+        if not self.inbound_auth and not is_loopback(host) and not self.allow_unauthenticated:
+            problems.append(
+                f"{PREFIX}INBOUND_AUTH: off while listening on {host or '0.0.0.0'!r}, an "
+                "interface that is not loopback: anyone who reaches it could place calls; "
+                f"expected INBOUND_AUTH=on, {PREFIX}HOST=127.0.0.1, or "
+                f"{PREFIX}ALLOW_UNAUTHENTICATED=on to force it"
+            )
+        if (
+            self.store != "memory"
+            and self.internal_url is None
+            and not is_loopback(host)
+            and not self.allow_insecure_http
+        ):
+            problems.append(
+                f"{PREFIX}INTERNAL_URL: not set, and the default http://HOST:PORT would carry "
+                f"forwarded notifications in plain http off loopback (HOST {host!r}); expected "
+                f"an https URL, or {PREFIX}ALLOW_INSECURE_HTTP=on on a private network"
+            )
+        if problems:
+            raise ConfigError("unsafe settings:\n  " + "\n  ".join(problems))
 
     def client_ssl_context(self) -> ssl.SSLContext | None:
         """A TLS context trusting the system CAs plus ``CA_BUNDLE``; None without a bundle."""
@@ -254,6 +389,8 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "issuers": _csv,
     "allowed_tenants": _csv,
     "inbound_auth": _bool,
+    "allow_unauthenticated": _bool,
+    "allow_insecure_http": _bool,
     "ca_bundle": _file,
     "platform_timeout": _float(1.0, 60.0),
     "recording_timeout": _float(1.0, 60.0),
@@ -267,6 +404,10 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "drain_timeout": _float(0.0, 600.0),
     "keepalive_interval": _float(1.0, 2700.0),
     "request_timeout": _float(0.1, 60.0),
+    "http_keepalive_timeout": _float(0.5, 3600.0),
+    "max_connections": _int(1, 1_000_000),
+    "body_timeout": _float(0.1, 60.0),
+    "metrics_port": _port,
     "store": _store,
     "instance_id": _instance_id,
     "heartbeat_interval": _float(0.05, 60.0),
@@ -274,6 +415,8 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "internal_url": _url("http", "https"),
     "loop": _choice("auto", "asyncio", "uvloop"),
     "switch_interval": _float(0.0001, 0.1),
+    "fleet_secret": _secret,
+    "forward_allow": _targets,
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_pii": _bool,

@@ -33,6 +33,15 @@ Claims hold ``instance#boot`` (``boot`` is random per process) and are idempoten
 holder, so the store may retry a command once after a lost connection (a restarted Redis)
 without ever mistaking its own claim for another worker's.
 
+Every value a worker acts on is signed with the fleet secret (``CALLFLOW_FLEET_SECRET``, see
+:mod:`callflow._trust`): claims (``instance#boot#mac``, bound to their key), pending and
+adopted members (``call_id|tenant_id|mac``) and heartbeats (a ``mac`` and a time ``t`` in the
+JSON). A claim script that loses returns the holder, and the worker checks its signature: a
+forged holder is replaced (compare-and-set) and the claim won. A heartbeat that does not verify
+counts as absent (the instance is dead, its calls are taken over), a member that does not
+verify is dropped and never decided. Each forged value is counted
+(``callflow_fleet_forged_values_total``) and logged (``fleet.forged_value``, rate-limited).
+
 Take-over: :class:`FleetWatch` runs on the worker's I/O loop, which runs no user code and
 stays responsive when a handler blocks the app loop, so a busy worker keeps its heartbeat. When
 an instance's heartbeat is gone, one script moves its pending (and adopted) calls into this
@@ -61,7 +70,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import socket
 import threading
@@ -77,6 +85,8 @@ import anyio
 import attrs
 import structlog
 
+from ._log import Throttle
+from ._trust import FleetSigner, ForwardTargets
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -131,6 +141,8 @@ CLAIM_SHARE: Final = 0.25
 timeout for the store (at least ``STORE_TIMEOUT``, at most :data:`CLAIM_CAP`)."""
 CLAIM_CAP: Final = 2.0
 """The longest a claim waits for the store, in seconds."""
+REFRESH_EVERY: Final = 0.1
+"""Seconds between two reads of the fleet's directory on forwarding misses."""
 LONG_WAIT: Final = 0.5
 """An operation that timed out after waiting this long counts towards tripping the circuit."""
 
@@ -145,49 +157,83 @@ if not holder then
   return 1
 end
 if holder == ARGV[1] then return 1 end
-return 0
+return holder
 """
 
 _ADMIT: Final = """
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
+if holder and holder ~= ARGV[1] then return holder end
 if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
 
+# Replaces a holder the client found forged, only while the key still holds it (or nothing):
+# ARGV = forged, ours, ttl[, score, member for KEYS[2] (admit)].
+_REPLACE: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and holder ~= ARGV[2] then return holder end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5]) end
+return 1
+"""
+
+# ARGV[1] is the TTL, ARGV[i + 1] this worker's value for KEYS[i].
 _SEEN: Final = """
 local out = {}
 for i, key in ipairs(KEYS) do
+  local mine = ARGV[i + 1]
   local holder = redis.call('GET', key)
   if not holder then
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    redis.call('SET', key, mine, 'PX', ARGV[1])
     out[i] = 1
-  elseif holder == ARGV[1] then
+  elseif holder == mine then
     out[i] = 1
   else
-    out[i] = 0
+    out[i] = holder
+  end
+end
+return out
+"""
+
+# ARGV[1] is the TTL, ARGV[2i] the forged value found under KEYS[i], ARGV[2i + 1] ours.
+_REPLACE_SEEN: Final = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder and holder ~= ARGV[2 * i] and holder ~= ARGV[2 * i + 1] then
+    out[i] = holder
+  else
+    redis.call('SET', key, ARGV[2 * i + 1], 'PX', ARGV[1])
+    out[i] = 1
   end
 end
 return out
 """
 
 # The heartbeat key is built from ARGV: it shares the fleet's hash tag, so it lives in the
-# same cluster slot as KEYS[1].
+# same cluster slot as KEYS[1]. A holder that looks alive is returned with the heartbeat, for
+# the client to check both signatures.
 _CLAIM_ORPHAN: Final = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
-  local owner, boot = string.match(holder, '^(.*)#([^#]*)$')
-  if not owner then return 0 end
+  local owner, boot = string.match(holder, '^(.*)#([^#]*)#[^#]*$')
+  if not owner then return {holder, ''} end
   local beat = redis.call('GET', ARGV[3] .. owner)
-  if beat and string.find(beat, '"' .. boot .. '"', 1, true) then return 0 end
+  if beat and string.find(beat, '"' .. boot .. '"', 1, true) then return {holder, beat} end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# ARGV[3] is the heartbeat value the client found forged ('' for none): a take-over goes on
+# while the instance key holds nothing or that value (which it deletes).
 _TAKE_OVER: Final = """
-if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+if ARGV[2] ~= '1' then
+  local beat = redis.call('GET', KEYS[1])
+  if beat and beat ~= ARGV[3] then return {} end
+  if beat then redis.call('DEL', KEYS[1]) end
+end
 local moved = {}
 for _, key in ipairs({KEYS[2], KEYS[3]}) do
   if key ~= KEYS[4] then
@@ -237,21 +283,6 @@ class Dropped:
 DROPPED: Final = Dropped()
 
 
-def _member(call_id: str, tenant_id: str | None) -> str:
-    return f"{call_id}|{tenant_id or ''}"
-
-
-def _pending_calls(flat: Sequence[Any]) -> tuple[PendingCall, ...]:
-    """Parse ``[member, score, member, score, ...]`` (a ZRANGE WITHSCORES reply)."""
-    calls = []
-    for member, score in zip(flat[::2], flat[1::2], strict=True):
-        call_id, sep, tenant = str(member).rpartition("|")
-        if not sep:
-            call_id, tenant = str(member), ""
-        calls.append(PendingCall(call_id, tenant or None, float(score)))
-    return tuple(calls)
-
-
 def instance_callback_url(callback_url: str, instance_id: str) -> str:
     """``callback_url`` with ``instance=INSTANCE_ID`` in its query (replacing one already there).
 
@@ -269,31 +300,13 @@ def epoch_of(monotonic: float) -> float:
     return time.time() + (monotonic - time.monotonic())
 
 
-def _address(raw: str) -> str | None:
-    """The forwarding URL in a heartbeat value (None when unreadable)."""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    url = value.get("url") if isinstance(value, dict) else None
-    return url if isinstance(url, str) and url else None
-
-
-def _boot_of(raw: str | None) -> str | None:
-    try:
-        value = json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
-    boot = value.get("boot") if isinstance(value, dict) else None
-    return boot if isinstance(boot, str) else None
-
-
 class FleetStats:
     """Fleet counters shared by the worker's two threads; read them for metrics."""
 
     __slots__ = (
         "_lock",
         "dropped_elsewhere",
+        "forged",
         "forwarded",
         "shared_duplicates",
         "store_failures",
@@ -312,6 +325,8 @@ class FleetStats:
         """Decisions not sent because another worker had sent the call's decision."""
         self.shared_duplicates = 0
         """State updates and terminations another worker had already taken."""
+        self.forged = 0
+        """Values found in Redis without a valid fleet signature (ignored or replaced)."""
 
     def add(self, name: str, count: int = 1) -> None:
         """Add ``count`` to the counter ``name`` (thread-safe)."""
@@ -588,7 +603,9 @@ class RedisStore:
     Use it as an async context manager in the event loop that uses it (a worker's I/O loop;
     several clients of one worker share ``breaker``, ``stats`` and ``boot``). ``timeout``
     bounds every operation, a lost connection is retried once at once (every command here
-    is safe to repeat). ``label`` names the store in logs.
+    is safe to repeat). ``label`` names the store in logs. ``secret``
+    (``CALLFLOW_FLEET_SECRET``) signs and checks every value the store reads and
+    writes; ``ca_bundle`` is the CA file trusted for a ``rediss://`` URL that names none.
     """
 
     def __init__(
@@ -596,25 +613,36 @@ class RedisStore:
         url: str,
         *,
         instance_id: str,
+        secret: str | bytes,
         namespace: str = "callflow",
         timeout: float = 0.15,
         breaker: Breaker | None = None,
         stats: FleetStats | None = None,
         boot: str | None = None,
         label: str = "loop",
+        ca_bundle: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         problems: list[str] = []
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            problems.append(f"url={url!r}: expected a redis://, rediss:// or unix:// URL")
-        if not instance_id or "#" in instance_id:
-            problems.append(f"instance_id={instance_id!r}: expected a non-empty name without '#'")
+            problems.append(f"url={without_credentials(url)!r}: expected a redis://, rediss:// "
+                            "or unix:// URL")  # fmt: skip
+        if not instance_id or "#" in instance_id or "|" in instance_id:
+            problems.append(
+                f"instance_id={instance_id!r}: expected a non-empty name without '#' or '|'"
+            )
         if not namespace or any(c in namespace for c in "{}"):
             problems.append(f"namespace={namespace!r}: expected a non-empty name without braces")
         if not timeout > 0:
             problems.append(f"timeout={timeout!r}: expected seconds > 0")
+        signer: FleetSigner | None = None
+        try:
+            signer = FleetSigner(secret)
+        except ConfigError as exc:
+            problems.append(str(exc))
         if problems:
             raise ConfigError("invalid RedisStore settings: " + "; ".join(problems))
+        assert signer is not None
         self.url = url
         self.instance_id = instance_id
         self.namespace = namespace
@@ -622,15 +650,21 @@ class RedisStore:
         self.boot = boot if boot is not None else os.urandom(8).hex()
         self.breaker = breaker if breaker is not None else Breaker()
         self.stats = stats if stats is not None else FleetStats()
+        self._signer = signer
         self._holder = f"{instance_id}#{self.boot}"
         self._timeout = float(timeout)
         self._clock = clock
+        self._ca_bundle = ca_bundle
         self._prefix = f"callflow:{{{namespace}}}:"
         self._client: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._scripts: dict[str, tuple[str, str]] = {}
         self._no_script: type[BaseException] = OSError
         self._beats = 0
+        self._beat_ttl = 3.0
+        self._suspects: dict[str, str] = {}
+        """Instances whose heartbeat did not verify at the last beat, and the value found."""
+        self._forged_log = Throttle(LOG_EVERY)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.label} instance={self.instance_id!r} ns={self.namespace!r}>"
@@ -653,6 +687,9 @@ class RedisStore:
             ) from exc
         self._errors = (RedisError, OSError, TimeoutError)
         self._no_script = NoScriptError
+        options: dict[str, Any] = {}
+        if self.url.startswith("rediss://") and self._ca_bundle and "ssl_ca_certs=" not in self.url:
+            options["ssl_ca_certs"] = self._ca_bundle
         self._client = aioredis.Redis.from_url(
             self.url,
             decode_responses=True,
@@ -662,12 +699,15 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
             client_name=f"callflow-{self.instance_id}-{self.label}",
+            **options,
         )
         for name, source in (
             ("admit", _ADMIT),
             ("claim", _CLAIM),
             ("claim_orphan", _CLAIM_ORPHAN),
+            ("replace", _REPLACE),
             ("seen", _SEEN),
+            ("replace_seen", _REPLACE_SEEN),
             ("take_over", _TAKE_OVER),
         ):
             self._scripts[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
@@ -730,6 +770,10 @@ class RedisStore:
             self.stats.add("store_failures")
             self.breaker.failed(self.label, op, exc, long_wait=wait >= LONG_WAIT)
             return fallback
+        except (ValueError, TypeError) as exc:  # a reply of an unexpected shape
+            self.stats.add("store_failures")
+            log.error("store.bad_reply", store=self.label, op=op, error=type(exc).__name__)
+            return fallback
         self.breaker.succeeded(self.label, op)
         return result
 
@@ -741,6 +785,64 @@ class RedisStore:
 
         return await self._run("ping", run, False)
 
+    # -- signatures ------------------------------------------------------------------------
+
+    def _forged(self, kind: str, name: str, value: object) -> None:
+        """Count (and log, rate-limited) a value found without a valid fleet signature."""
+        self.stats.add("forged")
+        suppressed = self._forged_log.admit(kind)
+        if suppressed is not None:
+            log.error(
+                "fleet.forged_value",
+                store=self.label,
+                kind=kind,
+                key=name[:100],
+                length=len(str(value)),
+                suppressed=suppressed,
+                message="a value in the fleet's Redis is not signed with this worker's "
+                "CALLFLOW_FLEET_SECRET: it was ignored. Expected every worker to share the "
+                "secret; otherwise someone else writes to the fleet's keys",
+            )
+
+    def _own(self, kind: str, name: str) -> str:
+        """This worker's signed holder value for the key ``kind``/``name``."""
+        return self._signer.seal(kind, name, self._holder)
+
+    async def _settle(
+        self,
+        kind: str,
+        name: str,
+        result: Any,
+        replace: Callable[[str], Awaitable[Any]],
+    ) -> bool:
+        """Whether a claim script's ``result`` (1, or the holder that beat this worker to
+        it) is won; a holder without a valid signature is replaced and the claim won."""
+        for _ in range(3):
+            if not isinstance(result, str):
+                return bool(result)
+            if self._signer.opened(kind, name, result) is not None:
+                return False  # held by a worker of the fleet
+            self._forged(kind, name, result)
+            result = await replace(result)
+        return True  # forged again and again: decide here, as when Redis is in trouble
+
+    def _verified(self, flat: Sequence[Any]) -> tuple[tuple[PendingCall, ...], list[str]]:
+        """The signed calls of ``[member, score, ...]`` and the members that are forged."""
+        calls: list[PendingCall] = []
+        forged: list[str] = []
+        for member, score in zip(flat[::2], flat[1::2], strict=True):
+            opened = self._signer.open_member(member)
+            try:
+                expires_at = float(score)
+            except (TypeError, ValueError):
+                opened = None
+            if opened is None:
+                self._forged("member", "", member)
+                forged.append(str(member))
+                continue
+            calls.append(PendingCall(opened[0], opened[1], expires_at))
+        return tuple(calls), forged
+
     # -- operations ----------------------------------------------------------------------
 
     async def admit(self, call_id: str, tenant_id: str | None, expires_at: float) -> bool:
@@ -748,37 +850,64 @@ class RedisStore:
         left = expires_at - self._clock()
         ttl_ms = _ms(max(left, 0.0) + KEY_GRACE)
         keys = (self.key("own", call_id), self.key("pending", self.instance_id))
-        args = (self._holder, ttl_ms, repr(expires_at), _member(call_id, tenant_id))
+        mine = self._own("own", call_id)
+        score, member = repr(expires_at), self._signer.member(call_id, tenant_id)
+
+        async def replace(forged: str) -> Any:
+            return await self._eval("replace", keys, (forged, mine, ttl_ms, score, member))
 
         async def run() -> bool:
-            return bool(await self._eval("admit", keys, args))
+            result = await self._eval("admit", keys, (mine, ttl_ms, score, member))
+            return await self._settle("own", call_id, result, replace)
 
         return await self._run("admit", run, True, self.wait_for(left))
 
     async def claim(self, call_id: str, *, left: float | None = None) -> bool:
         """See :meth:`DecisionStore.claim`."""
         keys = (self.key("final", call_id),)
-        args = (self._holder, _ms(KEY_GRACE * 2))
+        mine, ttl_ms = self._own("final", call_id), _ms(KEY_GRACE * 2)
+
+        async def replace(forged: str) -> Any:
+            return await self._eval("replace", keys, (forged, mine, ttl_ms))
 
         async def run() -> bool:
-            return bool(await self._eval("claim", keys, args))
+            result = await self._eval("claim", keys, (mine, ttl_ms))
+            return await self._settle("final", call_id, result, replace)
 
         return await self._run("claim", run, True, self.wait_for(left))
 
     async def claim_orphan(self, call_id: str, *, left: float | None = None) -> bool:
-        """See :meth:`DecisionStore.claim_orphan` (the holder lives if its heartbeat carries
-        the holder's boot id)."""
+        """See :meth:`DecisionStore.claim_orphan` (the holder lives if its signed heartbeat
+        carries the holder's boot id)."""
         keys = (self.key("final", call_id),)
-        args = (self._holder, _ms(KEY_GRACE * 2), self._prefix + "instance:")
+        mine, ttl_ms = self._own("final", call_id), _ms(KEY_GRACE * 2)
+
+        async def replace(forged: str) -> Any:
+            return await self._eval("replace", keys, (forged, mine, ttl_ms))
 
         async def run() -> bool:
-            return bool(await self._eval("claim_orphan", keys, args))
+            result = await self._eval(
+                "claim_orphan", keys, (mine, ttl_ms, self._prefix + "instance:")
+            )
+            if not isinstance(result, list):
+                return bool(result)
+            holder, beat = str(result[0]), result[1]
+            value = self._signer.opened("final", call_id, holder)
+            if value is None:
+                self._forged("final", call_id, holder)
+            else:
+                owner, _, boot = value.rpartition("#")
+                alive = self._signer.open_beat(owner, beat, max_age=self._beat_ttl)
+                if alive is not None and alive.boot == boot:
+                    return False  # a live worker holds it
+                self._forged("beat", owner, beat)  # it names the holder's boot, unsigned
+            return await self._settle("final", call_id, await replace(holder), replace)
 
         return await self._run("claim_orphan", run, True, self.wait_for(left))
 
     async def release(self, call_id: str, tenant_id: str | None) -> None:
         """See :meth:`DecisionStore.release`."""
-        member = _member(call_id, tenant_id)
+        member = self._signer.member(call_id, tenant_id)
 
         async def run() -> None:
             pipe = self._redis().pipeline(transaction=False)
@@ -793,20 +922,46 @@ class RedisStore:
         if not keys:
             return ()
         redis_keys = tuple(self.key("seen", key) for key in keys)
-        args = (f"{self._holder}#{os.urandom(6).hex()}", _ms(SEEN_TTL))
+        tag = f"{self._holder}#{os.urandom(6).hex()}"
+        mine = [self._signer.seal("seen", key, tag) for key in keys]
+        ttl_ms = _ms(SEEN_TTL)
 
         async def run() -> tuple[bool, ...]:
-            firsts = await self._eval("seen", redis_keys, args)
-            return tuple(bool(first) for first in firsts)
+            results = await self._eval("seen", redis_keys, (ttl_ms, *mine))
+            firsts = [True] * len(keys)
+            forged: list[int] = []
+            for i, result in enumerate(results):
+                if not isinstance(result, str):
+                    firsts[i] = bool(result)
+                elif self._signer.opened("seen", keys[i], result) is not None:
+                    firsts[i] = False  # another worker of the fleet took it
+                else:
+                    self._forged("seen", keys[i], result)
+                    forged.append(i)
+            if forged:
+                args = [item for i in forged for item in (results[i], mine[i])]
+                again = await self._eval(
+                    "replace_seen", [redis_keys[i] for i in forged], (ttl_ms, *args)
+                )
+                for i, result in zip(forged, again, strict=True):
+                    if isinstance(result, str):
+                        firsts[i] = self._signer.opened("seen", keys[i], result) is None
+            return tuple(firsts)
 
         return await self._run("first_seen", run, tuple(True for _ in keys))
 
     async def beat(self, address: str | None, ttl: float) -> Census | None:
-        """See :meth:`DecisionStore.beat` (a pipeline, then ``MGET`` of the members' keys)."""
-        payload = json.dumps({"url": address, "boot": self.boot, "pid": os.getpid()})
-        trim_before = self._clock() - TRIM_AFTER
+        """See :meth:`DecisionStore.beat` (a pipeline, then ``MGET`` of the members' keys).
+
+        Only heartbeats signed by the fleet count: an instance whose key holds anything else
+        is dead (its calls are taken over) and has no forwarding URL.
+        """
+        now = self._clock()
+        payload = self._signer.seal_beat(self.instance_id, address, self.boot, os.getpid(), now)
+        trim_before = now - TRIM_AFTER
         me = self.key("instance", self.instance_id)
         adopted = self.key("adopted", self.instance_id)
+        self._beat_ttl = ttl
 
         async def run() -> Census:
             redis = self._redis()
@@ -821,18 +976,35 @@ class RedisStore:
             previous, _, _, _, _, members, mine = await pipe.execute()
             ids = sorted(members)
             values = await redis.mget([self.key("instance", i) for i in ids]) if ids else []
-            self._check_clash(previous)
-            live = {i: _address(v) for i, v in zip(ids, values, strict=True) if v is not None}
-            dead = tuple(i for i, v in zip(ids, values, strict=True) if v is None)
-            flat = [item for member, score in mine for item in (member, score)]
-            return Census(live, dead, _pending_calls(flat))
+            self._check_clash(previous, ttl)
+            live: dict[str, str | None] = {}
+            dead: list[str] = []
+            suspects: dict[str, str] = {}
+            for instance, value in zip(ids, values, strict=True):
+                if value is None:
+                    dead.append(instance)
+                    continue
+                found = self._signer.open_beat(instance, value, max_age=ttl, now=now)
+                if found is None:
+                    self._forged("beat", instance, value)
+                    dead.append(instance)
+                    suspects[instance] = value
+                else:
+                    live[instance] = found.url
+            self._suspects = suspects
+            calls, forged = self._verified([item for pair in mine for item in pair])
+            if forged:
+                await redis.zrem(adopted, *forged)
+            return Census(live, tuple(dead), calls)
 
         return await self._run("beat", run, None, max(self._timeout, ttl / HEARTBEATS_TO_LIVE))
 
-    def _check_clash(self, previous: str | None) -> None:
+    def _check_clash(self, previous: str | None, ttl: float) -> None:
         self._beats += 1
-        boot = _boot_of(previous)
-        if self._beats > 1 and boot is not None and boot != self.boot:
+        if self._beats == 1 or previous is None:
+            return
+        found = self._signer.open_beat(self.instance_id, previous, max_age=ttl)
+        if found is not None and found.boot != self.boot:
             log.error(
                 "fleet.instance_id_clash",
                 instance=self.instance_id,
@@ -841,7 +1013,8 @@ class RedisStore:
             )
 
     async def take_over(self, instance_id: str, *, force: bool = False) -> tuple[PendingCall, ...]:
-        """See :meth:`DecisionStore.take_over` (one script)."""
+        """See :meth:`DecisionStore.take_over` (one script). Only calls whose set members are
+        signed by the fleet come back; forged ones are dropped from the adopted set."""
         keys = (
             self.key("instance", instance_id),
             self.key("pending", instance_id),
@@ -849,10 +1022,13 @@ class RedisStore:
             self.key("adopted", self.instance_id),
             self.key("instances"),
         )
-        args = (instance_id, "1" if force else "0")
+        args = (instance_id, "1" if force else "0", self._suspects.get(instance_id, ""))
 
         async def run() -> tuple[PendingCall, ...]:
-            return _pending_calls(await self._eval("take_over", keys, args))
+            calls, forged = self._verified(await self._eval("take_over", keys, args))
+            if forged:
+                await self._redis().zrem(keys[3], *forged)
+            return calls
 
         return await self._run("take_over", run, (), max(self._timeout, CLAIM_CAP))
 
@@ -873,6 +1049,7 @@ def open_store(
     url: str,
     *,
     instance_id: str,
+    secret: str | bytes | None = None,
     namespace: str = "callflow",
     timeout: float = 0.15,
     breaker: Breaker | None = None,
@@ -880,12 +1057,19 @@ def open_store(
     boot: str | None = None,
     label: str = "loop",
 ) -> RedisStore | MemoryStore:
-    """The store ``CALLFLOW_STORE`` names: ``memory``, or a Redis URL (imported lazily)."""
+    """The store ``CALLFLOW_STORE`` names: ``memory``, or a Redis URL (imported lazily; it
+    needs the fleet ``secret``)."""
     if url == "memory":
         return MemoryStore(instance_id)
+    if not secret:
+        raise ConfigError(
+            "a Redis store needs the fleet secret (CALLFLOW_FLEET_SECRET); expected every "
+            "worker of the fleet to share one"
+        )
     return RedisStore(
         url,
         instance_id=instance_id,
+        secret=secret,
         namespace=namespace,
         timeout=timeout,
         breaker=breaker,
@@ -1062,6 +1246,14 @@ class FleetWatch:
         except Exception:  # the watch keeps the worker in the fleet: never let it stop
             log.exception("fleet.watch_failed", instance=self._store.instance_id)
 
+    async def beat_now(self) -> None:
+        """One heartbeat (with the current address) and a fresh directory, now; take-over
+        stays with the periodic beat."""
+        store = self._store
+        census = await store.beat(self._address(), self.interval * HEARTBEATS_TO_LIVE)
+        if census is not None:
+            self.directory.update(census.live)
+
     async def tick(self, sends: anyio.abc.TaskGroup) -> None:
         """One heartbeat; start a send in ``sends`` for every adopted call not yet sent."""
         store = self._store
@@ -1205,6 +1397,8 @@ class Fleet:
         self._store: RedisStore | None = None
         self._watch: FleetWatch | None = None
         self._watch_done: anyio.Event | None = None
+        self._refreshed = -1e9
+        self._refreshing: asyncio.Future[None] | None = None
         self._stack = AsyncExitStack()
 
     def open_store(self, label: str) -> RedisStore:
@@ -1213,6 +1407,8 @@ class Fleet:
         return RedisStore(
             s.store,
             instance_id=s.instance_id,
+            secret=s.fleet_secret or "",
+            ca_bundle=s.ca_bundle,
             namespace=self.namespace,
             timeout=s.store_timeout,
             breaker=self.breaker,
@@ -1233,8 +1429,11 @@ class Fleet:
                 Forwarder(
                     s.instance_id,
                     self.directory.url,
+                    signer=FleetSigner(s.fleet_secret or ""),
+                    targets=ForwardTargets(s.forward_allow),
                     dedupe=SharedDedupe(store, stats).fresh,
                     on_forwarded=lambda: stats.add("forwarded"),
+                    refresh=self.refresh_directory,
                 )
             )
             reachable = await store.ping()
@@ -1296,6 +1495,35 @@ class Fleet:
             with anyio.CancelScope(shield=True):
                 await self._loop_store().retire()
             self._watch_done.set()
+
+    async def announce(self) -> None:
+        """Publish this worker's heartbeat with its forwarding ``address`` now, rather than at
+        the next beat: a worker is ready only once the fleet can reach it."""
+        if self._watch is not None:
+            await self._watch.beat_now()
+
+    async def refresh_directory(self) -> None:
+        """Read the fleet's directory from the store again (a forwarding lookup missed).
+
+        Concurrent calls share one read, and the store is read at most every
+        ``REFRESH_EVERY`` seconds however many misses there are.
+        """
+        watch = self._watch
+        if watch is None:
+            return
+        now = time.monotonic()
+        if now - self._refreshed < REFRESH_EVERY and self._refreshing is None:
+            return
+        if self._refreshing is None:
+            self._refreshed = now
+            self._refreshing = asyncio.get_running_loop().create_future()
+            try:
+                await watch.beat_now()
+            finally:
+                done, self._refreshing = self._refreshing, None
+                done.set_result(None)
+        else:
+            await asyncio.shield(self._refreshing)
 
     async def stop_watch(self) -> None:
         """End the heartbeat; wait (at most one platform timeout) for the take-over sends in

@@ -2,7 +2,9 @@
 
 The caller's user id picks the behaviour: ``slow...`` hangs (logging ``fleet_bot.slow_call``
 first), so the call gets the default decision at its deadline, or from a survivor if this
-worker dies; ``reject...`` is rejected (forbidden); everyone else is answered at once.
+worker dies; ``reject...`` is rejected (forbidden); ``ivr...`` is answered with a flow that
+plays three prompts in a row, each awaited until Graph reports it played (logging
+``fleet_bot.played``); everyone else is answered at once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,16 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from callflow import Answer, Bot, CallStateChanged, IncomingCall, Reject, RejectReason
+from callflow import (
+    Answer,
+    Bot,
+    Call,
+    CallStateChanged,
+    IncomingCall,
+    MediaPrompt,
+    Reject,
+    RejectReason,
+)
 
 __all__ = ["bot"]
 
@@ -28,7 +39,16 @@ async def decide(call: IncomingCall) -> Answer | Reject:
         await anyio.sleep_forever()
     if user.startswith("reject"):
         return Reject(RejectReason.FORBIDDEN)
+    if user.startswith("ivr"):
+        return Answer(then=play_three)
     return Answer()
+
+
+async def play_three(call: Call) -> None:
+    """Play three prompts one after the other; each result may reach any worker."""
+    for n in range(3):
+        await call.play(MediaPrompt(f"https://cdn.example.com/prompt-{n}.wav"), timeout=10.0)
+    log.info("fleet_bot.played", call_id=call.call_id, prompts=3)
 
 
 @bot.on(CallStateChanged)

@@ -2,8 +2,10 @@
 
 ``RedisServer.start()`` runs ``redis-server`` from ``PATH`` with ``--save '' --appendonly no``
 and returns once it logged that it accepts connections; ``stop()`` ends it, ``restart()``
-starts it again on the same port (empty: nothing is persisted). The ``redis_server``
-fixture of a test module is one line::
+starts it again on the same port (empty: nothing is persisted). ``tls=ca`` (a trustme CA)
+serves TLS only, with a certificate for ``tls_names``; ``user=(name, password)`` adds an ACL
+user with ``rules`` (every right by default) and turns the passwordless default user off.
+The ``redis_server`` fixture of a test module is one line::
 
     @pytest.fixture
     def redis() -> Iterator[RedisServer]:
@@ -22,8 +24,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
 
 import pytest
 
@@ -58,21 +60,45 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; see the module docstring."""
 
-    def __init__(self, executable: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        executable: str,
+        port: int | None = None,
+        *,
+        tls: Any = None,
+        tls_names: Sequence[str] = ("127.0.0.1", "localhost"),
+        user: tuple[str, str] | None = None,
+        rules: Sequence[str] = ("~*", "&*", "+@all"),
+    ) -> None:
         self.executable = executable
         self.port = port if port is not None else _free_port()
         self.dir = tempfile.mkdtemp(prefix="callflow-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         self.output = bytearray()
+        self.user = user
+        self.rules = tuple(rules)
+        self.tls = tls is not None
+        if tls is not None:
+            cert = tls.issue_cert(*tls_names)
+            cert.private_key_pem.write_to_path(os.path.join(self.dir, "key.pem"))
+            cert.cert_chain_pems[0].write_to_path(os.path.join(self.dir, "cert.pem"))
+            tls.cert_pem.write_to_path(self.ca_path)
+
+    @property
+    def ca_path(self) -> str:
+        """The PEM file of the CA that signed the server's certificate (with ``tls``)."""
+        return os.path.join(self.dir, "ca.pem")
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
+        """``redis://127.0.0.1:PORT/0`` (``rediss://`` and the user's credentials as set)."""
         return self.url_for(0)
 
     def url_for(self, db: int) -> str:
         """The URL of database ``db`` (0-15): separate fleets on one server stay apart."""
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        scheme = "rediss" if self.tls else "redis"
+        login = f"{self.user[0]}:{self.user[1]}@" if self.user is not None else ""
+        return f"{scheme}://{login}127.0.0.1:{self.port}/{db}"
 
     @property
     def running(self) -> bool:
@@ -84,10 +110,32 @@ class RedisServer:
         if self.running:
             raise RuntimeError(f"redis-server already runs on port {self.port}")
         self.output.clear()
+        options: list[str] = []
+        if self.tls:
+            options += [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                os.path.join(self.dir, "cert.pem"),
+                "--tls-key-file",
+                os.path.join(self.dir, "key.pem"),
+                "--tls-ca-cert-file",
+                self.ca_path,
+                "--tls-auth-clients",
+                "no",
+            ]
+        else:
+            options += ["--port", str(self.port)]
+        if self.user is not None:
+            name, password = self.user
+            options += ["--user", "default", "off"]
+            options += ["--user", name, "on", f">{password}", *self.rules]
         self.process = subprocess.Popen(
             [
                 self.executable,
-                "--port", str(self.port),
+                *options,
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
@@ -142,9 +190,10 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def redis_server() -> Iterator[RedisServer]:
-    """Generator for a fixture: a started server, closed afterwards."""
-    server = RedisServer(require_redis_server())
+def redis_server(**options: Any) -> Iterator[RedisServer]:
+    """Generator for a fixture: a started server (``options`` as RedisServer takes them),
+    closed afterwards."""
+    server = RedisServer(require_redis_server(), **options)
     try:
         yield server.start()
     finally:

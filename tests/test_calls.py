@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import aiohttp
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from callflow import Answer, Bot, CallContext, CallStateChanged, IncomingCall
 from callflow.testing import FakeGraph
@@ -64,3 +66,32 @@ async def test_observer_can_hang_up_through_its_context() -> None:
         (delete,) = await call.wait_requests(1, op="delete")
         assert delete.status in (204, 404)
         assert running.calls() == []
+
+
+async def test_a_keepalive_without_an_app_token_does_not_stop_the_worker() -> None:
+    """The identity provider down while a call is held (its token expired, every refresh
+    failing): each keepAlive fails with a TokenError that is logged, counted and retried with
+    backoff, the worker keeps serving, and keepAlive resumes once tokens come back."""
+    async with (
+        FakeGraph(token_lifetime=2) as fake,
+        fake.serve(answering_bot(), keepalive_interval=0.3) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        call = await fake.place_call(running.webhook_url)
+        await call.decision()
+        fake.tokens.fail_next(10_000, 503, "temporarily_unavailable", retry_after=0)
+        with capture_logs() as logs, anyio.fail_after(20):
+            await running.keeper.wait_until(lambda calls: bool(calls) and calls[0].failed >= 2)
+            async with http.get(running.url + "/healthz") as health:
+                assert health.status == 200
+            fake.tokens.stop_failing()
+            await running.keeper.wait_until(lambda calls: calls[0].failed == 0)
+            kept = running.calls()[0].keepalives
+            await running.keeper.wait_until(lambda calls: calls[0].keepalives > kept)
+        failures = running.metrics.render().decode()
+    failed = [e for e in logs if e["event"] == "call.keepalive_failed"]
+    assert len(failed) >= 2
+    assert all(e["error"].startswith("TokenError: Could not get a Graph app token") for e in failed)
+    assert all(0 < e["retry_in"] <= 0.3 for e in failed)
+    assert 'callflow_background_failures_total{task="keepalive"}' in failures
+    assert running.keeper.failures >= 2

@@ -21,6 +21,7 @@ import anyio
 import pytest
 import structlog
 
+from callflow import Bot
 from callflow.check import run_checks, settings_for_run
 from callflow.cli import build_parser, load_bot, main
 from callflow.demo import SCRIPT, run_demo
@@ -426,3 +427,61 @@ async def test_the_demo_as_a_command() -> None:
     assert result.returncode == 0, result.stderr.decode()
     assert time.monotonic() - started < 20
     check_demo_output(result.stdout.decode())
+
+
+@pytest.mark.anyio
+async def test_check_fails_inbound_auth_off_on_a_public_interface(fake_graph: FakeGraph) -> None:
+    """INBOUND_AUTH=off with HOST=0.0.0.0 fails the settings line, as the worker would refuse
+    to start with it."""
+    environ = {**fake_graph.environ(), "CALLFLOW_INBOUND_AUTH": "off", "CALLFLOW_HOST": "0.0.0.0"}
+    code, lines = await check(environ)
+    assert code == 1
+    assert lines[0] == "[FAIL] settings: unsafe settings:"
+    assert "CALLFLOW_INBOUND_AUTH: off while listening on '0.0.0.0'" in "\n".join(lines)
+
+
+@pytest.mark.anyio
+async def test_a_worker_refuses_to_serve_without_auth_on_a_public_interface(
+    fake_graph: FakeGraph,
+) -> None:
+    """Bot.serve with INBOUND_AUTH=off on 0.0.0.0 raises ConfigError before it listens."""
+    with pytest.raises(ConfigError, match="CALLFLOW_INBOUND_AUTH: off while listening"):
+        async with fake_graph.serve(Bot(), inbound_auth=False, host="0.0.0.0"):
+            pass  # pragma: no cover - never reached
+
+
+_WITHOUT_TRUSTME = "import sys; sys.modules['trustme'] = None; "
+
+
+def test_the_testing_kit_says_how_to_install_it_when_trustme_is_missing() -> None:
+    """Without trustme (not a runtime dependency any more) importing callflow.testing raises an
+    ImportError naming the extra, and ``callflow demo`` exits 1 with that message."""
+    kit = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TRUSTME + "import callflow.testing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert kit.returncode == 1
+    assert "ImportError: callflow.testing needs the trustme package" in kit.stderr
+    assert "pip install 'callflow[testing]'" in kit.stderr
+    demo = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _WITHOUT_TRUSTME + "from callflow.cli import main; raise SystemExit(main(['demo']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert demo.returncode == 1
+    assert demo.stderr.startswith("callflow: callflow.testing needs the trustme package")
+    assert "Traceback" not in demo.stderr
+    plain = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TRUSTME + "import callflow, callflow.bot"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode == 0, plain.stderr  # a bot itself never needs it

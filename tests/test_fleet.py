@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,9 +27,11 @@ import anyio
 import anyio.abc
 import attrs
 import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from callflow.testing import CallHandle, FakeGraph, SigningKey
+from callflow.testing import CallHandle, FakeGraph, SigningKey, call_state, envelope
 from tests.fleet_proxy import AVOID, UPSTREAM, FleetProxy
 from tests.redis_server import RedisServer, redis_server
 
@@ -38,6 +41,7 @@ MARGIN = 2.0  # the workers' safety margin: defaults go out 3 s after receipt
 BEAT = 0.5  # heartbeat interval: a worker silent for 1.5 s is taken over
 START = 30.0  # guard for starting workers (several Python processes on 2 cores)
 GUARD = 20.0
+FLEET_SECRET = "fleet-test-secret-0123456789abcdef"
 
 pytestmark = pytest.mark.anyio
 
@@ -66,9 +70,10 @@ def own_redis() -> Iterator[RedisServer]:
 class Worker:
     """One worker process and the JSON log lines it wrote (stdout and stderr)."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], target: str = "tests.fleet_bot:bot") -> None:
         self.name = name
         self.env = env
+        self.target = target
         self.lines: list[dict[str, Any]] = []
         self.text: list[str] = []
         self.base = ""
@@ -87,7 +92,7 @@ class Worker:
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Spawn the process and read its output in ``tg``."""
         self.process = await anyio.open_process(
-            [sys.executable, "-m", "callflow", "run", "tests.fleet_bot:bot"],
+            [sys.executable, "-m", "callflow", "run", self.target],
             env=self.env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -185,6 +190,8 @@ def worker_env(fake: FakeGraph, store: str, name: str, **overrides: Any) -> dict
         "log_format": "json",
         "log_level": "info",
     }
+    if store != "memory":
+        settings["fleet_secret"] = FLEET_SECRET
     settings.update(overrides)
     return {**base, **fake.environ(**settings)}
 
@@ -208,11 +215,23 @@ class Fleet:
 
 @contextlib.asynccontextmanager
 async def running_fleet(
-    fake: FakeGraph, store: str, count: int, *, prefix: str = "w", **overrides: Any
+    fake: FakeGraph,
+    store: str,
+    count: int,
+    *,
+    prefix: str = "w",
+    target: str = "tests.fleet_bot:bot",
+    env: dict[str, str] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Fleet]:
-    """Start ``count`` workers and a proxy; wait until each worker sees the whole fleet."""
+    """Start ``count`` workers of ``target`` (with ``env`` added to their environment) and a
+    proxy; wait until each worker sees the whole fleet."""
     workers = [
-        Worker(f"{prefix}{i}", worker_env(fake, store, f"{prefix}{i}", **overrides))
+        Worker(
+            f"{prefix}{i}",
+            {**worker_env(fake, store, f"{prefix}{i}", **overrides), **(env or {})},
+            target,
+        )
         for i in range(count)
     ]
     async with anyio.create_task_group() as tg:
@@ -358,6 +377,8 @@ async def test_later_notifications_are_forwarded_to_the_worker_that_decided(
     owner_name = answer.body["callbackUri"].rsplit("instance=", 1)[1]
     assert answer.body["callbackUri"] == f"https://bot.invalid/api/calls?instance={owner_name}"
     owner = next(w for w in fleet.workers if w.name == owner_name)
+    with anyio.fail_after(GUARD):  # Graph's own follow-up (established) has been delivered
+        await call.wait_delivery("established")
     before = await total(fleet.workers, "callflow_notifications_forwarded_total")
     pinned = f"{fleet.webhook_url}?instance={owner_name}"
     states = ["hold", "established"] * 3
@@ -376,6 +397,33 @@ async def test_later_notifications_are_forwarded_to_the_worker_that_decided(
             ] == []  # fmt: skip
     forwarded = await total(fleet.workers, "callflow_notifications_forwarded_total") - before
     assert forwarded == elsewhere
+
+
+async def test_operation_results_reach_the_worker_awaiting_them(
+    fake: FakeGraph, fleet: Fleet
+) -> None:
+    """An answered call's flow awaits three prompts on the worker that answered it; each
+    result notification names that worker (the callbackUri's ``?instance=``) but lands on
+    whichever worker the balancer picks, and is forwarded: the flow finishes on its owner,
+    and nowhere else."""
+    before = await total(fleet.workers, "callflow_notifications_forwarded_total")
+    call = await fake.place_call(fleet.webhook_url, caller={"kind": "user", "id": "ivr-1"})
+    with anyio.fail_after(GUARD):
+        answer = await call.decision()
+    owner_name = answer.body["callbackUri"].rsplit("instance=", 1)[1]
+    owner = next(w for w in fleet.workers if w.name == owner_name)
+    with anyio.fail_after(GUARD):
+        await owner.wait_log("fleet_bot.played", call_id=call.call_id)
+        results = await call.wait_deliveries("operation", 3)
+    assert [op.op for op in call.operations] == ["playPrompt"] * 3
+    assert [r.status for r in results] == [202] * 3
+    landed_elsewhere = sum(r.headers[UPSTREAM] != str(fleet.index(owner)) for r in results)
+    assert landed_elsewhere >= 1  # round robin over three workers
+    for worker in fleet.workers:
+        if worker is not owner:
+            assert worker.find("fleet_bot.played", call_id=call.call_id) == []
+    forwarded = await total(fleet.workers, "callflow_notifications_forwarded_total") - before
+    assert forwarded >= landed_elsewhere
 
 
 async def test_graph_429_and_503_bursts_are_retried_inside_the_deadline(
@@ -693,3 +741,186 @@ async def test_a_token_refresh_failing_mid_run_serves_the_old_token(
         assert fake.tokens.issued == (old, request.headers["Authorization"].split()[1])
         assert all(decided_once(c) for c in [*during, *later])
         assert len(later) < 50
+
+
+class Trap:
+    """An HTTP server an attacker would point forged heartbeats at: it records every request."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.url = ""
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Trap]:
+        """Serve on 127.0.0.1 (a free port) while the block runs."""
+
+        async def record(request: web.Request) -> web.Response:
+            self.seen.append((str(request.rel_url), dict(request.headers)))
+            return web.json_response({"stolen": True}, status=202)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", record)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            yield self
+        finally:
+            await runner.cleanup()
+
+
+async def test_values_forged_straight_into_redis_redirect_nothing_and_decide_nothing(
+    callflow_signing_key: SigningKey, own_redis: RedisServer
+) -> None:
+    """Someone who can write the fleet's Redis keys but lacks CALLFLOW_FLEET_SECRET: a forged
+    heartbeat naming their server gets no notification (those naming it are handled where
+    they land), a forged pending call of a 'dead' worker gets no decision, a forged intake
+    claim does not make a call go undecided, and a notification claiming to be forwarded
+    without a valid fleet signature is refused. The workers count and log what they found."""
+    async with (
+        FakeGraph(
+            signing_key=callflow_signing_key, platform_timeout=TIMEOUT, recording_timeout=TIMEOUT
+        ) as fake,
+        Trap().running() as trap,
+        running_fleet(fake, own_redis.url, 2, prefix="f") as fleet,
+        aioredis.Redis.from_url(own_redis.url, decode_responses=True) as raw,
+        aiohttp.ClientSession() as http,
+    ):
+        prefix = f"callflow:{{{fake.app_id}}}:"
+        beat = json.dumps({"url": trap.url, "boot": "b00t", "pid": 1, "t": time.time()})
+        await raw.sadd(prefix + "instances", "evil", "ghost")
+        await raw.set(prefix + "instance:evil", beat)  # no expiry: it stays "alive" for good
+        await raw.zadd(
+            prefix + "pending:ghost", {"victim-call|" + fake.tenant_id: time.time() + 60}
+        )
+        await raw.set(prefix + "own:pre-owned", "someone#else")
+        with anyio.fail_after(GUARD):  # the first survivor to see them takes them over
+            await _any_logged(fleet.workers, "fleet.forged_value", kind="beat")
+            await _any_logged(fleet.workers, "fleet.forged_value", kind="member")
+        assert await raw.exists(prefix + "instance:evil") == 0  # deleted by the take-over
+
+        call = await fake.place_call(fleet.webhook_url)
+        with anyio.fail_after(GUARD):
+            await call.decision()
+        replies = await fake.send_states(
+            f"{fleet.webhook_url}?instance=evil", call.call_id, ["hold", "established"] * 2
+        )
+        assert [r.status for r in replies] == [202] * 4
+        owned = await fake.place_call(fleet.webhook_url, call_id="pre-owned")
+        with anyio.fail_after(GUARD):
+            await call.decision()
+            await owned.decision()
+            await _any_logged(fleet.workers, "fleet.forged_value", kind="own")
+        assert decided_once(owned)
+
+        worker = fleet.workers[0]
+        body = json.dumps(envelope(call_state(call.call_id, "hold", etag=99))).encode()
+        async with http.post(
+            worker.webhook_url + "?instance=f1",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Callflow-Forwarded-By": "f1",
+                "X-Callflow-Fleet-Auth": "t=1;tenant=" + fake.tenant_id + ";mac=" + "0" * 32,
+            },
+        ) as reply:
+            assert reply.status == 403
+            assert (await reply.json())["error"]["code"] == "forbidden"
+        forged = await total(fleet.workers, "callflow_fleet_forged_values_total")
+        refused = await scrape(worker)
+        assert refused["callflow_inbound_auth_failures_total"] == 1
+    assert trap.seen == []
+    assert fake.requests_for("victim-call") == ()
+    assert forged >= 3  # the heartbeat, the pending member, the intake claim
+    for w in fleet.workers:
+        assert not any("evil" in (line.get("live") or []) for line in w.find("fleet.members"))
+
+
+async def test_no_log_line_of_a_full_run_carries_a_token_a_secret_or_a_number(
+    callflow_signing_key: SigningKey,
+) -> None:
+    """Two fleet workers (Redis as an ACL user, a fleet secret) take calls from phone callers,
+    run a handler that raises with a token and a number in its local variables, refuse bad
+    tokens, meet Graph errors and a token refresh failure, forward a notification and find a
+    forged fleet value; not one line they log holds a notification or app token, the app
+    secret, the fleet secret, the Redis password or an unmasked phone number."""
+    app_secret = "app-secret-Qw3rty-never-logged"
+    redis_password = "redis-pass-Zx9-never-logged"
+    leaky = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJsZWFreS1oYW5kbGVyLWxvY2FsIn0.bGVha3ktc2lnbmF0dXJl"
+    numbers = [f"+155501{n:05d}" for n in range(1, 9)]  # the handler raises for ...0 numbers
+    numbers[3] = "+15550199990"
+    for server in redis_server(user=("callflow", redis_password)):
+        async with FakeGraph(
+            signing_key=callflow_signing_key,
+            app_secret=app_secret,
+            platform_timeout=TIMEOUT,
+            recording_timeout=TIMEOUT,
+            token_lifetime=4,
+        ) as fake:
+            good = fake.sign()
+            rogue = SigningKey.generate("rogue")
+            bad = [
+                fake.sign(signing_key=rogue),
+                fake.sign(aud="someone-else"),
+                fake.sign(now=time.time() - 7200, lifetime=600),
+                "not-a-jwt-but-a-bearer-secret-value",
+            ]
+            async with running_fleet(
+                fake,
+                server.url,
+                2,
+                prefix="leak",
+                target="tests.leaky_bot:bot",
+                env={"CALLFLOW_LOG_LEVEL": "debug", "LEAKY_TOKEN": leaky},
+            ) as fleet:
+                a, b = fleet.workers
+                for token in bad:
+                    call = await fake.place_call(a.webhook_url, token=token)
+                    assert call.webhook_status in (401, 403)
+                fake.fail_next("decision", 500, count=2, code="InternalServerError")
+                fake.fail_next("decision", 403, count=1, code="7504")
+                fake.tokens.fail_next(3, 503, "temporarily_unavailable", retry_after=0)
+                calls = [
+                    await fake.place_call(
+                        fleet.webhook_url,
+                        kind="pstn",
+                        caller={"kind": "phone", "id": number},
+                        token=good,
+                    )
+                    for number in numbers
+                ]
+                with anyio.fail_after(GUARD):
+                    for call in calls:
+                        await call.wait_requests(1, op="decision")
+                    await _any_logged(fleet.workers, "call.decision_failed")
+                    await _any_logged(fleet.workers, "graph.token_refresh_failed")
+                    await _any_logged(fleet.workers, "handler.failed")
+                decided = next(c for c in calls if any(r.accepted for r in c.decisions))
+                owner = decided.decisions[-1].body["callbackUri"].rsplit("instance=", 1)[1]
+                other = b if owner == a.name else a
+                replies = await fake.send_states(
+                    f"{other.webhook_url}?instance={owner}", decided.call_id, ["hold"], token=good
+                )
+                assert [r.status for r in replies] == [202]
+                async with aioredis.Redis.from_url(server.url, decode_responses=True) as raw:
+                    ns = f"callflow:{{{fake.app_id}}}:"
+                    await raw.sadd(ns + "instances", "forger")
+                    await raw.set(ns + "instance:forger", '{"url": "http://127.0.0.1:1"}')
+                with anyio.fail_after(GUARD):
+                    await _any_logged(fleet.workers, "fleet.forged_value")
+                    await _any_logged(fleet.workers, "notification.forwarded")
+            lines = [line for worker in fleet.workers for line in worker.text]
+            tokens = [*fake.tokens.issued, good, *bad, leaky]
+    events = {json.loads(line).get("event") for line in lines if line.startswith("{")}
+    assert {
+        "webhook.rejected", "leaky.routing", "call.decided", "handler.failed",
+        "call.decision_failed", "graph.token_refresh_failed", "fleet.forged_value",
+        "notification.forwarded",
+    } <= events  # fmt: skip
+    assert any('"exception"' in line and "LookupError" in line for line in lines)
+    secrets = [app_secret, redis_password, FLEET_SECRET, *numbers]
+    for token in tokens:
+        secrets += [token, *(part for part in token.split(".") if len(part) >= 16)]
+    leaks = [(secret, line) for line in lines for secret in secrets if secret in line]
+    assert leaks == []

@@ -237,12 +237,31 @@ async def test_deliver_sends_the_decision_for_the_call(graph: GraphStub) -> None
     assert tokens.tenants == ["tenant-9"]
 
 
-async def test_call_id_is_one_escaped_path_segment(graph: GraphStub) -> None:
-    """A call id with reserved characters stays one path segment (no path injection)."""
+@pytest.mark.parametrize(
+    "call_id", ["../a b/?x", "..", ".", "a/b", "a%2Fb", "a%2F..", "c" * 129, "", "ä", "a\nb"]
+)
+async def test_a_call_id_that_is_not_one_plain_path_segment_is_refused(
+    graph: GraphStub, call_id: str
+) -> None:
+    """A call id with path syntax (``..``, ``/``, ``%2F``), other characters or more than 128 of
+    them never reaches a URL: GraphError saying what was expected, and nothing is sent."""
     async with make_client(graph.base_url + "/") as client:
-        await client.reject("../a b/?x", Reject())
+        for send in (
+            client.reject(call_id, Reject()),
+            client.hang_up(call_id),
+            client.keep_alive(call_id),
+        ):
+            with pytest.raises(GraphError, match="is not a Graph call id; expected at most 128"):
+                await send
+    assert graph.seen == []
+
+
+async def test_a_guid_call_id_is_the_path_segment_as_it_is(graph: GraphStub) -> None:
+    """A Graph call id (a GUID) is put into the URL unchanged."""
+    async with make_client(graph.base_url + "/") as client:
+        await client.reject("491f0b00-ffff-4bc9-a43e-b226498ec22a", Reject())
     (seen,) = graph.seen
-    assert seen.raw_path == "/v1.0/communications/calls/..%2Fa%20b%2F%3Fx/reject"
+    assert seen.raw_path == "/v1.0/communications/calls/491f0b00-ffff-4bc9-a43e-b226498ec22a/reject"
 
 
 async def test_hang_up_and_keep_alive_requests(graph: GraphStub) -> None:

@@ -542,6 +542,137 @@ async def test_failed_periodic_refresh_keeps_old_keys_and_retries(
     assert all("HTTP 500" in e["error"] for e in failures)
 
 
+class KeySetServer:
+    """A key endpoint whose key-set body is any text, set between requests."""
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.requests = 0
+        self.changed = anyio.Event()
+
+    def app(self) -> web.Application:
+        """The configuration at /config, the key set at /keys."""
+
+        async def config_handler(request: web.Request) -> web.Response:
+            return web.json_response({"jwks_uri": f"http://{request.host}/keys"})
+
+        async def keys_handler(request: web.Request) -> web.Response:
+            self.requests += 1
+            self.changed.set()
+            self.changed = anyio.Event()
+            return web.Response(text=self.body, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_get("/config", config_handler)
+        app.router.add_get("/keys", keys_handler)
+        return app
+
+    async def wait_for(self, count: int) -> None:
+        """Wait until ``count`` key-set requests arrived."""
+        while self.requests < count:
+            await self.changed.wait()
+
+
+@pytest.mark.anyio
+async def test_a_key_set_nested_too_deeply_does_not_stop_the_refresher(
+    keys: Keys, clock: FakeClock
+) -> None:
+    """A key endpoint that answers a periodic refresh with JSON nested 100 000 levels deep:
+    the refresh fails (logged and counted in refresh_failures), tokens signed with the keys
+    already fetched are still accepted, and a later refresh installs the endpoint's next set."""
+    server = KeySetServer(json.dumps(jwks(keys.a)))
+    async with serve(server.app()) as base:
+        auth = InboundAuthenticator(
+            app_id=APP_ID,
+            openid_config_url=base + "/config",
+            issuers=ISSUERS,
+            clock=clock,
+            refresh_interval=0.05,
+            retry_backoff=(0.05, 0.1),
+        )
+        with structlog.testing.capture_logs() as logs:
+            async with auth:
+                server.body = "[" * 100_000 + "]" * 100_000
+                with anyio.fail_after(10):
+                    await server.wait_for(3)
+                assert auth.refresh_failures >= 1
+                assert (await auth.authenticate(bearer(keys.a, clock))).tenant_id == TENANT
+                server.body = json.dumps(jwks(keys.a, keys.b))
+                with anyio.fail_after(10):
+                    while auth.key_ids != frozenset({"key-a", "key-b"}):
+                        await server.wait_for(server.requests + 1)
+                assert (await auth.authenticate(bearer(keys.b, clock))).tenant_id == TENANT
+    failed = [e for e in logs if e["event"] == "inbound_auth.keys_refresh_failed"]
+    assert failed and all("not JSON" in e["error"] for e in failed)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("hop", ["config", "keys"])
+async def test_a_redirect_from_https_to_plain_http_is_refused(
+    keys: Keys, clock: FakeClock, tls: tuple[ssl.SSLContext, ssl.SSLContext], hop: str
+) -> None:
+    """An https OpenID configuration (or key set) that redirects to plain http is not
+    followed: the keys are unavailable, with a message naming both URLs."""
+    server_context, client_context = tls
+    async with KeyServer.for_keys(keys.a) as plain:
+        plain_config = plain.openid_config_url
+        plain_keys = plain_config.rsplit("/.well-known", 1)[0] + "/keys"
+
+        async def config(request: web.Request) -> web.Response:
+            if hop == "config":
+                raise web.HTTPFound(plain_config)
+            return web.json_response({"jwks_uri": f"https://{request.host}/keys"})
+
+        async def key_set(request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(plain_keys)
+
+        app = web.Application()
+        app.router.add_get("/config", config)
+        app.router.add_get("/keys", key_set)
+        async with serve(app, server_context) as base:
+            auth = InboundAuthenticator(
+                app_id=APP_ID, openid_config_url=base + "/config", issuers=ISSUERS,
+                ssl=client_context, clock=clock,
+            )  # fmt: skip
+            with pytest.raises(InboundAuthError) as info:
+                await auth.__aenter__()
+    assert info.value.reason == "keys_unavailable"
+    assert "which is not https; expected https throughout" in info.value.message
+    assert plain.config_requests + plain.jwks_requests == 0
+
+
+@pytest.mark.anyio
+async def test_redirects_within_https_are_followed_a_few_times(
+    keys: Keys, clock: FakeClock, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """An https configuration redirecting to another https path is followed; a redirect
+    loop is given up after a few hops with a clear message."""
+    server_context, client_context = tls
+    async with KeyServer.for_keys(keys.a, ssl_context=server_context) as secure:
+
+        async def moved(request: web.Request) -> web.Response:
+            raise web.HTTPMovedPermanently(secure.openid_config_url)
+
+        async def loop(request: web.Request) -> web.Response:
+            raise web.HTTPFound("/loop")
+
+        app = web.Application()
+        app.router.add_get("/moved", moved)
+        app.router.add_get("/loop", loop)
+        async with serve(app, server_context) as base:
+            async with InboundAuthenticator(
+                app_id=APP_ID, openid_config_url=base + "/moved", issuers=ISSUERS,
+                ssl=client_context, clock=clock,
+            ) as auth:  # fmt: skip
+                assert auth.key_ids == frozenset({"key-a"})
+            looping = InboundAuthenticator(
+                app_id=APP_ID, openid_config_url=base + "/loop", issuers=ISSUERS,
+                ssl=client_context, clock=clock,
+            )  # fmt: skip
+            with pytest.raises(InboundAuthError, match="redirected more than 3 times"):
+                await looping.__aenter__()
+
+
 # -- the verified-token cache --------------------------------------------------------------
 
 

@@ -23,6 +23,8 @@ import anyio
 import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.processors import ExceptionRenderer
+from structlog.tracebacks import ExceptionDictTransformer
 
 import callflow._log
 from callflow import Answer, Bot, CallContext, IncomingCall, Reject, RejectReason
@@ -332,7 +334,7 @@ def reference_line(event: dict[str, Any], method: str, pii: bool) -> dict[str, A
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
         *([] if pii else [mask_pii]),
-        structlog.processors.dict_tracebacks,
+        ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
         structlog.processors.JSONRenderer(),
     ]
     rendered: Any = dict(event)
@@ -375,10 +377,51 @@ def test_json_lines_match_structlogs_processor_chain(pii: bool, method: str) -> 
     assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 60
     expected.pop("timestamp")
     if method == "exception":
-        assert line.pop("exception")[0]["exc_value"] == "boom"
-        assert expected.pop("exception")[0]["exc_value"] == "boom"
+        assert line["exception"][0]["exc_value"] == "boom"
+        assert all("locals" not in frame for frame in line["exception"][0]["frames"])
     assert line == expected
     assert (line["call_id"], line["tenant_id"], line["token"]) == ("c-1", "t-1", "[redacted]")
+
+
+def _fail_with_secrets_in_locals(phone: str, token: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"}  # noqa: F841 - a local the traceback could show
+    caller = Identity("phone", phone)
+    raise RuntimeError(f"no route for {caller!r}")
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_tracebacks_show_no_local_variables(fmt: str) -> None:
+    """A logged exception raised where a bearer token and a caller's number are local
+    variables leaves both out of the line: tracebacks carry no locals, in JSON or on the
+    console."""
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJib3QifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    phone = "+14255550123"
+    out = io.StringIO()
+    configure_logging(fmt=fmt, level="info", stream=out, cache=False)
+    try:
+        try:
+            _fail_with_secrets_in_locals(phone, token)
+        except RuntimeError:
+            structlog.get_logger("test").exception("handler.failed", call_id="c-1")
+    finally:
+        structlog.reset_defaults()
+    text = out.getvalue()
+    assert "handler.failed" in text
+    assert "_fail_with_secrets_in_locals" in text  # the traceback is there...
+    assert token not in text  # ...without the frame's locals
+    assert token[:20] not in text
+    assert phone not in text
+    assert "+1425*****23" in text  # the exception message's masked repr
+
+
+def test_bearer_tokens_and_jwts_in_free_text_are_redacted() -> None:
+    """A token inside a message (an exception text, a header dumped by a handler) is replaced,
+    whatever key it is logged under."""
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJib3QifQ.c2lnbmF0dXJl"
+    line = JsonLines()(None, "error", {"event": "x", "detail": f"sent Bearer abc.def-123456 {jwt}"})
+    assert "abc.def-123456" not in line
+    assert jwt not in line
+    assert json.loads(line)["detail"] == "sent [redacted] [redacted]"
 
 
 def test_json_line_timestamps_leave_out_zero_microseconds(

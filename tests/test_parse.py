@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from callflow import _parse
 from callflow._parse import parse_notifications
-from callflow.errors import NotificationFormatError
+from callflow.errors import NotificationFormatError, NotificationLimitError
 from callflow.events import (
     CallStateChanged,
     CallTerminated,
@@ -283,9 +283,17 @@ def test_repr_hides_personal_data_and_raw(name: str) -> None:
             assert secret not in text
 
 
-def test_module_exports_only_the_parser() -> None:
-    """The private module exports exactly parse_notifications."""
-    assert _parse.__all__ == ["parse_notifications"]
+def test_module_exports_the_parser_and_its_limits() -> None:
+    """The private module exports the parser and the limits it enforces."""
+    assert _parse.__all__ == [
+        "CALL_ID_PATTERN",
+        "MAX_CALL_ID",
+        "MAX_ID",
+        "MAX_NOTIFICATIONS",
+        "MAX_URL",
+        "TENANT_ID_PATTERN",
+        "parse_notifications",
+    ]
 
 
 # --- shapes of resourceData -------------------------------------------------------------
@@ -903,6 +911,96 @@ def test_incoming_call_without_any_call_id_is_rejected() -> None:
 def test_call_events_without_call_id_are_rejected(entry: dict[str, Any]) -> None:
     """A call event that has no call id anywhere is rejected."""
     assert error_of(wrap(entry)).startswith("value[0]: no call id")
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+def test_more_than_the_notification_cap_is_refused_naming_the_limit() -> None:
+    """A body of 101 notifications is refused as a whole (a limit error naming 100); 100 pass."""
+    state = item("updated", CALL_URL, {"id": CALL, "state": "established"})
+    assert len(parse_notifications(wrap(*[state] * _parse.MAX_NOTIFICATIONS))) == 100
+    with pytest.raises(NotificationLimitError) as info:
+        parse_notifications(wrap(*[state] * (_parse.MAX_NOTIFICATIONS + 1)))
+    assert info.value.limit == 100
+    assert str(info.value) == "value: 101 notifications in one body; expected at most 100"
+
+
+@pytest.mark.parametrize(
+    ("call_id", "problem"),
+    [
+        ("..", "is not a Graph call id"),
+        (".", "is not a Graph call id"),
+        (".hidden", "is not a Graph call id"),
+        ("a%2Fb", "is not a Graph call id"),
+        ("a%2F..", "is not a Graph call id"),
+        ("a b", "is not a Graph call id"),
+        ("caf\u00e9", "is not a Graph call id"),
+        ("c" * 129, "a call id of 129 characters; expected at most 128"),
+        ("c" * 500_000, "characters; expected at most"),  # the URL's own cap may come first
+    ],
+)
+def test_call_ids_that_cannot_be_one_url_path_segment_are_refused(
+    call_id: str, problem: str
+) -> None:
+    """A call id with path syntax, odd characters or over 128 characters is refused wherever
+    it comes from (resourceData.id, resourceUrl, @odata.id), saying what was expected; a
+    refused body yields no event at all."""
+    by_data = p2p()
+    call_data(by_data)["id"] = call_id
+    assert problem in error_of(by_data)
+    assert error_of(by_data).startswith("value[0].resourceData.id: ")
+    by_url = wrap(item("updated", f"/communications/calls/{call_id}", {"state": "hold"}))
+    assert problem in error_of(by_url)
+    by_odata = wrap(item("deleted", None, {"@odata.id": f"/communications/calls/{call_id}"}))
+    assert problem in error_of(by_odata)
+    mixed = wrap(item("updated", CALL_URL, {"id": CALL, "state": "hold"}), by_url["value"][0])
+    assert error_of(mixed).startswith("value[1].resourceUrl: ")
+    assert len(parse_one(wrap(item("updated", CALL_URL, {"id": "c" * 128, "state": "hold"})))
+               .call_id) == 128  # fmt: skip
+
+
+def test_a_slash_in_a_url_call_id_leaves_the_id_before_it() -> None:
+    """``/calls/a/../b`` names call ``a`` with a sub-resource; it is not a call event."""
+    event = parse_one(wrap(item("updated", "/communications/calls/a/../b", {"state": "hold"})))
+    assert isinstance(event, UnknownNotification)
+    assert event.call_id == "a"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("tenantId", "a/b", "value[0].resourceData.tenantId: 'a/b' is not a tenant id"),
+        ("tenantId", "t" * 257, "is not a tenant id; expected a GUID or a domain name"),
+        ("callChainId", "x" * 257, "value[0].resourceData.callChainId: 257 characters; "
+         "expected at most 256"),
+        ("myParticipantId", "x" * 300, "myParticipantId: 300 characters; expected at most 256"),
+        ("callbackUri", "https://x/" + "y" * 2048, "callbackUri: 2058 characters; expected "
+         "at most 2048"),
+    ],
+)  # fmt: skip
+def test_overlong_or_malformed_identifiers_are_refused(
+    field: str, value: str, expected: str
+) -> None:
+    """Tenant ids must be GUIDs or domain names; other identifiers and URLs have a length
+    cap; the error names the field and the limit."""
+    doc = p2p()
+    call_data(doc)[field] = value
+    assert expected in error_of(doc)
+
+
+def test_identity_and_participant_ids_have_a_length_cap() -> None:
+    """Identity ids and tenant ids, participant ids and a resourceUrl are capped too."""
+    doc = p2p()
+    call_data(doc)["source"]["identity"]["user"]["id"] = "u" * 257
+    assert "source.identity.user.id: 257 characters; expected at most 256" in error_of(doc)
+    doc = p2p()
+    call_data(doc)["source"]["id"] = "p" * 257
+    assert "source.id: 257 characters" in error_of(doc)
+    roster = wrap(item("updated", CALL_URL + "/participants", [{"id": "r" * 257}]))
+    assert "resourceData[0].id: 257 characters" in error_of(roster)
+    long_url = wrap(item("updated", "/x/" + "y" * 2048, {}))
+    assert error_of(long_url) == "value[0].resourceUrl: 2051 characters; expected at most 2048"
 
 
 def test_non_json_mapping_is_still_a_format_error() -> None:

@@ -30,6 +30,7 @@ def test_variables_are_parsed() -> None:
             "CALLFLOW_CALLBACK_URL": "https://bot.example.org/api/calls/",
             "CALLFLOW_DEFAULT_REJECT_REASON": "Forbidden",
             "CALLFLOW_STORE": "redis://localhost:6379/0",
+            "CALLFLOW_FLEET_SECRET": "0123456789abcdef0123456789abcdef",
             "CALLFLOW_PLATFORM_TIMEOUT": "10",
             "CALLFLOW_LOG_PII": "on",
             "CALLFLOW_DEADLINE_SEND_RATE": "250.5",
@@ -114,3 +115,71 @@ def test_run_requires_credentials_and_callback() -> None:
 def test_secret_is_not_in_repr() -> None:
     """The client secret never appears in the settings' repr."""
     assert "hunter2" not in repr(Settings(app_secret="hunter2"))
+
+
+@pytest.mark.parametrize("name", ["GRAPH_URL", "OPENID_CONFIG_URL", "INTERNAL_URL"])
+def test_plain_http_off_loopback_is_refused_unless_allowed(name: str) -> None:
+    """An http URL to a host that is not loopback is refused, naming the setting and the
+    opt-out; loopback http (FakeGraph, tests) is accepted, and so is any http with
+    ALLOW_INSECURE_HTTP=on."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({f"CALLFLOW_{name}": "http://graph.example.org/v1.0"})
+    line = next(ln for ln in str(info.value).splitlines() if f"CALLFLOW_{name}" in ln)
+    assert "plain http" in line and "CALLFLOW_ALLOW_INSECURE_HTTP=on" in line
+    for loopback in ("http://127.0.0.1:9/x", "http://localhost:9", "http://[::1]:9"):
+        Settings.from_env({f"CALLFLOW_{name}": loopback})
+    allowed = Settings.from_env(
+        {f"CALLFLOW_{name}": "http://graph.example.org", "CALLFLOW_ALLOW_INSECURE_HTTP": "on"}
+    )
+    assert allowed.allow_insecure_http is True
+
+
+def test_inbound_auth_off_is_refused_on_an_interface_that_is_not_loopback() -> None:
+    """INBOUND_AUTH=off on 0.0.0.0 (or a public address) stops the start with an error naming
+    the setting and the ways out; on loopback, or forced with ALLOW_UNAUTHENTICATED, it
+    passes."""
+    off = Settings(inbound_auth=False)
+    for host in ("0.0.0.0", "", "::", "10.1.2.3", "bot.example.org"):
+        with pytest.raises(ConfigError) as info:
+            off.check_serving(host)
+        text = str(info.value)
+        assert "CALLFLOW_INBOUND_AUTH: off while listening on" in text
+        assert "CALLFLOW_ALLOW_UNAUTHENTICATED=on" in text
+    for host in ("127.0.0.1", "127.8.9.10", "::1", "localhost"):
+        off.check_serving(host)
+    Settings(inbound_auth=False, allow_unauthenticated=True).check_serving("0.0.0.0")
+    Settings().check_serving("0.0.0.0")
+
+
+def test_fleet_mode_on_a_public_interface_needs_a_safe_internal_url() -> None:
+    """In fleet mode without INTERNAL_URL, the default http://HOST:PORT off loopback is
+    refused (it would carry forwarded notifications in plain http) unless allowed; a Redis
+    store needs a FLEET_SECRET at all."""
+    fleet = Settings(store="redis://cache:6379/0", fleet_secret="x" * 32)
+    with pytest.raises(ConfigError, match="CALLFLOW_INTERNAL_URL: not set"):
+        fleet.check_serving("0.0.0.0")
+    fleet.check_serving("127.0.0.1")
+    Settings(
+        store="redis://cache:6379/0", fleet_secret="x" * 32, internal_url="https://w1.internal"
+    ).check_serving("0.0.0.0")
+    Settings(
+        store="redis://cache:6379/0", fleet_secret="x" * 32, allow_insecure_http=True
+    ).check_serving("0.0.0.0")
+    with pytest.raises(ConfigError, match="CALLFLOW_FLEET_SECRET: required with"):
+        Settings.from_env({"CALLFLOW_STORE": "rediss://cache:6380/0"})
+
+
+def test_no_secret_shows_in_the_settings_repr() -> None:
+    """The settings' repr hides the app secret, the fleet secret and any password in a URL
+    (a Redis ACL user's, say), and still names the user and host."""
+    s = Settings(
+        app_secret="app-hunter2",
+        fleet_secret="fleet-hunter2-0123456789abcdef0123",
+        store="rediss://callflow:redis-hunter2@cache.internal:6380/0",
+        internal_url="https://svc:internal-hunter2@w1.internal",
+        graph_url="https://proxy:graph-hunter2@graph.example/v1.0",
+    )
+    text = repr(s)
+    assert "hunter2" not in text
+    assert "rediss://callflow:***@cache.internal:6380/0" in text
+    assert "https://svc:***@w1.internal" in text

@@ -16,6 +16,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 import structlog.testing
+import trustme
 from aiohttp import web
 from structlog.typing import EventDict, WrappedLogger
 
@@ -32,6 +33,7 @@ from callflow import (
     RejectReason,
     Settings,
 )
+from callflow._trust import FLEET_AUTH, FleetSigner, ForwardTargets
 from callflow.decisions import Decision
 from callflow.errors import GraphError
 from callflow.store import (
@@ -63,6 +65,8 @@ from tests.redis_server import RedisServer, redis_server
 
 GUARD = 10.0
 NS = "test-ns"
+SECRET = "test-fleet-secret-0123456789abcdef"
+SIGNER = FleetSigner(SECRET)
 
 pytestmark = pytest.mark.anyio
 
@@ -84,8 +88,14 @@ async def raw(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 
 def store(url: str, instance: str, **options: Any) -> RedisStore:
-    """A RedisStore of the test namespace."""
+    """A RedisStore of the test namespace, with the test fleet secret."""
+    options.setdefault("secret", SECRET)
     return RedisStore(url, instance_id=instance, namespace=NS, **options)
+
+
+def member(call_id: str, tenant_id: str | None) -> str:
+    """The signed pending-set member of a call."""
+    return SIGNER.member(call_id, tenant_id)
 
 
 def key(kind: str, name: str = "") -> str:
@@ -176,13 +186,17 @@ def test_fleet_settings_are_read_and_checked() -> None:
         {
             "CALLFLOW_HEARTBEAT_INTERVAL": "0.5",
             "CALLFLOW_STORE_TIMEOUT": "0.2",
-            "CALLFLOW_INTERNAL_URL": "http://10.0.0.7:8000/",
+            "CALLFLOW_INTERNAL_URL": "https://10.0.0.7:8000/",
             "CALLFLOW_INSTANCE_ID": " worker-7 ",
             "CALLFLOW_STORE": "redis://cache:6379/2",
+            "CALLFLOW_FLEET_SECRET": SECRET,
+            "CALLFLOW_FORWARD_ALLOW": "10.0.0.0/8, *.workers.internal",
         }
     )
     assert (s.heartbeat_interval, s.store_timeout) == (0.5, 0.2)
-    assert s.internal_url == "http://10.0.0.7:8000"
+    assert s.internal_url == "https://10.0.0.7:8000"
+    assert s.fleet_secret == SECRET
+    assert s.forward_allow == ("10.0.0.0/8", "*.workers.internal")
     assert s.instance_id == "worker-7"
     assert Settings().heartbeat_interval == 1.0
     with pytest.raises(ConfigError) as caught:
@@ -192,10 +206,19 @@ def test_fleet_settings_are_read_and_checked() -> None:
                 "CALLFLOW_STORE_TIMEOUT": "9",
                 "CALLFLOW_INTERNAL_URL": "ftp://x",
                 "CALLFLOW_INSTANCE_ID": "two words",
+                "CALLFLOW_FLEET_SECRET": "too-short",
+                "CALLFLOW_FORWARD_ALLOW": "good.example, bad/host/name",
             }
         )
     message = str(caught.value)
-    for name in ("HEARTBEAT_INTERVAL", "STORE_TIMEOUT", "INTERNAL_URL", "INSTANCE_ID"):
+    for name in (
+        "HEARTBEAT_INTERVAL",
+        "STORE_TIMEOUT",
+        "INTERNAL_URL",
+        "INSTANCE_ID",
+        "FLEET_SECRET",
+        "FORWARD_ALLOW",
+    ):
         assert f"CALLFLOW_{name}:" in message
 
 
@@ -217,15 +240,19 @@ async def test_the_memory_store_wins_every_claim_and_shares_nothing() -> None:
 def test_bad_store_settings_are_named() -> None:
     """A RedisStore, a Breaker and a FleetWatch refuse bad settings, naming each one."""
     with pytest.raises(ConfigError) as caught:
-        RedisStore("http://x", instance_id="a#b", namespace="{x}", timeout=0)
+        RedisStore("http://x", instance_id="a#b", namespace="{x}", timeout=0, secret="short")
     message = str(caught.value)
-    for name in ("url=", "instance_id=", "namespace=", "timeout="):
+    for name in ("url=", "instance_id=", "namespace=", "timeout=", "fleet secret"):
         assert name in message
+    with pytest.raises(ConfigError, match="CALLFLOW_FLEET_SECRET"):
+        open_store("redis://127.0.0.1:1/0", instance_id="a")
     with pytest.raises(ConfigError, match="backoff"):
         Breaker((1.0, 0.5))
     with pytest.raises(ConfigError, match="interval"):
         FleetWatch(MemoryStore(), Recorder(), default=Reject(), interval=0)
-    redis_store = open_store("redis://127.0.0.1:1/0", instance_id="a", label="scheduler")
+    redis_store = open_store(
+        "redis://127.0.0.1:1/0", instance_id="a", label="scheduler", secret=SECRET
+    )
     assert isinstance(redis_store, RedisStore)
     assert "scheduler" in repr(redis_store)
 
@@ -251,9 +278,9 @@ async def test_intake_ownership_is_claimed_once_and_registers_the_call(
         assert not await b.admit("call-1", "tenant-1", expires)
         assert await b.admit("call-2", None, expires)
         assert await raw.zrange(key("pending", "a"), 0, -1, withscores=True) == [
-            ("call-1|tenant-1", pytest.approx(expires))
+            (member("call-1", "tenant-1"), pytest.approx(expires))
         ]
-        assert await raw.zrange(key("pending", "b"), 0, -1) == ["call-2|"]
+        assert await raw.zrange(key("pending", "b"), 0, -1) == [member("call-2", None)]
         ttl = await raw.pttl(key("own", "call-1")) / 1000
         assert 5.0 + KEY_GRACE - 1 < ttl <= 5.0 + KEY_GRACE
         await a.release("call-1", "tenant-1")
@@ -273,7 +300,8 @@ async def test_an_orphans_claim_is_taken_over_only_from_a_dead_holder(
     redis: RedisServer, raw: aioredis.Redis
 ) -> None:
     """claim_orphan wins an unclaimed call, a call held by a worker without a heartbeat or by
-    a previous life of a live one; never a call held by a live worker or by unknown data."""
+    a previous life of a live one, and a call held by unsigned data (counted as forged); never
+    a call held by a live worker."""
     async with (
         store(redis.url, "a") as a,
         store(redis.url, "b", boot="b1") as b1,
@@ -286,11 +314,12 @@ async def test_an_orphans_claim_is_taken_over_only_from_a_dead_holder(
         assert await b2.beat(None, 5.0) is not None  # b restarted: b1's claim is an orphan
         assert await a.claim_orphan("held")
         await raw.set(key("final", "odd"), "no-separator")
-        assert not await a.claim_orphan("odd")
+        assert await a.claim_orphan("odd")
+        assert a.stats.forged == 1
         assert await b2.claim("gone")
         await raw.delete(key("instance", "b"))
         assert await a.claim_orphan("gone")
-        assert await raw.get(key("final", "gone")) == f"a#{a.boot}"
+        assert await raw.get(key("final", "gone")) == SIGNER.seal("final", "gone", f"a#{a.boot}")
 
 
 async def test_state_updates_are_shared_once(redis: RedisServer) -> None:
@@ -301,30 +330,89 @@ async def test_state_updates_are_shared_once(redis: RedisServer) -> None:
         assert await a.first_seen([]) == ()
 
 
+async def test_values_forged_in_redis_are_replaced_or_ignored(
+    redis: RedisServer, raw: aioredis.Redis
+) -> None:
+    """Claims and dedupe marks written without the fleet secret are replaced (the claim is
+    won), a heartbeat that names a holder's boot without a signature does not keep that
+    holder alive, and a forged member of this worker's adopted set is dropped, never
+    decided; each one is counted."""
+    async with store(redis.url, "a") as a, store(redis.url, "b", boot="b-boot") as b:
+        await raw.set(key("final", "c1"), "b#b-boot")
+        assert await a.claim("c1")
+        assert await raw.get(key("final", "c1")) == SIGNER.seal("final", "c1", f"a#{a.boot}")
+        assert not await b.claim("c1")  # now held, signed, by a
+        await raw.set(key("own", "c2"), "someone#else#" + "0" * 32)
+        assert await a.admit("c2", "t", time.time() + 5)
+        assert await raw.zrange(key("pending", "a"), 0, -1) == [member("c2", "t")]
+        await raw.set(key("seen", "k1"), "b#b-boot#x")
+        assert await a.first_seen(["k1", "k2"]) == (True, True)
+        assert await b.first_seen(["k1", "k2"]) == (False, False)
+        await raw.set(key("final", "c3"), SIGNER.seal("final", "c3", "b#b-boot"))
+        await raw.set(key("instance", "b"), '{"boot": "b-boot", "url": "http://evil:1"}')
+        assert await a.claim_orphan("c3")  # b's "heartbeat" is unsigned: b is not alive
+        await raw.zadd(key("adopted", "a"), {"forged-call|t": time.time() + 60})
+        await raw.sadd(key("instances"), "b")
+        census = await a.beat(None, 3.0)
+        assert census is not None
+        assert census.adopted == ()
+        assert await raw.zcard(key("adopted", "a")) == 0
+        assert "b" not in census.live
+        assert "b" in census.dead
+    assert a.stats.forged == 6
+
+
+async def test_a_replayed_heartbeat_does_not_keep_a_dead_worker_alive(
+    redis: RedisServer, raw: aioredis.Redis
+) -> None:
+    """A real heartbeat copied before its worker died and written back later (without expiry)
+    is too old to count: the worker is dead and its calls are taken over."""
+    clock = Clock()
+    clock.now = time.time()
+    async with store(redis.url, "a") as a, store(redis.url, "old", clock=clock) as old:
+        await old.admit("left", "t", time.time() + 60)
+        assert await old.beat("http://old:1", 3.0) is not None
+        captured = await raw.get(key("instance", "old"))
+        clock.now -= 30  # the captured beat is 30 s old by now
+        await old.beat("http://old:1", 3.0)
+        stale = await raw.get(key("instance", "old"))
+        assert captured is not None and stale is not None
+        await raw.set(key("instance", "old"), stale)  # written back, without expiry
+        census = await a.beat(None, 3.0)
+        assert census is not None
+        assert "old" in census.dead
+        (call,) = await a.take_over("old")
+        assert call.call_id == "left"
+        assert await raw.exists(key("instance", "old")) == 0
+
+
 # --- heartbeat and take-over -----------------------------------------------------------------
 
 
 async def test_the_census_lists_live_and_dead_instances(
     redis: RedisServer, raw: aioredis.Redis
 ) -> None:
-    """A heartbeat publishes the worker's URL; an instance whose key expired is dead; a
-    heartbeat that cannot be read has no URL; long-expired pending entries are trimmed."""
+    """A heartbeat publishes the worker's URL, signed; an instance whose key expired is dead,
+    and so is one whose heartbeat is not signed by the fleet; long-expired pending entries are
+    trimmed."""
     async with store(redis.url, "a") as a, store(redis.url, "b") as b:
         await b.admit("stale", None, time.time() - 120)
         await b.admit("fresh", None, time.time() + 5)
         census = await b.beat("http://b:1", 5.0)
         assert census == Census({"b": "http://b:1"})
-        assert await raw.zrange(key("pending", "b"), 0, -1) == ["fresh|"]
+        assert await raw.zrange(key("pending", "b"), 0, -1) == [member("fresh", None)]
         value = json.loads(str(await raw.get(key("instance", "b"))))
         assert value["url"] == "http://b:1"
         assert value["boot"] == b.boot
+        assert len(value["mac"]) == 32
         await raw.sadd(key("instances"), "c", "d")
         await raw.set(key("instance", "c"), "not json")
         census = await a.beat(None, 5.0)
         assert census is not None
-        assert census.live == {"a": None, "b": "http://b:1", "c": None}
-        assert census.dead == ("d",)
+        assert census.live == {"a": None, "b": "http://b:1"}
+        assert census.dead == ("c", "d")
         assert census.adopted == ()
+        assert a.stats.forged == 1
 
 
 async def test_a_dead_instances_calls_are_taken_over_by_exactly_one_survivor(
@@ -340,8 +428,8 @@ async def test_a_dead_instances_calls_are_taken_over_by_exactly_one_survivor(
     ):
         for i in range(20):
             assert await dead.admit(f"c{i}", "t", expires + i)
-        await raw.zadd(key("adopted", "dead"), {"adopted-earlier|t": expires})
-        await raw.zadd(key("pending", "dead"), {"no-separator": expires})
+        await raw.zadd(key("adopted", "dead"), {member("adopted-earlier", "t"): expires})
+        await raw.zadd(key("pending", "dead"), {"no-separator": expires, "forged|t": expires})
         for s in (a, b, dead):
             await s.beat(None, 5.0)
         assert await a.take_over("dead") == ()  # still alive
@@ -349,22 +437,22 @@ async def test_a_dead_instances_calls_are_taken_over_by_exactly_one_survivor(
         results = await asyncio.gather(a.take_over("dead"), b.take_over("dead"))
         moved = [call for result in results for call in result]
         assert sorted(c.call_id for c in moved) == sorted(
-            [f"c{i}" for i in range(20)] + ["adopted-earlier", "no-separator"]
-        )
+            [f"c{i}" for i in range(20)] + ["adopted-earlier"]
+        )  # the unsigned members are dropped, never decided
         assert any(results) and not all(results)
         winner = a if results[0] else b
+        assert winner.stats.forged == 2
         by_id = {c.call_id: c for c in moved}
         assert by_id["c0"].tenant_id == "t"
         assert by_id["c0"].expires_at == pytest.approx(expires)
-        assert by_id["no-separator"].tenant_id is None
-        assert await raw.zcard(key("adopted", winner.instance_id)) == 22
+        assert await raw.zcard(key("adopted", winner.instance_id)) == 21
         assert await raw.exists(key("pending", "dead"), key("adopted", "dead")) == 0
         assert "dead" not in await raw.smembers(key("instances"))
         census = await winner.beat(None, 5.0)
         assert census is not None
-        assert len(census.adopted) == 22
+        assert len(census.adopted) == 21
         await winner.release("c0", "t")
-        assert await raw.zcard(key("adopted", winner.instance_id)) == 21
+        assert await raw.zcard(key("adopted", winner.instance_id)) == 20
 
 
 async def test_a_worker_adopts_what_its_previous_life_left(
@@ -376,7 +464,7 @@ async def test_a_worker_adopts_what_its_previous_life_left(
         await new.beat(None, 5.0)
         (call,) = await new.take_over("a", force=True)
         assert call.call_id == "left-behind"
-        assert await raw.zrange(key("adopted", "a"), 0, -1) == ["left-behind|t"]
+        assert await raw.zrange(key("adopted", "a"), 0, -1) == [member("left-behind", "t")]
         assert await raw.zcard(key("pending", "a")) == 0
 
 
@@ -770,10 +858,10 @@ async def target() -> AsyncIterator[Target]:
 async def front(target: Target) -> AsyncIterator[tuple[str, Forwarder]]:
     """A server whose POST handler asks a Forwarder (instance 'me') first: 299 = local."""
     lookup = {"other": target.url, "dead": "http://127.0.0.1:1"}
-    forwarder = Forwarder("me", lookup.get, timeout=2.0)
+    forwarder = Forwarder("me", lookup.get, signer=SIGNER, timeout=2.0)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        reply = await forwarder.forward(request, await request.read())
+        reply = await forwarder.forward(request, await request.read(), "tenant-1")
         return web.Response(status=299) if reply is None else reply
 
     app = web.Application()
@@ -791,8 +879,9 @@ async def front(target: Target) -> AsyncIterator[tuple[str, Forwarder]]:
 async def test_a_notification_for_another_instance_is_forwarded_with_its_headers(
     target: Target, front: tuple[str, Forwarder]
 ) -> None:
-    """The body, path, query and headers (not hop-by-hop ones) go to the owner, marked as
-    forwarded; the owner's status, body, content type and echo headers come back."""
+    """The body, path, query and headers (not hop-by-hop ones, not Graph's bearer token) go
+    to the owner, marked as forwarded and signed with the fleet secret (tenant included); the
+    owner's status, body, content type and echo headers come back."""
     url, forwarder = front
     async with (
         aiohttp.ClientSession() as session,
@@ -809,8 +898,11 @@ async def test_a_notification_for_another_instance_is_forwarded_with_its_headers
     ((path, body, headers),) = target.seen
     assert path == "/api/calls?instance=other&x=1"
     assert body == b'{"value": []}'
-    assert headers["Authorization"] == "Bearer t"
+    assert "Authorization" not in headers
     assert headers[FORWARDED_BY] == "me"
+    signed = SIGNER.open_forward(headers[FLEET_AUTH], "me", "POST", path, body)
+    assert signed == ("tenant-1",)
+    assert SIGNER.open_forward(headers[FLEET_AUTH], "me", "POST", path, b"{}") is None
     assert await forwarder.fresh([incoming("c")]) == [incoming("c")]
 
 
@@ -845,9 +937,41 @@ async def test_a_notification_is_handled_here_when_it_cannot_or_need_not_be_forw
         assert len(logs.find(event)) == 1
 
 
+async def test_a_forward_target_outside_the_allow_list_is_not_used(
+    target: Target, logs: LogWatcher
+) -> None:
+    """With FORWARD_ALLOW naming another network, a signed address outside it receives
+    nothing: the notification is handled here, and the refusal is logged."""
+    forwarder = Forwarder(
+        "me", {"other": target.url}.get, signer=SIGNER, targets=ForwardTargets(["10.0.0.0/8"])
+    )
+    app = web.Application()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        reply = await forwarder.forward(request, await request.read(), "tenant-1")
+        return web.Response(status=299) if reply is None else reply
+
+    app.router.add_post("/api/calls", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        async with forwarder:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/calls?instance=other"
+            async with aiohttp.ClientSession() as session:
+                for _ in range(3):
+                    async with session.post(url, data=b"{}") as reply:
+                        assert reply.status == 299
+    finally:
+        await runner.cleanup()
+    assert target.seen == []
+    (refused,) = logs.find("notification.forward_refused")  # once, then rate-limited
+    assert "not in CALLFLOW_FORWARD_ALLOW" in refused["reason"]
+
+
 async def test_a_forwarder_must_be_open() -> None:
     """Forwarding outside ``async with`` raises, saying what was expected."""
-    forwarder = Forwarder("me", {"other": "http://127.0.0.1:1"}.get)
+    forwarder = Forwarder("me", {"other": "http://127.0.0.1:1"}.get, signer=SIGNER)
     app = web.Application()
     seen: list[BaseException] = []
 
@@ -910,6 +1034,7 @@ def fleet_options(redis: RedisServer, name: str) -> dict[str, Any]:
         "heartbeat_interval": 0.05,
         "safety_margin": 1.0,
         "drain_timeout": 0.5,
+        "fleet_secret": SECRET,
     }
 
 
@@ -965,7 +1090,10 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
         assert default.body == {"reason": "busy", "callbackUri": CALLBACK_URL + "?instance=a"}
         assert not slow.timed_out
 
-        await raw.set(f"callflow:{{{a.bot.settings.app_id}}}:final:pre-claimed", "other#x")
+        await raw.set(
+            f"callflow:{{{a.bot.settings.app_id}}}:final:pre-claimed",
+            SIGNER.seal("final", "pre-claimed", "other#x"),
+        )
         taken = await fake.place_call(a.webhook_url, call_id="pre-claimed")
         with anyio.fail_after(GUARD):
             await logs.wait_for("decision.dropped_elsewhere", call_id="pre-claimed")
@@ -1032,3 +1160,70 @@ async def test_fleet_mode_needs_a_redis_url_and_an_open_fleet() -> None:
     assert fleet.callback_url is None
     with pytest.raises(RuntimeError, match="not open"):
         await fleet.admit(incoming("c"), None)  # type: ignore[arg-type]
+
+
+# --- Redis over TLS, with an ACL user ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_ca() -> trustme.CA:
+    """The CA the TLS redis-server's certificate comes from."""
+    return trustme.CA()
+
+
+async def test_the_store_talks_tls_to_redis_as_an_acl_user(redis_ca: trustme.CA) -> None:
+    """A ``rediss://user:password@`` store trusting the server's CA (CA_BUNDLE) claims and
+    beats; a wrong password, a CA it does not trust, a certificate for another host name
+    or plain ``redis://`` never get a connection: the worker decides on its own."""
+    user = ("callflow", "acl-pass-0123")
+    rules = (f"~callflow:{{{NS}}}:*", "+@all", "-@dangerous")  # as the README advises
+    for server in redis_server(tls=redis_ca, user=user, rules=rules):
+        async with (
+            store(server.url, "a", ca_bundle=server.ca_path) as a,
+            store(server.url, "gone", ca_bundle=server.ca_path) as gone,
+        ):
+            assert await a.ping()
+            assert await gone.admit("orphan", "t", time.time() + 5)
+            assert await gone.claim("orphan")
+            assert await gone.beat(None, 3.0) is not None
+            await gone.retire()  # its heartbeat is gone: it is dead
+            assert await a.admit("tls-call", "t", time.time() + 5)
+            assert await a.claim("tls-call")
+            assert await a.first_seen(["k"]) == (True,)
+            census = await a.beat("https://a.internal", 3.0)
+            assert census is not None and census.live == {"a": "https://a.internal"}
+            assert census.dead == ("gone",)
+            (orphan,) = await a.take_over("gone")
+            assert await a.claim_orphan(orphan.call_id)
+            await a.release(orphan.call_id, orphan.tenant_id)
+            await a.retire()
+            assert a.stats.store_failures == 0
+        wrong = server.url.replace("acl-pass-0123", "wrong-pass")
+        plain = server.url.replace("rediss://", "redis://")
+        for url, ca in ((wrong, server.ca_path), (server.url, None), (plain, None)):
+            async with store(url, "b", ca_bundle=ca, timeout=0.3) as b:
+                assert not await b.ping()
+                assert await b.claim("tls-call")  # no answer: decided here
+                assert b.stats.store_failures >= 1
+    for server in redis_server(tls=redis_ca, tls_names=("redis.example.org",), user=user):
+        async with store(server.url, "c", ca_bundle=server.ca_path, timeout=0.3) as c:
+            assert not await c.ping()  # the certificate names another host
+
+
+async def test_a_served_bot_joins_a_fleet_over_tls_as_an_acl_user(
+    short_fake: FakeGraph, logs: LogWatcher
+) -> None:
+    """A bot with STORE=rediss://user:password@... and the fleet's CA in CA_BUNDLE joins the
+    fleet, decides calls through it, and logs the store URL without the password."""
+    user = ("callflow", "acl-pass-0123")
+    for server in redis_server(tls=short_fake.tokens.ca, user=user):
+        options = {**fleet_options(server, "tls-a"), "store": server.url}
+        async with short_fake.serve(fleet_bot([]), **options) as a:
+            (joining,) = logs.find("fleet.joining")
+            assert joining["reachable"] is True
+            assert "acl-pass" not in joining["store"]
+            call = await short_fake.place_call(a.webhook_url)
+            with anyio.fail_after(GUARD):
+                await call.decision()
+            assert "acl-pass" not in repr(a.bot.settings)
+        assert logs.find("store.unavailable") == []

@@ -174,6 +174,38 @@ async def test_failed_refresh_is_retried_and_old_token_served(ca: trustme.CA) ->
 
 
 @pytest.mark.anyio
+async def test_a_refresh_answered_with_a_nonsense_token_is_a_failure_like_any_other(
+    ca: trustme.CA,
+) -> None:
+    """A refresh answered 200 with ``expires_in: -5``, then with an empty token, is refused:
+    logged, counted, retried with backoff while the old token is served, until a good
+    answer comes; the refresher keeps running."""
+    async with TokenServer(ca=ca, client_secret=SECRET, expires_in=3) as server:
+        provider = make_provider(server, refresh_margin=2.0, retry_backoff=(0.1, 0.2))
+        with capture_logs() as logs:
+            async with provider:
+                first = await provider.get_token()
+                server.answer_next(
+                    1, {"token_type": "Bearer", "access_token": "x", "expires_in": -5}
+                )
+                server.answer_next(
+                    1, {"token_type": "Bearer", "access_token": "", "expires_in": 60}
+                )
+                with anyio.fail_after(5):
+                    await server.wait_for_requests(3)
+                assert await provider.get_token() == first
+                with anyio.fail_after(5):
+                    await server.wait_for_requests(4)
+                    while await provider.get_token() == first:
+                        await server.wait_for_requests(server.requests + 1)
+                assert await provider.get_token() in server.issued[1:]  # a later, good one
+                assert provider.failures == 2
+    failed = [entry for entry in logs if entry["event"] == "graph.token_refresh_failed"]
+    assert [entry["error"] for entry in failed] == ["invalid_token_response"] * 2
+    assert "expires_in -5.0 is not a positive number" in failed[0]["error_description"]
+
+
+@pytest.mark.anyio
 async def test_expired_token_is_fetched_again_on_demand(server: TokenServer) -> None:
     """Once a token has expired, get_token fetches a new one and reports a failure plainly."""
     now = [1000.0]

@@ -7,10 +7,12 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import anyio
 import pytest
+import structlog.testing
 
-from callflow import Answer, Bot, IncomingCall
-from callflow.testing import FakeGraph
+from callflow import Answer, Bot, CallStateChanged, IncomingCall
+from callflow.testing import DEFAULT_TENANT_ID, FakeGraph, call_state
 from callflow.testing._payloads import envelope, incoming_call
 
 pytestmark = pytest.mark.anyio
@@ -159,3 +161,147 @@ async def test_new_call_waits_for_room_in_the_send_backlog_then_is_taken() -> No
         (request,) = await fake.wait_requests(1, op="answer", call_id="waited")
         assert request.op == "answer"
         assert running.engine.stats.refused == 0
+
+
+# --- tenants --------------------------------------------------------------------------------
+
+OTHER_TENANT = "0b0b0b0b-2222-4333-8444-555566667777"
+
+
+class Observed:
+    """The state updates a bot observed, and an event set at each one."""
+
+    def __init__(self) -> None:
+        self.etags: list[int | None] = []
+        self.changed = anyio.Event()
+
+    async def wait_for(self, etag: int) -> None:
+        """Wait until the update with ``etag`` was observed."""
+        while etag not in self.etags:
+            await self.changed.wait()
+
+
+def observing_bot(observed: Observed) -> Bot:
+    """A bot that answers every call and records the state updates it observes."""
+    bot = answering_bot()
+
+    @bot.on(CallStateChanged)
+    async def observe(event: CallStateChanged) -> None:
+        observed.etags.append(event.etag)
+        observed.changed.set()
+        observed.changed = anyio.Event()
+
+    return bot
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_a_token_of_one_tenant_cannot_get_a_call_of_another_decided(allowed: bool) -> None:
+    """A token issued for the allowed tenant A with a body naming tenant B is refused with
+    403 and a JSON error naming both; no app token for B is fetched and nothing reaches
+    Graph. It holds with ALLOWED_TENANTS and without it."""
+    overrides = {"allowed_tenants": (DEFAULT_TENANT_ID,)} if allowed else {}
+    async with FakeGraph() as fake, fake.serve(answering_bot(), **overrides) as running:
+        forged = await fake.place_call(
+            running.webhook_url,
+            call_id="cross-tenant",
+            tenant_id=OTHER_TENANT,
+            token=fake.sign(tid=DEFAULT_TENANT_ID),
+        )
+        (reply,) = forged.replies
+        assert reply.status == 403
+        error = reply.body["error"]
+        assert error["code"] == "tenant_mismatch"
+        assert OTHER_TENANT in error["message"] and DEFAULT_TENANT_ID in error["message"]
+        honest = await fake.place_call(running.webhook_url, call_id="same-tenant")
+        assert honest.webhook_status == 202
+        await honest.decision()
+        assert running.engine.pending == 0
+    assert fake.requests_for("cross-tenant") == ()
+    assert OTHER_TENANT not in fake.tokens.requests_by_tenant
+
+
+async def test_a_body_with_one_foreign_notification_is_refused_whole() -> None:
+    """A state update of tenant A's call batched with an incoming call naming tenant B: the
+    whole body gets 403 and the state update is not observed either (nothing half-applied)."""
+    observed = Observed()
+    async with (
+        FakeGraph(follow_up=False) as fake,
+        fake.serve(observing_bot(observed)) as running,
+    ):
+        call = await fake.place_call(running.webhook_url, call_id="held")
+        await call.decision()
+        foreign = incoming_call(
+            kind="p2p",
+            call_id="foreign",
+            tenant_id=OTHER_TENANT,
+            bot_app_id=fake.app_id,
+            callback_uri=fake.callback_url,
+        )["value"][0]
+        update = call_state("held", "hold", etag=7)
+        update["resourceData"]["tenantId"] = DEFAULT_TENANT_ID
+        reply = await fake.notify(running.webhook_url, [update, foreign])
+        assert reply.status == 403
+        assert reply.body["error"]["code"] == "tenant_mismatch"
+        assert "value[1]" in reply.body["error"]["message"]
+        stray = call_state("held", "hold", etag=8)
+        stray["resourceData"]["tenantId"] = OTHER_TENANT
+        assert (await fake.notify(running.webhook_url, [stray])).status == 403
+        fine = await fake.notify(running.webhook_url, [call_state("held", "hold", etag=9)])
+        assert fine.status == 202
+        with anyio.fail_after(10.0):
+            await observed.wait_for(9)
+    assert observed.etags == [9]
+    assert fake.requests_for("foreign") == ()
+
+
+async def test_an_incoming_call_without_a_tenant_is_decided_with_the_tokens_tenant() -> None:
+    """A body that names no tenant is decided with an app token of the tenant the caller's
+    token was issued for, not with the default TENANT_ID."""
+    async with (
+        FakeGraph() as fake,
+        fake.serve(answering_bot(), tenant_id="default-tenant.example") as running,
+    ):
+        body = incoming_call(
+            kind="p2p",
+            call_id="no-tenant",
+            tenant_id=DEFAULT_TENANT_ID,
+            bot_app_id=fake.app_id,
+            callback_uri=fake.callback_url,
+        )
+        del body["value"][0]["resourceData"]["tenantId"]
+        call = await fake.place_call(running.webhook_url, payload=body)
+        assert call.webhook_status == 202
+        request = await call.decision()
+    assert request.headers["Authorization"].startswith(f"Bearer token-{DEFAULT_TENANT_ID}-")
+
+
+async def test_rejections_are_logged_at_most_once_a_second_with_the_count_left_out() -> None:
+    """A burst of 60 notifications with a forged token: every one gets 401/403 and is counted
+    in the metrics, but ``webhook.rejected`` is logged about once a second per code, each line
+    saying how many were left out since the last; the lines left out are counted too."""
+    async with (
+        FakeGraph() as fake,
+        fake.serve(answering_bot()) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            for _ in range(60):
+                async with http.post(
+                    running.webhook_url,
+                    data=b'{"value": []}',
+                    headers={
+                        "Authorization": "Bearer forged.token.x",
+                        "Content-Type": "application/json",
+                    },
+                ) as reply:
+                    assert reply.status == 401
+            elapsed = time.monotonic() - started
+        text = running.metrics.render().decode()
+    lines = [e for e in logs if e["event"] == "webhook.rejected"]
+    assert 1 <= len(lines) <= elapsed + 2
+    assert lines[0]["suppressed"] == 0
+    left_out = 60 - len(lines)
+    assert sum(e["suppressed"] for e in lines) <= left_out
+    assert 'callflow_rejected_notifications_total{code="unauthorized"} 60.0' in text
+    assert f"callflow_suppressed_log_lines_total {float(left_out)}" in text

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Self
-from urllib.parse import quote
 
 import aiohttp
 import attrs
@@ -83,8 +82,10 @@ _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False
 _NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()  # attempts are bounded by _AttemptTimeout
 # Sent with every request as session defaults, so each request builds only its own three.
 _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
-_PLAIN_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
-"""A call id that ``quote(call_id, safe="")`` leaves as it is (call ids are GUIDs)."""
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}").fullmatch
+"""An id that may be one segment of a Graph URL path: at most 128 unreserved characters, not
+starting with a dot (so never ``.``, ``..``, ``/`` or ``%2F``); Graph's ids are GUIDs. The
+same rule as the parser's ``CALL_ID_PATTERN``, checked again here, where ids meet URLs."""
 _BODY_CACHE_SIZE: Final = 256
 """Encoded decision bodies kept per client: a bot sends the same few decisions again and again."""
 
@@ -598,7 +599,7 @@ class GraphClient:
         result, raw, location = await self._exchange(
             action,
             "POST",
-            self._call_url(call_id, "/" + action),
+            self._call_url(call_id, "/" + action, action),
             call_id,
             body,
             tenant_id,
@@ -716,9 +717,16 @@ class GraphClient:
         )
         return raw
 
-    def _call_url(self, call_id: str, suffix: str) -> URL:
-        segment = call_id if _PLAIN_SEGMENT(call_id) else quote(call_id, safe="")
-        return self._calls_url.with_path(self._calls_path + segment + suffix, encoded=True)
+    def _call_url(self, call_id: str, suffix: str, op: str = "request") -> URL:
+        """The URL of ``suffix`` on ``call_id``; GraphError (nothing sent) for an id that is
+        not a Graph call id (a path segment like ``..`` or ``a/b`` never reaches a URL)."""
+        if not isinstance(call_id, str) or not _SEGMENT(call_id):
+            raise GraphError(
+                f"{op}: call id {str(call_id)[:40]!r} ({len(str(call_id))} characters) is not "
+                "a Graph call id; expected at most 128 characters of A-Z a-z 0-9 - _ ~ . "
+                "(not starting with a dot). Nothing was sent."
+            )
+        return self._calls_url.with_path(self._calls_path + call_id + suffix, encoded=True)
 
     async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> GraphResult:
         """Send ``decision`` for ``call`` before ``deadline`` (the decision-sink interface)."""
@@ -739,8 +747,7 @@ class GraphClient:
         *,
         gone_ok: bool = False,
     ) -> GraphResult:
-        segment = call_id if _PLAIN_SEGMENT(call_id) else quote(call_id, safe="")
-        url = self._calls_url.with_path(self._calls_path + segment + suffix, encoded=True)
+        url = self._call_url(call_id, suffix, op)
         reply = await self._exchange(
             op, method, url, call_id, body, tenant_id, deadline, scenario_id, gone_ok=gone_ok
         )

@@ -286,14 +286,22 @@ class MsalTokenProvider:
         return outcome.value
 
     async def _keep_fresh(self, tenant: str) -> None:
-        """Refresh ``tenant``'s token whenever it is due, until the provider stops."""
+        """Refresh ``tenant``'s token whenever it is due, until the provider stops.
+
+        Nothing a refresh runs into ends this task (nor the worker that owns it): every
+        failure is logged, counted and retried with backoff while the old token is served.
+        """
         failed = 0
-        delay = self._tokens[tenant].refresh_at - self._clock()
+        current = self._tokens.get(tenant)
+        delay = current.refresh_at - self._clock() if current is not None else 0.0
         while True:
             await anyio.sleep(max(0.0, delay))
             # Not abandoned on cancel: stopping waits for a request in flight (at most
             # http_timeout) so that no thread still uses msal after its sessions are closed.
-            outcome = await anyio.to_thread.run_sync(self._fetch_blocking, tenant, True)
+            try:
+                outcome = await anyio.to_thread.run_sync(self._fetch_blocking, tenant, True)
+            except Exception as exc:
+                outcome = self._failed(type(exc).__name__, str(exc))
             if isinstance(outcome, _Token):
                 failed = 0
                 delay = outcome.refresh_at - self._clock()
@@ -337,12 +345,10 @@ class MsalTokenProvider:
                     str(result.get("error") or "unknown_error"),
                     str(result.get("error_description") or "no description"),
                 )
-            lifetime = float(result.get("expires_in") or 600)  # msal's default, too
-            token = _Token(
-                value=result["access_token"],
-                expires_at=started + lifetime,
-                refresh_at=started + max(lifetime - self._refresh_margin, lifetime / 2),
-            )
+            try:
+                token = _token_of(result, started, self._refresh_margin)
+            except ValueError as exc:
+                return self._failed("invalid_token_response", str(exc))
             self._tokens[tenant] = token
             with self._state_lock:
                 self._acquisitions += 1
@@ -428,3 +434,22 @@ class MsalTokenProvider:
         # RuntimeError/CancelledError: the provider stopped while this thread was fetching.
         with contextlib.suppress(RuntimeError, concurrent.futures.CancelledError):
             portal.call(spawn)
+
+
+def _token_of(result: dict[str, Any], started: float, margin: float) -> _Token:
+    """The token in a successful msal result; ValueError when its fields are not usable."""
+    value = result["access_token"]
+    if not isinstance(value, str) or not value:
+        raise ValueError("access_token is not a non-empty string")
+    raw = result.get("expires_in") or 600  # msal's default, too
+    try:
+        lifetime = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"expires_in {str(raw)[:40]!r} is not a number of seconds") from None
+    if not 0 < lifetime < 10 * 365 * 86_400:
+        raise ValueError(f"expires_in {lifetime!r} is not a positive number of seconds")
+    return _Token(
+        value=value,
+        expires_at=started + lifetime,
+        refresh_at=started + max(lifetime - margin, lifetime / 2),
+    )

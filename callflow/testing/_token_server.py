@@ -18,8 +18,15 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-import trustme
 from aiohttp import web
+
+try:
+    import trustme
+except ImportError as exc:  # the testing kit is an extra: say how to get it
+    raise ImportError(
+        "callflow.testing needs the trustme package (FakeGraph serves its token endpoint over "
+        "TLS): pip install 'callflow[testing]'"
+    ) from exc
 
 __all__ = ["TokenServer"]
 
@@ -58,6 +65,7 @@ class TokenServer:
         self.issued: tuple[str, ...] = ()
         self._failures: list[tuple[int, str, int | None]] = []
         self._delay = 0.0
+        self._canned: list[dict[str, object]] = []
         self._changed = anyio.Event()
         self._runner: web.AppRunner | None = None
         self._tempdir: str | None = None
@@ -96,6 +104,18 @@ class TokenServer:
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
         self._failures.extend([(status, error, retry_after)] * n)
+
+    def stop_failing(self) -> None:
+        """Forget the failures and canned answers still queued: answer normally again."""
+        self._failures.clear()
+        self._canned.clear()
+
+    def answer_next(self, n: int, body: Mapping[str, object]) -> None:
+        """Answer the next ``n`` token requests with HTTP 200 and the JSON ``body`` as it is
+        (a token response the client should refuse, say ``{"expires_in": -5, ...}``)."""
+        if n < 0:
+            raise ValueError(f"n must be zero or more token requests to answer, got {n}")
+        self._canned.extend([dict(body)] * n)
 
     def set_delay(self, seconds: float) -> None:
         """Delay every later token answer by ``seconds`` (0 for no delay)."""
@@ -193,6 +213,8 @@ class TokenServer:
             status, error, retry_after = self._failures.pop(0)
             headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
             return _error(status, error, "The test token server was told to fail.", headers)
+        if self._canned:
+            return web.json_response(self._canned.pop(0))
         if form.get("grant_type") != "client_credentials":
             return _error(
                 400,

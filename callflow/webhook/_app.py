@@ -1,9 +1,15 @@
 """The aiohttp side of the webhook: notifications in, 202 out, events handed to the engine.
 
 Order of work for ``POST {webhook_path}``: size limit (413), content type (415), bearer JWT
-(401 when missing or malformed, 403 when invalid), JSON and shape (400), then the events go
-to the engine and the reply is 202 at once; the reply never waits for handlers. Every 4xx
-carries ``{"error": {"code": ..., "message": ...}}``.
+(401 when missing or malformed, 403 when invalid), the body within ``BODY_TIMEOUT`` (408, and
+the connection is closed), JSON and shape (400; 413 past
+:data:`~callflow._parse.MAX_NOTIFICATIONS` notifications), the tenant (403 when a
+notification names another tenant than the token's: the body's ``tenantId`` picks the app
+token a call is decided with, so it must be the verified one), then the events go to the
+engine and the reply is 202 at once; the reply never waits for handlers. A body is checked
+whole before any of its events is handed over: nothing of a refused body is applied. Every
+4xx carries ``{"error": {"code": ..., "message": ...}}``; ``webhook.rejected`` is logged at
+most once a second per code, with the count of the lines left out (``suppressed``).
 
 While more decisions wait to be sent than the engine's ``max_send_backlog``, a notification
 with a new incoming call waits for room, up to ``overload_wait`` seconds (its deadline still
@@ -15,32 +21,43 @@ In fleet mode a :class:`FleetHook` (:class:`Forwarder`) sees each authenticated 
 notification whose URL names another live instance (``?instance=ID``, from the per-instance
 ``callbackUri`` of that worker's decision) is forwarded there and that worker's reply is
 returned; after parsing, state updates and terminations another worker already took are
-dropped.
+dropped. A forwarded notification does not carry Graph's bearer token: the forwarding worker
+signs it with the fleet secret (``X-Callflow-Fleet-Auth``: the body, the path, the tenant it
+verified and the time), and the receiving worker checks that signature instead of a JWT.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, Self
 
 import aiohttp
+import attrs
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 from structlog.contextvars import bind_contextvars, reset_contextvars
 from yarl import URL
 
+from .._log import Throttle
 from .._parse import parse_notifications
-from ..errors import InboundAuthError, NotificationFormatError
+from .._trust import FLEET_AUTH, FORWARD_SKEW, FleetSigner, ForwardTargets
+from ..errors import InboundAuthError, NotificationFormatError, NotificationLimitError
 from ..events import IncomingCall
+from ._jwt import Caller
+from ._server import (
+    BodyTimeoutError,
+    BodyTooLargeError,
+    ServerLimits,
+    close_after,
+    read_body,
+)
 
 if TYPE_CHECKING:
     from .._intake import Intake
     from ..events import CallEvent
-    from ._jwt import Caller
 
 __all__ = ["FORWARDED_BY", "MAX_BODY", "FleetHook", "Forwarder", "WebhookHandler", "error_response"]
 
@@ -70,7 +87,9 @@ _NOT_FORWARDED: Final = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
+        "authorization",  # Graph's bearer token stays with the worker it was sent to
         FORWARDED_BY.lower(),
+        FLEET_AUTH.lower(),
     }
 )
 
@@ -94,8 +113,16 @@ def error_response(
 class FleetHook(Protocol):
     """What the webhook asks of fleet mode, for each authenticated notification."""
 
-    async def forward(self, request: web.Request, body: bytes) -> web.StreamResponse | None:
-        """The reply of the worker that owns the notification's call; None to handle it here."""
+    async def forward(
+        self, request: web.Request, body: bytes, tenant_id: str | None
+    ) -> web.StreamResponse | None:
+        """The reply of the worker that owns the notification's call; None to handle it here.
+        ``tenant_id`` is the tenant this worker verified (None without inbound auth)."""
+        ...
+
+    def verify_forwarded(self, request: web.Request, body: bytes) -> Caller | None:
+        """The caller a worker of the fleet verified for a notification it forwarded here
+        (signed with the fleet secret); None when the signature is missing or invalid."""
         ...
 
     async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
@@ -106,10 +133,14 @@ class FleetHook(Protocol):
 class Forwarder:
     """The fleet hook: forwards notifications to the instance their URL names.
 
-    ``lookup(instance_id)`` is the forwarding URL of a live instance (None when it is gone);
-    ``dedupe`` filters the parsed events (shared dedupe). A notification is handled here when
-    its URL names no instance or this one, when that instance is gone, when it was forwarded
-    once already, or when forwarding fails (logged). Use it as an async context manager: it
+    ``lookup(instance_id)`` is the forwarding URL of a live instance (None when it is gone):
+    the address from its signed heartbeat; on a miss, ``refresh()`` (if given) reads the
+    fleet's directory again first. ``targets`` may restrict those further
+    (``FORWARD_ALLOW``). ``signer`` signs what is forwarded (Graph's bearer token is not
+    forwarded) and checks what was forwarded here. ``dedupe`` filters the parsed events
+    (shared dedupe). A notification is handled here when its URL names no instance or this
+    one, when that instance is gone, when it was forwarded once already, when its target is
+    not allowed, or when forwarding fails (logged). Use it as an async context manager: it
     owns an HTTP session of the loop that enters it.
     """
 
@@ -118,16 +149,23 @@ class Forwarder:
         instance_id: str,
         lookup: Callable[[str], str | None],
         *,
+        signer: FleetSigner,
+        targets: ForwardTargets | None = None,
         dedupe: Callable[[Sequence[CallEvent]], Awaitable[Sequence[CallEvent]]] | None = None,
         timeout: float = 3.0,
         on_forwarded: Callable[[], None] | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.instance_id = instance_id
         self._lookup = lookup
+        self._refresh = refresh
+        self._signer = signer
+        self._targets = targets if targets is not None else ForwardTargets()
         self._dedupe = dedupe
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
         self._on_forwarded = on_forwarded
         self._session: aiohttp.ClientSession | None = None
+        self._throttle = Throttle(5.0)
 
     async def __aenter__(self) -> Self:
         """Open the forwarding session in the running loop."""
@@ -149,17 +187,54 @@ class Forwarder:
         """See :meth:`FleetHook.fresh`."""
         return events if self._dedupe is None else await self._dedupe(events)
 
-    async def forward(self, request: web.Request, body: bytes) -> web.StreamResponse | None:
+    def verify_forwarded(self, request: web.Request, body: bytes) -> Caller | None:
+        """See :meth:`FleetHook.verify_forwarded`."""
+        header = request.headers.get(FLEET_AUTH)
+        sender = request.headers.get(FORWARDED_BY)
+        if header is None or sender is None:
+            return None
+        opened = self._signer.open_forward(
+            header, sender, request.method, str(request.rel_url), body
+        )
+        if opened is None or opened[0] is None:
+            return None
+        return Caller(
+            tenant_id=opened[0],
+            app_id=None,
+            issuer=f"fleet:{sender}",
+            expires_at=time.time() + FORWARD_SKEW,
+        )
+
+    async def forward(
+        self, request: web.Request, body: bytes, tenant_id: str | None = None
+    ) -> web.StreamResponse | None:
         """See :meth:`FleetHook.forward`."""
         target = request.query.get("instance")
         if not target or target == self.instance_id:
             return None
         if FORWARDED_BY in request.headers:
-            log.info("notification.not_forwarded_again", instance=target)
+            log.info("notification.not_forwarded_again", instance=target[:200])
             return None
         base = self._lookup(target)
+        if base is None and self._refresh is not None:
+            # A worker that has just started is unknown here until the next heartbeat this
+            # worker reads: read the fleet's directory again before handling it here.
+            await self._refresh()
+            base = self._lookup(target)
         if base is None:
-            log.info("notification.owner_gone", instance=target)
+            log.info("notification.owner_gone", instance=target[:200])
+            return None
+        refusal = self._targets.refusal(base)
+        if refusal is not None:
+            suppressed = self._throttle.admit(("refused", target))
+            if suppressed is not None:
+                log.warning(
+                    "notification.forward_refused",
+                    instance=target[:200],
+                    reason=refusal,
+                    suppressed=suppressed,
+                    message="handled by this worker instead",
+                )
             return None
         session = self._session
         if session is None:
@@ -169,9 +244,13 @@ class Forwarder:
             for name, value in request.headers.items()
             if name.lower() not in _NOT_FORWARDED
         )
+        rel_url = str(request.rel_url)
         headers[FORWARDED_BY] = self.instance_id
-        url = URL(base.rstrip("/") + str(request.rel_url), encoded=True)
+        headers[FLEET_AUTH] = self._signer.sign_forward(
+            self.instance_id, tenant_id, request.method, rel_url, body
+        )
         try:
+            url = URL(base.rstrip("/") + rel_url, encoded=True)
             async with session.post(
                 url, data=body, headers=headers, allow_redirects=False
             ) as response:
@@ -182,10 +261,10 @@ class Forwarder:
                     if name in response.headers
                 }
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # ClientError, timeouts, a bad URL: never lose the call
             log.warning(
                 "notification.forward_failed",
-                instance=target,
+                instance=target[:200],
                 error=f"{type(exc).__name__}: {exc}"[:300],
                 message="handled by this worker instead",
             )
@@ -200,7 +279,8 @@ class WebhookHandler:
     """Handles ``POST`` notifications; ``auth=None`` turns inbound authentication off.
 
     ``fleet`` (fleet mode) may forward a notification to another worker, and drops events
-    another worker already took.
+    another worker already took. ``limits`` gives the body-read timeout (``BODY_TIMEOUT``).
+    ``on_suppressed_log(n)`` is told of ``webhook.rejected`` lines left out by the rate limit.
     """
 
     def __init__(
@@ -209,8 +289,10 @@ class WebhookHandler:
         auth: Authenticator | None,
         *,
         max_body: int = MAX_BODY,
+        limits: ServerLimits | None = None,
         on_auth_failure: Callable[[str], None] | None = None,
         on_rejected_input: Callable[[str], None] | None = None,
+        on_suppressed_log: Callable[[int], None] | None = None,
         fleet: FleetHook | None = None,
         overload_wait: float = 1.0,
     ) -> None:
@@ -218,9 +300,11 @@ class WebhookHandler:
         self._overload_wait = overload_wait
         self._auth = auth
         self._max_body = max_body
+        self._body_timeout = (limits or ServerLimits()).body_timeout
         self._on_auth_failure = on_auth_failure
         self._on_rejected_input = on_rejected_input
         self._fleet = fleet
+        self._throttle = Throttle(1.0, on_suppressed=on_suppressed_log)
         self._refused_logged = 0  # the engine's refusal count at the last log line
         self._refusal_logged = -1e9
 
@@ -229,14 +313,17 @@ class WebhookHandler:
     ) -> web.Response:
         if self._on_rejected_input is not None:
             self._on_rejected_input(code)
-        log.warning(
-            "webhook.rejected",
-            status=status,
-            code=code,
-            reason=message,
-            remote=request.remote,
-            path=request.path_qs,
-        )
+        suppressed = self._throttle.admit(code)
+        if suppressed is not None:
+            log.warning(
+                "webhook.rejected",
+                status=status,
+                code=code,
+                reason=message[:500],
+                remote=request.remote,
+                path=request.path_qs[:300],
+                suppressed=suppressed,
+            )
         return error_response(status, code, message, echo)
 
     def _refuse(self, echo: dict[str, str]) -> web.Response:
@@ -264,23 +351,6 @@ class WebhookHandler:
             {**echo, "Retry-After": RETRY_AFTER},
         )
 
-    async def _read(self, request: web.Request) -> bytes:
-        """The whole body, at most ``max_body`` bytes (chunked bodies included)."""
-        length = request.content_length
-        if length is not None:  # already checked against max_body: one read
-            try:
-                return await request.content.readexactly(length)
-            except asyncio.IncompleteReadError as exc:  # pragma: no cover - aiohttp reports
-                return exc.partial  # a short body as a lost connection; kept for other servers
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > self._max_body:
-                raise web.HTTPRequestEntityTooLarge(max_size=self._max_body, actual_size=size)
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Check, parse and hand over one notification POST."""
         received = time.monotonic()
@@ -302,25 +372,24 @@ class WebhookHandler:
                 request,
                 415,
                 "unsupported_media_type",
-                f"Content-Type is {ctype or 'missing'!r}; expected application/json",
+                f"Content-Type is {ctype[:100] or 'missing'!r}; expected application/json",
                 echo,
             )
 
+        fleet = self._fleet
+        # A notification another worker of the fleet forwarded carries the fleet's signature
+        # instead of Graph's token; it is checked once the body (which it covers) is read.
+        forwarded = fleet is not None and self._auth is not None and FLEET_AUTH in headers
         caller: Caller | None = None
-        if self._auth is not None:
+        if self._auth is not None and not forwarded:
             try:
                 caller = await self._auth.authenticate(headers.get("Authorization"))
             except InboundAuthError as exc:
-                if self._on_auth_failure is not None:
-                    self._on_auth_failure(exc.reason)
-                code = "unauthorized" if exc.status == 401 else "forbidden"
-                if exc.status >= 500:
-                    code = "unavailable"
-                return self._reject(request, exc.status, code, exc.message, echo)
+                return self._auth_failed(request, exc, echo)
 
         try:
-            body = await self._read(request)
-        except web.HTTPRequestEntityTooLarge:
+            body = await read_body(request, max_body=self._max_body, within=self._body_timeout)
+        except BodyTooLargeError:
             return self._reject(
                 request,
                 413,
@@ -328,15 +397,57 @@ class WebhookHandler:
                 f"the body is larger than {self._max_body} bytes",
                 echo,
             )
-        fleet = self._fleet
+        except BodyTimeoutError as exc:
+            response = self._reject(
+                request,
+                408,
+                "body_timeout",
+                f"{exc}; expected the whole body at once (CALLFLOW_BODY_TIMEOUT)",
+                echo,
+            )
+            return await close_after(request, response)
+        if forwarded:
+            assert fleet is not None
+            caller = fleet.verify_forwarded(request, body)
+            if caller is None:
+                return self._auth_failed(
+                    request,
+                    InboundAuthError(
+                        "bad_fleet_signature",
+                        "The notification claims to be forwarded by a worker of the fleet but "
+                        "its signature is missing, invalid or expired; expected one made with "
+                        "the fleet secret.",
+                        status=403,
+                    ),
+                    echo,
+                )
         if fleet is not None:
-            forwarded = await fleet.forward(request, body)
-            if forwarded is not None:
-                return forwarded
+            reply = await fleet.forward(
+                request, body, caller.tenant_id if caller is not None else None
+            )
+            if reply is not None:
+                return reply
         try:
             events: Sequence[CallEvent] = parse_notifications(body)
+        except NotificationLimitError as exc:
+            return self._reject(request, 413, "too_many_notifications", str(exc), echo)
         except NotificationFormatError as exc:
             return self._reject(request, 400, "invalid_notification", str(exc), echo)
+        token_tenant = caller.tenant_id if caller is not None else None
+        if token_tenant is not None:
+            foreign = _foreign_tenant(events, token_tenant)
+            if foreign is not None:
+                index, tenant = foreign
+                return self._reject(
+                    request,
+                    403,
+                    "tenant_mismatch",
+                    f"value[{index}] names tenant {tenant[:64]!r} but the token was issued for "
+                    f"tenant {token_tenant!r}; expected every notification of the body to "
+                    "belong to the token's tenant (nothing of this body was taken)",
+                    echo,
+                )
+            events = _with_tenant(events, token_tenant)
         if fleet is not None:
             events = await fleet.fresh(events)
 
@@ -348,7 +459,6 @@ class WebhookHandler:
             return self._refuse(echo)
 
         scenario_id = headers.get("scenario-id")
-        token_tenant = caller.tenant_id if caller is not None else None
         try:
             for event in events:
                 # Bound here, the ids ride along into the call's lane task (it copies the
@@ -356,7 +466,7 @@ class WebhookHandler:
                 tokens = bind_contextvars(
                     call_id=event.call_id,
                     tenant_id=getattr(event, "tenant_id", None) or token_tenant,
-                    scenario_id=scenario_id,
+                    scenario_id=scenario_id[:100] if scenario_id else None,
                 )
                 try:
                     self._engine.submit((event,), received, scenario_id)
@@ -365,3 +475,44 @@ class WebhookHandler:
         except RuntimeError as exc:  # the engine stopped taking calls (shutting down)
             return self._reject(request, 503, "unavailable", str(exc), echo)
         return web.Response(status=202, headers=echo)
+
+    def _auth_failed(
+        self, request: web.Request, exc: InboundAuthError, echo: dict[str, str]
+    ) -> web.Response:
+        if self._on_auth_failure is not None:
+            self._on_auth_failure(exc.reason)
+        code = "unauthorized" if exc.status == 401 else "forbidden"
+        if exc.status >= 500:
+            code = "unavailable"
+        return self._reject(request, exc.status, code, exc.message, echo)
+
+
+def _foreign_tenant(events: Sequence[CallEvent], tenant_id: str) -> tuple[int, str] | None:
+    """The first notification (index, tenant) that names another tenant than ``tenant_id``.
+
+    An incoming call names its tenant (``resourceData.tenantId``, which picks the app token it
+    is decided with); other call notifications may carry one in their resource data too.
+    """
+    want = tenant_id.lower()
+    for index, event in enumerate(events):
+        if type(event) is IncomingCall:
+            named: object = event.tenant_id
+        else:
+            data = event.raw.get("resourceData") if isinstance(event.raw, dict) else None
+            named = data.get("tenantId") if isinstance(data, dict) else None
+        if isinstance(named, str) and named.lower() != want:
+            return index, named
+    return None
+
+
+def _with_tenant(events: Sequence[CallEvent], tenant_id: str) -> Sequence[CallEvent]:
+    """``events`` with the verified tenant filled into incoming calls that name none, so that
+    such a call is decided with its caller's tenant, not the default ``TENANT_ID``."""
+    if all(type(e) is not IncomingCall or e.tenant_id is not None for e in events):
+        return events
+    return [
+        attrs.evolve(e, tenant_id=tenant_id)
+        if type(e) is IncomingCall and e.tenant_id is None
+        else e
+        for e in events
+    ]

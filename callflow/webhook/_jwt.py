@@ -5,6 +5,11 @@ from an OpenID configuration document (its ``jwks_uri``); they are fetched at st
 every ``refresh_interval`` and, at most once per ``unknown_kid_interval``, when a token names a
 key id that is not in the set.
 
+A failed refresh keeps the keys already fetched, is logged and counted
+(``refresh_failures``), and the periodic refresh is retried after a jittered back-off
+(``retry_backoff``) instead of a whole ``refresh_interval``; nothing a key endpoint answers
+stops the worker.
+
 Every rejection is an :class:`~callflow.errors.InboundAuthError` whose ``reason`` is one of
 :data:`REASONS` (a constant slug for metrics) and whose ``status`` is the HTTP status to reply:
 
@@ -23,6 +28,7 @@ token.
 from __future__ import annotations
 
 import json
+import random
 import re
 import ssl as ssl_module
 import time
@@ -40,8 +46,10 @@ from anyio.abc import TaskGroup
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 from jwt.utils import base64url_decode
+from yarl import URL
 
 from callflow.errors import ConfigError, InboundAuthError
+from callflow.settings import is_loopback
 
 __all__ = ["REASONS", "TENANT_ID_CLAIM", "Caller", "InboundAuthenticator"]
 
@@ -69,6 +77,9 @@ TENANT_ID_CLAIM: Final = "http://schemas.microsoft.com/identity/claims/tenantid"
 ALGORITHM: Final = "RS256"
 MIN_KEY_BITS: Final = 2048
 MAX_TOKEN_LENGTH: Final = 16_384
+MAX_REDIRECTS: Final = 3
+"""Redirects followed when fetching the OpenID configuration or the key set."""
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _COMPACT_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _RSA256 = RSAAlgorithm(RSAAlgorithm.SHA256)
 _DECODE_OPTIONS: Final[jwt.types.Options] = {
@@ -152,6 +163,7 @@ class InboundAuthenticator:
         unknown_kid_interval: float = 60.0,
         cache_size: int = 10_000,
         fetch_timeout: float = 10.0,
+        retry_backoff: tuple[float, float] = (5.0, 300.0),
         clock: Callable[[], float] = time.time,
     ) -> None:
         problems: list[str] = []
@@ -184,6 +196,10 @@ class InboundAuthenticator:
                 problems.append(f"{name} {value!r} is not positive; expected seconds > 0")
         if cache_size < 0:
             problems.append(f"cache_size {cache_size!r} is negative; expected >= 0 (0 disables)")
+        if not 0 < retry_backoff[0] <= retry_backoff[1]:
+            problems.append(
+                f"retry_backoff {retry_backoff!r} is not (min, max) seconds with 0 < min <= max"
+            )
         if problems:
             raise ConfigError("InboundAuthenticator: " + "; ".join(problems) + ".")
 
@@ -202,7 +218,10 @@ class InboundAuthenticator:
         self._unknown_kid_interval = unknown_kid_interval
         self._cache_size = cache_size
         self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
+        self._retry_backoff = (float(retry_backoff[0]), float(retry_backoff[1]))
         self._clock = clock
+        self.refresh_failures = 0
+        """Key-set fetches that failed after start (periodic, or for an unknown key id)."""
 
         self._session: aiohttp.ClientSession | None = None
         self._task_group: TaskGroup | None = None
@@ -454,7 +473,18 @@ class InboundAuthenticator:
             keys = await self._fetch_keys()
         except InboundAuthError as exc:
             pending.error = exc
+            self.refresh_failures += 1
             log.warning("inbound_auth.keys_refresh_failed", trigger=trigger, error=exc.message)
+        except Exception as exc:  # a refresh never stops the worker: the old keys stay
+            pending.error = _keys_unavailable(
+                f"The signing keys could not be fetched ({type(exc).__name__}); try again later."
+            )
+            self.refresh_failures += 1
+            log.warning(
+                "inbound_auth.keys_refresh_failed",
+                trigger=trigger,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
         else:
             self._install_keys(keys, trigger=trigger)
         finally:
@@ -462,9 +492,16 @@ class InboundAuthenticator:
             pending.done.set()
 
     async def _refresh_periodically(self) -> None:
+        failed = 0
         while True:
-            await anyio.sleep(self._refresh_interval)
-            await self._refresh("periodic")
+            delay = self._refresh_interval
+            if failed:  # retry sooner, backing off, while the endpoint fails
+                low, high = self._retry_backoff
+                base = min(high, low * 2.0 ** min(failed - 1, 30))
+                delay = min(delay, random.uniform(base / 2, base))
+            await anyio.sleep(delay)
+            error = await self._refresh("periodic")
+            failed = failed + 1 if error is not None else 0
 
     def _install_keys(self, keys: dict[str, RSAPublicKey], *, trigger: str) -> None:
         self._keys = keys
@@ -489,7 +526,7 @@ class InboundAuthenticator:
                 f"The OpenID configuration at {config_url} names jwks_uri {jwks_uri!r}; "
                 "expected an absolute http(s) URL."
             )
-        if parts.scheme == "http" and urlsplit(config_url).scheme == "https":
+        if _downgrade(config_url, jwks_uri):
             raise _keys_unavailable(
                 f"The OpenID configuration at {config_url} names a plain-http jwks_uri "
                 f"{jwks_uri!r}; expected https."
@@ -508,27 +545,59 @@ class InboundAuthenticator:
         return keys
 
     async def _get_json(self, url: str, what: str) -> dict[str, Any]:
+        """GET a JSON object, following at most :data:`MAX_REDIRECTS` redirects, none of which
+        may leave https (or plain http for another host than loopback or the same one)."""
         assert self._session is not None
+        where = url
         try:
-            async with self._session.get(url, ssl=self._ssl, timeout=self._timeout) as response:
-                if response.status != 200:
-                    raise _keys_unavailable(
-                        f"Fetching the {what} from {url} answered HTTP {response.status}; "
-                        "expected 200 with a JSON object."
-                    )
-                data = await response.json(content_type=None)
+            for _ in range(MAX_REDIRECTS + 1):
+                async with self._session.get(
+                    where, ssl=self._ssl, timeout=self._timeout, allow_redirects=False
+                ) as response:
+                    if response.status in _REDIRECTS and "Location" in response.headers:
+                        target = str(URL(where).join(URL(response.headers["Location"])))
+                        if _downgrade(where, target):
+                            raise _keys_unavailable(
+                                f"Fetching the {what} from {url} was redirected from {where} "
+                                f"to {target}, which is not https; expected https throughout."
+                            )
+                        where = target
+                        continue
+                    if response.status != 200:
+                        raise _keys_unavailable(
+                            f"Fetching the {what} from {url} answered HTTP {response.status}; "
+                            "expected 200 with a JSON object."
+                        )
+                    data = await response.json(content_type=None)
+                    break
+            else:
+                raise _keys_unavailable(
+                    f"Fetching the {what} from {url} was redirected more than {MAX_REDIRECTS} "
+                    "times; expected the document."
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _keys_unavailable(
                 f"Could not fetch the {what} from {url} ({type(exc).__name__}: {exc}); "
                 "expected the endpoint to answer."
             ) from exc
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _keys_unavailable(
                 f"The {what} at {url} is not JSON; expected a JSON object."
             ) from exc
         if not isinstance(data, dict):
             raise _keys_unavailable(f"The {what} at {url} is not a JSON object; expected one.")
         return data
+
+
+def _downgrade(source: str, target: str) -> bool:
+    """True when going from ``source`` to ``target`` leaves https, or moves plain http to
+    another host that is not loopback."""
+    before, after = urlsplit(source), urlsplit(target)
+    if after.scheme == "https":
+        return False
+    if after.scheme != "http" or before.scheme == "https":
+        return True
+    return after.hostname != before.hostname and not is_loopback(after.hostname)
 
 
 def _parse_key(entry: object) -> tuple[str, RSAPublicKey] | None:

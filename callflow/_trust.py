@@ -1,0 +1,290 @@
+"""What a worker trusts of its fleet: signed values in Redis, signed forwards, allowed targets.
+
+Whoever can write the fleet's Redis keys must not be able to redirect notifications, have
+decisions sent for calls no worker took, or make a worker drop a call as someone else's.
+So every value a worker acts on is signed with the fleet's shared secret
+(``CALLFLOW_FLEET_SECRET``, HMAC-SHA256) and checked when read:
+
+- heartbeats (the forwarding URL, the boot id, a timestamp), bound to the instance's id;
+- claims (``own``, ``final``, ``seen``), bound to the key they are stored under;
+- members of the pending and adopted sets (``call_id|tenant_id``), so that a take-over only
+  ever sends a default decision for a call a worker of the fleet really took;
+- forwarded notifications: the forwarding worker drops Graph's bearer token and signs the
+  body, path, the verified tenant and a timestamp instead (``X-Callflow-Fleet-Auth``).
+
+A value without a valid signature is treated as absent (a heartbeat: the instance is dead; a
+claim: it is replaced; a set member: it is dropped), counted and logged. Deleting keys stays
+possible for whoever can write them: that can only make the fleet fall back to deciding
+locally, the way it does when Redis is down.
+
+:class:`ForwardTargets` is the allow-list of hosts a notification may be forwarded to
+(``CALLFLOW_FORWARD_ALLOW``): on top of the signature, a stolen secret alone does not let a
+heartbeat send notifications elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = [
+    "FLEET_AUTH",
+    "FORWARD_SKEW",
+    "MAX_CLOCK_SKEW",
+    "Beat",
+    "FleetSigner",
+    "ForwardTargets",
+    "forward_target",
+]
+
+FLEET_AUTH: Final = "X-Callflow-Fleet-Auth"
+"""The header carrying a forwarded notification's signature (instead of Graph's token)."""
+FORWARD_SKEW: Final = 30.0
+"""Seconds a forwarded notification's signature stays valid (both ways: clock skew)."""
+MAX_CLOCK_SKEW: Final = 5.0
+"""Seconds a heartbeat may be older than its lifetime, or from the future, and still count."""
+_MAC_HEX: Final = 32  # 128 bits
+_HOST_NAME: Final = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?")
+
+
+def _encode(parts: Sequence[str]) -> bytes:
+    """An unambiguous encoding of ``parts`` (each prefixed by its length)."""
+    return b"".join(f"{len(p)}:{p};".encode() for p in parts)
+
+
+@attrs.frozen
+class Beat:
+    """A verified heartbeat: the instance's forwarding URL (None until it listens) and boot id."""
+
+    url: str | None
+    boot: str
+    at: float
+
+
+class FleetSigner:
+    """Signs and checks fleet values with the shared secret; see the module docstring."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: str | bytes) -> None:
+        key = secret.encode() if isinstance(secret, str) else bytes(secret)
+        if len(key) < 16:
+            raise ConfigError(
+                "fleet secret: expected at least 16 bytes (CALLFLOW_FLEET_SECRET of 32 "
+                f"characters or more), got {len(key)}"
+            )
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "FleetSigner(secret='***')"
+
+    def mac(self, *parts: str) -> str:
+        """The signature of ``parts`` (hex, 128 bits)."""
+        digest = hmac.new(self._key, _encode(parts), hashlib.sha256).hexdigest()
+        return digest[:_MAC_HEX]
+
+    def check(self, mac: str, *parts: str) -> bool:
+        """True when ``mac`` is the signature of ``parts`` (constant time)."""
+        return hmac.compare_digest(mac.encode(), self.mac(*parts).encode())
+
+    # -- signed strings: value#mac -------------------------------------------------------
+
+    def seal(self, kind: str, name: str, value: str) -> str:
+        """``value#mac``: ``value`` signed for the key ``kind``/``name``."""
+        return f"{value}#{self.mac(kind, name, value)}"
+
+    def opened(self, kind: str, name: str, sealed: object) -> str | None:
+        """The value of a string :meth:`seal` made for ``kind``/``name``; None if forged."""
+        if not isinstance(sealed, str) or len(sealed) > 4096:
+            return None
+        value, sep, mac = sealed.rpartition("#")
+        if not sep or len(mac) != _MAC_HEX or not self.check(mac, kind, name, value):
+            return None
+        return value
+
+    # -- pending and adopted set members ---------------------------------------------------
+
+    def member(self, call_id: str, tenant_id: str | None) -> str:
+        """The signed set member of a call: ``call_id|tenant_id|mac``."""
+        value = f"{call_id}|{tenant_id or ''}"
+        return f"{value}|{self.mac('member', value)}"
+
+    def open_member(self, member: object) -> tuple[str, str | None] | None:
+        """``(call_id, tenant_id)`` of a member :meth:`member` made; None if forged."""
+        if not isinstance(member, str) or len(member) > 1024:
+            return None
+        value, sep, mac = member.rpartition("|")
+        if not sep or len(mac) != _MAC_HEX or not self.check(mac, "member", value):
+            return None
+        call_id, _, tenant = value.rpartition("|")
+        return (call_id, tenant or None) if call_id else None
+
+    # -- heartbeats -----------------------------------------------------------------------
+
+    def seal_beat(
+        self, instance_id: str, url: str | None, boot: str, pid: int, now: float | None = None
+    ) -> str:
+        """The JSON heartbeat of ``instance_id``, signed (``mac``) with its time (``t``)."""
+        at = round(time.time() if now is None else now, 3)
+        mac = self.mac("beat", instance_id, url or "", boot, str(pid), repr(at))
+        return json.dumps({"url": url, "boot": boot, "pid": pid, "t": at, "mac": mac})
+
+    def open_beat(
+        self, instance_id: str, raw: object, *, max_age: float, now: float | None = None
+    ) -> Beat | None:
+        """The verified heartbeat in ``raw``; None when it is unsigned, forged, for another
+        instance, older than ``max_age`` (+ :data:`MAX_CLOCK_SKEW`) or from the future."""
+        if not isinstance(raw, str) or len(raw) > 4096:
+            return None
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        url, boot, pid, at, mac = (value.get(k) for k in ("url", "boot", "pid", "t", "mac"))
+        if (
+            not (url is None or isinstance(url, str))
+            or not isinstance(boot, str)
+            or not isinstance(pid, int)
+            or isinstance(at, bool)
+            or not isinstance(at, int | float)
+            or not isinstance(mac, str)
+            or not self.check(mac, "beat", instance_id, url or "", boot, str(pid), repr(at))
+        ):
+            return None
+        clock = time.time() if now is None else now
+        if not clock - max_age - MAX_CLOCK_SKEW <= at <= clock + MAX_CLOCK_SKEW:
+            return None
+        return Beat(url or None, boot, float(at))
+
+    # -- forwarded notifications ------------------------------------------------------------
+
+    def sign_forward(
+        self,
+        instance_id: str,
+        tenant_id: str | None,
+        method: str,
+        target: str,
+        body: bytes,
+        now: float | None = None,
+    ) -> str:
+        """The :data:`FLEET_AUTH` header value of a notification ``instance_id`` forwards."""
+        at = str(round(time.time() if now is None else now, 3))
+        digest = hashlib.sha256(body).hexdigest()
+        mac = self.mac("forward", instance_id, at, tenant_id or "", method, target, digest)
+        return f"t={at};tenant={tenant_id or ''};mac={mac}"
+
+    def open_forward(
+        self,
+        header: str,
+        instance_id: str,
+        method: str,
+        target: str,
+        body: bytes,
+        now: float | None = None,
+    ) -> tuple[str | None] | None:
+        """``(tenant_id,)`` of a forwarded notification signed by the fleet; None when the
+        signature is missing, forged, for another request or older than :data:`FORWARD_SKEW`."""
+        fields = dict(part.partition("=")[::2] for part in header.split(";"))
+        at, tenant, mac = fields.get("t"), fields.get("tenant"), fields.get("mac")
+        if at is None or tenant is None or mac is None or len(mac) != _MAC_HEX:
+            return None
+        try:
+            when = float(at)
+        except ValueError:
+            return None
+        clock = time.time() if now is None else now
+        if not abs(clock - when) <= FORWARD_SKEW:
+            return None
+        digest = hashlib.sha256(body).hexdigest()
+        if not self.check(mac, "forward", instance_id, at, tenant, method, target, digest):
+            return None
+        return (tenant or None,)
+
+
+# -- where notifications may be forwarded ------------------------------------------------------
+
+
+def forward_target(entry: str) -> str:
+    """Check one ``FORWARD_ALLOW`` entry: a host name (``*.`` for subdomains), an IP address
+    or a network in CIDR form; raise ValueError saying what was expected."""
+    value = entry.strip().lower()
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(value) or len(value) > 253:
+            raise ValueError(
+                f"expected host names, IP addresses or CIDR networks, got {entry!r}"
+            ) from None
+    return value
+
+
+class ForwardTargets:
+    """The hosts a notification may be forwarded to: anything when ``allow`` is empty, else
+    only URLs whose host is one of the names (``*.example.org`` for subdomains), addresses
+    or networks listed. Always http(s), never with credentials."""
+
+    __slots__ = ("_names", "_networks", "_suffixes", "allow")
+
+    def __init__(self, allow: Sequence[str] = ()) -> None:
+        problems: list[str] = []
+        names: set[str] = set()
+        suffixes: list[str] = []
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in allow:
+            try:
+                value = forward_target(entry)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            try:
+                networks.append(ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                if value.startswith("*."):
+                    suffixes.append(value[1:].rstrip("."))
+                else:
+                    names.add(value.rstrip("."))
+        if problems:
+            raise ConfigError("CALLFLOW_FORWARD_ALLOW: " + "; ".join(problems))
+        self.allow = tuple(allow)
+        self._names = frozenset(names)
+        self._suffixes = tuple(suffixes)
+        self._networks = tuple(networks)
+
+    def refusal(self, url: str) -> str | None:
+        """Why ``url`` may not receive forwarded notifications; None when it may."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+            credentials = parts.username is not None or parts.password is not None
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            return "not a URL"
+        if parts.scheme not in ("http", "https") or not host:
+            return "not an absolute http(s) URL"
+        if credentials or parts.query or parts.fragment:
+            return "a URL with credentials, a query or a fragment"
+        if not self.allow:
+            return None
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            name = host.rstrip(".")
+            if name in self._names or any(name.endswith(s) for s in self._suffixes):
+                return None
+            return f"host {name!r} is not in CALLFLOW_FORWARD_ALLOW"
+        if any(address in network for network in self._networks):
+            return None
+        return f"address {host} is not in CALLFLOW_FORWARD_ALLOW"

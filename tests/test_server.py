@@ -1,0 +1,300 @@
+"""The webhook server's limits, attacked over real loopback connections: slowloris headers,
+slow bodies, thousands of idle connections, a full house of busy ones; and /metrics on a port
+of its own."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import anyio
+import anyio.abc
+import pytest
+import structlog.testing
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from callflow import Answer, Bot, ConfigError, IncomingCall, Settings
+from callflow.bot import RunningBot
+from callflow.testing import FakeGraph, SigningKey
+from callflow.webhook._server import (
+    SHUTDOWN_TIMEOUT,
+    ConnectionGuard,
+    ServerLimits,
+    start_server,
+)
+
+pytestmark = pytest.mark.anyio
+
+GUARD = 20.0
+
+
+def answering_bot() -> Bot:
+    """A bot that answers every call."""
+    bot = Bot()
+
+    @bot.incoming_call
+    async def answer(call: IncomingCall) -> Answer:
+        return Answer()
+
+    return bot
+
+
+@pytest.fixture
+async def fake(callflow_signing_key: SigningKey) -> AsyncIterator[FakeGraph]:
+    """A FakeGraph for the test."""
+    async with FakeGraph(signing_key=callflow_signing_key) as fake:
+        yield fake
+
+
+def metric(running: RunningBot, name: str) -> float:
+    """The value of one unlabelled sample of the bot's metrics."""
+    for family in text_string_to_metric_families(running.metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}")
+
+
+async def connect(running: RunningBot) -> anyio.abc.SocketStream:
+    """A raw TCP connection to the bot's webhook."""
+    return await anyio.connect_tcp(running.host, running.port)
+
+
+async def read_until_closed(stream: anyio.abc.SocketStream) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    try:
+        while True:
+            data += await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+        return data
+
+
+def request_head(fake: FakeGraph, running: RunningBot, length: int | None) -> bytes:
+    """The head of a notification POST with a valid token (and a Content-Length, or chunked)."""
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (
+        f"POST {running.bot.settings.webhook_path} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {fake.sign()}\r\n{framing}\r\n\r\n"
+    ).encode()
+
+
+async def test_a_slowloris_client_is_cut_off_while_real_calls_go_through(
+    fake: FakeGraph,
+) -> None:
+    """A client sending its request head a byte every 50 ms is disconnected once
+    HTTP_KEEPALIVE_TIMEOUT has passed without a whole request, and calls placed meanwhile
+    are answered."""
+    async with fake.serve(answering_bot(), http_keepalive_timeout=0.5) as running:
+        stream = await connect(running)
+        head = request_head(fake, running, 10)
+        started = time.monotonic()
+        closed_after: list[float] = []
+
+        async def trickle() -> None:
+            try:
+                for byte in head[:-4]:  # never the blank line that ends the head
+                    await stream.send(bytes([byte]))
+                    await anyio.sleep(0.05)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
+
+        async def watch() -> None:
+            await read_until_closed(stream)
+            closed_after.append(time.monotonic() - started)
+
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(trickle)
+                tg.start_soon(watch)
+                calls = [await fake.place_call(running.webhook_url) for _ in range(3)]
+                for call in calls:
+                    assert call.webhook_status == 202
+                    await call.decision()
+        await stream.aclose()
+    assert 0.4 < closed_after[0] < 5.0, closed_after
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_body_that_stalls_gets_408_and_the_connection_is_closed(
+    fake: FakeGraph, chunked: bool
+) -> None:
+    """Headers in, then a few bytes of body and silence: after BODY_TIMEOUT the webhook
+    answers 408 with a JSON error naming the setting, closes the connection and dispatches
+    nothing."""
+    async with fake.serve(answering_bot(), body_timeout=0.5) as running:
+        stream = await connect(running)
+        head = request_head(fake, running, None if chunked else 500)
+        started = time.monotonic()
+        partial = b'{"value": ['  # of a body announced longer (or of a 32-byte chunk)
+        await stream.send(head + (b"20\r\n" + partial if chunked else partial))
+        with anyio.fail_after(GUARD):
+            reply = await read_until_closed(stream)
+        elapsed = time.monotonic() - started
+        await stream.aclose()
+        assert running.engine.pending == 0
+        rejected = running.metrics.render().decode()
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout"
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "body_timeout"
+    assert "CALLFLOW_BODY_TIMEOUT" in body["error"]["message"]
+    assert 0.4 < elapsed < 5.0
+    assert 'callflow_rejected_notifications_total{code="body_timeout"} 1.0' in rejected
+
+
+async def test_five_thousand_idle_connections_are_bounded_and_real_calls_still_land(
+    fake: FakeGraph,
+) -> None:
+    """5 000 connections opened and left idle: the worker holds at most MAX_CONNECTIONS of
+    them (closing the longest idle for each new one), a call placed meanwhile is answered at
+    once, and every idle connection is closed by HTTP_KEEPALIVE_TIMEOUT."""
+    async with fake.serve(
+        answering_bot(), max_connections=1000, http_keepalive_timeout=3.0
+    ) as running:
+        idle: list[anyio.abc.SocketStream] = []
+        try:
+            with anyio.fail_after(60.0):
+                opened = time.monotonic()
+                for _ in range(5000):
+                    idle.append(await connect(running))
+                placed = time.monotonic()
+                # Accepted after the 5 000 (the kernel queues connections in order), so
+                # they were all accepted when its reply comes.
+                call = await fake.place_call(running.webhook_url)
+                assert call.webhook_status == 202
+                await call.decision()
+                answered_in = time.monotonic() - placed
+                assert metric(running, "callflow_open_connections") <= 1000
+                assert metric(running, "callflow_connections_evicted_total") >= 4000
+                for stream in idle:
+                    assert await read_until_closed(stream) == b""
+                all_closed_in = time.monotonic() - opened
+        finally:
+            for stream in idle:
+                await stream.aclose()
+        assert metric(running, "callflow_connections_refused_total") == 0
+    assert answered_in < 5.0
+    assert all_closed_in < 45.0
+
+
+async def test_when_every_connection_is_busy_a_new_one_gets_503() -> None:
+    """With MAX_CONNECTIONS=2 and both connections inside a request, a third gets 503 with a
+    JSON error and is closed at once; once a request is done its connection is idle again
+    and gives way to a new one."""
+    entered = [anyio.Event(), anyio.Event()]
+    release = anyio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        entered[int(request.query["n"])].set()
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/hold", hold)
+    settings = Settings(max_connections=2)
+    server = await start_server(app, host="127.0.0.1", port=0, settings=settings)
+    port = server.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def get(n: int) -> None:
+                async with http.get(f"http://127.0.0.1:{port}/hold?n={n}") as held:
+                    assert held.status == 200
+
+            with anyio.fail_after(GUARD):
+                async with anyio.create_task_group() as tg:
+                    for n in (0, 1):
+                        tg.start_soon(get, n)
+                    for event in entered:
+                        await event.wait()
+                    third = await anyio.connect_tcp("127.0.0.1", port)
+                    reply = await read_until_closed(third)
+                    await third.aclose()
+                    release.set()
+                # Both connections are idle in the first client's pool now: a new client's
+                # connection makes the longest idle one give way.
+                async with (
+                    aiohttp.ClientSession() as other,
+                    other.get(f"http://127.0.0.1:{port}/hold?n=0") as again,
+                ):
+                    assert again.status == 200
+    finally:
+        await server.cleanup()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable")
+    assert json.loads(body)["error"]["code"] == "too_many_connections"
+    assert server.stats.refused == 1
+    assert server.stats.evicted == 1  # an idle keep-alive connection gave way to the last GET
+
+
+async def test_metrics_move_to_their_own_port(fake: FakeGraph) -> None:
+    """With METRICS_PORT set, /metrics is served there (on HOST) and not on the webhook's
+    port, where health checks stay."""
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            fake.serve(answering_bot(), metrics_port=0) as running,
+            aiohttp.ClientSession() as http,
+        ):
+            (listening,) = [e for e in logs if e["event"] == "metrics.listening"]
+            async with http.get(listening["url"]) as reply:
+                assert reply.status == 200
+                assert "callflow_pending_calls" in await reply.text()
+            async with http.get(running.url + "/metrics") as reply:
+                assert reply.status == 404
+            async with http.get(running.url + "/healthz") as reply:
+                assert reply.status == 200
+    assert listening["url"].startswith("http://127.0.0.1:")
+
+
+def test_server_limits_are_settings_checked_by_name() -> None:
+    """HTTP_KEEPALIVE_TIMEOUT, MAX_CONNECTIONS, BODY_TIMEOUT and METRICS_PORT are read and
+    typed; bad values are named in one ConfigError."""
+    s = Settings.from_env(
+        {
+            "CALLFLOW_HTTP_KEEPALIVE_TIMEOUT": "20",
+            "CALLFLOW_MAX_CONNECTIONS": "250",
+            "CALLFLOW_BODY_TIMEOUT": "2.5",
+            "CALLFLOW_METRICS_PORT": "9100",
+        }
+    )
+    assert ServerLimits.from_settings(s) == ServerLimits(20.0, 250, 2.5)
+    assert s.metrics_port == 9100
+    defaults = Settings()
+    assert ServerLimits.from_settings(defaults) == ServerLimits(75.0, 1000, 5.0)
+    assert defaults.metrics_port is None
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                "CALLFLOW_HTTP_KEEPALIVE_TIMEOUT": "0",
+                "CALLFLOW_MAX_CONNECTIONS": "none",
+                "CALLFLOW_BODY_TIMEOUT": "600",
+                "CALLFLOW_METRICS_PORT": "70000",
+            }
+        )
+    for name in ("HTTP_KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "BODY_TIMEOUT", "METRICS_PORT"):
+        assert f"CALLFLOW_{name}:" in str(caught.value)
+    with pytest.raises(ValueError, match="at least one connection"):
+        ConnectionGuard(0)
+
+
+async def test_stopping_does_not_wait_for_a_client_that_stalls(fake: FakeGraph) -> None:
+    """A client that sent its head and part of its body, then stalls, does not hold up a stop:
+    the bot stops within SHUTDOWN_TIMEOUT, not when BODY_TIMEOUT (here 30 s) or aiohttp's own
+    60 s would end that request."""
+    bot = answering_bot()
+    stream: anyio.abc.SocketStream | None = None
+    with anyio.fail_after(GUARD):
+        async with fake.serve(bot, body_timeout=30.0, drain_timeout=0.0) as running:
+            stream = await connect(running)
+            await stream.send(request_head(fake, running, 500) + b'{"value": [')
+            call = await fake.place_call(running.webhook_url)  # the stalled one is in its handler
+            await call.decision()
+            stopping = time.monotonic()
+        stopped_in = time.monotonic() - stopping
+    await stream.aclose()
+    assert stopped_in < SHUTDOWN_TIMEOUT + 3.0
