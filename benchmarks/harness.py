@@ -5,8 +5,9 @@ stub (:mod:`benchmarks.graph_stub`). Latency is *notification POST sent -> decis
 received by the stub*, both stamped with ``time.monotonic()`` (one system-wide clock on
 Linux) and matched by call id. Variants, measured in the same run with the same load and stub:
 
-- ``callflow``: :mod:`benchmarks.callflow_bot`, inbound JWT validation on (keys from the
-  stub's key server), a static app token;
+- ``callflow``: :mod:`benchmarks.callflow_bot`, started as ``callflow run`` starts a worker
+  (inbound JWT validation on, keys from the stub's key server, app token from its token
+  endpoint);
 - ``floor``: :mod:`benchmarks.floor_bot`, a bare aiohttp webhook;
 - ``sdk``: :mod:`benchmarks.sdk_bot`, an aiohttp webhook that rejects through msgraph-sdk
   (skipped when msgraph-sdk is not installed).
@@ -69,6 +70,7 @@ BENCH = ROOT / "benchmarks"
 VARIANTS = ("callflow", "floor", "sdk")
 QUIET = "callflow_quiet"
 """callflow with ``LOG_LEVEL=warning`` (no ``call.decided`` line): what the logging costs."""
+APP_SECRET = "bench-app-secret"
 ANALYSIS_START = "<!-- analysis:start -->"
 ANALYSIS_END = "<!-- analysis:end -->"
 PACKAGES = (
@@ -232,8 +234,14 @@ class Proc:
         return {}
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+        """SIGTERM; a second SIGTERM after a second (a worker's "stop now"); then SIGKILL."""
         if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(min(1.0, timeout))
+                return
+            except subprocess.TimeoutExpired:
+                pass
             self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
@@ -492,6 +500,8 @@ class Harness:
         self.stub: Proc | None = None
         self.stub_port = 0
         self.feed_port = 0
+        self.authority_url = ""
+        self.ca_bundle = ""
         self._make_keys()
 
     # -- setup ------------------------------------------------------------------------------
@@ -530,6 +540,7 @@ class Harness:
         self.procs.append(stub)
         info = stub.wait_ready()
         self.stub, self.stub_port, self.feed_port = stub, int(info["http"]), int(info["feed"])
+        self.authority_url, self.ca_bundle = str(info["authority"]), str(info["ca_bundle"])
 
     @property
     def graph_url(self) -> str:
@@ -541,6 +552,10 @@ class Harness:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLFLOW_", "BENCH_"))}
         values: dict[str, Any] = {
             "app_id": APP_ID,
+            "app_secret": APP_SECRET,
+            "tenant_id": TENANT_ID,
+            "authority_url": self.authority_url,
+            "ca_bundle": self.ca_bundle,
             "callback_url": CALLBACK_URL,
             "graph_url": self.graph_url,
             "openid_config_url": (
@@ -655,7 +670,8 @@ class Harness:
             for variant in self.variants:
                 proc, port = self.start_bot(variant, loop=loop)
                 ready_at = self.wait_readyz(proc, port)
-                proc.wait_ready()
+                if variant not in ("callflow", QUIET):
+                    proc.wait_ready()
                 first = self.loadgen(
                     port, proc, mode="closed", concurrency=1, warmup=0.0, duration=30.0, count=1
                 )
@@ -823,7 +839,6 @@ class Harness:
         )
         try:
             self.wait_readyz(proc, port)
-            proc.wait_ready()
             gc_before = proc.gc_stats()
             result = self.loadgen(
                 port,
@@ -962,7 +977,6 @@ class Harness:
         samples: list[tuple[int, int, float]] = []
         try:
             self.wait_readyz(proc, port)
-            proc.wait_ready()
             warm = max(1000, p.memory_calls // 50)
             self.loadgen(port, proc, mode="burst", count=warm, concurrency=64)
             base_pending = self._pending(port, warm)
@@ -1052,7 +1066,8 @@ class Harness:
         err = b""
         try:
             self.wait_readyz(proc, port)
-            proc.wait_ready()
+            if variant != "callflow":
+                proc.wait_ready()
             self.loadgen(
                 port, proc, mode="closed", concurrency=p.key_concurrency, warmup=0.5, duration=1.0
             )

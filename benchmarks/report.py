@@ -138,9 +138,9 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
     )
     w("")
     w(
-        "- **callflow**: `benchmarks/callflow_bot.py`, configured as `callflow run` configures a "
-        "worker (JSON logs at info, one `call.decided` line per call), inbound RS256 JWT "
-        "validation on (keys from the stub's key server), a static app token."
+        "- **callflow**: `benchmarks/callflow_bot.py` runs the `callflow run` command (JSON logs "
+        "at info, one `call.decided` line per call), inbound RS256 JWT validation on (keys from "
+        "the stub's key server), the app token from msal against the stub's token endpoint."
     )
     w(
         '- **floor**: `benchmarks/floor_bot.py`: `json.loads`, 202, POST `{"reason":"busy"}` '
