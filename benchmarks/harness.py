@@ -90,6 +90,8 @@ PLATFORM_TIMEOUT = 15.0
 SAFETY_MARGIN = 3.0
 """callflow's default safety margin (the default decision goes out 12 s after receipt)."""
 APP_SECRET = "bench-app-secret"
+OTHER_LOAD_RETRY = 0.25
+"""Cores of other load above which a failed capacity step is run once more."""
 PACKAGES = (
     "callflow",
     "aiohttp",
@@ -722,7 +724,9 @@ class Harness:
         ``capacity_tail`` seconds after the last send (stricter than the platform timeout:
         capacity is never overstated), with the load generator on schedule. The search runs
         between 0 and 1.3x the variant's closed-loop throughput at the key concurrency; the
-        variants alternate step by step so that both see the same conditions.
+        variants alternate step by step so that both see the same conditions. A step that
+        fails while other processes used more than ``OTHER_LOAD_RETRY`` cores is run once
+        more (the machine is shared).
         """
         p = self.plan
         variants = [v for v in ("callflow", "floor") if v in bots]
@@ -743,6 +747,17 @@ class Harness:
                 summary = self.open_run(port, proc, rate, p.capacity_seconds, p.capacity_tail)
                 self.settle()
                 passed, reason = capacity_verdict(summary)
+                retried = False
+                if not passed and summary["other_cores"] > OTHER_LOAD_RETRY:
+                    # Other processes took CPU during the step: run it once more.
+                    self.log(
+                        f"  step {step + 1} {variant:9} {rate:6.0f}/s: fail ({reason}) with "
+                        f"{summary['other_cores']:.2f} cores of other load; once more"
+                    )
+                    summary = self.open_run(port, proc, rate, p.capacity_seconds, p.capacity_tail)
+                    self.settle()
+                    passed, reason = capacity_verdict(summary)
+                    retried = True
                 if passed:
                     s["lo"] = rate
                 else:
@@ -754,6 +769,7 @@ class Harness:
                         "offered": gen["offered"],
                         "passed": passed,
                         "reason": reason,
+                        "retried": retried,
                         "ack_p99_ms": out["ack_ms"]["p99"],
                         "missed": out["missed"],
                         "non_2xx": out["calls"] - out["accepted"],

@@ -213,22 +213,23 @@ def summarize_open(result: dict[str, Any], rate: float, platform_timeout: float)
 
 
 def capacity_verdict(summary: dict[str, Any], ack_p99_ms: float = 50.0) -> tuple[bool, str]:
-    """Whether an open-loop step counts as handled: (passed, reason when not).
+    """Whether an open-loop step counts as handled: (passed, what failed, "; "-separated).
 
     Handled: the generator offered the schedule (every call sent, send lag p99 <= 10 ms),
     every call got a 2xx reply, the 2xx p99 is under ``ack_p99_ms``, and no call was late or
     left undecided by the end of the step's tail.
     """
     out, gen = summary["outcome"], summary["generator"]
-    if gen.get("behind_schedule"):
-        return False, "calls not sent on schedule"
+    failed = []
     if out["accepted"] < out["calls"]:
-        return False, f"{out['calls'] - out['accepted']} calls without a 2xx reply"
+        failed.append(f"{out['calls'] - out['accepted']} calls without a 2xx reply")
     if not out["ack_ms"]["p99"] < ack_p99_ms:
-        return False, f"2xx p99 {out['ack_ms']['p99']:.1f} ms"
+        failed.append(f"2xx p99 {out['ack_ms']['p99']:.1f} ms")
     if out["missed"]:
-        return False, f"{out['missed']} calls late or undecided"
-    return True, ""
+        failed.append(f"{out['missed']} calls late or undecided")
+    if gen.get("behind_schedule"):
+        failed.append("calls not sent on schedule")
+    return not failed, "; ".join(failed)
 
 
 def timeline(

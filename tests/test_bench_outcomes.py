@@ -89,6 +89,10 @@ def _summary(**changes: Any) -> dict[str, Any]:
         ({"accepted": 9}, "1 calls without a 2xx reply"),
         ({"ack_ms": {"p99": 50.0}}, "2xx p99 50.0 ms"),
         ({"missed": 1}, "1 calls late or undecided"),
+        (
+            {"missed": 2, "behind_schedule": True},
+            "2 calls late or undecided; calls not sent on schedule",
+        ),
     ],
 )
 def test_capacity_step_verdict(changes: dict[str, Any], reason: str) -> None:
