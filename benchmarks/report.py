@@ -16,6 +16,7 @@ from benchmarks.harness import (
     ANALYSIS_END,
     ANALYSIS_START,
     Plan,
+    evaluate_targets,
     key_runs,
     median_of,
     paired_ratio,
@@ -754,7 +755,11 @@ def write_report(results: dict[str, Any], plan: Plan, md_path: Path, png_path: P
 
 
 def main() -> None:
-    """Re-render RESULTS.md from ``benchmarks/out/results.json`` (after editing the analysis)."""
+    """Re-render RESULTS.md from ``benchmarks/out/results.json`` (after editing the analysis).
+
+    The targets are evaluated again from the stored figures, so that a changed goal or rule
+    shows without running the benchmarks again.
+    """
     import json
     import sys
 
@@ -762,6 +767,7 @@ def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "out" / "results.json"
     results = json.loads(source.read_text())
     plan = Plan.short() if results["meta"].get("quick") else Plan.full()
+    results["targets"] = evaluate_targets(results, plan)
     md = here / "RESULTS.md" if source.parent == here / "out" else source.parent / "RESULTS.md"
     png = md.parent / "cdf.png"
     md.write_text(render(results, plan, md.read_text(), png.name if png.exists() else None))

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from benchmarks.loadgen import Conn, schedule_offsets
-from benchmarks.outcomes import block_groups, capacity_verdict, deadline_outcome, timeline
+from benchmarks.outcomes import (
+    OVERLOAD_LAG_MS,
+    behind_schedule,
+    block_groups,
+    capacity_verdict,
+    deadline_outcome,
+    timeline,
+)
 
 NAN = math.nan
 
@@ -75,9 +82,9 @@ def test_timeline_counts_per_step() -> None:
 
 def _summary(**changes: Any) -> dict[str, Any]:
     outcome = {"calls": 10, "accepted": 10, "missed": 0, "ack_ms": {"p99": 5.0}}
-    generator = {"behind_schedule": False}
+    generator: dict[str, Any] = {"not_sent": 0, "send_lag_ms": {"p99": 2.0}}
     for key, value in changes.items():
-        (generator if key == "behind_schedule" else outcome)[key] = value
+        (generator if key in generator else outcome)[key] = value
     return {"outcome": outcome, "generator": generator}
 
 
@@ -85,12 +92,13 @@ def _summary(**changes: Any) -> dict[str, Any]:
     ("changes", "reason"),
     [
         ({}, ""),
-        ({"behind_schedule": True}, "calls not sent on schedule"),
+        ({"send_lag_ms": {"p99": 12.0}}, "calls not sent on schedule"),
+        ({"not_sent": 1}, "calls not sent on schedule"),
         ({"accepted": 9}, "1 calls without a 2xx reply"),
         ({"ack_ms": {"p99": 50.0}}, "2xx p99 50.0 ms"),
         ({"missed": 1}, "1 calls late or undecided"),
         (
-            {"missed": 2, "behind_schedule": True},
+            {"missed": 2, "not_sent": 3},
             "2 calls late or undecided; calls not sent on schedule",
         ),
     ],
@@ -151,3 +159,12 @@ def test_connection_parses_replies_split_anywhere() -> None:
     conn.data_received(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     assert gen.replies[-2:] == [(3, 202), (-100, 1)]
     assert not conn.alive
+
+
+def test_a_generator_is_behind_when_it_lags_or_drops_calls() -> None:
+    """Behind schedule: calls not sent, or the send or loop lag p99 over the limit."""
+    on_time = {"not_sent": 0, "send_lag_ms": {"p99": 40.0}, "loop_lag_ms": {"p99": 5.0}}
+    assert not behind_schedule(on_time, OVERLOAD_LAG_MS)
+    assert behind_schedule(on_time, 10.0)
+    assert behind_schedule({**on_time, "not_sent": 1}, OVERLOAD_LAG_MS)
+    assert behind_schedule({**on_time, "loop_lag_ms": {"p99": 200.0}}, OVERLOAD_LAG_MS)
