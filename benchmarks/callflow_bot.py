@@ -1,18 +1,25 @@
-"""The callflow bot under test, run the way ``callflow run`` runs a worker.
+"""The callflow bot under test, started exactly as ``callflow run`` starts a worker.
 
-Settings come from ``CALLFLOW_*`` variables (the harness points ``GRAPH_URL`` at the stub and
-``OPENID_CONFIG_URL`` at the stub's key server; inbound JWT validation stays on). Logging is
-configured as the CLI configures it (JSON lines at ``LOG_LEVEL``), imports are frozen out of
-the collector as the CLI does, and the app token is a :class:`StaticTokenProvider` so that no
-identity provider is involved. The first SIGTERM stops at once (pending calls still get the
-default decision).
+``python -m benchmarks.callflow_bot [--loop asyncio|uvloop]`` calls the ``callflow`` command
+(``callflow run benchmarks.callflow_bot:bot``) in this process, so settings come from
+``CALLFLOW_*`` variables, logging, collector tuning, the app token (msal against the stub's
+token endpoint) and the serving itself are the command's own, and nothing here reaches into
+callflow's internals: whatever shape the worker takes inside, this measures it. The harness
+points ``GRAPH_URL`` at the stub, ``OPENID_CONFIG_URL`` at its key server and
+``AUTHORITY_URL`` at its token endpoint; inbound JWT validation stays on. Two things are
+added around the command: ``--loop asyncio`` hides uvloop from it (the command uses uvloop
+whenever it is installed), and SIGUSR1 prints the cyclic collector's totals. Stop it as the
+command is stopped: SIGTERM, and a second SIGTERM to stop at once (pending calls still get
+the default decision).
 
-``BENCH_MODE`` picks the handler: ``instant`` rejects every call as busy; ``hang`` never
-returns (every decision is the deadline scheduler's); ``block`` hangs too, except for a call
-whose id ends with :data:`~benchmarks._common.BLOCKER_SUFFIX`, whose handler blocks the event
-loop with ``time.sleep(BENCH_BLOCK_SECONDS)``.
-
-Run: ``python -m benchmarks.callflow_bot [--loop uvloop]`` with the environment set.
+``BENCH_MODE`` picks the handler of :data:`bot`: ``instant`` rejects every call as busy;
+``hang`` never returns (every decision is the default); ``block`` and ``spin`` hang too,
+except for a call whose id ends with :data:`~benchmarks._common.BLOCKER_SUFFIX`, whose
+handler holds its event loop for ``BENCH_BLOCK_SECONDS``: ``block`` with ``time.sleep``
+(the thread sleeps, the GIL is free), ``spin`` with a pure-Python busy loop (the thread
+holds the GIL except at the interpreter's switch interval). The marked handler prints
+``{"event": "bench.block", ...}`` lines on stderr with the block's start and end on
+``time.monotonic()``.
 """
 
 from __future__ import annotations
@@ -26,16 +33,12 @@ import signal
 import sys
 import time
 
-import anyio
-
-from benchmarks._common import BLOCKER_SUFFIX, announce
+from benchmarks._common import BLOCKER_SUFFIX
 from callflow import Bot, IncomingCall, Reject, RejectReason
-from callflow._log import configure_logging
-from callflow._runtime import tune_gc_for_worker
-from callflow.graph._tokens import StaticTokenProvider
-from callflow.settings import Settings
 
-MODES = ("instant", "hang", "block")
+MODES = ("instant", "hang", "block", "spin")
+TARGET = "benchmarks.callflow_bot:bot"
+"""What the harness's bot process runs: ``callflow run TARGET``."""
 
 
 class GcStats:
@@ -75,7 +78,12 @@ class GcStats:
         sys.stderr.flush()
 
 
-def make_bot(mode: str, block_seconds: float = 20.0) -> Bot:
+def _block_line(**fields: object) -> None:
+    sys.stderr.write(json.dumps({"event": "bench.block", **fields}) + "\n")
+    sys.stderr.flush()
+
+
+def make_bot(mode: str, block_seconds: float = 12.0) -> Bot:
     """A bot with the one handler of ``mode`` (see the module docstring)."""
     bot = Bot()
     if mode == "instant":
@@ -84,12 +92,22 @@ def make_bot(mode: str, block_seconds: float = 20.0) -> Bot:
         async def busy(call: IncomingCall) -> Reject:
             return Reject(RejectReason.BUSY)
 
-    elif mode in ("hang", "block"):
+    elif mode in ("hang", "block", "spin"):
 
         @bot.incoming_call
         async def stuck(call: IncomingCall) -> Reject:
-            if mode == "block" and call.call_id.endswith(BLOCKER_SUFFIX):
-                time.sleep(block_seconds)  # noqa: ASYNC251 - blocking the loop is the point
+            if mode != "hang" and call.call_id.endswith(BLOCKER_SUFFIX):
+                # Hold this thread, and so its event loop: asleep (the GIL is free) or
+                # spinning in pure Python (the GIL is held but for the switch interval).
+                start = time.monotonic()
+                _block_line(how=mode, start=start)
+                if mode == "block":
+                    time.sleep(block_seconds)  # noqa: ASYNC251 - blocking the loop is the point
+                else:
+                    spins = 0
+                    while time.monotonic() < start + block_seconds:
+                        spins += 1
+                _block_line(how=mode, start=start, end=time.monotonic())
                 return Reject(RejectReason.BUSY)
             await asyncio.Event().wait()
             raise AssertionError("unreachable: the event is never set")
@@ -99,37 +117,26 @@ def make_bot(mode: str, block_seconds: float = 20.0) -> Bot:
     return bot
 
 
-async def serve(bot: Bot) -> None:
-    """Serve until SIGTERM/SIGINT, then stop without waiting for pending handlers."""
-    tokens = StaticTokenProvider("bench-app-token")
-    async with bot.serve(tokens=tokens) as running:
-        announce(http=running.port, pid=os.getpid())
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                running.stop(urgent=True)
-                running.engine.cut_drain()
-                break
+bot = make_bot(
+    os.environ.get("BENCH_MODE", "instant"), float(os.environ.get("BENCH_BLOCK_SECONDS", "12"))
+)
+"""The bot ``callflow run benchmarks.callflow_bot:bot`` serves."""
 
 
-def main() -> None:
-    """Configure like the CLI does and serve."""
+def main() -> int:
+    """Run ``callflow run benchmarks.callflow_bot:bot`` here, on the chosen loop."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
-    settings = Settings.from_env()
-    configure_logging(fmt=settings.log_format, level=settings.log_level, pii=settings.log_pii)
-    bot = make_bot(
-        os.environ.get("BENCH_MODE", "instant"),
-        float(os.environ.get("BENCH_BLOCK_SECONDS", "20")),
-    )
-    bot.configure(settings)
-    tune_gc_for_worker()  # what `callflow run` does
+    if args.loop == "asyncio":
+        sys.modules["uvloop"] = None  # type: ignore[assignment]  # the command finds no uvloop
     stats = GcStats()
     gc.callbacks.append(stats.callback)
     signal.signal(signal.SIGUSR1, stats.dump)
-    options = {"use_uvloop": True} if args.loop == "uvloop" else {}
-    anyio.run(serve, bot, backend="asyncio", backend_options=options)
+    from callflow.cli import main as callflow_command
+
+    return callflow_command(["run", TARGET])
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

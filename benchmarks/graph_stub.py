@@ -7,10 +7,14 @@ Serves on 127.0.0.1:
   plain TCP stream the load generator reads to match decisions to the calls it placed);
 - ``/keys/.well-known/openid-configuration`` and ``/keys/keys``: the key set that the
   notification tokens are signed with (a :class:`callflow.testing.KeyServer` app);
-- ``GET /v1.0/_stats``: counters.
+- ``GET /v1.0/_stats``: counters;
+
+and, on its own port over TLS, an Entra-like token endpoint (a
+:class:`callflow.testing.TokenServer`) so that the callflow bot gets its app token the way
+``callflow run`` gets one in production (msal, client secret).
 
 Run: ``python -m benchmarks.graph_stub --jwks FILE [--loop uvloop]``; it prints
-``READY {"http": port, "feed": port}``.
+``READY {"http": port, "feed": port, "authority": url, "ca_bundle": path}``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from benchmarks._common import GRAPH_PATH, KEYS_PATH, announce, have_uvloop, run_loop
-from callflow.testing import KeyServer
+from callflow.testing import KeyServer, TokenServer
 
 
 class Stub:
@@ -84,9 +88,15 @@ async def serve(jwks: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    announce(http=http_port, feed=feed_port)
     try:
-        await stop.wait()
+        async with TokenServer() as tokens:
+            announce(
+                http=http_port,
+                feed=feed_port,
+                authority=tokens.authority_url,
+                ca_bundle=tokens.ca_bundle_path,
+            )
+            await stop.wait()
     finally:
         feed.close()
         for writer in tuple(stub.feeds):

@@ -8,7 +8,7 @@ regenerated.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,12 @@ from benchmarks.harness import (
     ANALYSIS_END,
     ANALYSIS_START,
     Plan,
+    evaluate_targets,
     key_runs,
     median_of,
     paired_ratio,
 )
+from benchmarks.outcomes import QUICK_REFUSAL
 
 LABELS = {
     "callflow": "callflow (JWT on)",
@@ -45,7 +47,13 @@ def draw_cdf(results: dict[str, Any], plan: Plan, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    panels = [c for c in (1, plan.key_concurrency) if c in plan.concurrencies]
+    panels = [
+        c
+        for c in (1, plan.key_concurrency)
+        if c in plan.concurrencies and any(key_runs(results, v, c) for v in COLOURS)
+    ]
+    if not panels:
+        return False
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
     for ax, c in zip(axes[0], panels, strict=True):
         for variant in ("floor", "callflow", "sdk"):
@@ -130,7 +138,7 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
     w("")
     w(
         "Three processes on 127.0.0.1 sharing the machine: the load generator, the bot under "
-        "test and a Graph stub. Latency is *notification POST sent → decision POST received by "
+        "test and a Graph stub. Latency is *notification sent → decision POST received by "
         "the stub*, both stamped with `time.monotonic()` (one system-wide clock) and matched by "
         "call id. All variants run in the same session against the same stub and load "
         "generator; figures drift ±15 % between sessions on shared machines, so read the "
@@ -138,9 +146,26 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
     )
     w("")
     w(
-        "- **callflow**: `benchmarks/callflow_bot.py`, configured as `callflow run` configures a "
-        "worker (JSON logs at info, one `call.decided` line per call), inbound RS256 JWT "
-        "validation on (keys from the stub's key server), a static app token."
+        "**Late** is measured as the platform sees it: a call is late when the stub received "
+        "its decision more than the platform timeout after the load generator *sent* the "
+        "notification, or when it was accepted and never decided. *Sent* is stamped just before "
+        "the request bytes go into an already open keep-alive connection, so time a "
+        "notification then waits in socket buffers or in the bot counts. A call refused with "
+        "503 and never decided is not late; its reply time is reported (a quick refusal: "
+        f"within {QUICK_REFUSAL * 1000:.0f} ms). *Decided twice*: the stub received more than one "
+        "decision POST for the call. The load generator speaks HTTP/1.1 itself on "
+        f"{meta['support_loop']}, one request per connection at a time; in open-loop runs it "
+        "sends on a schedule whatever the replies, and reports what it actually offered, how "
+        "late it sent against its schedule and how late its own loop ran, so that a "
+        "generator short of connections or CPU shows."
+    )
+    w("")
+    w(
+        "- **callflow**: `benchmarks/callflow_bot.py` runs the `callflow run` command in its own "
+        "process (settings from `CALLFLOW_*`, JSON logs at info with one `call.decided` line "
+        "per call, the worker's collector tuning, inbound RS256 JWT validation on with keys "
+        "from the stub's key server, the app token from msal against the stub's token "
+        "endpoint); only the loop is chosen (uvloop hidden for the asyncio runs)."
     )
     w(
         '- **floor**: `benchmarks/floor_bot.py`: `json.loads`, 202, POST `{"reason":"busy"}` '
@@ -167,8 +192,9 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
         f"{meta['support_loop']}"
     )
     w(
-        f"- command: `{meta['command']}` (`make bench`), {meta.get('seconds', 0):.0f} s; raw "
-        "figures in `benchmarks/out/results.json`"
+        f"- command: `{meta['command']}` (`make bench{'-quick' if plan.quick else ''}`), "
+        f"{meta.get('seconds', 0):.0f} s; raw figures in `results.json` beside the report "
+        "(`benchmarks/out/` for the full run)"
     )
     w(
         f"- closed-loop runs: {plan.warmup:g} s warm-up + {plan.duration:g} s measured; "
@@ -277,10 +303,11 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
         w("## Open loop (calls sent on a fixed schedule, whatever the bot does)")
         w("")
         w(
-            "| rate /s | variant | decided /s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
-            "bot CPU s / 1000 | undecided | sent > 10 ms late |"
+            "| rate /s | variant | offered /s | decided /s | p50 ms | p90 ms | p99 ms | "
+            "p99.9 ms | max ms | 202 p99 ms | bot CPU s / 1000 | undecided | late | "
+            "send lag p99 ms | sent > 10 ms late | other load, cores |"
         )
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for rate in plan.open_rates:
             for v in variants:
                 s = opened.get(v, {}).get(str(rate))
@@ -289,17 +316,24 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
                 if "skipped" in s:
                     w(
                         f"| {rate} | {LABELS[v]} | not run: above 90 % of its "
-                        f"{s['skipped']:,.0f}/s closed-loop capacity | | | | | | | | |"
+                        f"{s['skipped']:,.0f}/s closed-loop capacity |" + " |" * 13
                     )
                     continue
-                lat = s["latency"]
+                lat, gen = s["latency"], s["generator"]
                 w(
-                    f"| {rate} | {LABELS[v]} | {_f(s['decided_rate'], 0)} | {_f(lat['p50'])} | "
-                    f"{_f(lat['p90'])} | {_f(lat['p99'])} | {_f(lat['p99.9'])} | "
-                    f"{_f(lat['max'])} | {_f(s['cpu_per_1000']['bot'], 3)} | {s['undecided']} | "
-                    f"{s['late_sends']} |"
+                    f"| {rate} | {LABELS[v]} | {_f(gen['offered'], 0)} | "
+                    f"{_f(s['decided_rate'], 0)} | {_f(lat['p50'])} | {_f(lat['p90'])} | "
+                    f"{_f(lat['p99'])} | {_f(lat['p99.9'])} | {_f(lat['max'])} | "
+                    f"{_f(s['ack']['p99'])} | {_f(s['cpu_per_1000']['bot'], 3)} | "
+                    f"{s['undecided']} | {s['outcome']['missed']} | "
+                    f"{_f(gen['send_lag_ms']['p99'])} | {s['late_sends']} | "
+                    f"{_f(s['other_cores'])} |"
                 )
         w("")
+
+    capacity = results.get("capacity", {})
+    if capacity.get("callflow") or capacity.get("floor"):
+        _capacity_section(w, capacity)
 
     fresh = results.get("fresh_jwt")
     if fresh:
@@ -372,153 +406,15 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
                     )
         w("")
 
-    over = results.get("overload")
-    if over:
-        lat = over["latency_s"]
-        w("## Overload (callflow, every handler hangs)")
-        w("")
-        w(
-            f"Asked for {over['requested']:,.0f} calls/s ({plan.overload_factor:g} x the "
-            f"sustainable {over['sustainable']:,.0f}/s measured above) for "
-            f"{plan.overload_seconds:g} s; the load generator (at most 512 notification POSTs "
-            f"awaiting their 202) **offered {over['offered']:,.0f}/s**, {over['calls']:,} calls. "
-            f"Platform timeout {over['platform_timeout']:g} s, safety margin "
-            f"{over['safety_margin']:g} s; `MAX_PENDING`, `DEADLINE_SEND_RATE`, "
-            f"`MAX_SEND_BACKLOG` and `OVERLOAD_WAIT` at their defaults."
-        )
-        w("")
-        w("| figure | value |")
-        w("|---|---|")
-        if "accepted" in over:
-            w(
-                f"| calls accepted (202, some after waiting for room) / refused (503 + "
-                f"Retry-After) | {over['accepted']:,} / "
-                f"{over['refused']:,} |"
-            )
-            w(
-                f"| accepted calls not decided within the platform timeout (goal 0) | "
-                f"**{over['missed_accepted']}** |"
-            )
-        w(
-            f"| offered calls not decided within the platform timeout (refused ones included) "
-            f"| **{over['missed']}** (never decided: {over['never_decided']}) |"
-        )
-        w(
-            f"| webhook 202: p50 / p99 / max (goal p99 < 50 ms) | {_f(over['ack']['p50'])} / "
-            f"**{_f(over['ack']['p99'])}** / {_f(over['ack']['max'])} ms |"
-        )
-        if "reply" in over:
-            w(
-                f"| any reply (202 or 503): p50 / p99 / max | {_f(over['reply']['p50'])} / "
-                f"{_f(over['reply']['p99'])} / {_f(over['reply']['max'])} ms |"
-            )
-        w(f"| non-202 replies | {over['non_202']} |")
-        w(
-            f"| decided within 1 s (admission control: default at once) | "
-            f"{over['decided_within_1s']:,} |"
-        )
-        w(
-            f"| decided at the deadline by the scheduler thread | "
-            f"{over['decided_near_deadline']:,} |"
-        )
-        w(
-            f"| decision latency p50 / p99 / max | {_f(lat['p50'], 3)} / {_f(lat['p99'], 3)} / "
-            f"{_f(lat['max'], 3)} s |"
-        )
-        w(f"| duplicate decisions | {over['duplicates']} |")
-        if over.get("gc"):
-            g = over["gc"]
-            w(
-                f"| cyclic GC: seconds (gen 0/1/2) of the bot's CPU seconds | "
-                f"**{g['total_seconds']:.1f}** ({' / '.join(f'{x:.1f}' for x in g['seconds'])}) "
-                f"of {g['cpu_seconds']:.1f}; {g['collections'][2]} full passes, longest "
-                f"{g['longest'] * 1000:.0f} ms |"
-            )
-        w(
-            f"| CPU seconds: bot / stub / load generator | {_f(over['cpu_s']['bot'])} / "
-            f"{_f(over['cpu_s']['stub'])} / {_f(over['cpu_s']['loadgen'])} |"
-        )
-        w("")
-
-    over_timeline = (over or {}).get("timeline")
-    if over_timeline:
-        w(
-            "Overload timeline (per second, by 3-second step; *missed* counts the calls sent in "
-            "that step):"
-        )
-        w("")
-        w("| t s | sent /s | 202 /s | decisions at Graph /s | missed (202) | refused |")
-        w("|---|---|---|---|---|---|")
-        for row in over_timeline:
-            w(
-                f"| {row['t']:.0f} | {row['sent']:,.0f} | {row['acked']:,.0f} | "
-                f"{row['decided']:,.0f} | {row['missed']:,} | {row.get('refused', 0):,} |"
-            )
-        w("")
-
-    blocked = results.get("blocked")
-    if blocked:
-        a, b = blocked["accepted_before_block"], blocked["sent_while_blocked"]
-        w("## Blocked event loop (callflow: one handler calls `time.sleep` in `async def`)")
-        w("")
-        w(
-            f"{blocked['rate']:g} calls/s; every handler hangs, and after "
-            f"{plan.block_pre:g} s one call's handler blocks the bot's loop for "
-            f"{blocked['block_seconds']:g} s (measured: {blocked['loop_blocked_for']:.1f} s). "
-            f"Platform timeout {blocked['platform_timeout']:g} s, safety margin "
-            f"{blocked['safety_margin']:g} s."
-        )
-        w("")
-        w(
-            "| calls | count | missed deadline | decided while the loop was blocked | "
-            "decision latency p50 / max s | 202 p99 ms |"
-        )
-        w("|---|---|---|---|---|---|")
-        w(
-            f"| accepted (202) before the block (goal: 0 missed) | {a['calls']} | "
-            f"**{a['missed']}** | "
-            f"{a['decided_while_blocked']} | {_f(a['latency_s']['p50'], 3)} / "
-            f"{_f(a['latency_s']['max'], 3)} | {_f(a['ack_ms']['p99'])} |"
-        )
-        for label, row in (
-            ("sent while the loop was blocked", b),
-            ("sent after the loop resumed", blocked["sent_after_block"]),
-        ):
-            w(
-                f"| {label} | {row['calls']} | {row['missed']} | "
-                f"{row['decided_while_blocked']} | {_f(row['latency_s']['p50'], 3)} / "
-                f"{_f(row['latency_s']['max'], 3)} | {_f(row['ack_ms']['p99'])} |"
-            )
-        w("")
-
+    over = results.get("overload", {})
+    if over.get("fixed") or over.get("tenfold"):
+        _overload_section(w, over, plan)
+    blocked = results.get("blocked", {})
+    if blocked.get("sleep") or blocked.get("spin"):
+        _blocked_section(w, blocked, plan)
     memory = results.get("memory")
     if memory:
-        w("## Memory (callflow, handlers hang)")
-        w("")
-        w(
-            f"RSS {memory['rss_base_mb']:.1f} MB → {memory['rss_mb']:.1f} MB with "
-            f"{memory['pending']:,} pending calls: **{memory['bytes_per_pending']:,.0f} bytes "
-            f"per pending call** (goal ≤ 4 KB). Intake {memory['intake_per_s']:,.0f} "
-            "notifications/s while filling."
-        )
-        if memory.get("parsed_body_bytes"):
-            w(
-                f"For scale: the notification's parsed JSON tree alone takes "
-                f"{memory['parsed_body_bytes']:,.0f} bytes. A pending call keeps the body text "
-                "instead (zlib-compressed once 1 000 calls are pending; `raw` decodes it on "
-                "first read), its typed event, the lane task with the handler's suspended "
-                "coroutine (here the handler's own `asyncio.Event` wait too), the decision "
-                "slot, its deadline and dedupe entries, plus allocator overhead. "
-                "`python -m benchmarks.bench_core` breaks the in-process figure down."
-            )
-        if memory.get("gc"):
-            w("")
-            w(
-                _gc_text(
-                    "cyclic garbage collector while the pending calls were added", [memory["gc"]]
-                )
-            )
-        w("")
+        _memory_section(w, memory)
 
     profiles = results.get("profile")
     if profiles and "callflow" in profiles:
@@ -574,6 +470,261 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
     return "\n".join(out)
 
 
+def _stats(d: dict[str, float], digits: int = 1) -> str:
+    return f"{_f(d['p50'], digits)} / {_f(d['p99'], digits)} / {_f(d['max'], digits)}"
+
+
+def _capacity_section(w: Callable[[str], None], capacity: dict[str, Any]) -> None:
+    w("## Open-loop capacity (highest rate with 202 p99 < 50 ms and no call late)")
+    w("")
+    names = [v for v in ("callflow", "floor") if v in capacity]
+    first = capacity[names[0]]
+    w(
+        f"Bisection in {len(first['steps'])} steps of short open-loop runs between 0 and 1.3x "
+        "each variant's closed-loop throughput at 64 in flight, the variants alternating step "
+        "by step. A step passes when the load generator sent on schedule, every call got a "
+        "2xx, the 2xx p99 is under 50 ms and every call was decided by the end of the step's "
+        "tail (stricter than the platform timeout, so capacity is not overstated); the "
+        "capacity is the highest rate that passed. A step that failed while other processes "
+        "used more than a quarter of a core is run once more and the second run counts."
+    )
+    w("")
+    w("| variant | capacity /s | search ceiling /s | resolution /s |")
+    w("|---|---|---|---|")
+    for v in names:
+        cap = capacity[v]
+        w(
+            f"| {LABELS[v]} | **{_f(cap['capacity'], 0)}** | {_f(cap['ceiling'], 0)} | "
+            f"{_f(cap['resolution'], 0)} |"
+        )
+    if "ratio" in capacity:
+        w("")
+        w(f"callflow / floor: **{capacity['ratio']:.2f}x**.")
+    w("")
+    w(
+        "| step | variant | rate /s | offered /s | result | 202 p99 ms | late or undecided | "
+        "non-2xx | send lag p99 ms | generator loop lag p99 ms | other load, cores |"
+    )
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    for i in range(max(len(capacity[v]["steps"]) for v in names)):
+        for v in names:
+            steps = capacity[v]["steps"]
+            if i >= len(steps):
+                continue
+            st = steps[i]
+            verdict = "pass" if st["passed"] else f"fail: {st['reason']}"
+            if st.get("retried"):
+                verdict += " (second run: the first failed with other load)"
+            w(
+                f"| {i + 1} | {LABELS[v]} | {_f(st['rate'], 0)} | {_f(st['offered'], 0)} | "
+                f"{verdict} | {_f(st['ack_p99_ms'])} | {st['missed']} | {st['non_2xx']} | "
+                f"{_f(st['send_lag_p99_ms'])} | {_f(st['loop_lag_p99_ms'])} | "
+                f"{_f(st['other_cores'])} |"
+            )
+    w("")
+
+
+def _overload_section(w: Callable[[str], None], over: dict[str, Any], plan: Plan) -> None:
+    runs = [(k, over[k]) for k in ("fixed", "tenfold") if over.get(k)]
+    w("## Overload (callflow, one worker, every handler hangs)")
+    w("")
+    first = runs[0][1]
+    w(
+        f"Open loop for {first['seconds']:g} s against a fresh worker whose handlers never "
+        f"return (every decision is callflow's own: admission or the deadline default); "
+        f"platform timeout {first['platform_timeout']:g} s, safety margin "
+        f"{first['safety_margin']:g} s, every other setting at its default. The load "
+        "generator opens its connections before it starts (up to "
+        f"{first['generator'].get('max_connections', 0):,} notifications may await their "
+        "reply); beyond that a call waits for a connection, and one still waiting a second "
+        "after the schedule ended is not sent."
+    )
+    tenfold = over.get("tenfold")
+    if tenfold:
+        w("")
+        w(
+            f"The second run asks for {plan.overload_factor:g}x the capacity: "
+            f"{plan.overload_factor:g} x {tenfold['capacity']:,.0f}/s ({tenfold['basis']})."
+        )
+    w("")
+    heads = {
+        "fixed": f"{first['requested']:,.0f}/s",
+        "tenfold": f"{plan.overload_factor:g}x capacity",
+    }
+    w("| figure | " + " | ".join(heads[k] for k, _ in runs) + " |")
+    w("|---|" + "---|" * len(runs))
+
+    def row(label: str, cell: Callable[[dict[str, Any]], str]) -> None:
+        w(f"| {label} | " + " | ".join(cell(r) for _, r in runs) + " |")
+
+    row("asked for, calls/s", lambda r: _f(r["requested"], 0))
+    row(
+        "**offered**, calls/s (calls sent / not sent)",
+        lambda r: (
+            f"**{_f(r['generator']['offered'], 0)}** ({r['outcome']['calls']:,} / "
+            f"{r['generator']['not_sent']:,})"
+        ),
+    )
+    row(
+        "send lag against the schedule: p50 / p99 / max ms",
+        lambda r: _stats(r["generator"]["send_lag_ms"]),
+    )
+    row(
+        "calls that waited for a connection; connections opened during the run",
+        lambda r: (
+            f"{r['generator'].get('waited_for_connection', 0):,}; "
+            f"{r['generator'].get('opened_in_window', 0):,}"
+        ),
+    )
+    row(
+        "load generator's loop lag: p50 / p99 / max ms",
+        lambda r: _stats(r["generator"]["loop_lag_ms"]),
+    )
+    row(
+        "accepted (2xx) / refused (503) / other replies",
+        lambda r: (
+            f"{r['outcome']['accepted']:,} / {r['outcome']['refused']:,} / "
+            f"{r['outcome']['other_status']:,}"
+        ),
+    )
+    row("decided in time (from the sender)", lambda r: f"{r['outcome']['in_time']:,}")
+    row("**late** (decided after the platform timeout)", lambda r: f"**{r['outcome']['late']:,}**")
+    row(
+        "**never decided** (accepted or no reply; refused ones apart)",
+        lambda r: (
+            f"**{r['outcome']['lost']:,}** (refused and never decided: "
+            f"{r['outcome']['never_decided'] - r['outcome']['lost']:,})"
+        ),
+    )
+    row("**decided twice**", lambda r: f"**{r['outcome']['twice']:,}**")
+    row(
+        "neither decided in time nor refused within 100 ms",
+        lambda r: f"{r['outcome']['neither']:,}",
+    )
+    row("2xx reply: p50 / **p99** / max ms", lambda r: _stats(r["outcome"]["ack_ms"]))
+    row(
+        "503 reply: p50 / p99 / max ms (slower than 100 ms)",
+        lambda r: f"{_stats(r['outcome']['refusal_ms'])} ({r['outcome']['refused_slowly']:,})",
+    )
+    row("any reply: p50 / p99 / max ms", lambda r: _stats(r["outcome"]["reply_ms"]))
+    row(
+        "decision latency from the sender: p50 / p99 / max s",
+        lambda r: _stats(r["outcome"]["latency_s"], 3),
+    )
+    row("decided within 1 s of sending", lambda r: f"{r['outcome']['decided_within_1s']:,}")
+    row(
+        "CPU seconds: bot / stub / load generator",
+        lambda r: (
+            f"{_f(r['cpu_s']['bot'])} / {_f(r['cpu_s']['stub'])} / {_f(r['cpu_s']['loadgen'])}"
+        ),
+    )
+    row(
+        "bot's cyclic GC: seconds of its CPU seconds (longest pass)",
+        lambda r: (
+            f"{r['gc']['total_seconds']:.1f} of {r['gc']['cpu_seconds']:.1f} "
+            f"({r['gc']['longest'] * 1000:.0f} ms)"
+            if r.get("gc")
+            else "-"
+        ),
+    )
+    row("other load, cores", lambda r: _f(r["other_cores"]))
+    w("")
+    for key, run in runs:
+        if not run.get("timeline"):
+            continue
+        w(
+            f"Timeline of the {heads[key]} run (per second, by 3-second step; *late or never* "
+            "counts the calls sent in that step):"
+        )
+        w("")
+        w("| t s | sent /s | 2xx /s | 503 /s | decisions at Graph /s | late or never |")
+        w("|---|---|---|---|---|---|")
+        for r in run["timeline"]:
+            w(
+                f"| {r['t']:.0f} | {r['sent']:,.0f} | {r['acked']:,.0f} | {r['refused']:,.0f} | "
+                f"{r['decided']:,.0f} | {r['missed']:,} |"
+            )
+        w("")
+
+
+def _blocked_section(w: Callable[[str], None], blocked: dict[str, Any], plan: Plan) -> None:
+    w("## Blocked loop (callflow: one handler holds its event loop)")
+    w("")
+    w(
+        f"Every handler hangs; {plan.block_pre:g} s into the run one marked call's handler "
+        f"holds its thread for {plan.block_seconds:g} s, with `time.sleep` (the GIL is free) "
+        "or with a pure-Python busy loop (the GIL is held but for the interpreter's switch "
+        f"interval). Calls: {plan.block_pre_rate:g}/s before the block, "
+        f"{plan.block_calls} spread over the block (sent after it began and before it ended, "
+        f"by the handler's own stamps), then {plan.block_after_rate:g}/s for "
+        f"{plan.block_after:g} s after it. Platform timeout "
+        f"{plan.block_platform:g} s, safety margin {plan.block_margin:g} s; late is counted "
+        "from the sender."
+    )
+    w("")
+    for how, label in (("sleep", "`time.sleep`"), ("spin", "busy loop")):
+        run = blocked.get(how)
+        if not run:
+            continue
+        held = (
+            f"held {run['held_for']:.1f} s, from "
+            f"{run['handler_started_after_ms']:.1f} ms after the marked call was sent"
+            if run["handler_ran"]
+            else "the marked handler never ran (window assumed from the marked call's send)"
+        )
+        w(f"### {label}: {held}")
+        w("")
+        w(
+            "| calls sent | count | 2xx | other replies | 2xx reply p50 / p99 / max ms | "
+            "late | never decided | decided exactly once | twice | decided while held | "
+            "decision latency p50 / max s |"
+        )
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for group, name in (
+            ("before", "before the block"),
+            ("during", "**during the block**"),
+            ("after", "after the block"),
+        ):
+            g = run[group]
+            w(
+                f"| {name} | {g['calls']} | {g['accepted']} | {g['calls'] - g['accepted']} | "
+                f"{_stats(g['ack_ms'])} | {g['late']} | {g['lost']} | {g['exactly_once']} | "
+                f"{g['twice']} | {g['decided_while_blocked']} | "
+                f"{_f(g['latency_s']['p50'], 3)} / {_f(g['latency_s']['max'], 3)} |"
+            )
+        mark = run.get("marked_call", {})
+        w("")
+        w(
+            f"The marked call itself: reply {mark.get('status', '-')}, decided "
+            f"{mark.get('decisions', 0)} time(s). Load generator: send lag p99 "
+            f"{_f(run['generator']['send_lag_ms']['p99'])} ms, loop lag p99 "
+            f"{_f(run['generator']['loop_lag_ms']['p99'])} ms."
+        )
+        w("")
+
+
+def _memory_section(w: Callable[[str], None], memory: dict[str, Any]) -> None:
+    w("## Memory (callflow, handlers hang)")
+    w("")
+    w(
+        f"RSS {memory['rss_base_mb']:.1f} MB → {memory['rss_mb']:.1f} MB with "
+        f"{memory.get('added', memory['pending']):,} calls added to those pending "
+        f"({memory['pending']:,} pending in all): **{memory['bytes_per_pending']:,.0f} bytes "
+        f"per pending call** (goal ≤ 4 KB). Intake {memory['intake_per_s']:,.0f} "
+        "notifications/s while filling."
+    )
+    if memory.get("parsed_body_bytes"):
+        w(
+            f"For scale: the notification's parsed JSON tree alone takes "
+            f"{memory['parsed_body_bytes']:,.0f} bytes. `python -m benchmarks.bench_core` "
+            "breaks the in-process figure down."
+        )
+    if memory.get("gc"):
+        w("")
+        w(_gc_text("cyclic garbage collector while the pending calls were added", [memory["gc"]]))
+    w("")
+
+
 def _gc_text(what: str, stats: Sequence[dict[str, Any]]) -> str:
     total = sum(g["total_seconds"] for g in stats)
     cpu = sum(g["cpu_seconds"] for g in stats)
@@ -604,7 +755,11 @@ def write_report(results: dict[str, Any], plan: Plan, md_path: Path, png_path: P
 
 
 def main() -> None:
-    """Re-render RESULTS.md from ``benchmarks/out/results.json`` (after editing the analysis)."""
+    """Re-render RESULTS.md from ``benchmarks/out/results.json`` (after editing the analysis).
+
+    The targets are evaluated again from the stored figures, so that a changed goal or rule
+    shows without running the benchmarks again.
+    """
     import json
     import sys
 
@@ -612,6 +767,7 @@ def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "out" / "results.json"
     results = json.loads(source.read_text())
     plan = Plan.short() if results["meta"].get("quick") else Plan.full()
+    results["targets"] = evaluate_targets(results, plan)
     md = here / "RESULTS.md" if source.parent == here / "out" else source.parent / "RESULTS.md"
     png = md.parent / "cdf.png"
     md.write_text(render(results, plan, md.read_text(), png.name if png.exists() else None))
