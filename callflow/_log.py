@@ -16,6 +16,9 @@ with the same result at a fraction of the cost.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import contextvars
 import json
 import logging
@@ -34,6 +37,7 @@ from .events import mask_phone
 
 __all__ = [
     "JsonLines",
+    "LineWriter",
     "Throttle",
     "configure_logging",
     "dict_tracebacks",
@@ -299,6 +303,83 @@ class JsonLines:
         return scrub_tokens(_encode(event))
 
 
+class LineWriter:
+    """Writes log lines to ``file``, one write per event-loop iteration rather than per line.
+
+    A line logged from a thread that runs an event loop is held until the end of that loop's
+    current iteration, then written with every other line the loop logged meanwhile: a
+    worker logs a line per call, and a write each would cost a system call each. Lines of a
+    warning or worse are written at once (behind the loop's held lines, in order), as are
+    lines logged outside any loop, and whatever is held is written at exit.
+    """
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+        self._held: dict[int, list[str]] = {}  # thread id -> lines waiting for its loop
+        atexit.register(self.flush_all)
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        """structlog's logger factory: every logger writes through this writer."""
+        return _LineLogger(self)
+
+    def hold(self, line: str) -> None:
+        """Write ``line`` at the end of this loop's iteration (at once without a loop)."""
+        loop = _running_loop()
+        if loop is None:
+            self.write_now(line)
+            return
+        thread = threading.get_ident()
+        held = self._held.get(thread)
+        if held is None:
+            self._held[thread] = [line]
+            loop.call_soon(self._flush, thread)
+        else:
+            held.append(line)
+
+    def write_now(self, line: str) -> None:
+        """Write what this thread holds, then ``line``, now."""
+        held = self._held.pop(threading.get_ident(), None)
+        text = "\n".join(held) + "\n" + line + "\n" if held else line + "\n"
+        with self._lock:
+            self._file.write(text)
+            self._file.flush()
+
+    def _flush(self, thread: int) -> None:
+        held = self._held.pop(thread, None)
+        if held:
+            with self._lock:
+                self._file.write("\n".join(held) + "\n")
+                self._file.flush()
+
+    def flush_all(self) -> None:
+        """Write every line still held (at exit)."""
+        for thread in list(self._held):
+            with contextlib.suppress(ValueError, OSError):  # the file is closed already
+                self._flush(thread)
+
+
+class _LineLogger:
+    """What structlog calls with each rendered line (``logger.info(line)``, ...)."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.hold(message)
+
+    def urgent(self, message: str) -> None:
+        self._writer.write_now(message)
+
+    debug = info = log = msg
+    warn = warning = err = error = critical = exception = fatal = failure = urgent
+
+
+_running_loop: Final = asyncio.events._get_running_loop
+
+
 def configure_logging(
     *,
     fmt: str | None = None,
@@ -340,6 +421,6 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=LineWriter(out),
         cache_logger_on_first_use=cache,
     )

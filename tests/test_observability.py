@@ -662,3 +662,46 @@ async def test_a_failed_token_refresh_is_counted(
     assert value(before, "callflow_token_refresh_failures_total") == 0
     assert failed["error"] == "invalid_client"
     assert value(after, "callflow_token_refresh_failures_total") == 1
+
+
+class CountingStream(io.StringIO):
+    """A text stream that counts the writes made to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_of_one_loop_iteration_are_written_together() -> None:
+    """Lines logged in one event-loop iteration reach the stream in one write, after the
+    iteration; a warning is written at once, behind the lines held before it; a line
+    logged outside any loop is written at once; held lines are written at exit."""
+    stream = CountingStream()
+    writer = callflow._log.LineWriter(stream)
+    logger = writer()
+    logger.info("one")
+    assert (stream.getvalue(), stream.writes) == ("one\n", 1)  # no loop here: at once
+
+    async def in_loop() -> None:
+        logger.info("two")
+        logger.info("three")
+        assert stream.writes == 1  # held until the iteration ends
+        await asyncio.sleep(0)
+        assert stream.getvalue() == "one\ntwo\nthree\n"
+        assert stream.writes == 2  # both in one write
+        logger.info("four")
+        logger.warning("five")  # at once, after what was held
+        assert stream.getvalue().endswith("four\nfive\n")
+        logger.info("six")
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(in_loop())
+        writer.flush_all()  # as at exit, whether or not the loop ran its callbacks
+    finally:
+        loop.close()
+    assert stream.getvalue() == "one\ntwo\nthree\nfour\nfive\nsix\n"
