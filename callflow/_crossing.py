@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import threading
@@ -51,7 +52,7 @@ class Inbox:
     writing to the loop's wake-up pipe.
     """
 
-    __slots__ = ("_items", "_loop", "_scheduled", "_thread", "name", "wakeups")
+    __slots__ = ("_context", "_items", "_loop", "_scheduled", "_thread", "name", "wakeups")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, name: str, thread: int | None = None
@@ -63,6 +64,10 @@ class Inbox:
         self.name = name
         self.wakeups = 0
         """Batches run so far (each one wake-up of the loop)."""
+        # Batches run in a context of their own (entered by the owner's thread only), not in
+        # the one of whoever posted first: a call's bound log fields must not leak into the
+        # calls posted behind it.
+        self._context = contextvars.Context()
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the inbox's loop, after everything posted before it."""
@@ -73,17 +78,18 @@ class Inbox:
             self._scheduled = True
             try:
                 if threading.get_ident() == self._thread:
-                    self._loop.call_soon(self._drain)
+                    self._loop.call_soon(self._drain, context=self._context)
                 elif (here := _running_loop()) is not None:
-                    here.call_soon(self._wake)
+                    # Not self._context: the owner's thread may be running a batch in it.
+                    here.call_soon(self._wake, context=contextvars.Context())
                 else:
-                    self._loop.call_soon_threadsafe(self._drain)
+                    self._loop.call_soon_threadsafe(self._drain, context=self._context)
             except RuntimeError:  # the loop is closed: nobody is left to run it
                 self._items.clear()
 
     def _wake(self) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._drain)
+            self._loop.call_soon_threadsafe(self._drain, context=self._context)
         except RuntimeError:  # the loop is closed: nobody is left to run it
             self._items.clear()
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
+from structlog.contextvars import bind_contextvars
 
 from ._clock import MONOTONIC, Clock
 from .deadline import DecisionSlot, SlotState
@@ -101,10 +103,21 @@ class Lanes:
                         task.cancel()
                     await asyncio.wait(tasks)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+    def _spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        name: str | None = None,
+        bound: dict[str, Any] | None = None,
+    ) -> None:
         loop = self._loop
         assert loop is not None
-        task = loop.create_task(coro, name=name)
+        context = None
+        if bound:
+            # The call's ids, as the webhook bound them on the I/O loop: every line the
+            # task's handlers log carries them (structlog's contextvars).
+            context = contextvars.copy_context()
+            context.run(bind_contextvars, **bound)
+        task = loop.create_task(coro, name=name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._forget)
 
@@ -126,10 +139,17 @@ class Lanes:
         lanes[call_id] = None
         # Named after the call: the id exists already, a generated name would be one more
         # string per pending call.
+        bound = {"call_id": call_id}
+        tenant = getattr(event, "tenant_id", None)
+        if tenant is not None:
+            bound["tenant_id"] = tenant
         if slot is not None:
-            self._spawn(self.run_handlers(event, slot, call_id), call_id)  # type: ignore[arg-type]
+            if slot.scenario_id is not None:
+                bound["scenario_id"] = slot.scenario_id
+            coro = self.run_handlers(event, slot, call_id)  # type: ignore[arg-type]
+            self._spawn(coro, call_id, bound)
         else:
-            self._spawn(self._run_lane(call_id, event), call_id)
+            self._spawn(self._run_lane(call_id, event), call_id, bound)
 
     def start_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
         """Run ``flow(call handle)`` (an ``Answer(then=...)``) once the call is established.
@@ -142,7 +162,8 @@ class Lanes:
         if self._loop is None:
             return
         self.flows += 1
-        self._spawn(self._run_flow(call, flow))
+        bound = {"call_id": call.call_id, "tenant_id": call.tenant_id}
+        self._spawn(self._run_flow(call, flow), call.call_id, bound)
 
     async def _run_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
         name = getattr(flow, "__name__", repr(flow))

@@ -316,7 +316,9 @@ class LineWriter:
     def __init__(self, file: TextIO) -> None:
         self._file = file
         self._lock = threading.Lock()
-        self._held: dict[int, list[str]] = {}  # thread id -> lines waiting for its loop
+        # Lines waiting for their loop's iteration to end, by loop (a loop closed before it
+        # ran the flush leaves its lines to flush_all, never to another loop).
+        self._held: dict[asyncio.AbstractEventLoop, list[str]] = {}
         atexit.register(self.flush_all)
 
     def __call__(self, *args: Any) -> _LineLogger:
@@ -329,24 +331,24 @@ class LineWriter:
         if loop is None:
             self.write_now(line)
             return
-        thread = threading.get_ident()
-        held = self._held.get(thread)
+        held = self._held.get(loop)
         if held is None:
-            self._held[thread] = [line]
-            loop.call_soon(self._flush, thread)
+            self._held[loop] = [line]
+            loop.call_soon(self._flush, loop)
         else:
             held.append(line)
 
     def write_now(self, line: str) -> None:
-        """Write what this thread holds, then ``line``, now."""
-        held = self._held.pop(threading.get_ident(), None)
+        """Write what this thread's loop holds, then ``line``, now."""
+        loop = _running_loop()
+        held = self._held.pop(loop, None) if loop is not None else None
         text = "\n".join(held) + "\n" + line + "\n" if held else line + "\n"
         with self._lock:
             self._file.write(text)
             self._file.flush()
 
-    def _flush(self, thread: int) -> None:
-        held = self._held.pop(thread, None)
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        held = self._held.pop(loop, None)
         if held:
             with self._lock:
                 self._file.write("\n".join(held) + "\n")
@@ -354,9 +356,9 @@ class LineWriter:
 
     def flush_all(self) -> None:
         """Write every line still held (at exit)."""
-        for thread in list(self._held):
+        for loop in list(self._held):
             with contextlib.suppress(ValueError, OSError):  # the file is closed already
-                self._flush(thread)
+                self._flush(loop)
 
 
 class _LineLogger:

@@ -1252,15 +1252,10 @@ class FleetWatch:
         store = self._store
         census = await store.beat(self._address(), self.interval * HEARTBEATS_TO_LIVE)
         if census is not None:
-            self.directory.update(census.live)
+            self._update_directory(census)
 
-    async def tick(self, sends: anyio.abc.TaskGroup) -> None:
-        """One heartbeat; start a send in ``sends`` for every adopted call not yet sent."""
-        store = self._store
-        census = await store.beat(self._address(), self.interval * HEARTBEATS_TO_LIVE)
-        if census is None:
-            return  # the store is down: keep the last directory
-        self.beats += 1
+    def _update_directory(self, census: Census) -> None:
+        """Take the census's live instances as the directory; log who joined or left."""
         before = set(self.directory.live())
         self.directory.update(census.live)
         if set(census.live) != before:
@@ -1270,6 +1265,15 @@ class FleetWatch:
                 joined=sorted(set(census.live) - before),
                 left=sorted(before - set(census.live)),
             )
+
+    async def tick(self, sends: anyio.abc.TaskGroup) -> None:
+        """One heartbeat; start a send in ``sends`` for every adopted call not yet sent."""
+        store = self._store
+        census = await store.beat(self._address(), self.interval * HEARTBEATS_TO_LIVE)
+        if census is None:
+            return  # the store is down: keep the last directory
+        self.beats += 1
+        self._update_directory(census)
         adopted = list(census.adopted)
         if not self._adopted_own:
             self._adopted_own = True

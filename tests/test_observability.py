@@ -705,3 +705,61 @@ def test_lines_of_one_loop_iteration_are_written_together() -> None:
     finally:
         loop.close()
     assert stream.getvalue() == "one\ntwo\nthree\nfour\nfive\nsix\n"
+
+
+@pytest.mark.anyio
+async def test_a_handlers_own_log_lines_carry_the_calls_ids(
+    fake_graph: FakeGraph, json_logs: LogStream
+) -> None:
+    """A line a handler logs with a plain module logger (not ctx.log) carries the call id,
+    tenant and scenario the webhook bound on the I/O loop, though the handler runs on the
+    app loop."""
+    bot = Bot()
+    plain = structlog.get_logger("tests.handler")
+
+    @bot.incoming_call
+    async def note(call: IncomingCall) -> Reject:
+        plain.info("test.handler_line")
+        return Reject()
+
+    async with fake_graph.serve(bot) as running:
+        call = await fake_graph.place_call(running.webhook_url)
+        line = await json_logs.wait_for("test.handler_line", call_id=call.call_id)
+    assert line["tenant_id"] == fake_graph.tenant_id
+    assert line["scenario_id"] == call.scenario_id
+
+
+@pytest.mark.anyio
+async def test_calls_handed_over_together_keep_their_own_log_fields(
+    json_logs: LogStream,
+) -> None:
+    """Two calls that cross to the app loop in one batch each log with their own call id
+    and tenant; an update that names no tenant logs with none, not another call's."""
+    from callflow import CallStateChanged, RecordingSink
+    from callflow.settings import Settings
+
+    from .helpers import incoming
+
+    bot = Bot(Settings(platform_timeout=15, safety_margin=3))
+    plain = structlog.get_logger("tests.handler")
+
+    @bot.incoming_call
+    async def note(call: IncomingCall) -> Reject:
+        plain.info("test.handler_line")
+        return Reject()
+
+    @bot.on(CallStateChanged)
+    async def update(event: CallStateChanged) -> None:
+        plain.info("test.observer_line")
+
+    sink = RecordingSink()
+    async with bot.engine(sink).running() as engine:
+        engine.submit(
+            [incoming("call-a", tenant_id="tenant-a"), incoming("call-b", tenant_id="tenant-b")]
+        )
+        engine.submit([CallStateChanged("call-c", "established", 1)])
+        a = await json_logs.wait_for("test.handler_line", call_id="call-a")
+        b = await json_logs.wait_for("test.handler_line", call_id="call-b")
+        c = await json_logs.wait_for("test.observer_line", call_id="call-c")
+    assert (a["tenant_id"], b["tenant_id"]) == ("tenant-a", "tenant-b")
+    assert "tenant_id" not in c

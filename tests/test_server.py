@@ -298,3 +298,52 @@ async def test_stopping_does_not_wait_for_a_client_that_stalls(fake: FakeGraph) 
         stopped_in = time.monotonic() - stopping
     await stream.aclose()
     assert stopped_in < SHUTDOWN_TIMEOUT + 3.0
+
+
+async def test_an_idle_connection_with_an_unread_request_is_not_evicted() -> None:
+    """At the cap, a new connection does not close an idle one whose request the busy
+    server has not read yet (that request would be lost without a reply): the new one is
+    refused instead, and the waiting request is answered."""
+    import threading
+
+    from callflow._crossing import IoThread
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    async with IoThread("test-server", uvloop=False) as io:
+        server = await io.run(
+            lambda: start_server(
+                app, host="127.0.0.1", port=0, settings=Settings(max_connections=1)
+            )
+        )
+        port = server.addresses[0][1]
+        stalled, go = threading.Event(), threading.Event()
+
+        async def stall() -> None:
+            stalled.set()
+            go.wait(10.0)  # the server's loop is busy: nothing is read meanwhile
+
+        try:
+            with anyio.fail_after(GUARD):
+                first = await anyio.connect_tcp("127.0.0.1", port)
+                await first.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert b"200 OK" in await first.receive()  # open, idle, kept alive
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(io.run, stall)
+                    assert await anyio.to_thread.run_sync(stalled.wait, 5.0)
+                    second = await anyio.connect_tcp("127.0.0.1", port)  # in the backlog
+                    await first.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")  # waits unread
+                    go.set()
+                refused = await read_until_closed(second)
+                answered = await first.receive()
+                await first.aclose()
+                await second.aclose()
+        finally:
+            go.set()
+            await io.run(server.cleanup)
+    assert refused.startswith(b"HTTP/1.1 503")
+    assert b"200 OK" in answered
+    assert (server.stats.evicted, server.stats.refused) == (0, 1)

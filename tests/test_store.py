@@ -1000,8 +1000,9 @@ async def test_a_forwarder_must_be_open() -> None:
 # --- served bots in fleet mode ------------------------------------------------------------------
 
 
-def fleet_bot(seen: list[tuple[str, str, int | None]]) -> Bot:
-    """A bot that answers, lets callers named slow wait, and records state updates."""
+def fleet_bot(seen: list[tuple[str, str, int | None]], observed: anyio.Event | None = None) -> Bot:
+    """A bot that answers, lets callers named slow wait, and records state updates (setting
+    ``observed`` at each)."""
     bot = Bot()
 
     @bot.incoming_call
@@ -1013,6 +1014,8 @@ def fleet_bot(seen: list[tuple[str, str, int | None]]) -> Bot:
     @bot.on(CallStateChanged)
     async def observe(event: CallStateChanged) -> None:
         seen.append((event.call_id, event.state, event.etag))
+        if observed is not None:
+            observed.set()
 
     return bot
 
@@ -1110,8 +1113,9 @@ async def test_a_notification_naming_a_stopped_bot_is_handled_here(
 ) -> None:
     """After a bot leaves the fleet, the other one handles notifications that name it."""
     seen: list[tuple[str, str, int | None]] = []
+    observed = anyio.Event()
     fake = short_fake
-    async with fake.serve(fleet_bot(seen), **fleet_options(redis, "b")) as b:
+    async with fake.serve(fleet_bot(seen, observed), **fleet_options(redis, "b")) as b:
         async with fake.serve(fleet_bot([]), **fleet_options(redis, "a")):
             with anyio.fail_after(GUARD):  # both bots see both
                 await logs.wait_for("fleet.members", count=2, live=["a", "b"])
@@ -1123,6 +1127,7 @@ async def test_a_notification_naming_a_stopped_bot_is_handled_here(
         assert reply.status == 202
         with anyio.fail_after(GUARD):
             await logs.wait_for("notification.owner_gone", instance="a")
+            await observed.wait()  # the observer runs on the app loop, after the I/O loop
         assert seen == [("c-9", "established", 3)]
 
 

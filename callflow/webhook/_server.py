@@ -5,7 +5,8 @@
 - ``HTTP_KEEPALIVE_TIMEOUT``: a connection that is idle, or has not sent a whole request
   (headers sent a byte at a time: slowloris), is closed after that many seconds;
 - ``MAX_CONNECTIONS``: at the cap, a new connection closes the connection idle the longest
-  (``callflow_connections_evicted_total``); when every connection is busy with a request
+  with nothing waiting to be read (``callflow_connections_evicted_total``); when every
+  connection is busy with a request, or the longest-idle ones all have a request waiting,
   the new one gets ``503`` with a JSON body and is closed
   (``callflow_connections_refused_total``);
 - ``BODY_TIMEOUT``: :func:`read_body` gives a notification's body that long to arrive once its
@@ -22,8 +23,10 @@ webhook's. :class:`WebhookServer` is what the bot keeps: the bound addresses and
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import select
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -118,6 +121,17 @@ _REFUSED: Final = (
 )
 
 
+_EVICTION_CANDIDATES: Final = 16
+"""Idle connections looked at for one that can be closed for a new one."""
+
+
+def _readable(fd: int) -> bool:
+    """True when ``fd`` has bytes (or an end of stream) waiting to be read."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class ConnectionGuard:
     """Caps a server's open connections: evicts the longest-idle one for a new one, refuses
     (503) when every connection is busy with a request.
@@ -150,20 +164,56 @@ class ConnectionGuard:
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 
+        # A connection is busy from the moment its request is taken off the wire, not only
+        # once the middleware runs: aiohttp hands the request to a task of its own first,
+        # and a connection closed in between would lose the request without a reply.
+        make_request = server.request_factory
+
+        def request_factory(*args: Any, **kwargs: Any) -> Any:
+            self._took(args[2])  # (message, payload, protocol, writer, task, ...)
+            return make_request(*args, **kwargs)
+
+        server.request_factory = request_factory
+
     def _opened(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         stats = self.stats
         if len(self._idle) + len(self._busy) >= self.limit:
-            if not self._idle:
+            victim = self._quiet_idle()
+            if victim is None:
                 stats.refused += 1
                 transport.write(_REFUSED)
                 # Closed once the handler's own start-up has run (it is being set up now).
                 asyncio.get_running_loop().call_soon(handler.force_close)
                 return
-            victim, _ = self._idle.popitem(last=False)
+            del self._idle[victim]
             stats.evicted += 1
             victim.force_close()
         self._idle[handler] = None
         stats.open = len(self._idle) + len(self._busy)
+
+    def _quiet_idle(self) -> RequestHandler | None:
+        """The longest-idle connection that has nothing waiting to be read, if any.
+
+        An idle connection may carry a request this loop has not read yet (the loop is
+        busy, the bytes sit in the socket or the parser): closing it would lose that
+        request without a reply. Such connections are passed over; when the first few idle
+        ones all have something waiting, the new connection is refused instead.
+        """
+        for handler in itertools.islice(self._idle, _EVICTION_CANDIDATES):
+            if getattr(handler, "_messages", None):  # parsed, not yet handled
+                continue
+            transport = handler.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None and _readable(sock.fileno()):
+                continue
+            return handler
+        return None
+
+    def _took(self, handler: RequestHandler) -> None:
+        """``handler``'s connection has a request to handle: not idle any more."""
+        if handler in self._idle:
+            del self._idle[handler]
+            self._busy.add(handler)
 
     def _closed(self, handler: RequestHandler) -> None:
         self._idle.pop(handler, None)
@@ -176,8 +226,8 @@ class ConnectionGuard:
     ) -> web.StreamResponse:
         """Mark the request's connection busy while the request is handled."""
         connection = request.protocol
-        tracked = connection in self._idle
-        if tracked:
+        tracked = connection in self._idle or connection in self._busy
+        if connection in self._idle:
             del self._idle[connection]
             self._busy.add(connection)
         try:
