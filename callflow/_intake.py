@@ -301,6 +301,12 @@ class Intake:
         """Incoming calls received and not yet decided."""
         return len(self._open)
 
+    def tenant_of(self, call_id: str) -> str | None:
+        """The tenant of an incoming call received and not yet decided (None otherwise)."""
+        slot = self._open.get(call_id)
+        call = slot.call if slot is not None else None
+        return call.tenant_id if call is not None else None
+
     def start(self) -> None:
         """Start taking events on the running loop: deadlines and the lag probe run."""
         self._loop = asyncio.get_running_loop()

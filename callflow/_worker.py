@@ -34,6 +34,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .webhook._server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
+    from ._intake import Intake
     from .bot import Bot, RunningBot
     from .deadline import DecisionSlot
     from .dispatch import Engine
@@ -260,6 +261,7 @@ def make_app(
         overload_wait=settings.overload_wait,
         limits=ServerLimits.from_settings(settings),
         on_suppressed_log=metrics.on_suppressed_log,
+        tenant_of=_tenant_of(engine.intake, running.keeper),
     )
     app = web.Application(client_max_size=2 * 1024 * 1024)
 
@@ -283,6 +285,16 @@ def make_app(
     if settings.metrics_port is None:  # else served on its own port
         app.router.add_get("/metrics", metrics_route)
     return app
+
+
+def _tenant_of(intake: Intake, keeper: CallKeeper) -> Callable[[str], str | None]:
+    """The tenant of a call this worker holds: pending (not decided yet) or answered."""
+    pending, held = intake.tenant_of, keeper.tenant_of
+
+    def tenant_of(call_id: str) -> str | None:
+        return pending(call_id) or held(call_id)
+
+    return tenant_of
 
 
 def check_settings(bot: Bot, tokens: TokenProvider | None) -> None:

@@ -12,7 +12,7 @@ import pytest
 import structlog.testing
 
 from callflow import Answer, Bot, CallStateChanged, IncomingCall
-from callflow.testing import DEFAULT_TENANT_ID, FakeGraph, call_state
+from callflow.testing import DEFAULT_TENANT_ID, FakeGraph, call_state, call_terminated
 from callflow.testing._payloads import envelope, incoming_call
 
 pytestmark = pytest.mark.anyio
@@ -252,6 +252,61 @@ async def test_a_body_with_one_foreign_notification_is_refused_whole() -> None:
             await observed.wait_for(9)
     assert observed.etags == [9]
     assert fake.requests_for("foreign") == ()
+
+
+async def test_a_token_of_another_tenant_cannot_end_a_held_call() -> None:
+    """A hang-up naming no tenant, about a call the bot answered for tenant A, signed with
+    a token of tenant B: 403 tenant_mismatch (without B's or A's call details), and the call
+    is still held; the same hang-up with A's token releases it."""
+    async with (
+        FakeGraph(follow_up=False) as fake,
+        fake.serve(answering_bot()) as running,
+    ):
+        call = await fake.place_call(running.webhook_url, call_id="held-a")
+        await call.decision()
+        with anyio.fail_after(10.0):
+            await running.keeper.wait_until(lambda held: any(c.call_id == "held-a" for c in held))
+        forged = await fake.notify(
+            running.webhook_url, [call_terminated("held-a")], token=fake.sign(tid=OTHER_TENANT)
+        )
+        assert forged.status == 403
+        assert forged.body["error"]["code"] == "tenant_mismatch"
+        assert DEFAULT_TENANT_ID not in forged.body["error"]["message"]
+        assert "held-a" in running.keeper
+        genuine = await fake.notify(running.webhook_url, [call_terminated("held-a")])
+        assert genuine.status == 202
+        with anyio.fail_after(10.0):
+            await running.keeper.wait_until(lambda held: not held)
+
+
+async def test_a_token_of_another_tenant_cannot_end_a_pending_call() -> None:
+    """While tenant A's call waits for its handler, tenant B's token cannot end it: 403, and
+    the handler's decision is still sent."""
+    release = anyio.Event()
+    bot = Bot()
+
+    @bot.incoming_call
+    async def answer_when_released(call: IncomingCall) -> Answer:
+        await release.wait()
+        return Answer()
+
+    async with (
+        FakeGraph(follow_up=False) as fake,
+        fake.serve(bot, platform_timeout=60.0) as running,
+    ):
+        call = await fake.place_call(running.webhook_url, call_id="pending-a")
+        assert call.webhook_status == 202
+        assert running.engine.pending == 1
+        forged = await fake.notify(
+            running.webhook_url,
+            [call_terminated("pending-a")],
+            token=fake.sign(tid=OTHER_TENANT),
+        )
+        assert forged.status == 403
+        assert forged.body["error"]["code"] == "tenant_mismatch"
+        release.set()
+        request = await call.decision()
+        assert request.op == "answer"
 
 
 async def test_an_incoming_call_without_a_tenant_is_decided_with_the_tokens_tenant() -> None:

@@ -5,8 +5,9 @@ Order of work for ``POST {webhook_path}``: size limit (413), content type (415),
 the connection is closed), JSON and shape (400; 413 past
 :data:`~callflow._parse.MAX_NOTIFICATIONS` notifications), the tenant (403 when a
 notification names another tenant than the token's: the body's ``tenantId`` picks the app
-token a call is decided with, so it must be the verified one), then the events go to the
-engine and the reply is 202 at once; the reply never waits for handlers. A body is checked
+token a call is decided with, so it must be the verified one; and 403 when a notification is
+about a call this worker holds for another tenant), then the events go to the engine and the
+reply is 202 at once; the reply never waits for handlers. A body is checked
 whole before any of its events is handed over: nothing of a refused body is applied. Every
 4xx carries ``{"error": {"code": ..., "message": ...}}``; ``webhook.rejected`` is logged at
 most once a second per code, with the count of the lines left out (``suppressed``).
@@ -295,8 +296,10 @@ class WebhookHandler:
         on_suppressed_log: Callable[[int], None] | None = None,
         fleet: FleetHook | None = None,
         overload_wait: float = 1.0,
+        tenant_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self._engine = engine
+        self._tenant_of = tenant_of
         self._overload_wait = overload_wait
         self._auth = auth
         self._max_body = max_body
@@ -447,6 +450,17 @@ class WebhookHandler:
                     "belong to the token's tenant (nothing of this body was taken)",
                     echo,
                 )
+            held = _held_elsewhere(events, token_tenant, self._tenant_of)
+            if held is not None:
+                return self._reject(
+                    request,
+                    403,
+                    "tenant_mismatch",
+                    f"value[{held}] is about a call this bot holds for another tenant than "
+                    f"the token's ({token_tenant!r}); expected notifications of a call from "
+                    "the tenant it belongs to (nothing of this body was taken)",
+                    echo,
+                )
             events = _with_tenant(events, token_tenant)
         if fleet is not None:
             events = await fleet.fresh(events)
@@ -502,6 +516,29 @@ def _foreign_tenant(events: Sequence[CallEvent], tenant_id: str) -> tuple[int, s
             named = data.get("tenantId") if isinstance(data, dict) else None
         if isinstance(named, str) and named.lower() != want:
             return index, named
+    return None
+
+
+def _held_elsewhere(
+    events: Sequence[CallEvent], tenant_id: str, tenant_of: Callable[[str], str | None] | None
+) -> int | None:
+    """The index of the first notification about a call this bot holds (pending or
+    answered) for another tenant than ``tenant_id``, if any.
+
+    A call's later notifications (state updates, hang-ups, tones, operation results) need
+    not name a tenant; the call they are about does. Without this, a token of one tenant
+    could end or steer another tenant's call.
+    """
+    if tenant_of is None:
+        return None
+    want = tenant_id.lower()
+    for index, event in enumerate(events):
+        call_id = event.call_id
+        if not call_id:
+            continue
+        tenant = tenant_of(call_id)
+        if tenant is not None and tenant.lower() != want:
+            return index
     return None
 
 
