@@ -1000,6 +1000,24 @@ async def test_a_forwarder_must_be_open() -> None:
 # --- served bots in fleet mode ------------------------------------------------------------------
 
 
+class Seen(list[tuple[str, str, int | None]]):
+    """State updates a bot observed (call id, state, etag); :meth:`wait_for` one of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed = anyio.Event()
+
+    def append(self, item: tuple[str, str, int | None]) -> None:
+        super().append(item)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, item: tuple[str, str, int | None]) -> None:
+        """Return once ``item`` was observed (the observer runs after the webhook's 202)."""
+        while item not in self:
+            await self._changed.wait()
+
+
 def fleet_bot(seen: list[tuple[str, str, int | None]], observed: anyio.Event | None = None) -> Bot:
     """A bot that answers, lets callers named slow wait, and records state updates (setting
     ``observed`` at each)."""
@@ -1048,8 +1066,7 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
     worker, a pinned notification is forwarded, a state update sent to both is seen once, a
     slow call gets its default from the scheduler thread, a claim held elsewhere is not sent,
     and once a bot stops, notifications naming it are handled where they land."""
-    seen_a: list[tuple[str, str, int | None]] = []
-    seen_b: list[tuple[str, str, int | None]] = []
+    seen_a, seen_b = Seen(), Seen()
     fake = short_fake
     async with (
         fake.serve(fleet_bot(seen_a), **fleet_options(redis, "a")) as a,
@@ -1078,6 +1095,7 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
         assert (await fake.notify(b.webhook_url, both)).status == 202
         with anyio.fail_after(GUARD):
             await logs.wait_for("event.duplicate", call_id=call.call_id, kind="CallStateChanged")
+            await seen_a.wait_for((call.call_id, "established", 11))
         assert [s for s in seen_a if s[2] and s[2] >= 10] == [
             (call.call_id, "hold", 10),
             (call.call_id, "established", 11),
