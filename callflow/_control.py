@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import structlog
 
-from .actions import JoinMeeting, PlayPrompt
+from .actions import Invite, JoinMeeting, PlayPrompt
 from .errors import (
     CallControlError,
     CallEndedError,
@@ -48,7 +48,6 @@ from .graph._client import _new_uuid
 
 if TYPE_CHECKING:
     from .actions import (
-        Invite,
         OutgoingCall,
         RecordResponse,
         SendTones,
@@ -56,6 +55,8 @@ if TYPE_CHECKING:
         UpdateRecordingStatus,
     )
     from .graph._client import CreatedCall, GraphClient, Operation
+
+    _Action = PlayPrompt | RecordResponse | SendTones | Invite | UpdateRecordingStatus
 
 __all__ = ["CallControl", "OnOperation", "OperationRegistry", "ToneBuffer", "event_key"]
 
@@ -705,78 +706,25 @@ class CallControl:
 
     # -- the actions -------------------------------------------------------------------------
 
-    async def play(
-        self, call_id: str, tenant_id: str | None, request: PlayPrompt, timeout: float | None
+    async def act(
+        self, call_id: str, tenant_id: str | None, request: _Action, timeout: float | None
     ) -> OperationFinished:
-        """Play prompts; return when they were played (see :meth:`run`)."""
+        """Run one action (play prompts, record, send tones, invite, update the recording
+        status); return when Graph finished it (see :meth:`run`)."""
         self._check_open(call_id)
 
         def start(context: str, deadline: float | None) -> Awaitable[Operation]:
-            return self.graph.play_prompt(
-                call_id, request, client_context=context, tenant_id=tenant_id, deadline=deadline
+            return self.graph.run_action(
+                call_id,
+                request.action,
+                request.to_graph,
+                client_context=context,
+                tenant_id=tenant_id,
+                deadline=deadline,
             )
 
-        return await self.run(call_id, "playPrompt", start, timeout=timeout, tenant_id=tenant_id)
-
-    async def record(
-        self, call_id: str, tenant_id: str | None, request: RecordResponse, timeout: float | None
-    ) -> OperationFinished:
-        """Record the caller; the result carries the recording's location and token."""
-        self._check_open(call_id)
-
-        def start(context: str, deadline: float | None) -> Awaitable[Operation]:
-            return self.graph.record_response(
-                call_id, request, client_context=context, tenant_id=tenant_id, deadline=deadline
-            )
-
-        return await self.run(
-            call_id, "recordResponse", start, timeout=timeout, tenant_id=tenant_id
-        )
-
-    async def send_tones(
-        self, call_id: str, tenant_id: str | None, request: SendTones, timeout: float | None
-    ) -> OperationFinished:
-        """Send DTMF tones; return when Graph sent them."""
-        self._check_open(call_id)
-
-        def start(context: str, deadline: float | None) -> Awaitable[Operation]:
-            return self.graph.send_dtmf_tones(
-                call_id, request, client_context=context, tenant_id=tenant_id, deadline=deadline
-            )
-
-        return await self.run(call_id, "sendDtmfTones", start, timeout=timeout, tenant_id=tenant_id)
-
-    async def invite(
-        self, call_id: str, tenant_id: str | None, request: Invite, timeout: float | None
-    ) -> OperationFinished:
-        """Invite participants; return when Graph finished inviting."""
-        self._check_open(call_id)
-
-        def start(context: str, deadline: float | None) -> Awaitable[Operation]:
-            return self.graph.invite_participants(
-                call_id, request, client_context=context, tenant_id=tenant_id, deadline=deadline
-            )
-
-        return await self.run(call_id, "invite", start, timeout=timeout, tenant_id=tenant_id)
-
-    async def update_recording_status(
-        self,
-        call_id: str,
-        tenant_id: str | None,
-        request: UpdateRecordingStatus,
-        timeout: float | None,
-    ) -> OperationFinished:
-        """Tell Graph the bot's recording status."""
-        self._check_open(call_id)
-
-        def start(context: str, deadline: float | None) -> Awaitable[Operation]:
-            return self.graph.update_recording_status(
-                call_id, request, client_context=context, tenant_id=tenant_id, deadline=deadline
-            )
-
-        return await self.run(
-            call_id, "updateRecordingStatus", start, timeout=timeout, tenant_id=tenant_id
-        )
+        kind = "invite" if type(request) is Invite else request.action
+        return await self.run(call_id, kind, start, timeout=timeout, tenant_id=tenant_id)
 
     async def simple(
         self, call_id: str, tenant_id: str | None, kind: str, timeout: float | None
@@ -944,7 +892,7 @@ class CallControl:
         async def play() -> None:
             try:
                 with playing.scope:
-                    await self.play(call_id, tenant_id, prompt, prompt_timeout)
+                    await self.act(call_id, tenant_id, prompt, prompt_timeout)
             except MediaCancelledError:
                 pass  # cancelled by someone else: the menu is over, keep collecting
             except Exception as exc:

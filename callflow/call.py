@@ -174,7 +174,7 @@ class Call:
         request = PlayPrompt(prompts)
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        await self._port.run(lambda: control.play(call_id, tenant, request, timeout))
+        await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
 
     async def record(
         self,
@@ -207,7 +207,7 @@ class Call:
             timeout = float(initial_silence_timeout + max_duration + 30 + (60 if prompt else 0))
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        finished = await self._port.run(lambda: control.record(call_id, tenant, request, timeout))
+        finished = await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
         port = self._port
 
         async def fetch(location: str, token: str, max_bytes: int, limit: float | None) -> bytes:
@@ -287,7 +287,7 @@ class Call:
         request = SendTones(tones, delay_between_tones_ms)
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        await self._port.run(lambda: control.send_tones(call_id, tenant, request, timeout))
+        await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
 
     async def transfer(
         self,
@@ -314,7 +314,7 @@ class Call:
         request = Invite(participants)
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        await self._port.run(lambda: control.invite(call_id, tenant, request, timeout))
+        await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
 
     async def mute(self, *, timeout: float | None = 30.0) -> None:
         """Mute the bot in this call."""
@@ -333,9 +333,7 @@ class Call:
         request = UpdateRecordingStatus(status)
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        await self._port.run(
-            lambda: control.update_recording_status(call_id, tenant, request, timeout)
-        )
+        await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
 
     async def hang_up(self, *, timeout: float | None = 30.0) -> None:
         """Hang up the bot's leg of the call; waiting operations get CallEndedError."""
