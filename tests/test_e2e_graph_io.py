@@ -283,6 +283,34 @@ async def test_every_bad_token_is_refused_before_any_handler_runs(
 
 
 @pytest.mark.anyio
+async def test_compressed_bodies_are_refused_with_a_json_415(fake_graph: FakeGraph) -> None:
+    """A body with a Content-Encoding is never decoded: 415 with a JSON error naming the
+    encoding, for encodings the server could decode (gzip) and ones it could not (br, zstd,
+    which the HTTP parser would answer in plain text); nothing reaches a handler or Graph.
+    ``identity`` is no compression and is taken."""
+    recorder = Recorder()
+    async with fake_graph.serve(recorder.bot) as running:
+        refused = []
+        for encoding in ("br", "gzip", "zstd", "x-unknown"):
+            call = await fake_graph.place_call(
+                running.webhook_url, headers={"Content-Encoding": encoding}
+            )
+            (reply,) = call.replies
+            assert reply.status == 415
+            assert reply.body["error"]["code"] == "unsupported_content_encoding"
+            assert encoding in reply.body["error"]["message"]
+            refused.append(call)
+        plain = await fake_graph.place_call(
+            running.webhook_url, headers={"Content-Encoding": "identity"}
+        )
+        assert plain.webhook_status == 202
+        await plain.decision()
+        assert running.engine.pending == 0
+    assert [call.call_id for call in recorder.seen] == [plain.call_id]
+    assert all(fake_graph.requests_for(call.call_id) == () for call in refused)
+
+
+@pytest.mark.anyio
 async def test_oversized_mistyped_and_garbled_bodies_are_refused(fake_graph: FakeGraph) -> None:
     """413 for a body over 1 MiB, 415 for text/plain, 400 naming the place for bad JSON."""
     recorder = Recorder()

@@ -1,14 +1,15 @@
 """The aiohttp side of the webhook: notifications in, 202 out, events handed to the engine.
 
-Order of work for ``POST {webhook_path}``: size limit (413), content type (415), bearer JWT
-(401 when missing or malformed, 403 when invalid), the body within ``BODY_TIMEOUT`` (408, and
-the connection is closed), JSON and shape (400; 413 past
-:data:`~callflow._parse.MAX_NOTIFICATIONS` notifications), the tenant (403 when a
-notification names another tenant than the token's: the body's ``tenantId`` picks the app
-token a call is decided with, so it must be the verified one; and 403 when a notification is
-about a call this worker holds for another tenant), then the events go to the engine and the
-reply is 202 at once; the reply never waits for handlers. A body is checked
-whole before any of its events is handed over: nothing of a refused body is applied. Every
+Order of work for ``POST {webhook_path}``: size limit (413), content type and encoding (415:
+a compressed body is refused, never decoded), bearer JWT (401 when missing or malformed, 403
+when invalid), the body within ``BODY_TIMEOUT`` (408, and the connection is closed), JSON and
+shape (400; 413 past :data:`~callflow._parse.MAX_NOTIFICATIONS` notifications), the tenant
+(403 when a notification names another tenant than the token's: the body's ``tenantId``
+picks the app token a call is decided with, so it must be the verified one; and 403 when a
+notification is about a call this worker holds for another tenant), then the events go to
+the engine and the reply is 202 at once; the reply never waits for handlers. A body is
+checked whole before any of its events is handed over: nothing of a refused body is
+applied. Every
 4xx carries ``{"error": {"code": ..., "message": ...}}``; ``webhook.rejected`` is logged at
 most once a second per code, with the count of the lines left out (``suppressed``).
 
@@ -376,6 +377,16 @@ class WebhookHandler:
                 415,
                 "unsupported_media_type",
                 f"Content-Type is {ctype[:100] or 'missing'!r}; expected application/json",
+                echo,
+            )
+        encoding = headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            return self._reject(
+                request,
+                415,
+                "unsupported_content_encoding",
+                f"Content-Encoding is {encoding[:100]!r}; expected an uncompressed body "
+                "(no Content-Encoding, or identity)",
                 echo,
             )
 

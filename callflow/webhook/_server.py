@@ -339,6 +339,9 @@ async def start_server(
         handle_signals=False,
         keepalive_timeout=limits.keepalive_timeout,
         lingering_time=LINGERING_TIME,
+        # Bodies reach the webhook as sent: it refuses compressed ones with a JSON 415, where
+        # the parser would answer an encoding it cannot decode (br, zstd) in plain text.
+        auto_decompress=False,
         logger=_protocol_logger(),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
