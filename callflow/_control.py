@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import structlog
 
+from ._book import CallBook
 from .actions import Invite, JoinMeeting, PlayPrompt
 from .errors import (
     CallControlError,
@@ -42,6 +43,7 @@ from .events import (
     OperationFinished,
     ResultInfo,
     ToneReceived,
+    canonical_call_id,
     normalize_id,
 )
 from .graph._client import _new_uuid
@@ -186,7 +188,7 @@ class _Waiter:
 
     def __init__(self, call_id: str, kind: str, context: str) -> None:
         self.call_id = call_id
-        self.call = normalize_id(call_id)
+        self.call = canonical_call_id(call_id)
         self.kind = kind
         self.context = context
         self.operation: str | None = None
@@ -269,21 +271,27 @@ class OperationRegistry:
     """Correlates operation results, key presses and call states with the tasks awaiting them.
 
     Loop-confined: create it, call :meth:`on_events` and run :class:`CallControl` on one
-    event loop (the one that owns the Graph client). It keeps, bounded: what it saw of up to
-    ``max_calls`` calls (the oldest idle ones are forgotten), ``max_tones`` unconsumed key
-    presses per call, and up to ``max_early`` results nobody awaited yet, for ``early_ttl``
-    seconds.
+    event loop (the one that owns the Graph client). ``book`` is the worker's
+    :class:`~callflow._book.CallBook`: a call's record is dropped when the book says the
+    call ended (its waiters fail at once), and an ended call gets no new record. It keeps,
+    bounded: what it saw of the calls it was told about (beyond ``max_calls``, records of
+    idle calls the book does not hold are forgotten, oldest first), ``max_tones`` unconsumed
+    key presses per call, and up to ``max_early`` results nobody awaited yet, for
+    ``early_ttl`` seconds.
     """
 
     def __init__(
         self,
         *,
+        book: CallBook | None = None,
         max_calls: int = 10_000,
         max_tones: int = 64,
         max_early: int = 1_024,
         early_ttl: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.book = book if book is not None else CallBook()
+        self.book.on_end(self._ended)
         self.max_calls = max_calls
         self.max_tones = max_tones
         self.max_early = max_early
@@ -315,7 +323,7 @@ class OperationRegistry:
                 self.end(event.call_id, event.result)
 
     def _finished(self, event: OperationFinished) -> None:
-        call = normalize_id(event.call_id)
+        call = canonical_call_id(event.call_id)
         operation = normalize_id(event.operation_id)
         key = (call, operation)
         waiter = self._by_operation.get(key)
@@ -390,9 +398,14 @@ class OperationRegistry:
         record.touch()
 
     def end(self, call_id: str, result: ResultInfo | None = None) -> None:
-        """The call ended: fail its waiters with CallEndedError (a transfer may succeed)."""
-        record = self.record(call_id)
-        if record.ended:
+        """The call ended: the book forgets it, its waiters fail with CallEndedError (a
+        transfer may succeed), its record is dropped."""
+        self.book.end(call_id, result)
+
+    def _ended(self, call_id: str, result: ResultInfo | None) -> None:
+        """The book's listener: ``call_id`` ended."""
+        record = self._calls.pop(call_id, None)
+        if record is None or record.ended:
             return
         record.ended = True
         record.result = result
@@ -409,25 +422,44 @@ class OperationRegistry:
     # -- records -----------------------------------------------------------------------------
 
     def record(self, call_id: str) -> _Record:
-        """What the registry knows of ``call_id`` (created on first use; bounded)."""
-        key = normalize_id(call_id)
+        """What the registry knows of ``call_id`` (created on first use).
+
+        The record of a call that ended is a new one marked ended, and not kept. Past
+        ``max_calls`` records, the oldest idle ones of calls the book does not hold are
+        forgotten: a few looked at per new record, so adding one stays O(1).
+        """
+        key = canonical_call_id(call_id)
         calls = self._calls
         record = calls.get(key)
         if record is not None:
-            calls.move_to_end(key)
             return record
-        record = _Record(call_id, self.max_tones)
+        record = _Record(key, self.max_tones)
+        ended = self.book.ended(key)
+        if ended is not None:
+            record.ended = True
+            record.result = ended.result
+            record.state = "terminated"
+            return record
         calls[key] = record
         if len(calls) > self.max_calls:
-            for old_key, old in list(calls.items())[: len(calls) - self.max_calls]:
-                if not old.busy:
-                    del calls[old_key]
+            self._evict()
         return record
 
+    def _evict(self, looks: int = 8) -> None:
+        """Forget up to one idle record of a call the book does not hold, looking at no
+        more than ``looks`` of the oldest (those kept move to the back)."""
+        calls, book = self._calls, self.book
+        for _ in range(min(looks, len(calls))):
+            key, old = next(iter(calls.items()))
+            if old.busy or key in book:
+                calls.move_to_end(key)
+                continue
+            del calls[key]
+            return
+
     def is_ended(self, call_id: str) -> bool:
-        """True when the registry saw ``call_id`` end."""
-        record = self._calls.get(normalize_id(call_id))
-        return record is not None and record.ended
+        """True when ``call_id`` ended (the book saw it end recently)."""
+        return self.book.ended(canonical_call_id(call_id)) is not None
 
     @property
     def waiting(self) -> int:
@@ -538,8 +570,9 @@ class CallControl:
 
     ``graph`` must be entered on this loop. ``cancel_timeout`` bounds the shielded
     ``cancelMediaProcessing`` (or hang-up) sent when a wait is given up. ``on_operation``
-    is told about every operation that ends (metrics); ``on_hung_up(call_id)`` about every
-    call :meth:`hang_up` ended (the bot then stops holding it).
+    is told about every operation that ends (metrics). A call that ends, whoever ends it,
+    ends in the registry's :class:`~callflow._book.CallBook` (``self.book``): its waiters
+    fail at once, and nothing more is sent for it.
     """
 
     def __init__(
@@ -550,17 +583,16 @@ class CallControl:
         cancel_timeout: float = 5.0,
         on_operation: OnOperation | None = None,
         on_created: Callable[[str, str | None], None] | None = None,
-        on_hung_up: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.graph = graph
         self.registry = registry if registry is not None else OperationRegistry(clock=clock)
+        self.book = self.registry.book
         self.cancel_timeout = cancel_timeout
         self._on_operation = on_operation
         self._on_created = on_created
         """``on_created(call_id, tenant_id)``: a call the bot created is established (the
         bot then holds it: keep-alive)."""
-        self._on_hung_up = on_hung_up
         self._clock = clock
 
     async def wait_established(self, call_id: str, timeout: float | None) -> None:
@@ -691,7 +723,10 @@ class CallControl:
                 log.exception("call.on_operation_failed", kind=kind, outcome=outcome)
 
     async def _cancel_media(self, call_id: str, tenant_id: str | None) -> None:
-        """Send cancelMediaProcessing, shielded from cancellation, within cancel_timeout."""
+        """Send cancelMediaProcessing, shielded from cancellation, within cancel_timeout
+        (not to a call that has ended: its media stopped with it)."""
+        if self.registry.is_ended(call_id):
+            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
             try:
                 await self.graph.cancel_media_processing(
@@ -745,12 +780,16 @@ class CallControl:
         return await self.run(call_id, kind, start, timeout=timeout, tenant_id=tenant_id)
 
     async def hang_up(self, call_id: str, tenant_id: str | None, timeout: float | None) -> None:
-        """Hang up (DELETE); the call's waiters fail with CallEndedError at once."""
+        """Hang up (DELETE); the call's waiters fail with CallEndedError at once.
+
+        A call known to have ended already is not hung up again: nothing is sent.
+        """
+        if self.registry.is_ended(call_id):
+            log.debug("call.hang_up_skipped", call_id=call_id, reason="the call has ended")
+            return
         deadline = None if timeout is None else self._clock() + timeout
+        self.registry.end(call_id)  # the bot is leaving: nothing more waits on this call
         await self.graph.hang_up(call_id, tenant_id=tenant_id, deadline=deadline)
-        self.registry.end(call_id)
-        if self._on_hung_up is not None:
-            self._on_hung_up(call_id)
         log.info("call.hung_up", call_id=call_id)
 
     async def download(
@@ -981,7 +1020,12 @@ class CallControl:
         created: CreatedCall | None = None
         try:
             with anyio.fail_after(timeout):
-                created = await self.graph.create_call(request, deadline=deadline)
+                # Until Graph's reply names the call, notifications about it may come first:
+                # the intake keeps those briefly instead of dropping them as unknown.
+                with self.book.creating_call():
+                    created = await self.graph.create_call(request, deadline=deadline)
+                    # Bound to the tenant whose app token created it, from now to its end.
+                    self.book.hold(created.call_id, created.tenant_id)
                 record = registry.record(created.call_id)
                 record.pins += 1  # keep the record while waiting
                 try:
@@ -993,12 +1037,7 @@ class CallControl:
                     record.pins -= 1
             outcome = "completed"
             if self._on_created is not None:
-                tenant = (
-                    request.meeting.tenant_id
-                    if isinstance(request, JoinMeeting)
-                    else request.tenant_id
-                )
-                self._on_created(created.call_id, tenant)
+                self._on_created(created.call_id, created.tenant_id)
             return created
         except TimeoutError as exc:
             outcome = "timeout"
@@ -1022,9 +1061,17 @@ class CallControl:
             self._report(call_id, kind, outcome, began, _Waiter(call_id, kind, ""), None)
 
     async def _hang_up_quietly(self, call_id: str) -> None:
+        """Hang up a call the bot gave up on (shielded, within cancel_timeout); it ends here
+        first, whether or not Graph can be told."""
+        if self.registry.is_ended(call_id):
+            return
+        tenant = self.book.tenant_of(call_id)
+        self.registry.end(call_id)
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
             try:
-                await self.graph.hang_up(call_id, deadline=self._clock() + self.cancel_timeout)
+                await self.graph.hang_up(
+                    call_id, tenant_id=tenant, deadline=self._clock() + self.cancel_timeout
+                )
             except GraphError as exc:
                 log.warning("call.hang_up_failed", call_id=call_id, error=str(exc))
 

@@ -1,6 +1,8 @@
 """Intake: what the I/O loop does with the events of a notification before any handler runs.
 
-For each event the :class:`Intake` drops redeliveries and stale state updates, gives a new
+For each event the :class:`Intake` drops notifications about calls the worker does not know
+(:class:`~callflow._book.CallBook`: every call is bound to its tenant there from admission
+to its end), redeliveries and stale state updates, gives a new
 incoming call its :class:`~callflow.deadline.DecisionSlot` (deadline counted from when the
 notification reached the worker, less how late the I/O loop is running), decides it with the
 default at once when the worker could not decide it in time otherwise (admission control),
@@ -21,11 +23,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from ._book import CallBook
 from ._clock import MONOTONIC, Clock
 from ._control import event_key as control_event_key
+from ._log import Throttle
 from ._parse import LazyItem
 from .deadline import DeadlineScheduler, DecisionSlot
-from .decisions import Decision, Reject
+from .decisions import Answer, Decision, Reject
 from .events import CallEvent, CallStateChanged, CallTerminated, IncomingCall
 
 if TYPE_CHECKING:
@@ -101,6 +105,7 @@ class EngineStats:
         "refused",
         "shed",
         "stale",
+        "unknown",
         "wave_defaults",
     )
 
@@ -121,6 +126,8 @@ class EngineStats:
         """Incoming-call notifications refused with 503 (sending behind, or the loop far
         too late to decide them in time)."""
         self.gone = 0
+        self.unknown = 0
+        """Notifications dropped because they named a call the worker does not know."""
 
 
 class Recent:
@@ -234,8 +241,10 @@ class Intake:
         default_decision: Decision | None = None,
         recent_size: int = 100_000,
         recent_ttl: float = 600.0,
-        on_terminated: Callable[[str], None] | None = None,
+        calls: CallBook | None = None,
         admit: Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None = None,
+        early_size: int = 256,
+        early_ttl: float = 10.0,
     ) -> None:
         if safety_margin >= min(platform_timeout, recording_timeout):
             raise ValueError(
@@ -269,7 +278,15 @@ class Intake:
         self._wave: dict[int, int] = {}
         # The last window summed: buckets [first, last) hold ``base`` calls.
         self._span_first = self._span_last = self._span_base = 0
-        self._on_terminated = on_terminated
+        self.calls = calls if calls is not None else CallBook(clock=clock)
+        """Every call this worker knows, bound to its tenant (shared with call control)."""
+        self.calls.on_hold(self._created)
+        # Notifications about unknown calls that arrive while the bot creates a call: Graph
+        # may report the new call's first states before its reply naming it is read.
+        self._early: deque[tuple[float, CallEvent, float]] = deque()
+        self._early_size = early_size
+        self._early_ttl = early_ttl
+        self._unknown_log = Throttle(1.0)
         self._admit_hook = admit
         self._recent = Recent(recent_size, recent_ttl)
         self._tracks: OrderedDict[str, Track] = OrderedDict()
@@ -300,12 +317,6 @@ class Intake:
     def pending(self) -> int:
         """Incoming calls received and not yet decided."""
         return len(self._open)
-
-    def tenant_of(self, call_id: str) -> str | None:
-        """The tenant of an incoming call received and not yet decided (None otherwise)."""
-        slot = self._open.get(call_id)
-        call = slot.call if slot is not None else None
-        return call.tenant_id if call is not None else None
 
     def start(self) -> None:
         """Start taking events on the running loop: deadlines and the lag probe run."""
@@ -382,27 +393,38 @@ class Intake:
                 "the engine is not running: start it with `async with engine.running()`"
             )
         now = self.clock.now() if received is None else received
-        if self.on_events is not None:
-            if not isinstance(events, Sequence):
-                events = tuple(events)
-            self.on_events(events)
+        calls = self.calls
+        on_events = self.on_events
         for event in events:
-            key = event_key(event)
-            if key is not None and not self._recent.first(key, now):
-                self.stats.duplicates += 1
-                log.info("event.duplicate", call_id=event.call_id, kind=type(event).__name__)
-                continue
             slot: DecisionSlot | None = None
             if type(event) is IncomingCall:
+                if not self._recent.first(event.call_id, now):
+                    self.stats.duplicates += 1
+                    log.info("event.duplicate", call_id=event.call_id, kind="IncomingCall")
+                    continue
                 slot = self._admit(event, now)
                 slot.scenario_id = scenario_id
                 if not slot.is_open:  # decided at intake: no handler sees it
                     self.outbox.send(slot)
                     continue
-            elif isinstance(event, CallStateChanged | CallTerminated) and self._stale(event):
-                continue
-            elif type(event) not in self.observed:
-                continue  # nobody observes it: no reason to wake the app loop for it
+            else:
+                call_id = event.call_id
+                if call_id is not None and not calls.knows(call_id):
+                    self._unknown(event, now)
+                    continue
+                if on_events is not None:
+                    on_events((event,))
+                if type(event) is CallTerminated:
+                    calls.end(event.call_id, event.result)
+                key = event_key(event)
+                if key is not None and not self._recent.first(key, now):
+                    self.stats.duplicates += 1
+                    log.info("event.duplicate", call_id=call_id, kind=type(event).__name__)
+                    continue
+                if isinstance(event, CallStateChanged | CallTerminated) and self._stale(event):
+                    continue
+                if type(event) not in self.observed:
+                    continue  # nobody observes it: no reason to wake the app loop for it
             call_id = event.call_id or ""
             held = self._admitting.get(call_id)
             if held is not None:  # the fleet is still deciding who owns this call
@@ -414,7 +436,43 @@ class Intake:
                 assert self.to_lanes is not None
                 self.to_lanes(event, slot)
 
+    def _unknown(self, event: CallEvent, now: float) -> None:
+        """A notification about a call this worker does not know: drop it, count it; keep it
+        briefly while the bot creates a call (it may be about that call)."""
+        if self.calls.creating:
+            early = self._early
+            while early and early[0][0] + self._early_ttl < now:
+                early.popleft()
+            early.append((now, event, now))
+            if len(early) > self._early_size:
+                early.popleft()
+            return
+        self.stats.unknown += 1
+        self.calls.unknown += 1
+        suppressed = self._unknown_log.admit("unknown")
+        if suppressed is not None:
+            log.info(
+                "event.unknown_call",
+                call_id=event.call_id,
+                kind=type(event).__name__,
+                suppressed=suppressed,
+            )
+
+    def _created(self, call_id: str) -> None:
+        """The bot created (or joined) ``call_id``: take what arrived for it meanwhile."""
+        early = self._early
+        if not early:
+            return
+        mine = [item for item in early if item[1].call_id == call_id]
+        if not mine:
+            return
+        for item in mine:
+            early.remove(item)
+        for _, event, received in mine:
+            self.submit((event,), received)
+
     def _admit(self, call: IncomingCall, now: float) -> DecisionSlot:
+        self.calls.admit(call.call_id, call.tenant_id)
         # The platform's clock started when it sent the notification: count the time the
         # notification probably waited before this loop could read it.
         lag = self.lag.lag
@@ -478,6 +536,7 @@ class Intake:
             held = self._admitting.pop(call.call_id, [])
         if not owned:
             # Another worker of the fleet owns this call (a redelivery that landed here).
+            self.calls.forget(call.call_id)
             if slot.close_gone():
                 self._forget(slot)
                 self.stats.duplicates += 1
@@ -516,8 +575,17 @@ class Intake:
         if self._open.pop(slot.call_id, None) is not None:
             self._leave_wave(slot)
 
-    def sent(self, slot: DecisionSlot) -> None:
-        """The outbox is done with ``slot``: let a waiting notification in, note idleness."""
+    def sent(self, slot: DecisionSlot, error: BaseException | None = None) -> None:
+        """The outbox is done with ``slot``: let a waiting notification in, note idleness.
+
+        A call that was not answered (or whose answer failed) ends when Graph says so or
+        after the book's ``closing_ttl``; one another worker of the fleet decided is not
+        this worker's to know.
+        """
+        if slot.attempts == 0 and error is None:
+            self.calls.forget(slot.call_id)
+        elif error is not None or type(slot.decision) is not Answer:
+            self.calls.closing(slot.call_id)
         if self._room_waiters:
             self._wake_room_waiters()
         self._released()
@@ -614,8 +682,6 @@ class Intake:
     def _stale(self, event: CallStateChanged | CallTerminated) -> bool:
         if isinstance(event, CallTerminated):
             current: Track = (None, STATE_RANK["terminated"])
-            if self._on_terminated is not None:
-                self._on_terminated(event.call_id)
             slot = self._open.get(event.call_id)
             if slot is not None and slot.close_gone():
                 # The caller hung up before anyone decided: stop the handlers, send nothing.

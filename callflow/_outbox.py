@@ -33,8 +33,8 @@ class Outbox:
 
     Lives on the I/O loop: :meth:`send` and every property are for that loop only. ``sink``
     may be given late (before :meth:`running`). ``on_decided(slot, error)`` is told of every
-    decision sent or failed (not of one another worker of the fleet sent); ``on_sent(slot)``
-    after every send, for the intake's bookkeeping.
+    decision sent or failed (not of one another worker of the fleet sent); ``on_sent(slot,
+    error)`` after every send, for the intake's bookkeeping.
     """
 
     def __init__(
@@ -43,7 +43,7 @@ class Outbox:
         *,
         concurrency: int = 256,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
-        on_sent: Callable[[DecisionSlot], None] | None = None,
+        on_sent: Callable[[DecisionSlot, BaseException | None], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency={concurrency!r}: expected an integer >= 1")
@@ -156,7 +156,7 @@ class Outbox:
                     log.exception("on_decided.failed", call_id=slot.call_id)
         slot.call = None
         if self._on_sent is not None:
-            self._on_sent(slot)
+            self._on_sent(slot, error)
         if self._empty is not None and not self.backlog:
             self._empty.set()
             self._empty = None

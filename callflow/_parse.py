@@ -26,7 +26,9 @@ What becomes what (``changeType`` and enum values are matched case-insensitively
   ``deleted`` on ``.../participants`` (those are the participants who left, not the roster).
 
 The call id comes from ``resourceData.id``, else from ``resourceUrl`` (or the legacy
-``resource`` when ``resourceUrl`` is absent), else from ``resourceData["@odata.id"]``. A call
+``resource`` when ``resourceUrl`` is absent), else from ``resourceData["@odata.id"]``, and
+every event carries it in its canonical form (:func:`~callflow.events.canonical_call_id`:
+lower case, no braces, a GUID dashed 8-4-4-4-12), however Graph spelled it. A call
 resource is a URL ``.../calls/{id}``; without any URL, an object ``resourceData`` is taken to
 be a call.
 
@@ -98,6 +100,7 @@ from callflow.events import (
     TokenMeetingInfo,
     ToneReceived,
     UnknownNotification,
+    canonical_call_id,
 )
 
 __all__ = [
@@ -237,9 +240,13 @@ def _wrong(where: str, expected: str, value: Any) -> _Bad:
 
 
 def _checked_call_id(call_id: str, where: str) -> str:
-    """``call_id`` when it can be one segment of a Graph URL path; else the error."""
-    if _CALL_ID_OK(call_id):
-        return call_id
+    """``call_id`` in its canonical form (:func:`~callflow.events.canonical_call_id`) when it
+    can be one segment of a Graph URL path; else the error."""
+    if len(call_id) <= MAX_CALL_ID + 2:  # room for braces
+        canonical = canonical_call_id(call_id)
+        # The same object back: it was a canonical GUID already (nearly always), so valid.
+        if canonical is call_id or _CALL_ID_OK(canonical):
+            return canonical
     if len(call_id) > MAX_CALL_ID:
         raise _Bad(where, f"a call id of {len(call_id)} characters; expected at most {MAX_CALL_ID}")
     raise _Bad(
@@ -467,7 +474,7 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
         if split is not None:
             url_call_id, rest = split
             if url_call_id is not None:
-                _checked_call_id(
+                url_call_id = _checked_call_id(
                     url_call_id, "resourceUrl" if "resourceUrl" in item else "resource"
                 )
             if not rest or rest == "/":
@@ -528,7 +535,7 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
     elif not isinstance(call_id, str):
         raise _wrong("resourceData.id", "a string", call_id)
     else:
-        _checked_call_id(call_id, "resourceData.id")
+        call_id = _checked_call_id(call_id, "resourceData.id")
 
     state = data.get("state")
     if state is not None and not isinstance(state, str):

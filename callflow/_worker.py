@@ -23,18 +23,19 @@ import anyio
 import structlog
 from aiohttp import web
 
-from ._control import CallControl
+from ._book import CallBook
+from ._control import CallControl, OperationRegistry
 from ._crossing import IoThread
 from ._runtime import use_uvloop
 from .call import Call, Calls
 from .calls import CallKeeper
 from .decisions import Answer, Reject, RejectReason
 from .errors import ConfigError
+from .events import canonical_call_id
 from .metrics import CONTENT_TYPE, Metrics
 from .webhook._server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
-    from ._intake import Intake
     from .bot import Bot, RunningBot
     from .deadline import DecisionSlot
     from .dispatch import Engine
@@ -55,26 +56,24 @@ class AppServices:
     Each request runs on the I/O loop, where the Graph client lives; the caller awaits it.
     """
 
-    def __init__(self, io: IoThread, keeper: CallKeeper, control: CallControl) -> None:
+    def __init__(self, io: IoThread, control: CallControl) -> None:
         self._io = io
-        self._keeper = keeper
         self._control = control
         self.calls = Calls(control, io)
         """Places new calls and hands out call handles (``bot.calls``)."""
 
     def call(self, call_id: str, tenant_id: str | None = None) -> Call:
-        """The handle of ``call_id`` (its tenant from the held call when not given)."""
-        tenant = tenant_id or self._keeper.tenant_of(call_id)
-        return self.calls.get(call_id, tenant_id=tenant)
+        """The handle of ``call_id`` (its tenant, when not given, the one it is bound to)."""
+        return self.calls.get(call_id, tenant_id=tenant_id)
 
     async def hang_up(self, call_id: str) -> None:
-        """Hang up the bot's leg of ``call_id``; its pending operations fail at once."""
-        keeper, control = self._keeper, self._control
+        """Hang up the bot's leg of ``call_id``; its pending operations fail at once (a call
+        that has ended already is not hung up again)."""
+        control = self._control
+        call_id = canonical_call_id(call_id)
 
         async def hang_up() -> None:
-            tenant = keeper.tenant_of(call_id)
-            keeper.ended(call_id)
-            await control.hang_up(call_id, tenant, 30.0)
+            await control.hang_up(call_id, control.book.tenant_of(call_id), 30.0)
 
         await self._io.run(hang_up)
 
@@ -164,15 +163,19 @@ class _IoSide:
                     message="CALLFLOW_INBOUND_AUTH=off: notifications are NOT authenticated; "
                     "use this for local development only",
                 )
-            keeper = self.keeper = CallKeeper(graph, s.keepalive_interval)
+            # Every call the worker knows, bound to its tenant from admission (or creation)
+            # to its end; whoever learns that a call ended ends it here, for everyone.
+            book = CallBook()
+            keeper = self.keeper = CallKeeper(graph, s.keepalive_interval, on_gone=book.end)
+            book.on_end(keeper.ended)
             metrics.attach_background(keeper, self.auth)
             control = self.control = CallControl(
                 graph,
+                OperationRegistry(book=book),
                 on_operation=metrics.on_operation,
                 on_created=keeper.answered,
-                on_hung_up=keeper.ended,
             )
-            self.services = AppServices(self.io, keeper, control)
+            self.services = AppServices(self.io, control)
             user_on_decided = self.user_on_decided
 
             def decided(slot: DecisionSlot, error: BaseException | None) -> None:
@@ -189,7 +192,7 @@ class _IoSide:
                 None,
                 services=self.services,
                 on_decided=decided,
-                on_terminated=keeper.ended,
+                calls=book,
                 default_decision=default,
                 admit=None if fleet is None else fleet.admit,
             )
@@ -202,7 +205,7 @@ class _IoSide:
             stack.callback(background.cancel_scope.cancel)
             await background.start(keeper.run)
             if fleet is not None:
-                await background.start(fleet.watch, graph, default)
+                await background.start(fleet.watch, graph, default, book)
                 stack.push_async_callback(fleet.stop_watch)  # before the cancel: sends finish
             await stack.enter_async_context(
                 engine.io_side(graph if fleet is None else fleet.sink(graph))
@@ -261,7 +264,7 @@ def make_app(
         overload_wait=settings.overload_wait,
         limits=ServerLimits.from_settings(settings),
         on_suppressed_log=metrics.on_suppressed_log,
-        tenant_of=_tenant_of(engine.intake, running.keeper),
+        tenant_of=engine.calls.tenant_of,
     )
     app = web.Application(client_max_size=2 * 1024 * 1024)
 
@@ -285,16 +288,6 @@ def make_app(
     if settings.metrics_port is None:  # else served on its own port
         app.router.add_get("/metrics", metrics_route)
     return app
-
-
-def _tenant_of(intake: Intake, keeper: CallKeeper) -> Callable[[str], str | None]:
-    """The tenant of a call this worker holds: pending (not decided yet) or answered."""
-    pending, held = intake.tenant_of, keeper.tenant_of
-
-    def tenant_of(call_id: str) -> str | None:
-        return pending(call_id) or held(call_id)
-
-    return tenant_of
 
 
 def check_settings(bot: Bot, tokens: TokenProvider | None) -> None:

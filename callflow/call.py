@@ -44,7 +44,7 @@ from .actions import (
 )
 from .decisions import MediaPrompt, Target
 from .errors import ActionError, CallControlError
-from .events import TONES, ResultInfo
+from .events import TONES, ResultInfo, canonical_call_id
 
 if TYPE_CHECKING:
     from ._control import CallControl
@@ -142,7 +142,7 @@ class Call:
     def __init__(
         self, call_id: str, *, control: CallControl, port: IoPort, tenant_id: str | None = None
     ) -> None:
-        self.call_id = call_id
+        self.call_id = canonical_call_id(call_id)
         self.tenant_id = tenant_id
         self._control = control
         self._port = port
@@ -367,7 +367,14 @@ class Calls:
         self._port = port
 
     def get(self, call_id: str, *, tenant_id: str | None = None) -> Call:
-        """The handle of a call the bot already holds (one it answered)."""
+        """The handle of a call the bot already holds (one it answered or created).
+
+        ``call_id`` may be spelled any way Graph spells it; ``tenant_id`` defaults to the
+        tenant the call is bound to.
+        """
+        call_id = canonical_call_id(call_id)
+        if tenant_id is None:
+            tenant_id = self._control.book.tenant_of(call_id)
         return Call(call_id, control=self._control, port=self._port, tenant_id=tenant_id)
 
     async def create(
@@ -426,4 +433,5 @@ class Calls:
         _check_timeout("timeout", timeout)
         control = self._control
         created = await self._port.run(lambda: control.create(request, timeout))
-        return Call(created.call_id, control=control, port=self._port, tenant_id=tenant_id)
+        tenant = created.tenant_id or tenant_id
+        return Call(created.call_id, control=control, port=self._port, tenant_id=tenant)

@@ -3,7 +3,9 @@
 Graph drops an answered call that the bot does not keep alive (at least every 45 minutes;
 15 is the recommendation). :class:`CallKeeper` remembers each answered call, sends
 ``keepAlive`` every ``interval`` seconds from one heap-driven task, forgets the call when it
-terminates, and treats a 404 from Graph as "the call is gone": its state is cleaned up.
+terminates, and treats a 404 from Graph as "the call is gone": ``on_gone(call_id)`` ends it
+for the whole worker (what waits on it fails at once with
+:class:`~callflow.errors.CallEndedError`, and nothing more is sent for it).
 
 A keepAlive that fails for any other reason (Graph unreachable or erring, no app token
 because the identity provider is down or the tenant revoked consent, anything else) never
@@ -56,7 +58,11 @@ class HeldCall:
 
 
 class CallKeeper:
-    """Holds answered calls and keeps them alive; also how handlers hang up (``ctx.hang_up``)."""
+    """Holds answered calls and keeps them alive.
+
+    ``on_gone(call_id)`` is told of a call Graph says is gone (keepAlive answered 404); it
+    should end the call for the worker, which then tells the keeper (:meth:`ended`).
+    """
 
     def __init__(
         self,
@@ -64,8 +70,10 @@ class CallKeeper:
         interval: float = 900.0,
         *,
         retry_backoff: tuple[float, float] = RETRY_BACKOFF,
+        on_gone: Callable[[str], object] | None = None,
     ) -> None:
         self._graph = graph
+        self._on_gone = on_gone
         self.interval = interval
         self.retry_backoff = retry_backoff
         self.failures = 0
@@ -123,17 +131,10 @@ class CallKeeper:
         if self._wake is not None and self._heap[0][2] == call_id:
             self._wake.set()
 
-    def ended(self, call_id: str) -> None:
-        """Forget ``call_id`` (it terminated); its heap entry is discarded when due."""
+    def ended(self, call_id: str, result: object = None) -> None:
+        """Forget ``call_id`` (it ended); its heap entry is discarded when due."""
         if self._calls.pop(call_id, None) is not None:
             self._touch()
-
-    async def hang_up(self, call_id: str) -> None:
-        """Hang up the bot's leg of ``call_id`` and forget it."""
-        held = self._calls.pop(call_id, None)
-        self._touch()
-        await self._graph.hang_up(call_id, tenant_id=held.tenant_id if held else None)
-        log.info("call.hung_up", call_id=call_id)
 
     # -- the keep-alive task ---------------------------------------------------------------
 
@@ -163,9 +164,10 @@ class CallKeeper:
                 held.call_id, tenant_id=held.tenant_id, deadline=time.monotonic() + 30.0
             )
         except CallGoneError:
-            self._calls.pop(held.call_id, None)
-            self._touch()
             log.info("call.gone", call_id=held.call_id, reason="keepAlive answered 404")
+            self.ended(held.call_id)
+            if self._on_gone is not None:
+                self._on_gone(held.call_id)
             return
         except Exception as exc:  # GraphError, TokenError, anything: never end the task
             held.failed += 1

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ._book import CallBook
 from ._clock import MONOTONIC, Clock
 from ._crossing import Inbox, IoThread
 from ._intake import STATE_RANK, EngineStats, Intake
@@ -71,7 +72,7 @@ class Engine:
         recent_ttl: float = 600.0,
         services: Any = None,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
-        on_terminated: Callable[[str], None] | None = None,
+        calls: CallBook | None = None,
         admit: Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None = None,
     ) -> None:
         self.default_decision: Decision = default_decision or Reject()
@@ -94,7 +95,7 @@ class Engine:
             default_decision=self.default_decision,
             recent_size=recent_size,
             recent_ttl=recent_ttl,
-            on_terminated=on_terminated,
+            calls=calls,
             admit=admit,
         )
         self.outbox._on_sent = self.intake.sent
@@ -110,6 +111,11 @@ class Engine:
         self._to_app: Inbox | None = None
 
     # -- what the I/O side knows (read them from anywhere: they are snapshots) ---------------
+
+    @property
+    def calls(self) -> CallBook:
+        """Every call this engine knows, bound to its tenant (on the I/O loop)."""
+        return self.intake.calls
 
     @property
     def scheduler(self) -> DeadlineScheduler:

@@ -6,14 +6,16 @@ Every event carries the ``call_id`` it belongs to and the notification item it c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 
 __all__ = [
     "CallEvent",
     "mask_phone",
+    "canonical_call_id",
     "normalize_id",
     "OperationFinished",
     "ToneReceived",
@@ -54,6 +56,31 @@ def normalize_id(value: str) -> str:
 
 
 _ID_NOISE = str.maketrans("", "", "-{}")
+_BRACES = str.maketrans("", "", "{}")
+_CANONICAL_GUID: Final = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+).fullmatch
+_HEX32: Final = re.compile(r"[0-9a-f]{32}").fullmatch
+
+
+def canonical_call_id(value: str) -> str:
+    """The one spelling of a call id that every per-call structure is keyed on.
+
+    Graph writes the same call ``57dab8b1-894c-409a-b240-bd8beae78896`` in API replies and
+    ``57DAB8B1894C409AB240BD8BEAE78896`` (or in braces) in some ``resourceUrl`` values. The
+    canonical form is lower case, without braces, and a GUID (32 hex digits, with dashes
+    anywhere or none) is dashed 8-4-4-4-12. The parser gives every event its call id in this
+    form; ids that come from elsewhere (a bot's own code, Graph's replies) are brought to it
+    where they enter.
+    """
+    if _CANONICAL_GUID(value):
+        return value
+    bare = value.translate(_BRACES).lower()
+    compact = bare.replace("-", "")
+    if len(compact) == 32 and _HEX32(compact):
+        return f"{compact[:8]}-{compact[8:12]}-{compact[12:16]}-{compact[16:20]}-{compact[20:]}"
+    return bare
+
 
 TONES = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#", "A", "B", "C", "D", "flash")
 """The DTMF tones callflow names: digits, ``*``, ``#``, ``A``-``D`` and ``flash``."""

@@ -90,6 +90,7 @@ from ._trust import FleetSigner, ForwardTargets
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from ._book import CallBook
     from .deadline import DecisionSink, DecisionSlot
     from .decisions import Decision
     from .events import CallEvent, IncomingCall
@@ -1185,7 +1186,9 @@ class FleetWatch:
     for each adopted call still inside its platform timeout. ``address()`` is this worker's
     forwarding URL (None until its webhook listens). :meth:`stop` ends the beating and lets
     the sends in flight finish. The first beat must come before the worker admits calls (its
-    pending set then holds only what a previous life left).
+    pending set then holds only what a previous life left). ``on_taken(call_id, tenant_id)``
+    is told of every call this worker sent the default for (its later notifications are
+    then this worker's to take).
     """
 
     def __init__(
@@ -1199,6 +1202,7 @@ class FleetWatch:
         directory: Directory | None = None,
         stats: FleetStats | None = None,
         max_sends: int = 64,
+        on_taken: Callable[[str, str | None], None] | None = None,
     ) -> None:
         if not interval > 0:
             raise ConfigError(f"FleetWatch interval={interval!r}: expected seconds > 0")
@@ -1210,6 +1214,7 @@ class FleetWatch:
         self.directory = directory if directory is not None else Directory()
         self.stats = stats if stats is not None else FleetStats()
         self._limit = anyio.Semaphore(max_sends)
+        self._on_taken = on_taken
         self._busy: set[str] = set()
         self._done: OrderedDict[str, None] = OrderedDict()
         self._beating: anyio.CancelScope | None = None
@@ -1331,6 +1336,8 @@ class FleetWatch:
                     )
                     return
                 self.stats.add("taken_over")
+                if self._on_taken is not None:
+                    self._on_taken(call.call_id, call.tenant_id)
                 log.info(
                     "call.decided",
                     call_id=call.call_id,
@@ -1478,11 +1485,13 @@ class Fleet:
         self,
         graph: Decider,
         default: Decision,
+        calls: CallBook | None = None,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run the :class:`FleetWatch` (heartbeat, directory, take-over) until cancelled;
-        started after the first beat. On the way out the worker retires from the fleet."""
+        started after the first beat. On the way out the worker retires from the fleet.
+        ``calls`` (the worker's book) learns of the calls taken over here."""
         watch = self._watch = FleetWatch(
             self._loop_store(),
             graph,
@@ -1491,6 +1500,7 @@ class Fleet:
             address=lambda: self.address,
             directory=self.directory,
             stats=self.stats,
+            on_taken=None if calls is None else calls.took,
         )
         self._watch_done = anyio.Event()
         try:

@@ -358,6 +358,7 @@ async def test_events_of_a_call_are_observed_in_order_and_stale_ones_dropped() -
         done.set()
 
     async with running(bot) as (engine, sink):
+        engine.calls.hold("d", None)  # a call the bot holds (created, say)
         engine.submit([incoming("c")])
         engine.submit([CallStateChanged("c", "establishing", 2)])
         engine.submit([CallStateChanged("c", "established", 4)])
@@ -402,12 +403,46 @@ async def test_other_events_reach_their_observers() -> None:
         raise RuntimeError("observer bug")
 
     async with running(bot) as (engine, _):
+        engine.calls.hold("c", None)
         engine.submit([ParticipantsUpdated("c", ())])
         engine.submit([UnknownNotification("updated", "/communications/calls/c/operations/1", "c")])
         engine.submit([CallStateChanged("c", "established", 1)])
         with anyio.fail_after(5):
             await both.wait()
     assert sorted(got) == ["roster", "unknown"]
+
+
+async def test_events_of_unknown_calls_are_dropped_and_counted() -> None:
+    """A notification about a call the engine neither has pending, holds, nor saw end
+    reaches no observer and is counted; once the call is known its events are observed, and
+    after its end a late one still is (the call is remembered as ended)."""
+    bot = make_bot()
+    seen: list[tuple[str, str]] = []
+    got = anyio.Event()
+
+    @bot.on(CallStateChanged)
+    async def state(event: CallStateChanged) -> None:
+        seen.append((event.call_id, event.state))
+        got.set()
+
+    async with running(bot) as (engine, _):
+        for index in range(50):
+            engine.submit([CallStateChanged(f"stranger-{index}", "established", 1)])
+        await engine.settle()
+        assert engine.stats.unknown == 50
+        assert len(engine.lanes) == 0
+        engine.calls.hold("known", None)
+        engine.submit([CallStateChanged("known", "established", 1)])
+        with anyio.fail_after(5):
+            await got.wait()
+        got = anyio.Event()
+        engine.submit([CallTerminated("known", None)])
+        engine.submit([CallStateChanged("known", "hold", 9)])  # late, but of a known call
+        await engine.settle()
+    assert ("known", "established") in seen
+    assert not any(call_id.startswith("stranger") for call_id, _ in seen)
+    assert engine.calls.ended("known") is not None
+    assert "known" not in engine.calls
 
 
 async def test_caller_hanging_up_before_decision_cancels_handlers_and_sends_nothing() -> None:
@@ -884,6 +919,7 @@ async def test_events_nobody_observes_do_not_wake_the_app_loop() -> None:
         pass
 
     async with running(bot) as (engine, _):
+        engine.calls.hold("c", None)
         engine.submit([CallStateChanged("c", "establishing", 1)])
         engine.submit([CallStateChanged("c", "established", 2)])
         await engine.settle()

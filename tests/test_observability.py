@@ -754,6 +754,7 @@ async def test_calls_handed_over_together_keep_their_own_log_fields(
 
     sink = RecordingSink()
     async with bot.engine(sink).running() as engine:
+        engine.calls.hold("call-c", None)  # a call the bot holds, of no known tenant
         engine.submit(
             [incoming("call-a", tenant_id="tenant-a"), incoming("call-b", tenant_id="tenant-b")]
         )

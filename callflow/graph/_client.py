@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
 import attrs
+import jwt
 import structlog
 from yarl import URL
 
@@ -57,6 +58,7 @@ from ..errors import (
     GraphResponseError,
     RecordingTooLargeError,
 )
+from ..events import canonical_call_id
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -135,7 +137,11 @@ class Operation:
 
 @attrs.frozen
 class CreatedCall:
-    """A call Graph created for ``POST /communications/calls`` (201), usually establishing."""
+    """A call Graph created for ``POST /communications/calls`` (201), usually establishing.
+
+    ``call_id`` is in canonical form; ``tenant_id`` is the tenant the call belongs to: the
+    one Graph's reply names, else the one the app token that created it was issued for.
+    """
 
     call_id: str
     state: str | None
@@ -143,6 +149,7 @@ class CreatedCall:
     call_chain_id: str | None
     location: str | None
     request: GraphResult
+    tenant_id: str | None = None
 
 
 class _AttemptTimeout:
@@ -673,14 +680,22 @@ class GraphClient:
             deadline,
             scenario_id,
         )
-        call_id, state, participant_id, chain_id = read_call(_json_or_none(raw))
+        data = _json_or_none(raw)
+        call_id, state, participant_id, chain_id = read_call(data)
         call_id = call_id or _last_segment(location)
         if call_id is None:
             raise GraphError(
                 f"Graph answered {result.status} to create a call but named no call id; "
                 "expected a call resource with an id or a Location header"
             )
-        return CreatedCall(call_id, state, participant_id, chain_id, location, result)
+        named = data.get("tenantId") if isinstance(data, dict) else None
+        if isinstance(named, str) and named:
+            owner: str | None = named
+        else:
+            owner = _token_tenant(await self._tokens.get_token(tenant_id)) or tenant_id
+        return CreatedCall(
+            canonical_call_id(call_id), state, participant_id, chain_id, location, result, owner
+        )
 
     async def download_recording(
         self,
@@ -908,6 +923,17 @@ _UUID_V4: Final = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
 _ids: Final = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)
 _random_bits: Final = _ids.getrandbits
+
+
+def _token_tenant(token: str) -> str | None:
+    """The tenant (``tid``) an app token was issued for, read without verifying it (it is
+    this bot's own token, from its identity provider); None when it is not a readable JWT."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    tid = claims.get("tid")
+    return tid if isinstance(tid, str) and tid else None
 
 
 def _new_uuid() -> str:
