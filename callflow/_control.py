@@ -224,8 +224,8 @@ class _Record:
     """What the registry knows of one call."""
 
     __slots__ = (
+        "_changed",
         "call_id",
-        "changed",
         "collecting",
         "ended",
         "established",
@@ -256,11 +256,21 @@ class _Record:
         self.collecting = False
         self.pins = 0
         self.transfer: _Transfer | None = None
-        self.changed = anyio.Event()
+        self._changed: anyio.Event | None = None
+
+    @property
+    def changed(self) -> anyio.Event:
+        """Set at the next change of the call (made when someone first waits for one)."""
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = anyio.Event()
+        return changed
 
     def touch(self) -> None:
-        changed, self.changed = self.changed, anyio.Event()
-        changed.set()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
     @property
     def busy(self) -> bool:
