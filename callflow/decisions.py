@@ -12,8 +12,6 @@ This module is the only one that knows Graph's field names on the way out.
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
@@ -21,6 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from callflow._signatures import cannot_take, is_async
 from callflow.errors import DecisionError
 
 if TYPE_CHECKING:
@@ -124,16 +123,17 @@ def _check_optional_text(instance: object, attribute: attrs.Attribute[Any], valu
 def _check_flow(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
-    fn = value
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if not (
-        inspect.iscoroutinefunction(fn)
-        or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
-    ):
+    if not callable(value) or not is_async(value):
         raise DecisionError(
             f"Answer.then must be an async function taking the call (async def flow(call)), "
             f"got {value!r}"
+        )
+    takes = cannot_take(value, 1)
+    if takes is not None:
+        name = getattr(value, "__name__", None) or repr(value)
+        raise DecisionError(
+            f"Answer.then must be an async function taking the call (async def flow(call)); "
+            f"{name!r} takes {takes}"
         )
 
 
