@@ -430,6 +430,18 @@ class OperationRegistry:
         record = self._calls.get(normalize_id(call_id))
         return record is not None and record.ended
 
+    def state_of(self, call_id: str) -> tuple[str | None, bool]:
+        """The last state Graph reported for ``call_id`` and whether it ended; ``(None,
+        False)`` when nothing is known of it (not seen yet, or forgotten).
+
+        Changes nothing: code on another thread may call it for a snapshot (two attribute
+        reads; a later notification may change them).
+        """
+        record = self._calls.get(normalize_id(call_id))
+        if record is None:
+            return None, False
+        return record.state, record.ended
+
     @property
     def waiting(self) -> int:
         """How many operations are awaiting their result right now."""

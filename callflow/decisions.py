@@ -366,7 +366,10 @@ class Answer:
     )
     """``async def flow(call)``: run on the app loop once Graph accepted this answer and
     reported the call established, with the call's :class:`~callflow.Call` handle (play,
-    collect digits, record, transfer, hang up). Not part of the request body."""
+    collect digits, record, transfer, hang up). Not part of the request body. A flow that
+    raises (other than its call's :class:`~callflow.errors.CallEndedError`) goes to the
+    error hooks; once they returned the call is hung up unless it has ended or is being
+    transferred (a hook takes the call over by, e.g., awaiting its transfer)."""
 
     def __attrs_post_init__(self) -> None:
         if self.media == "app":

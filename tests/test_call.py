@@ -437,6 +437,26 @@ async def test_actions_on_a_gone_call_raise_call_ended(rig: Rig) -> None:
         await call.mute()
 
 
+# --- the call's state ---------------------------------------------------------------------
+
+
+async def test_the_call_shows_the_last_state_graph_reported(rig: Rig) -> None:
+    """call.state is the last state Graph reported and call.ended whether the call is over,
+    read at once (no await); a call nothing is known of has neither."""
+    _, call = await rig.answered_call()
+    assert (call.state, call.ended) == ("established", False)
+    with anyio.fail_after(GUARD):
+        await call.hang_up()
+    assert (call.state, call.ended) == ("terminated", True)
+
+    other, hung_up_on = await rig.answered_call()
+    with anyio.fail_after(GUARD):
+        await rig.fake.end_call(other.call_id)  # the caller hangs up
+    assert (hung_up_on.state, hung_up_on.ended) == ("terminated", True)
+    unknown = rig.calls.get("0f0f0f0f-0000-4000-8000-000000000000")
+    assert (unknown.state, unknown.ended) == (None, False)
+
+
 # --- transfer -----------------------------------------------------------------------------
 
 
