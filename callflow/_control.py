@@ -32,6 +32,7 @@ from .errors import (
     CallEndedError,
     CallGoneError,
     GraphError,
+    GraphResponseError,
     MediaCancelledError,
     OperationError,
     OperationTimeoutError,
@@ -471,6 +472,18 @@ class OperationRegistry:
         """True when ``call_id`` ended (the book saw it end recently)."""
         return self.book.ended(canonical_call_id(call_id)) is not None
 
+    def state_of(self, call_id: str) -> tuple[str | None, bool]:
+        """The last state Graph reported for ``call_id`` and whether it ended; ``(None,
+        False)`` when nothing is known of it (not seen yet, or forgotten).
+
+        Changes nothing: code on another thread may call it for a snapshot (two attribute
+        reads; a later notification may change them).
+        """
+        record = self._calls.get(normalize_id(call_id))
+        if record is None:
+            return None, False
+        return record.state, record.ended
+
     @property
     def waiting(self) -> int:
         """How many operations are awaiting their result right now."""
@@ -533,6 +546,29 @@ def _ended(record: _Record) -> CallEndedError:
         call_id=record.call_id,
         result=record.result,
     )
+
+
+def _codes(
+    finished: OperationFinished | None, error: BaseException | None
+) -> tuple[int | str | None, int | str | None]:
+    """Graph's code and subcode for the ``call.operation`` line (see ``_report``).
+
+    A refused request gives its HTTP status and Graph's error code (a number when it is
+    one: ``404``/``8522``, ``403``/``Forbidden``).
+    """
+    if finished is not None and finished.result is not None:
+        return finished.result.code, finished.result.subcode
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OperationError | CallEndedError) and seen.result is not None:
+            return seen.result.code, seen.result.subcode
+        if isinstance(seen, GraphResponseError):
+            code = seen.code
+            if code is not None and code.isascii() and code.isdigit():
+                return seen.status, int(code)
+            return seen.status, code
+        seen = seen.__cause__
+    return None, None
 
 
 def _succeeded(kind: str, finished: OperationFinished) -> bool:
@@ -652,6 +688,7 @@ class CallControl:
         context = _new_context()
         waiter = registry.expect(call_id, kind, context)
         outcome = "error"
+        error: BaseException | None = None
         finished: OperationFinished | None = None
         posted = False
         try:
@@ -693,15 +730,18 @@ class CallControl:
             if posted and kind in MEDIA_KINDS:
                 await self._cancel_media(call_id, tenant_id)
             raise
-        except CallEndedError:
-            outcome = "call_ended"
+        except CallEndedError as exc:
+            outcome, error = "call_ended", exc
             raise
-        except OperationError:
-            outcome = "failed"
+        except OperationError as exc:
+            outcome, error = "failed", exc
+            raise
+        except GraphError as exc:
+            error = exc
             raise
         finally:
             registry.forget(waiter)
-            self._report(call_id, kind, outcome, began, waiter, finished)
+            self._report(call_id, kind, outcome, began, waiter.operation, finished, error)
 
     def _report(
         self,
@@ -709,20 +749,27 @@ class CallControl:
         kind: str,
         outcome: str,
         began: float,
-        waiter: _Waiter,
+        operation_id: str | None,
         finished: OperationFinished | None,
+        error: BaseException | None = None,
     ) -> None:
+        """Log the ``call.operation`` line of an operation that ended, and tell the hook.
+
+        ``code``/``subcode`` are Graph's: the ``resultInfo`` of the result, else of the
+        error raised (or its cause), else the HTTP status and error code of the request
+        Graph refused.
+        """
         seconds = self._clock() - began
-        result = finished.result if finished is not None else None
+        code, subcode = _codes(finished, error)
         log.info(
             "call.operation",
             call_id=call_id,
             kind=kind,
-            operation_id=waiter.operation,
+            operation_id=operation_id,
             outcome=outcome,
             latency_ms=round(seconds * 1000, 1),
-            code=result.code if result is not None else None,
-            subcode=result.subcode if result is not None else None,
+            code=code,
+            subcode=subcode,
             completion_reason=finished.completion_reason if finished is not None else None,
         )
         hook = self._on_operation
@@ -831,6 +878,7 @@ class CallControl:
         record.transfer = watch
         began = self._clock()
         outcome = "error"
+        error: BaseException | None = None
         deadline = None if timeout is None else began + timeout
         try:
             with anyio.fail_after(timeout):
@@ -855,16 +903,18 @@ class CallControl:
         except anyio.get_cancelled_exc_class():
             outcome = "cancelled"
             raise
-        except CallEndedError:
-            outcome = "call_ended"
+        except CallEndedError as exc:
+            outcome, error = "call_ended", exc
             raise
-        except OperationError:
-            outcome = "failed"
+        except OperationError as exc:
+            outcome, error = "failed", exc
+            raise
+        except GraphError as exc:
+            error = exc
             raise
         finally:
             record.transfer = None
-            nobody = _Waiter(call_id, "transfer", "")
-            self._report(call_id, "transfer", outcome, began, nobody, None)
+            self._report(call_id, "transfer", outcome, began, None, None, error)
 
     # -- tones -------------------------------------------------------------------------------
 
@@ -1027,6 +1077,7 @@ class CallControl:
         deadline = None if timeout is None else began + timeout
         kind = "join" if hasattr(request, "meeting") else "create"
         outcome = "error"
+        error: BaseException | None = None
         created: CreatedCall | None = None
         try:
             with anyio.fail_after(timeout):
@@ -1063,12 +1114,15 @@ class CallControl:
             if created is not None:
                 await self._hang_up_quietly(created.call_id)
             raise
-        except CallEndedError:
-            outcome = "call_ended"
+        except CallEndedError as exc:
+            outcome, error = "call_ended", exc
+            raise
+        except GraphError as exc:
+            error = exc
             raise
         finally:
             call_id = created.call_id if created is not None else ""
-            self._report(call_id, kind, outcome, began, _Waiter(call_id, kind, ""), None)
+            self._report(call_id, kind, outcome, began, None, None, error)
 
     async def _hang_up_quietly(self, call_id: str) -> None:
         """Hang up a call the bot gave up on (shielded, within cancel_timeout); it ends here

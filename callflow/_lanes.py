@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import structlog
@@ -31,7 +31,7 @@ from ._clock import MONOTONIC, Clock
 from .deadline import DecisionSlot, SlotState
 from .decisions import Decision, is_decision
 from .errors import CallEndedError
-from .events import CallEvent, IncomingCall
+from .events import CallEvent, IncomingCall, normalize_id
 from .routing import _DIRECT, CallContext, CompiledRoutes, Router
 
 if TYPE_CHECKING:
@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 __all__ = ["Lanes"]
 
 log = structlog.get_logger(__name__)
+
+_HANDED_OVER: Final = frozenset({"transferring", "transferAccepted"})
+"""Call states in which a failed flow's call is left alone: a transfer is under way."""
+
+
+def _same_call(a: str, b: str) -> bool:
+    return normalize_id(a) == normalize_id(b)
 
 
 class Lanes:
@@ -157,7 +164,8 @@ class Lanes:
         The flow is a task of its own, not part of the call's lane: the call's later events
         (key presses, state updates) still reach their observers while it runs. It is not
         cancelled when the call ends (every operation it awaits then raises
-        :class:`~callflow.errors.CallEndedError`); it is cancelled when the bot stops.
+        :class:`~callflow.errors.CallEndedError`); it is cancelled when the bot stops. A flow
+        that raises has its call hung up after the error hooks (see :meth:`_run_flow`).
         """
         if self._loop is None:
             return
@@ -166,20 +174,61 @@ class Lanes:
         self._spawn(self._run_flow(call, flow), call.call_id, bound)
 
     async def _run_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
+        """Run one flow; when it raises, do not leave the caller connected in silence.
+
+        A flow ended by its own call ending (:class:`~callflow.errors.CallEndedError` for
+        this call) ends quietly. Any other exception is reported (log, error hooks); once
+        the hooks returned the call is hung up, unless by then it has ended or is being
+        transferred (:attr:`Call.state` ``transferring`` or ``transferAccepted``): that is
+        how a hook takes the call over, e.g. by awaiting ``call.transfer(...)``.
+        """
         name = getattr(flow, "__name__", repr(flow))
+        handle: Call | None = None
         try:
             services = self._services
             if services is None:
                 raise RuntimeError("Answer(then=...) needs a serving bot (no Graph client here)")
-            handle: Call = services.call(call.call_id, call.tenant_id)
-            await handle.established(timeout=self.establish_timeout)
-            await flow(handle)
-        except CallEndedError as exc:
-            log.info("call.flow_ended", call_id=call.call_id, flow=name, result=str(exc))
+            opened: Call = services.call(call.call_id, call.tenant_id)
+            handle = opened
+            await opened.established(timeout=self.establish_timeout)
+            await flow(opened)
         except Exception as exc:
-            await self._handler_failed(exc, call, name)
+            if isinstance(exc, CallEndedError) and (
+                handle is None or handle.ended or _same_call(exc.call_id, call.call_id)
+            ):
+                log.info("call.flow_ended", call_id=call.call_id, flow=name, result=str(exc))
+            else:
+                await self._handler_failed(exc, call, name)
+                if handle is not None:
+                    await self._flow_failed(handle, exc, name)
         finally:
             self.flows -= 1
+
+    async def _flow_failed(self, handle: Call, exc: Exception, name: str) -> None:
+        """After the error hooks of a failed flow: hang its call up unless it has ended or
+        is being transferred; log what was done (``call.flow_failed``)."""
+        state = handle.state
+        action = "none"
+        if not handle.ended and state not in _HANDED_OVER:
+            action = "hung_up"
+            try:
+                await handle.hang_up()
+            except Exception as hang_up_exc:
+                action = "hang_up_failed"
+                log.error(
+                    "call.flow_hang_up_failed",
+                    call_id=handle.call_id,
+                    flow=name,
+                    error=f"{type(hang_up_exc).__name__}: {hang_up_exc}",
+                )
+        log.warning(
+            "call.flow_failed",
+            call_id=handle.call_id,
+            flow=name,
+            error=f"{type(exc).__name__}: {exc}",
+            state=state,
+            action=action,
+        )
 
     def stop_handlers(self, slot: DecisionSlot) -> None:
         """Cancel the handlers still running for ``slot`` (its call was decided elsewhere).

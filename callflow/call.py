@@ -21,7 +21,9 @@ Threads: the Graph client and the notifications live on the I/O loop, bot code o
 loop. A :class:`Call` never touches them itself: every method hands a function to its
 :class:`IoPort`, which runs it on the I/O loop and brings the result back. All the waiting
 (the operation's result, the caller's key presses) happens inside that function, on the I/O
-side. :class:`SameLoopPort` is the port for a single loop (tests, simple embeddings).
+side. :class:`SameLoopPort` is the port for a single loop (tests, simple embeddings). The one
+exception is :attr:`Call.state` (and :attr:`Call.ended`): a snapshot of what the I/O side
+last recorded, read without a hop.
 """
 
 from __future__ import annotations
@@ -149,6 +151,24 @@ class Call:
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id}>"
+
+    @property
+    def state(self) -> str | None:
+        """The last state Graph reported for the call: ``"establishing"``,
+        ``"established"``, ``"transferring"``, ``"transferAccepted"``, ..., ``"terminated"``
+        (also once the bot hung up); None before Graph reported any (or once the bot forgot
+        the call, long after it ended).
+
+        A snapshot, read at once from any loop: the next notification may change it.
+        """
+        return self._control.registry.state_of(self.call_id)[0]
+
+    @property
+    def ended(self) -> bool:
+        """True once the call is over (Graph terminated it, or the bot hung up); operations
+        on it then raise :class:`~callflow.errors.CallEndedError` at once. A snapshot, like
+        :attr:`state`."""
+        return self._control.registry.state_of(self.call_id)[1]
 
     async def established(self, *, timeout: float | None = 30.0) -> None:
         """Return once Graph reported the call established (at once if it was already).

@@ -12,8 +12,6 @@ This module is the only one that knows Graph's field names on the way out.
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
@@ -21,6 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from callflow._signatures import cannot_take, is_async
 from callflow.errors import DecisionError
 
 if TYPE_CHECKING:
@@ -124,16 +123,17 @@ def _check_optional_text(instance: object, attribute: attrs.Attribute[Any], valu
 def _check_flow(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
-    fn = value
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if not (
-        inspect.iscoroutinefunction(fn)
-        or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
-    ):
+    if not callable(value) or not is_async(value):
         raise DecisionError(
             f"Answer.then must be an async function taking the call (async def flow(call)), "
             f"got {value!r}"
+        )
+    takes = cannot_take(value, 1)
+    if takes is not None:
+        name = getattr(value, "__name__", None) or repr(value)
+        raise DecisionError(
+            f"Answer.then must be an async function taking the call (async def flow(call)); "
+            f"{name!r} takes {takes}"
         )
 
 
@@ -366,7 +366,10 @@ class Answer:
     )
     """``async def flow(call)``: run on the app loop once Graph accepted this answer and
     reported the call established, with the call's :class:`~callflow.Call` handle (play,
-    collect digits, record, transfer, hang up). Not part of the request body."""
+    collect digits, record, transfer, hang up). Not part of the request body. A flow that
+    raises (other than its call's :class:`~callflow.errors.CallEndedError`) goes to the
+    error hooks; once they returned the call is hung up unless it has ended or is being
+    transferred (a hook takes the call over by, e.g., awaiting its transfer)."""
 
     def __attrs_post_init__(self) -> None:
         if self.media == "app":

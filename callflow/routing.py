@@ -4,7 +4,10 @@ A :class:`Router` is a table of frozen handler specs filled by decorators that r
 function unchanged. :class:`~callflow.Bot` is the root router; other routers are merged into
 it with :meth:`Router.include_router`. When the bot starts, the table is frozen and compiled
 once (sorted by priority, middleware chains built); registering anything afterwards raises
-:class:`~callflow.errors.RegistrationError`.
+:class:`~callflow.errors.RegistrationError`. Every function is checked when it is registered:
+one that cannot take the arguments it will be called with (a handler ``(event)`` or
+``(event, ctx)``, middleware ``(event, call_next)``, an error hook ``(exc, event)``) is
+refused with a :class:`~callflow.errors.RegistrationError` naming it.
 
 Handlers for incoming calls run in priority order (higher ``priority`` first; ties in
 registration order). Filters are checked before a handler runs. The first handler that
@@ -14,7 +17,6 @@ raises is logged with the call id, passed to the ``on_error`` hooks, and the nex
 
 from __future__ import annotations
 
-import functools
 import inspect
 import itertools
 import math
@@ -26,6 +28,8 @@ import attrs
 import structlog
 
 from ._clock import MONOTONIC, Clock
+from ._signatures import cannot_take
+from ._signatures import is_async as _is_async
 from .errors import RegistrationError
 from .events import (
     CallEvent,
@@ -125,12 +129,14 @@ def _describe(fn: Callable[..., Any]) -> str:
     return str(name)
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
-    )
+def _check_parameters(fn: Callable[..., Any], what: str, expected: str) -> None:
+    """Refuse ``fn`` unless it can be called with the positional arguments ``expected``
+    names (``"event, call_next"``)."""
+    takes = cannot_take(fn, expected.count(",") + 1)
+    if takes is not None:
+        raise RegistrationError(
+            f"{what} {_describe(fn)!r} must take ({expected}), it takes {takes}"
+        )
 
 
 def _wants_context(fn: Callable[..., Any], what: str) -> bool:
@@ -312,12 +318,17 @@ class Router:
         self._check_open(f"middleware {_describe(fn)!r}")
         if not _is_async(fn):
             raise RegistrationError(f"middleware {_describe(fn)!r} must be an async function")
+        _check_parameters(fn, "middleware", "event, call_next")
         self._middleware.append(fn)
         return fn
 
     def on_error(self, fn: F) -> F:
-        """Register ``async def hook(exc, event)``, told of every exception a handler raised."""
+        """Register ``async def hook(exc, event)``, told of every exception a handler, an
+        observer or an ``Answer(then=...)`` flow raised (a plain ``def`` runs on the loop)."""
         self._check_open(f"error hook {_describe(fn)!r}")
+        if not callable(fn):
+            raise RegistrationError(f"an error hook must be callable, got {fn!r}")
+        _check_parameters(fn, "error hook", "exc, event")
         self._error_hooks.append(fn)
         return fn
 

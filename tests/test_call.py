@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from callflow import MediaPrompt, ResultInfo, Target
 from callflow.errors import (
@@ -43,6 +45,11 @@ async def rig(callflow_signing_key: SigningKey) -> AsyncIterator[Rig]:
 
 def ops(rig: Rig, call_id: str) -> list[str]:
     return [r.op for r in rig.fake.requests_for(call_id)]
+
+
+def operation_lines(logs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The ``call.operation`` log lines of ``kind``."""
+    return [e for e in logs if e["event"] == "call.operation" and e["kind"] == kind]
 
 
 # --- play -------------------------------------------------------------------------------
@@ -430,6 +437,26 @@ async def test_actions_on_a_gone_call_raise_call_ended(rig: Rig) -> None:
         await call.mute()
 
 
+# --- the call's state ---------------------------------------------------------------------
+
+
+async def test_the_call_shows_the_last_state_graph_reported(rig: Rig) -> None:
+    """call.state is the last state Graph reported and call.ended whether the call is over,
+    read at once (no await); a call nothing is known of has neither."""
+    _, call = await rig.answered_call()
+    assert (call.state, call.ended) == ("established", False)
+    with anyio.fail_after(GUARD):
+        await call.hang_up()
+    assert (call.state, call.ended) == ("terminated", True)
+
+    other, hung_up_on = await rig.answered_call()
+    with anyio.fail_after(GUARD):
+        await rig.fake.end_call(other.call_id)  # the caller hangs up
+    assert (hung_up_on.state, hung_up_on.ended) == ("terminated", True)
+    unknown = rig.calls.get("0f0f0f0f-0000-4000-8000-000000000000")
+    assert (unknown.state, unknown.ended) == (None, False)
+
+
 # --- transfer -----------------------------------------------------------------------------
 
 
@@ -527,3 +554,73 @@ async def test_join_a_meeting_from_its_link(rig: Rig) -> None:
     organizer = body["meetingInfo"]["organizer"]["user"]
     assert organizer["id"] == "550fae72-d251-43ec-868c-373732c2704f"
     assert body["tenantId"] == call.tenant_id == "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+
+# --- the call.operation line of a failure ----------------------------------------------
+
+
+async def _failed_transfer(rig: Rig) -> None:
+    _, call = await rig.answered_call()
+    rig.fake.plan_operation("transfer", code=500, subcode=7700, message="No answer")
+    with pytest.raises(TransferError):
+        await call.transfer(AGENT)
+
+
+async def _failed_prompt(rig: Rig) -> None:
+    _, call = await rig.answered_call()
+    rig.fake.plan_operation("playPrompt", code=500, subcode=9999, message="Unknown error")
+    with pytest.raises(OperationError):
+        await call.play(MENU)
+
+
+async def _failed_create(rig: Rig) -> None:
+    rig.fake.plan_operation("create", code=480, subcode=10076, message="Callee unreachable")
+    with pytest.raises(CallEndedError):
+        await rig.calls.create(AGENT)
+
+
+async def _refused_recording(rig: Rig) -> None:
+    _, call = await rig.answered_call()
+    rig.fake.fail_next("recordResponse", status=400, code="7503")
+    with pytest.raises(GraphResponseError):
+        await call.record()
+
+
+async def _refused_transfer(rig: Rig) -> None:
+    _, call = await rig.answered_call()
+    rig.fake.fail_next("transfer", status=403, code="Forbidden")
+    with pytest.raises(GraphResponseError):
+        await call.transfer(AGENT)
+
+
+async def _gone_call(rig: Rig) -> None:
+    handle, call = await rig.answered_call()
+    rig.fake.gone(handle.call_id)
+    with pytest.raises(CallEndedError):
+        await call.mute()
+
+
+@pytest.mark.parametrize(
+    ("fail", "kind", "expected"),
+    [
+        (_failed_transfer, "transfer", ("failed", 500, 7700)),
+        (_failed_prompt, "playPrompt", ("failed", 500, 9999)),
+        (_failed_create, "create", ("call_ended", 480, 10076)),
+        (_refused_recording, "recordResponse", ("error", 400, 7503)),
+        (_refused_transfer, "transfer", ("error", 403, "Forbidden")),
+        (_gone_call, "mute", ("call_ended", 404, 8522)),
+    ],
+)
+async def test_a_failed_operation_logs_graph_codes(
+    rig: Rig,
+    fail: Callable[[Rig], Awaitable[None]],
+    kind: str,
+    expected: tuple[str, int, int | str],
+) -> None:
+    """Whatever way an operation fails, its call.operation line carries Graph's codes: the
+    resultInfo's code and subcode, or the HTTP status and Graph's error code of a refused
+    request (a numeric one as a number)."""
+    with capture_logs() as logs, anyio.fail_after(GUARD):
+        await fail(rig)
+    (line,) = operation_lines(logs, kind)
+    assert (line["outcome"], line["code"], line["subcode"]) == expected

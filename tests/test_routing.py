@@ -1,12 +1,22 @@
-"""Registration rules: arity, bad arguments, freezing, routers."""
+"""Registration rules: arity, bad arguments, freezing, routers; the flow of Answer(then=)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 
-from callflow import Bot, CallStateChanged, IncomingCall, RegistrationError, Router
+from callflow import (
+    Answer,
+    Bot,
+    Call,
+    CallStateChanged,
+    DecisionError,
+    IncomingCall,
+    RegistrationError,
+    Router,
+)
 from callflow.routing import CallContext
 
 
@@ -86,6 +96,84 @@ def test_middleware_must_be_async() -> None:
 
         @bot.middleware
         def mw(event: Any, call_next: Any) -> Any: ...
+
+
+def test_middleware_with_the_wrong_parameters_is_refused() -> None:
+    """Middleware that cannot take (event, call_next) is refused when registered, naming it,
+    what it takes and what it should take (it would otherwise fail every call)."""
+    bot = Bot()
+    with pytest.raises(
+        RegistrationError,
+        match=r"middleware 'only_event' must take \(event, call_next\), it takes \(event\)",
+    ):
+
+        @bot.middleware
+        async def only_event(event: Any) -> Any: ...
+
+    with pytest.raises(RegistrationError, match=r"'three' .* it takes \(event, call_next, x\)"):
+
+        @bot.middleware
+        async def three(event: Any, call_next: Any, x: Any) -> Any: ...
+
+    with pytest.raises(
+        RegistrationError, match=r"'keyword' .* it takes \(event, call_next, \*, x\)"
+    ):
+
+        @bot.middleware
+        async def keyword(event: Any, call_next: Any, *, x: Any) -> Any: ...
+
+    @bot.middleware
+    async def fine(event: Any, call_next: Any, extra: Any = None) -> Any: ...
+
+    @bot.middleware
+    async def flexible(*args: Any) -> Any: ...  # accepted, like the one above
+
+
+def test_error_hooks_with_the_wrong_parameters_are_refused() -> None:
+    """An error hook must take (exc, event): anything else is refused when registered."""
+    bot = Bot()
+    with pytest.raises(
+        RegistrationError, match=r"error hook 'hook' must take \(exc, event\), it takes \(exc\)"
+    ):
+
+        @bot.on_error
+        async def hook(exc: BaseException) -> None: ...
+
+    with pytest.raises(RegistrationError, match=r"an error hook must be callable, got 5"):
+        bot.on_error(5)  # type: ignore[type-var]
+
+    @bot.on_error
+    async def good(exc: BaseException, event: Any) -> None: ...
+
+    @bot.on_error
+    def plain(exc: BaseException, event: Any) -> None: ...
+
+    assert bot.freeze().error_hooks == (good, plain)
+
+
+async def _flow(call: Call) -> None: ...
+
+
+async def _two(call: Call, other: Any) -> None: ...
+
+
+def test_answer_checks_its_flow_when_constructed() -> None:
+    """Answer(then=) takes an async callable of one positional parameter (the Call); any
+    other is refused at once, naming the flow and what it takes."""
+    assert Answer(then=_flow).then is _flow
+    assert Answer(then=functools.partial(_two, other=1)).then is not None
+    with pytest.raises(
+        DecisionError,
+        match=r"Answer.then must be .*async def flow\(call\).*'_two' takes \(call, other\)",
+    ):
+        Answer(then=_two)
+
+    async def no_call() -> None: ...
+
+    with pytest.raises(DecisionError, match=r"'no_call' takes \(\)"):
+        Answer(then=no_call)  # type: ignore[arg-type]
+    with pytest.raises(DecisionError, match="async"):
+        Answer(then=lambda call: None)  # type: ignore[arg-type,return-value]
 
 
 def test_router_cannot_be_included_twice_or_in_a_cycle() -> None:
