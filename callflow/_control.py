@@ -474,12 +474,16 @@ class OperationRegistry:
 
     def state_of(self, call_id: str) -> tuple[str | None, bool]:
         """The last state Graph reported for ``call_id`` and whether it ended; ``(None,
-        False)`` when nothing is known of it (not seen yet, or forgotten).
+        False)`` when nothing is known of it (not seen yet, or ended so long ago that the
+        book forgot it).
 
         Changes nothing: code on another thread may call it for a snapshot (two attribute
         reads; a later notification may change them).
         """
-        record = self._calls.get(normalize_id(call_id))
+        key = canonical_call_id(call_id)
+        if self.book.ended(key) is not None:
+            return "terminated", True
+        record = self._calls.get(key)
         if record is None:
             return None, False
         return record.state, record.ended

@@ -31,7 +31,7 @@ from ._clock import MONOTONIC, Clock
 from .deadline import DecisionSlot, SlotState
 from .decisions import Decision, is_decision
 from .errors import CallEndedError
-from .events import CallEvent, IncomingCall, normalize_id
+from .events import CallEvent, IncomingCall, canonical_call_id
 from .routing import _DIRECT, CallContext, CompiledRoutes, Router
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ _HANDED_OVER: Final = frozenset({"transferring", "transferAccepted"})
 
 
 def _same_call(a: str, b: str) -> bool:
-    return normalize_id(a) == normalize_id(b)
+    return canonical_call_id(a) == canonical_call_id(b)
 
 
 class Lanes:
