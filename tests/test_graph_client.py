@@ -26,9 +26,11 @@ import trustme
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from callflow import _control
 from callflow.decisions import Answer, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import CallGoneError, ConfigError, GraphError, GraphResponseError
 from callflow.events import Identity, IncomingCall
+from callflow.graph import _client
 from callflow.graph._client import (
     GraphClient,
     GraphResult,
@@ -747,3 +749,25 @@ def test_request_ids_do_not_follow_the_random_module_seed() -> None:
         assert [_new_uuid() for _ in range(3)] != first
     finally:
         random.setstate(saved)
+
+
+# --- client contexts ----------------------------------------------------------------------
+
+
+async def test_client_contexts_do_not_follow_from_a_pseudo_random_state(
+    graph: GraphStub,
+) -> None:
+    """clientContext values come from the OS's cryptographic generator: replaying the state
+    of the generator behind request ids does not repeat them."""
+    state = _client._ids.getstate()
+    async with make_client(graph.base_url) as client:
+        first = await client.subscribe_to_tone("c-1")
+        _client._ids.setstate(state)
+        second = await client.subscribe_to_tone("c-1")
+    _client._ids.setstate(state)
+    third = _control._new_context()
+    _client._ids.setstate(state)
+    fourth = _control._new_context()
+    contexts = [first.client_context, second.client_context, third, fourth]
+    assert all(is_uuid(context) for context in contexts)
+    assert len(set(contexts)) == 4

@@ -4,7 +4,8 @@ the actions after the answer (prompts, recording, tones, mute, invite, transfer,
 Actions that Graph runs as an operation (``playPrompt``, ``recordResponse``, ...) answer 200
 with the operation; each method returns it as an :class:`Operation` (its ``status`` says
 whether it already finished; otherwise the result comes later as a notification). Every such
-request carries a ``clientContext``, generated unless given, to correlate that notification.
+request carries a ``clientContext`` (from the OS's cryptographic generator unless given) to
+correlate that notification.
 
 A :class:`GraphClient` owns one keep-alive :class:`aiohttp.ClientSession`, created in the
 event loop that enters it (``async with GraphClient(...) as graph``); a second client may live
@@ -27,8 +28,10 @@ import math
 import os
 import random
 import re
+import secrets
 import ssl
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -594,7 +597,7 @@ class GraphClient:
         the call no longer exists, another :class:`GraphResponseError` for any other error
         response, and :class:`GraphError` when Graph could not be reached in time.
         """
-        context = client_context if client_context is not None else _new_uuid()
+        context = client_context if client_context is not None else _new_client_context()
         body = _encode_json(render(context)).encode()
         result, raw, location = await self._exchange(
             action,
@@ -637,7 +640,7 @@ class GraphClient:
         scenario_id: str | None = None,
     ) -> GraphResult:
         """Transfer ``call_id`` (``POST .../transfer``, 202); the outcome comes as states."""
-        context = client_context if client_context is not None else _new_uuid()
+        context = client_context if client_context is not None else _new_client_context()
         body = _encode_json(request.to_graph(context)).encode()
         return await self._request(
             "transfer", "POST", call_id, "/transfer", body, tenant_id, deadline, scenario_id
@@ -919,6 +922,16 @@ def _new_uuid() -> str:
     """
     h = f"{(_random_bits(128) & _UUID_KEEP) | _UUID_V4:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _new_client_context() -> str:
+    """A ``clientContext``: a version 4 UUID from the OS's cryptographic generator.
+
+    Unlike request ids, a client context is what an operation's result is matched by, so it
+    must not be predictable from the ids seen before it (as the generator behind
+    :func:`_new_uuid` would make it); operations are rare enough for a system call each.
+    """
+    return str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))
 
 
 def _ssl_context(ca_bundle: str) -> ssl.SSLContext:
