@@ -9,9 +9,11 @@ import json
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -28,7 +30,13 @@ from structlog.testing import capture_logs
 
 from callflow import _control
 from callflow.decisions import Answer, MediaPrompt, Redirect, Reject, RejectReason, Target
-from callflow.errors import CallGoneError, ConfigError, GraphError, GraphResponseError
+from callflow.errors import (
+    CallGoneError,
+    ConfigError,
+    GraphError,
+    GraphResponseError,
+    RecordingTooLargeError,
+)
 from callflow.events import Identity, IncomingCall
 from callflow.graph import _client
 from callflow.graph._client import (
@@ -749,6 +757,87 @@ def test_request_ids_do_not_follow_the_random_module_seed() -> None:
         assert [_new_uuid() for _ in range(3)] != first
     finally:
         random.setstate(saved)
+
+
+# --- recordings and response bodies -------------------------------------------------------
+
+
+def origin(stub: GraphStub) -> str:
+    """scheme://host:port of a stub (its base URL without the /v1.0 path)."""
+    return stub.base_url.removesuffix("/v1.0")
+
+
+def gzip_of_repeats(prefix: bytes, block: bytes, count: int) -> bytes:
+    """A valid gzip body of ``prefix + block * count``, built without compressing it all.
+
+    Each block is compressed after a full flush, so its compressed form repeats byte for byte.
+    """
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = compressor.compress(prefix) + compressor.flush(zlib.Z_FULL_FLUSH)
+    piece = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    end = compressor.flush()[:-8]  # the last, empty block, without zlib's trailer
+    crc = zlib.crc32(prefix)
+    for _ in range(count):
+        crc = zlib.crc32(block, crc)
+    size = len(prefix) + len(block) * count
+    return head + piece * count + end + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+async def test_a_compressed_error_body_is_read_only_up_to_its_limit(graph: GraphStub) -> None:
+    """A 500 whose 1 MB gzip body is 1 GiB once decompressed: 64 KiB of it are read (counted
+    after decompression), the error says the rest was cut off, and reading stops there."""
+    body = gzip_of_repeats(
+        b'{"error": {"code": "InternalServerError", "message": "', b"A" * (1 << 20), 1024
+    )
+    assert len(body) < 1_100_000
+    graph.script(
+        Reply(500, body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    )
+    with capture_logs() as logs:
+        async with make_client(graph.base_url) as client:
+            with anyio.fail_after(GUARD), pytest.raises(GraphResponseError) as info:
+                await client.reject("c-1", Reject())
+    error = info.value
+    assert error.status == 500
+    assert error.message.startswith('{"error": {"code": "InternalServerError"')
+    assert error.message.endswith("(the error body was cut off after 65536 bytes)")
+    assert len(str(error)) < 1_000
+    (cut,) = events(logs, "graph.body_cut_off")
+    assert (cut["op"], cut["status"], cut["limit"]) == ("reject", 500, 64 * 1024)
+
+
+async def test_an_oversized_reply_is_not_read_whole(graph: GraphStub) -> None:
+    """A 2xx reply over 1 MiB is read to the limit and treated as a reply without a body."""
+    huge = gzip_of_repeats(b'{"id": "op-1", "status": "running", "x": "', b"B" * (1 << 20), 64)
+    graph.script(
+        Reply(
+            200,
+            huge,
+            headers={
+                "Content-Encoding": "gzip",
+                "Content-Type": "application/json",
+                "Location": "https://graph.example.com/v1.0/communications/calls/c-1/operations/op-9",
+            },
+        )
+    )
+    with capture_logs() as logs:
+        async with make_client(graph.base_url) as client:
+            operation = await client.subscribe_to_tone("c-1")
+    assert operation.operation_id == "op-9"  # from Location: the body was not parsed
+    assert operation.status is None
+    (cut,) = events(logs, "graph.body_cut_off")
+    assert (cut["op"], cut["status"], cut["limit"]) == ("subscribeToTone", 200, 1 << 20)
+
+
+async def test_a_compressed_recording_is_counted_after_decompression(graph: GraphStub) -> None:
+    """A small gzip body that decompresses past max_bytes raises RecordingTooLargeError."""
+    body = gzip_of_repeats(b"RIFF", b"\0" * (1 << 20), 8)
+    graph.script(Reply(200, body, headers={"Content-Encoding": "gzip"}))
+    async with make_client(graph.base_url) as client:
+        with pytest.raises(RecordingTooLargeError, match="max_bytes=1048576"):
+            await client.download_recording(
+                origin(graph) + "/recordings/1", "rec-token", max_bytes=1 << 20
+            )
 
 
 # --- client contexts ----------------------------------------------------------------------

@@ -17,6 +17,10 @@ Retries (429, 503, 504, connection errors and timeouts) honour ``Retry-After`` o
 exponentially with jitter, and never run past the caller's ``deadline`` (an absolute
 ``time.monotonic()`` value): each attempt is bounded by what is left of it, and a retry that
 could not be sent before it is not made; the last error is raised at once instead.
+
+Every response body is read through one bounded reader, counted after decompression: error
+bodies to 64 KiB, replies to 1 MiB (the rest is cut off, logged as ``graph.body_cut_off``),
+recordings to the caller's ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ SEND_ALLOWANCE: Final = 0.05
 _CALL_GONE_CODE: Final = "8522"
 _DNS_CACHE_TTL: Final = 300
 _ERROR_TEXT_LIMIT: Final = 300
+ERROR_BODY_LIMIT: Final = 64 * 1024
+"""Bytes of an error body read (after decompression); the rest is not read."""
+REPLY_BODY_LIMIT: Final = 1024 * 1024
+"""Bytes of a successful reply read (after decompression); a longer reply counts as none."""
+_READ_CHUNK: Final = 64 * 1024
 _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()  # attempts are bounded by _AttemptTimeout
 # Sent with every request as session defaults, so each request builds only its own three.
@@ -696,9 +705,9 @@ class GraphClient:
     ) -> bytes:
         """GET a recording from ``location`` with ``Authorization: Bearer <access_token>``.
 
-        Raises :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes``, and like
-        :meth:`run_action` otherwise (with retries within ``deadline``). The token is never
-        logged.
+        Raises :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes`` (counted
+        after decompression), and like :meth:`run_action` otherwise (with retries within
+        ``deadline``). The token is never logged.
         """
         url = URL(location)
         if url.scheme not in ("http", "https") or not url.host:
@@ -815,10 +824,14 @@ class GraphClient:
                         method, url, data=body, headers=headers, allow_redirects=False
                     ) as response:
                         status = response.status
-                        if max_bytes is not None and status < 300:
-                            raw = await _read_bounded(response, max_bytes, op, call_id)
+                        if status >= 300:
+                            limit = ERROR_BODY_LIMIT
+                        elif max_bytes is not None:
+                            limit = max_bytes
+                            _refuse_declared_length(response, max_bytes, op, call_id)
                         else:
-                            raw = await response.read()
+                            limit = REPLY_BODY_LIMIT
+                        raw, cut = await _read_body(response, limit)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status = None
                 self._report(op, None, attempt)
@@ -834,13 +847,23 @@ class GraphClient:
             else:
                 self._report(op, status, attempt)
                 request_id = response.headers.get("request-id") or None
+                if cut:
+                    if max_bytes is not None and status < 300:
+                        raise _too_large(op, call_id, max_bytes)
+                    log.warning(
+                        "graph.body_cut_off", op=op, call_id=call_id, status=status, limit=limit
+                    )
                 if status < 300:
+                    if cut:
+                        raw = b""  # unparsable once cut: treated as a reply without a body
                     return (
                         GraphResult(status, attempt, request_id, client_request_id),
                         raw,
                         response.headers.get("Location"),
                     )
-                error = _response_error(status, raw, request_id, response.reason)
+                error = _response_error(
+                    status, raw, request_id, response.reason, limit if cut else None
+                )
                 cause = None
                 if isinstance(error, CallGoneError):
                     log.info(
@@ -947,9 +970,14 @@ def _ssl_context(ca_bundle: str) -> ssl.SSLContext:
 
 
 def _response_error(
-    status: int, raw: bytes, request_id: str | None, reason: str | None
+    status: int,
+    raw: bytes,
+    request_id: str | None,
+    reason: str | None,
+    cut_at: int | None = None,
 ) -> GraphResponseError:
-    """Build the error for a non-2xx answer from Graph's ``{"error": {...}}`` body, if any."""
+    """Build the error for a non-2xx answer from Graph's ``{"error": {...}}`` body, if any;
+    ``cut_at`` says the body was cut off after that many bytes (and is said in the message)."""
     code: str | None = None
     message: str | None = None
     try:
@@ -969,6 +997,8 @@ def _response_error(
     if message is None:
         text = raw[:_ERROR_TEXT_LIMIT].decode("utf-8", "replace").strip()
         message = text or f"HTTP {status} {reason or ''}".rstrip()
+    if cut_at is not None:
+        message += f" (the error body was cut off after {cut_at} bytes)"
     cls = CallGoneError if status == 404 or code == _CALL_GONE_CODE else GraphResponseError
     return cls(status, code, message, request_id)
 
@@ -980,24 +1010,42 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
-async def _read_bounded(
-    response: aiohttp.ClientResponse, max_bytes: int, op: str, call_id: str
-) -> bytes:
-    """Read the body, refusing (before or while reading) one longer than ``max_bytes``."""
-    length = response.content_length
-    too_large = RecordingTooLargeError(
+def _too_large(op: str, call_id: str, max_bytes: int) -> RecordingTooLargeError:
+    return RecordingTooLargeError(
         f"{op} for call {call_id}: the body is larger than max_bytes={max_bytes}"
     )
-    if length is not None and length > max_bytes:
-        raise too_large
+
+
+def _refuse_declared_length(
+    response: aiohttp.ClientResponse, max_bytes: int, op: str, call_id: str
+) -> None:
+    """Refuse, before reading, an uncompressed body whose Content-Length is past the limit."""
+    length = response.content_length
+    if length is not None and length > max_bytes and "Content-Encoding" not in response.headers:
+        raise _too_large(op, call_id, max_bytes)
+
+
+async def _read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body of ``response`` and whether it was cut off: at most ``limit`` bytes, counted
+    after decompression. The rest of a longer body is not read (its connection is closed).
+
+    A body whose Content-Length is within the limit, not compressed, is read in one go (the
+    parser stops at its length): a decision's empty 202 costs what ``read()`` costs.
+    """
+    length = response.content_length
+    if length is not None and length <= limit and "Content-Encoding" not in response.headers:
+        return await response.read(), False
+    content = response.content
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
+    while size <= limit:
+        chunk = await content.read(min(_READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks), False
         chunks.append(chunk)
-    return b"".join(chunks)
+        size += len(chunk)
+    response.close()
+    return b"".join(chunks)[:limit], True
 
 
 def _parse_retry_after(value: str) -> float | None:
