@@ -26,6 +26,7 @@ import attrs
 import pytest
 import trustme
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from structlog.testing import capture_logs
 
 from callflow import _control
@@ -38,7 +39,7 @@ from callflow.errors import (
     RecordingTooLargeError,
 )
 from callflow.events import Identity, IncomingCall
-from callflow.graph import _client
+from callflow.graph import _client, _hosts
 from callflow.graph._client import (
     GraphClient,
     GraphResult,
@@ -781,6 +782,163 @@ def gzip_of_repeats(prefix: bytes, block: bytes, count: int) -> bytes:
         crc = zlib.crc32(block, crc)
     size = len(prefix) + len(block) * count
     return head + piece * count + end + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("http://eu.cc.skype.com/recordings/1", "not https"),
+        ("https://recordings.example.com/1", "not in CALLFLOW_RECORDING_HOSTS"),
+        ("https://skype.com.example.net/1", "not in CALLFLOW_RECORDING_HOSTS"),
+        ("https://10.0.0.5/recordings/1", "an IP address"),
+        ("https://169.254.169.254/latest/meta-data/", "an IP address"),
+        ("https://[::1]:8443/recordings/1", "an IP address"),
+        ("https://localhost/recordings/1", "not in CALLFLOW_RECORDING_HOSTS"),
+        ("https://user:secret@eu.cc.skype.com/recordings/1", "credentials"),
+        ("/recordings/1", "not an absolute http(s) URL"),
+        ("ftp://eu.cc.skype.com/recordings/1", "not an absolute http(s) URL"),
+        ("https://[::1/recordings/1", "not an absolute http(s) URL"),
+    ],
+)
+async def test_a_recording_location_off_the_allowed_hosts_is_refused_unsent(
+    graph: GraphStub, location: str, reason: str
+) -> None:
+    """Only https locations on CALLFLOW_RECORDING_HOSTS are fetched; anything else raises
+    GraphError naming the setting, before a connection is even tried."""
+    async with make_client(graph.base_url, max_attempts=1, request_timeout=0.5) as client:
+        with anyio.fail_after(GUARD), pytest.raises(GraphError) as info:
+            await client.download_recording(location, "recording-token")
+    message = str(info.value)
+    assert reason in message
+    assert "CALLFLOW_RECORDING_HOSTS" in message
+    assert "Nothing was sent" in message
+    assert "recording-token" not in message
+    assert graph.seen == []
+
+
+async def test_a_recording_on_another_loopback_server_is_not_fetched(graph: GraphStub) -> None:
+    """A notification naming a loopback service (not Graph's own origin) cannot make the bot
+    fetch it with the recording's token and take the reply for a recording."""
+    async with serve_stub() as internal:
+        internal.script(Reply(200, b"internal secrets"))
+        async with make_client(graph.base_url) as client:
+            with pytest.raises(GraphError, match="CALLFLOW_RECORDING_HOSTS"):
+                await client.download_recording(origin(internal) + "/admin", "recording-token")
+    assert internal.seen == []
+
+
+async def test_a_recording_on_the_loopback_graph_origin_is_fetched(graph: GraphStub) -> None:
+    """With a loopback Graph (tests, FakeGraph), recordings on the same origin are fetched."""
+    graph.script(Reply(200, b"RIFF-audio", headers={"Content-Type": "audio/wav"}))
+    async with make_client(graph.base_url) as client:
+        audio = await client.download_recording(origin(graph) + "/recordings/1", "rec-token")
+    assert audio == b"RIFF-audio"
+    (seen,) = graph.seen
+    assert (seen.method, seen.path) == ("GET", "/recordings/1")
+    assert seen.headers["Authorization"] == "Bearer rec-token"
+
+
+class LoopbackResolver(AbstractResolver):
+    """Resolves every name to 127.0.0.1, the way DNS rebinding would."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_allowed_recording_host_resolving_to_loopback_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An allowed name whose address is loopback (or private, link-local) is refused when
+    the connection is made: nothing reaches the server listening there."""
+    monkeypatch.setattr(_client, "_system_resolver", LoopbackResolver)
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("rec.media.example.com").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with serve_stub(server_context) as internal:
+        internal.script(Reply(200, b"internal secrets"))
+        port = internal.base_url.split(":")[2].split("/")[0]
+        location = f"https://rec.media.example.com:{port}/recordings/1"
+        async with make_client(
+            "https://graph.example.com/v1.0",
+            ca_bundle=str(bundle),
+            recording_hosts=["*.media.example.com"],
+        ) as client:
+            with anyio.fail_after(GUARD), pytest.raises(GraphError) as info:
+                await client.download_recording(location, "recording-token")
+    assert "127.0.0.1" in str(info.value)
+    assert "CALLFLOW_RECORDING_HOSTS" in str(info.value)
+    assert internal.seen == []
+
+
+async def test_graphs_own_host_may_resolve_to_a_private_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRAPH_URL is configured, not named by a notification: its host may resolve to a
+    private or loopback address (a proxy, a test Graph) and requests to it go through."""
+    monkeypatch.setattr(_client, "_system_resolver", LoopbackResolver)
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("graph.internal.example").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with serve_stub(server_context) as stub:
+        port = stub.base_url.split(":")[2].split("/")[0]
+        base = f"https://graph.internal.example:{port}/v1.0"
+        async with make_client(base, ca_bundle=str(bundle)) as client:
+            assert (await client.reject("c-1", Reject())).status == 202
+    assert len(stub.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("52.112.0.10", True),
+        ("2603:1063::1", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),
+        ("169.254.169.254", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("::1", False),
+        ("fe80::1%2", False),
+        ("fd00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:52.112.0.10", True),
+        ("not-an-address", False),
+    ],
+)
+def test_only_public_addresses_count_as_public(address: str, public: bool) -> None:
+    """What a recording host may resolve to: addresses of the internet, nothing local."""
+    assert _hosts.is_public_address(address) is public
+
+
+def test_recording_hosts_are_checked() -> None:
+    """recording_hosts entries must be host names: no IP addresses, loopback names or URLs;
+    a comma-separated string is read as a list."""
+    for bad in ("10.0.0.1", "localhost", "*.localhost", "https://a.example.com", "*", "*.com"):
+        with pytest.raises(ConfigError, match="recording_hosts"):
+            GraphClient(tokens=Tokens(), recording_hosts=[bad])
+    client = GraphClient(tokens=Tokens(), recording_hosts="*.Media.example.com, b.example.com.")
+    assert client.recording_hosts == ("*.media.example.com", "b.example.com")
 
 
 async def test_a_compressed_error_body_is_read_only_up_to_its_limit(graph: GraphStub) -> None:

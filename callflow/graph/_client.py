@@ -20,29 +20,34 @@ could not be sent before it is not made; the last error is raised at once instea
 
 Every response body is read through one bounded reader, counted after decompression: error
 bodies to 64 KiB, replies to 1 MiB (the rest is cut off, logged as ``graph.body_cut_off``),
-recordings to the caller's ``max_bytes``.
+recordings to the caller's ``max_bytes``. A recording is fetched only from an https location
+on ``recording_hosts`` (``CALLFLOW_RECORDING_HOSTS``), never from an IP address, and only if
+its name resolves to public addresses; see :mod:`callflow.graph._hosts`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import json
 import math
 import os
 import random
 import re
 import secrets
+import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
 import attrs
 import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from .._parse import read_call, read_operation
@@ -64,6 +69,8 @@ from ..errors import (
     GraphResponseError,
     RecordingTooLargeError,
 )
+from ..settings import is_loopback
+from ._hosts import DEFAULT_RECORDING_HOSTS, RecordingHosts, is_public_address
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -90,6 +97,8 @@ ERROR_BODY_LIMIT: Final = 64 * 1024
 REPLY_BODY_LIMIT: Final = 1024 * 1024
 """Bytes of a successful reply read (after decompression); a longer reply counts as none."""
 _READ_CHUNK: Final = 64 * 1024
+# The resolver the client's own one (_PublicResolver) asks first; tests replace it.
+_system_resolver: Callable[[], AbstractResolver] = aiohttp.DefaultResolver
 _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()  # attempts are bounded by _AttemptTimeout
 # Sent with every request as session defaults, so each request builds only its own three.
@@ -215,7 +224,8 @@ class GraphClient:
 
     Use it as an async context manager; the session belongs to the event loop that entered
     it. ``callback_url`` is the default ``callbackUri`` of answer/reject/redirect bodies.
-    ``ca_bundle`` is a PEM file of extra CAs to trust besides the system ones. ``on_request``
+    ``ca_bundle`` is a PEM file of extra CAs to trust besides the system ones.
+    ``recording_hosts`` are the hosts recordings may be downloaded from. ``on_request``
     is called after every attempt with ``(op, status or None, attempt)`` (for metrics; it
     must be quick). ``deliver`` makes the client a decision sink for the deadline scheduler.
     """
@@ -231,6 +241,7 @@ class GraphClient:
         max_connections: int = 256,
         max_attempts: int = 5,
         backoff: tuple[float, float] = (0.2, 5.0),
+        recording_hosts: Sequence[str] = DEFAULT_RECORDING_HOSTS,
         on_request: OnRequest | None = None,
     ) -> None:
         problems: list[str] = []
@@ -246,8 +257,16 @@ class GraphClient:
         low, high = backoff
         if not 0 <= low <= high:
             problems.append(f"backoff={backoff!r}: expected (min, max) seconds, 0 <= min <= max")
+        if isinstance(recording_hosts, str):
+            recording_hosts = recording_hosts.split(",")
+        hosts: RecordingHosts | None = None
+        try:
+            hosts = RecordingHosts(recording_hosts)
+        except ValueError as exc:
+            problems.append(f"recording_hosts={list(recording_hosts)!r}: {exc}")
         if problems:
             raise ConfigError("invalid GraphClient settings: " + "; ".join(problems))
+        assert hosts is not None
 
         self.callback_url = callback_url
         self._tokens = tokens
@@ -259,19 +278,32 @@ class GraphClient:
         self._max_attempts = max_attempts
         self._backoff = (float(low), float(high))
         self._on_request = on_request
+        self._recording_hosts = hosts
+        self._graph_host = graph_host = _host_of(url)
+        self._loopback_origin: tuple[str, str, int | None] | None = None
+        if is_loopback(graph_host):  # tests, FakeGraph: recordings come from Graph's origin
+            self._loopback_origin = (url.scheme, graph_host, url.port)
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: AbstractResolver | None = None
         self._bodies: dict[Decision, bytes] = {}
         self._bodies_callback: str | None = callback_url
+
+    @property
+    def recording_hosts(self) -> tuple[str, ...]:
+        """The hosts recordings are downloaded from (``*.`` for subdomains), normalized."""
+        return self._recording_hosts.hosts
 
     async def __aenter__(self) -> Self:
         """Open the HTTP session in the running event loop."""
         if self._session is not None:
             raise GraphError("GraphClient is already open; expected one `async with` at a time")
+        self._resolver = _PublicResolver(_system_resolver(), self._graph_host)
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
             limit_per_host=self._max_connections,
             ttl_dns_cache=_DNS_CACHE_TTL,
             ssl=self._ssl,
+            resolver=self._resolver,
         )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=_NO_CLIENT_TIMEOUT, headers=_JSON_HEADERS
@@ -286,8 +318,13 @@ class GraphClient:
     ) -> None:
         """Close the HTTP session and its connections."""
         session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        resolver, self._resolver = self._resolver, None
+        try:
+            if session is not None:
+                await session.close()
+        finally:
+            if resolver is not None:
+                await resolver.close()
 
     async def decide(
         self,
@@ -705,16 +742,14 @@ class GraphClient:
     ) -> bytes:
         """GET a recording from ``location`` with ``Authorization: Bearer <access_token>``.
 
-        Raises :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes`` (counted
-        after decompression), and like :meth:`run_action` otherwise (with retries within
-        ``deadline``). The token is never logged.
+        Only an https ``location`` on a host of ``recording_hosts`` is fetched (or one on the
+        origin of a loopback Graph); anything else raises :class:`GraphError` before a
+        connection is tried, and so does a host that resolves to an address that is not
+        public. Raises :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes``
+        (counted after decompression), and like :meth:`run_action` otherwise (with retries
+        within ``deadline``). The token is never logged.
         """
-        url = URL(location)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise GraphError(
-                f"recording location {location!r} is not an absolute http(s) URL; expected the "
-                "recordingLocation Graph sent"
-            )
+        url = self._recording_url(location)
         _, raw, _ = await self._exchange(
             "download_recording",
             "GET",
@@ -728,6 +763,36 @@ class GraphClient:
             max_bytes=max_bytes,
         )
         return raw
+
+    def _recording_url(self, location: str) -> URL:
+        """``location`` as a URL the recording may be fetched from; GraphError otherwise."""
+        try:
+            url = URL(location)
+            host = _host_of(url)
+            shown = str(url.with_user(None).with_query(None).with_fragment(None))
+        except (TypeError, ValueError):
+            url, host, shown = None, "", "(not a URL)"
+        reason: str | None = None
+        if url is None or url.scheme not in ("http", "https") or not host:
+            reason = "it is not an absolute http(s) URL"
+        elif url.raw_user is not None or url.raw_password is not None:
+            reason = "it carries credentials"
+        elif (url.scheme, host, url.port) == self._loopback_origin:
+            return url  # a loopback Graph's own origin (tests, FakeGraph)
+        elif url.scheme != "https":
+            reason = "it is not https"
+        elif _is_ip_address(host):
+            reason = f"its host {host} is an IP address"
+        elif not self._recording_hosts.allows(host):
+            reason = f"its host {host!r} is not in CALLFLOW_RECORDING_HOSTS"
+        if reason is None:
+            assert url is not None
+            return url
+        raise GraphError(
+            f"recording location {shown} refused: {reason}; expected an https URL on a host "
+            f"of CALLFLOW_RECORDING_HOSTS ({', '.join(self._recording_hosts.hosts)}). "
+            "Nothing was sent."
+        )
 
     def _call_url(self, call_id: str, suffix: str, op: str = "request") -> URL:
         """The URL of ``suffix`` on ``call_id``; GraphError (nothing sent) for an id that is
@@ -1046,6 +1111,51 @@ async def _read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[byte
         size += len(chunk)
     response.close()
     return b"".join(chunks)[:limit], True
+
+
+def _host_of(url: URL) -> str:
+    """The host of ``url`` as it is resolved: IDNA-encoded, lower case, no trailing dot."""
+    return (url.raw_host or "").lower().rstrip(".")
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class _PublicResolver(AbstractResolver):
+    """aiohttp's resolver, refusing for every host but Graph's own a name that resolves to an
+    address that is not public (loopback, private, link-local...).
+
+    Only Graph's host and recording hosts are ever connected to, so this is what stops a
+    recording host (or a name made to look like one) from leading to the bot's own network,
+    DNS rebinding included: the addresses checked are the ones the connection is made to.
+    """
+
+    def __init__(self, inner: AbstractResolver, graph_host: str) -> None:
+        self._inner = inner
+        self._graph_host = graph_host
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if host.lower().rstrip(".") != self._graph_host:
+            for result in results:
+                if not is_public_address(result["host"]):
+                    raise GraphError(
+                        f"recording host {host!r} refused: it resolves to {result['host']}, "
+                        "which is not a public address (loopback, private or link-local); "
+                        "expected a host of CALLFLOW_RECORDING_HOSTS on the internet. "
+                        "Nothing was sent."
+                    )
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 def _parse_retry_after(value: str) -> float | None:
