@@ -47,7 +47,7 @@ from .events import (
     canonical_call_id,
     normalize_id,
 )
-from .graph._client import _new_uuid
+from .graph._client import _new_client_context
 
 if TYPE_CHECKING:
     from .actions import (
@@ -1171,4 +1171,4 @@ def _from_reply(operation: Operation) -> OperationFinished:
 
 
 def _new_context() -> str:
-    return _new_uuid()
+    return _new_client_context()

@@ -142,6 +142,7 @@ class _IoSide:
                     callback_url=fleet.callback_url if fleet is not None else s.callback_url,
                     ca_bundle=s.ca_bundle,
                     request_timeout=s.request_timeout,
+                    recording_hosts=s.recording_hosts,
                     on_request=metrics.on_graph_request,
                 )
             )

@@ -118,8 +118,10 @@ class Recording:
         """Fetch the recording's bytes (``GET location`` with the access token).
 
         Raises :class:`~callflow.errors.CallControlError` when there is nothing to fetch,
-        :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes``, and
-        :class:`~callflow.errors.GraphError` when the download fails.
+        :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes`` (counted after
+        decompression), and :class:`~callflow.errors.GraphError` when the download fails, or
+        is refused because the location is not an https URL on a host of
+        ``CALLFLOW_RECORDING_HOSTS`` (nothing is sent then).
         """
         _check_timeout("timeout", timeout)
         if self.location is None or self.access_token is None:

@@ -18,6 +18,7 @@ import attrs
 
 from ._trust import forward_target
 from .errors import ConfigError
+from .graph._hosts import DEFAULT_RECORDING_HOSTS, recording_hosts
 
 __all__ = ["MIN_FLEET_SECRET", "PREFIX", "Settings", "is_loopback", "masked_url"]
 
@@ -97,6 +98,10 @@ def _csv(raw: str) -> tuple[str, ...]:
 
 def _targets(raw: str) -> tuple[str, ...]:
     return tuple(forward_target(part) for part in raw.split(",") if part.strip())
+
+
+def _recording_hosts(raw: str) -> tuple[str, ...]:
+    return recording_hosts(raw.split(","))
 
 
 def _store(raw: str) -> str:
@@ -204,6 +209,10 @@ class Settings:
     """Allow plain-http ``GRAPH_URL``, ``OPENID_CONFIG_URL`` and ``INTERNAL_URL`` to hosts that
     are not loopback (a test network); loopback http is always allowed."""
     ca_bundle: str | None = None
+    recording_hosts: tuple[str, ...] = DEFAULT_RECORDING_HOSTS
+    """The hosts recordings are downloaded from (``*.`` for subdomains): a ``recordingLocation``
+    elsewhere, not https, or resolving to a loopback, private or link-local address is refused
+    (locations on a loopback ``GRAPH_URL``'s own origin excepted)."""
     platform_timeout: float = 15.0
     recording_timeout: float = 5.0
     safety_margin: float = 3.0
@@ -392,6 +401,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "allow_unauthenticated": _bool,
     "allow_insecure_http": _bool,
     "ca_bundle": _file,
+    "recording_hosts": _recording_hosts,
     "platform_timeout": _float(1.0, 60.0),
     "recording_timeout": _float(1.0, 60.0),
     "safety_margin": _float(0.0, 30.0),

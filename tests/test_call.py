@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 from structlog.testing import capture_logs
 
@@ -14,6 +15,7 @@ from callflow.errors import (
     ActionError,
     CallControlError,
     CallEndedError,
+    GraphError,
     GraphResponseError,
     MediaCancelledError,
     OperationError,
@@ -268,6 +270,27 @@ async def test_recording_needs_its_token_and_respects_the_size_limit(rig: Rig) -
         assert caught.value.status == 401
         with pytest.raises(RecordingTooLargeError):
             await recording.download(max_bytes=100)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "https://recordings.example.com/r/1",
+        "https://10.1.2.3/r/1",
+    ],
+)
+async def test_a_recording_elsewhere_than_graph_is_not_downloaded(rig: Rig, location: str) -> None:
+    """A recording whose location is not Graph's (a metadata endpoint, another host, an
+    address) raises GraphError naming CALLFLOW_RECORDING_HOSTS; nothing is fetched."""
+    handle, call = await rig.answered_call()
+    with anyio.fail_after(GUARD):
+        recording = await call.record()
+        elsewhere = attrs.evolve(recording, location=location)
+        with pytest.raises(GraphError, match="CALLFLOW_RECORDING_HOSTS") as caught:
+            await elsewhere.download()
+    assert "Nothing was sent" in str(caught.value)
+    assert "recording" not in ops(rig, handle.call_id)
 
 
 async def test_failed_recording_raises(rig: Rig) -> None:

@@ -9,9 +9,11 @@ import json
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -24,11 +26,20 @@ import attrs
 import pytest
 import trustme
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from structlog.testing import capture_logs
 
+from callflow import _control
 from callflow.decisions import Answer, MediaPrompt, Redirect, Reject, RejectReason, Target
-from callflow.errors import CallGoneError, ConfigError, GraphError, GraphResponseError
+from callflow.errors import (
+    CallGoneError,
+    ConfigError,
+    GraphError,
+    GraphResponseError,
+    RecordingTooLargeError,
+)
 from callflow.events import Identity, IncomingCall
+from callflow.graph import _client, _hosts
 from callflow.graph._client import (
     GraphClient,
     GraphResult,
@@ -747,3 +758,263 @@ def test_request_ids_do_not_follow_the_random_module_seed() -> None:
         assert [_new_uuid() for _ in range(3)] != first
     finally:
         random.setstate(saved)
+
+
+# --- recordings and response bodies -------------------------------------------------------
+
+
+def origin(stub: GraphStub) -> str:
+    """scheme://host:port of a stub (its base URL without the /v1.0 path)."""
+    return stub.base_url.removesuffix("/v1.0")
+
+
+def gzip_of_repeats(prefix: bytes, block: bytes, count: int) -> bytes:
+    """A valid gzip body of ``prefix + block * count``, built without compressing it all.
+
+    Each block is compressed after a full flush, so its compressed form repeats byte for byte.
+    """
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = compressor.compress(prefix) + compressor.flush(zlib.Z_FULL_FLUSH)
+    piece = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    end = compressor.flush()[:-8]  # the last, empty block, without zlib's trailer
+    crc = zlib.crc32(prefix)
+    for _ in range(count):
+        crc = zlib.crc32(block, crc)
+    size = len(prefix) + len(block) * count
+    return head + piece * count + end + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("http://eu.cc.skype.com/recordings/1", "not https"),
+        ("https://recordings.example.com/1", "not in CALLFLOW_RECORDING_HOSTS"),
+        ("https://skype.com.example.net/1", "not in CALLFLOW_RECORDING_HOSTS"),
+        ("https://10.0.0.5/recordings/1", "an IP address"),
+        ("https://169.254.169.254/latest/meta-data/", "an IP address"),
+        ("https://[::1]:8443/recordings/1", "an IP address"),
+        ("https://localhost/recordings/1", "not in CALLFLOW_RECORDING_HOSTS"),
+        ("https://user:secret@eu.cc.skype.com/recordings/1", "credentials"),
+        ("/recordings/1", "not an absolute http(s) URL"),
+        ("ftp://eu.cc.skype.com/recordings/1", "not an absolute http(s) URL"),
+        ("https://[::1/recordings/1", "not an absolute http(s) URL"),
+    ],
+)
+async def test_a_recording_location_off_the_allowed_hosts_is_refused_unsent(
+    graph: GraphStub, location: str, reason: str
+) -> None:
+    """Only https locations on CALLFLOW_RECORDING_HOSTS are fetched; anything else raises
+    GraphError naming the setting, before a connection is even tried."""
+    async with make_client(graph.base_url, max_attempts=1, request_timeout=0.5) as client:
+        with anyio.fail_after(GUARD), pytest.raises(GraphError) as info:
+            await client.download_recording(location, "recording-token")
+    message = str(info.value)
+    assert reason in message
+    assert "CALLFLOW_RECORDING_HOSTS" in message
+    assert "Nothing was sent" in message
+    assert "recording-token" not in message
+    assert graph.seen == []
+
+
+async def test_a_recording_on_another_loopback_server_is_not_fetched(graph: GraphStub) -> None:
+    """A notification naming a loopback service (not Graph's own origin) cannot make the bot
+    fetch it with the recording's token and take the reply for a recording."""
+    async with serve_stub() as internal:
+        internal.script(Reply(200, b"internal secrets"))
+        async with make_client(graph.base_url) as client:
+            with pytest.raises(GraphError, match="CALLFLOW_RECORDING_HOSTS"):
+                await client.download_recording(origin(internal) + "/admin", "recording-token")
+    assert internal.seen == []
+
+
+async def test_a_recording_on_the_loopback_graph_origin_is_fetched(graph: GraphStub) -> None:
+    """With a loopback Graph (tests, FakeGraph), recordings on the same origin are fetched."""
+    graph.script(Reply(200, b"RIFF-audio", headers={"Content-Type": "audio/wav"}))
+    async with make_client(graph.base_url) as client:
+        audio = await client.download_recording(origin(graph) + "/recordings/1", "rec-token")
+    assert audio == b"RIFF-audio"
+    (seen,) = graph.seen
+    assert (seen.method, seen.path) == ("GET", "/recordings/1")
+    assert seen.headers["Authorization"] == "Bearer rec-token"
+
+
+class LoopbackResolver(AbstractResolver):
+    """Resolves every name to 127.0.0.1, the way DNS rebinding would."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_allowed_recording_host_resolving_to_loopback_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An allowed name whose address is loopback (or private, link-local) is refused when
+    the connection is made: nothing reaches the server listening there."""
+    monkeypatch.setattr(_client, "_system_resolver", LoopbackResolver)
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("rec.media.example.com").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with serve_stub(server_context) as internal:
+        internal.script(Reply(200, b"internal secrets"))
+        port = internal.base_url.split(":")[2].split("/")[0]
+        location = f"https://rec.media.example.com:{port}/recordings/1"
+        async with make_client(
+            "https://graph.example.com/v1.0",
+            ca_bundle=str(bundle),
+            recording_hosts=["*.media.example.com"],
+        ) as client:
+            with anyio.fail_after(GUARD), pytest.raises(GraphError) as info:
+                await client.download_recording(location, "recording-token")
+    assert "127.0.0.1" in str(info.value)
+    assert "CALLFLOW_RECORDING_HOSTS" in str(info.value)
+    assert internal.seen == []
+
+
+async def test_graphs_own_host_may_resolve_to_a_private_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRAPH_URL is configured, not named by a notification: its host may resolve to a
+    private or loopback address (a proxy, a test Graph) and requests to it go through."""
+    monkeypatch.setattr(_client, "_system_resolver", LoopbackResolver)
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("graph.internal.example").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with serve_stub(server_context) as stub:
+        port = stub.base_url.split(":")[2].split("/")[0]
+        base = f"https://graph.internal.example:{port}/v1.0"
+        async with make_client(base, ca_bundle=str(bundle)) as client:
+            assert (await client.reject("c-1", Reject())).status == 202
+    assert len(stub.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("52.112.0.10", True),
+        ("2603:1063::1", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),
+        ("169.254.169.254", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("::1", False),
+        ("fe80::1%2", False),
+        ("fd00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:52.112.0.10", True),
+        ("not-an-address", False),
+    ],
+)
+def test_only_public_addresses_count_as_public(address: str, public: bool) -> None:
+    """What a recording host may resolve to: addresses of the internet, nothing local."""
+    assert _hosts.is_public_address(address) is public
+
+
+def test_recording_hosts_are_checked() -> None:
+    """recording_hosts entries must be host names: no IP addresses, loopback names or URLs;
+    a comma-separated string is read as a list."""
+    for bad in ("10.0.0.1", "localhost", "*.localhost", "https://a.example.com", "*", "*.com"):
+        with pytest.raises(ConfigError, match="recording_hosts"):
+            GraphClient(tokens=Tokens(), recording_hosts=[bad])
+    client = GraphClient(tokens=Tokens(), recording_hosts="*.Media.example.com, b.example.com.")
+    assert client.recording_hosts == ("*.media.example.com", "b.example.com")
+
+
+async def test_a_compressed_error_body_is_read_only_up_to_its_limit(graph: GraphStub) -> None:
+    """A 500 whose 1 MB gzip body is 1 GiB once decompressed: 64 KiB of it are read (counted
+    after decompression), the error says the rest was cut off, and reading stops there."""
+    body = gzip_of_repeats(
+        b'{"error": {"code": "InternalServerError", "message": "', b"A" * (1 << 20), 1024
+    )
+    assert len(body) < 1_100_000
+    graph.script(
+        Reply(500, body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    )
+    with capture_logs() as logs:
+        async with make_client(graph.base_url) as client:
+            with anyio.fail_after(GUARD), pytest.raises(GraphResponseError) as info:
+                await client.reject("c-1", Reject())
+    error = info.value
+    assert error.status == 500
+    assert error.message.startswith('{"error": {"code": "InternalServerError"')
+    assert error.message.endswith("(the error body was cut off after 65536 bytes)")
+    assert len(str(error)) < 1_000
+    (cut,) = events(logs, "graph.body_cut_off")
+    assert (cut["op"], cut["status"], cut["limit"]) == ("reject", 500, 64 * 1024)
+
+
+async def test_an_oversized_reply_is_not_read_whole(graph: GraphStub) -> None:
+    """A 2xx reply over 1 MiB is read to the limit and treated as a reply without a body."""
+    huge = gzip_of_repeats(b'{"id": "op-1", "status": "running", "x": "', b"B" * (1 << 20), 64)
+    graph.script(
+        Reply(
+            200,
+            huge,
+            headers={
+                "Content-Encoding": "gzip",
+                "Content-Type": "application/json",
+                "Location": "https://graph.example.com/v1.0/communications/calls/c-1/operations/op-9",
+            },
+        )
+    )
+    with capture_logs() as logs:
+        async with make_client(graph.base_url) as client:
+            operation = await client.subscribe_to_tone("c-1")
+    assert operation.operation_id == "op-9"  # from Location: the body was not parsed
+    assert operation.status is None
+    (cut,) = events(logs, "graph.body_cut_off")
+    assert (cut["op"], cut["status"], cut["limit"]) == ("subscribeToTone", 200, 1 << 20)
+
+
+async def test_a_compressed_recording_is_counted_after_decompression(graph: GraphStub) -> None:
+    """A small gzip body that decompresses past max_bytes raises RecordingTooLargeError."""
+    body = gzip_of_repeats(b"RIFF", b"\0" * (1 << 20), 8)
+    graph.script(Reply(200, body, headers={"Content-Encoding": "gzip"}))
+    async with make_client(graph.base_url) as client:
+        with pytest.raises(RecordingTooLargeError, match="max_bytes=1048576"):
+            await client.download_recording(
+                origin(graph) + "/recordings/1", "rec-token", max_bytes=1 << 20
+            )
+
+
+# --- client contexts ----------------------------------------------------------------------
+
+
+async def test_client_contexts_do_not_follow_from_a_pseudo_random_state(
+    graph: GraphStub,
+) -> None:
+    """clientContext values come from the OS's cryptographic generator: replaying the state
+    of the generator behind request ids does not repeat them."""
+    state = _client._ids.getstate()
+    async with make_client(graph.base_url) as client:
+        first = await client.subscribe_to_tone("c-1")
+        _client._ids.setstate(state)
+        second = await client.subscribe_to_tone("c-1")
+    _client._ids.setstate(state)
+    third = _control._new_context()
+    _client._ids.setstate(state)
+    fourth = _control._new_context()
+    contexts = [first.client_context, second.client_context, third, fourth]
+    assert all(is_uuid(context) for context in contexts)
+    assert len(set(contexts)) == 4

@@ -183,3 +183,36 @@ def test_no_secret_shows_in_the_settings_repr() -> None:
     assert "hunter2" not in text
     assert "rediss://callflow:***@cache.internal:6380/0" in text
     assert "https://svc:***@w1.internal" in text
+
+
+def test_recording_hosts_default_to_graphs_media_hosts_and_are_parsed() -> None:
+    """RECORDING_HOSTS is a comma-separated list of host names (``*.`` for subdomains),
+    lower-cased, without trailing dots; by default the hosts Graph serves recordings from."""
+    assert Settings.from_env({}).recording_hosts == ("*.skype.com", "*.microsoft.com")
+    s = Settings.from_env({"CALLFLOW_RECORDING_HOSTS": " *.Media.Example.com, rec.example.org. "})
+    assert s.recording_hosts == ("*.media.example.com", "rec.example.org")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10.0.0.1",
+        "*.media.example.com, 169.254.169.254",
+        "[::1]",
+        "localhost",
+        "*.localhost",
+        "https://rec.example.org",
+        "rec.example.org/recordings",
+        "*",
+        "*.com",
+        "rec.example.org:443",
+        " , ",
+    ],
+)
+def test_recording_hosts_refuse_addresses_loopback_names_and_urls(value: str) -> None:
+    """An IP address, a loopback name, a URL or a bare wildcard is refused, naming the
+    setting: recordings come only from named hosts of the internet."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"CALLFLOW_RECORDING_HOSTS": value})
+    line = next(ln for ln in str(info.value).splitlines() if "CALLFLOW_RECORDING_HOSTS" in ln)
+    assert "expected host names" in line

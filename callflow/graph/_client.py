@@ -4,7 +4,8 @@ the actions after the answer (prompts, recording, tones, mute, invite, transfer,
 Actions that Graph runs as an operation (``playPrompt``, ``recordResponse``, ...) answer 200
 with the operation; each method returns it as an :class:`Operation` (its ``status`` says
 whether it already finished; otherwise the result comes later as a notification). Every such
-request carries a ``clientContext``, generated unless given, to correlate that notification.
+request carries a ``clientContext`` (from the OS's cryptographic generator unless given) to
+correlate that notification.
 
 A :class:`GraphClient` owns one keep-alive :class:`aiohttp.ClientSession`, created in the
 event loop that enters it (``async with GraphClient(...) as graph``); a second client may live
@@ -16,20 +17,30 @@ Retries (429, 503, 504, connection errors and timeouts) honour ``Retry-After`` o
 exponentially with jitter, and never run past the caller's ``deadline`` (an absolute
 ``time.monotonic()`` value): each attempt is bounded by what is left of it, and a retry that
 could not be sent before it is not made; the last error is raised at once instead.
+
+Every response body is read through one bounded reader, counted after decompression: error
+bodies to 64 KiB, replies to 1 MiB (the rest is cut off, logged as ``graph.body_cut_off``),
+recordings to the caller's ``max_bytes``. A recording is fetched only from an https location
+on ``recording_hosts`` (``CALLFLOW_RECORDING_HOSTS``), never from an IP address, and only if
+its name resolves to public addresses; see :mod:`callflow.graph._hosts`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import json
 import math
 import os
 import random
 import re
+import secrets
+import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -37,6 +48,7 @@ import aiohttp
 import attrs
 import jwt
 import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from .._parse import read_call, read_operation
@@ -59,6 +71,8 @@ from ..errors import (
     RecordingTooLargeError,
 )
 from ..events import canonical_call_id
+from ..settings import is_loopback
+from ._hosts import DEFAULT_RECORDING_HOSTS, RecordingHosts, is_public_address
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -80,6 +94,13 @@ SEND_ALLOWANCE: Final = 0.05
 _CALL_GONE_CODE: Final = "8522"
 _DNS_CACHE_TTL: Final = 300
 _ERROR_TEXT_LIMIT: Final = 300
+ERROR_BODY_LIMIT: Final = 64 * 1024
+"""Bytes of an error body read (after decompression); the rest is not read."""
+REPLY_BODY_LIMIT: Final = 1024 * 1024
+"""Bytes of a successful reply read (after decompression); a longer reply counts as none."""
+_READ_CHUNK: Final = 64 * 1024
+# The resolver the client's own one (_PublicResolver) asks first; tests replace it.
+_system_resolver: Callable[[], AbstractResolver] = aiohttp.DefaultResolver
 _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()  # attempts are bounded by _AttemptTimeout
 # Sent with every request as session defaults, so each request builds only its own three.
@@ -210,7 +231,8 @@ class GraphClient:
 
     Use it as an async context manager; the session belongs to the event loop that entered
     it. ``callback_url`` is the default ``callbackUri`` of answer/reject/redirect bodies.
-    ``ca_bundle`` is a PEM file of extra CAs to trust besides the system ones. ``on_request``
+    ``ca_bundle`` is a PEM file of extra CAs to trust besides the system ones.
+    ``recording_hosts`` are the hosts recordings may be downloaded from. ``on_request``
     is called after every attempt with ``(op, status or None, attempt)`` (for metrics; it
     must be quick). ``deliver`` makes the client a decision sink for the deadline scheduler.
     """
@@ -226,6 +248,7 @@ class GraphClient:
         max_connections: int = 256,
         max_attempts: int = 5,
         backoff: tuple[float, float] = (0.2, 5.0),
+        recording_hosts: Sequence[str] = DEFAULT_RECORDING_HOSTS,
         on_request: OnRequest | None = None,
     ) -> None:
         problems: list[str] = []
@@ -241,8 +264,16 @@ class GraphClient:
         low, high = backoff
         if not 0 <= low <= high:
             problems.append(f"backoff={backoff!r}: expected (min, max) seconds, 0 <= min <= max")
+        if isinstance(recording_hosts, str):
+            recording_hosts = recording_hosts.split(",")
+        hosts: RecordingHosts | None = None
+        try:
+            hosts = RecordingHosts(recording_hosts)
+        except ValueError as exc:
+            problems.append(f"recording_hosts={list(recording_hosts)!r}: {exc}")
         if problems:
             raise ConfigError("invalid GraphClient settings: " + "; ".join(problems))
+        assert hosts is not None
 
         self.callback_url = callback_url
         self._tokens = tokens
@@ -254,19 +285,32 @@ class GraphClient:
         self._max_attempts = max_attempts
         self._backoff = (float(low), float(high))
         self._on_request = on_request
+        self._recording_hosts = hosts
+        self._graph_host = graph_host = _host_of(url)
+        self._loopback_origin: tuple[str, str, int | None] | None = None
+        if is_loopback(graph_host):  # tests, FakeGraph: recordings come from Graph's origin
+            self._loopback_origin = (url.scheme, graph_host, url.port)
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: AbstractResolver | None = None
         self._bodies: dict[Decision, bytes] = {}
         self._bodies_callback: str | None = callback_url
+
+    @property
+    def recording_hosts(self) -> tuple[str, ...]:
+        """The hosts recordings are downloaded from (``*.`` for subdomains), normalized."""
+        return self._recording_hosts.hosts
 
     async def __aenter__(self) -> Self:
         """Open the HTTP session in the running event loop."""
         if self._session is not None:
             raise GraphError("GraphClient is already open; expected one `async with` at a time")
+        self._resolver = _PublicResolver(_system_resolver(), self._graph_host)
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
             limit_per_host=self._max_connections,
             ttl_dns_cache=_DNS_CACHE_TTL,
             ssl=self._ssl,
+            resolver=self._resolver,
         )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=_NO_CLIENT_TIMEOUT, headers=_JSON_HEADERS
@@ -281,8 +325,13 @@ class GraphClient:
     ) -> None:
         """Close the HTTP session and its connections."""
         session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        resolver, self._resolver = self._resolver, None
+        try:
+            if session is not None:
+                await session.close()
+        finally:
+            if resolver is not None:
+                await resolver.close()
 
     async def decide(
         self,
@@ -601,7 +650,7 @@ class GraphClient:
         the call no longer exists, another :class:`GraphResponseError` for any other error
         response, and :class:`GraphError` when Graph could not be reached in time.
         """
-        context = client_context if client_context is not None else _new_uuid()
+        context = client_context if client_context is not None else _new_client_context()
         body = _encode_json(render(context)).encode()
         result, raw, location = await self._exchange(
             action,
@@ -644,7 +693,7 @@ class GraphClient:
         scenario_id: str | None = None,
     ) -> GraphResult:
         """Transfer ``call_id`` (``POST .../transfer``, 202); the outcome comes as states."""
-        context = client_context if client_context is not None else _new_uuid()
+        context = client_context if client_context is not None else _new_client_context()
         body = _encode_json(request.to_graph(context)).encode()
         return await self._request(
             "transfer", "POST", call_id, "/transfer", body, tenant_id, deadline, scenario_id
@@ -708,16 +757,14 @@ class GraphClient:
     ) -> bytes:
         """GET a recording from ``location`` with ``Authorization: Bearer <access_token>``.
 
-        Raises :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes``, and like
-        :meth:`run_action` otherwise (with retries within ``deadline``). The token is never
-        logged.
+        Only an https ``location`` on a host of ``recording_hosts`` is fetched (or one on the
+        origin of a loopback Graph); anything else raises :class:`GraphError` before a
+        connection is tried, and so does a host that resolves to an address that is not
+        public. Raises :class:`~callflow.errors.RecordingTooLargeError` past ``max_bytes``
+        (counted after decompression), and like :meth:`run_action` otherwise (with retries
+        within ``deadline``). The token is never logged.
         """
-        url = URL(location)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise GraphError(
-                f"recording location {location!r} is not an absolute http(s) URL; expected the "
-                "recordingLocation Graph sent"
-            )
+        url = self._recording_url(location)
         _, raw, _ = await self._exchange(
             "download_recording",
             "GET",
@@ -731,6 +778,36 @@ class GraphClient:
             max_bytes=max_bytes,
         )
         return raw
+
+    def _recording_url(self, location: str) -> URL:
+        """``location`` as a URL the recording may be fetched from; GraphError otherwise."""
+        try:
+            url = URL(location)
+            host = _host_of(url)
+            shown = str(url.with_user(None).with_query(None).with_fragment(None))
+        except (TypeError, ValueError):
+            url, host, shown = None, "", "(not a URL)"
+        reason: str | None = None
+        if url is None or url.scheme not in ("http", "https") or not host:
+            reason = "it is not an absolute http(s) URL"
+        elif url.raw_user is not None or url.raw_password is not None:
+            reason = "it carries credentials"
+        elif (url.scheme, host, url.port) == self._loopback_origin:
+            return url  # a loopback Graph's own origin (tests, FakeGraph)
+        elif url.scheme != "https":
+            reason = "it is not https"
+        elif _is_ip_address(host):
+            reason = f"its host {host} is an IP address"
+        elif not self._recording_hosts.allows(host):
+            reason = f"its host {host!r} is not in CALLFLOW_RECORDING_HOSTS"
+        if reason is None:
+            assert url is not None
+            return url
+        raise GraphError(
+            f"recording location {shown} refused: {reason}; expected an https URL on a host "
+            f"of CALLFLOW_RECORDING_HOSTS ({', '.join(self._recording_hosts.hosts)}). "
+            "Nothing was sent."
+        )
 
     def _call_url(self, call_id: str, suffix: str, op: str = "request") -> URL:
         """The URL of ``suffix`` on ``call_id``; GraphError (nothing sent) for an id that is
@@ -827,10 +904,14 @@ class GraphClient:
                         method, url, data=body, headers=headers, allow_redirects=False
                     ) as response:
                         status = response.status
-                        if max_bytes is not None and status < 300:
-                            raw = await _read_bounded(response, max_bytes, op, call_id)
+                        if status >= 300:
+                            limit = ERROR_BODY_LIMIT
+                        elif max_bytes is not None:
+                            limit = max_bytes
+                            _refuse_declared_length(response, max_bytes, op, call_id)
                         else:
-                            raw = await response.read()
+                            limit = REPLY_BODY_LIMIT
+                        raw, cut = await _read_body(response, limit)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status = None
                 self._report(op, None, attempt)
@@ -846,13 +927,23 @@ class GraphClient:
             else:
                 self._report(op, status, attempt)
                 request_id = response.headers.get("request-id") or None
+                if cut:
+                    if max_bytes is not None and status < 300:
+                        raise _too_large(op, call_id, max_bytes)
+                    log.warning(
+                        "graph.body_cut_off", op=op, call_id=call_id, status=status, limit=limit
+                    )
                 if status < 300:
+                    if cut:
+                        raw = b""  # unparsable once cut: treated as a reply without a body
                     return (
                         GraphResult(status, attempt, request_id, client_request_id),
                         raw,
                         response.headers.get("Location"),
                     )
-                error = _response_error(status, raw, request_id, response.reason)
+                error = _response_error(
+                    status, raw, request_id, response.reason, limit if cut else None
+                )
                 cause = None
                 if isinstance(error, CallGoneError):
                     log.info(
@@ -947,6 +1038,16 @@ def _new_uuid() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _new_client_context() -> str:
+    """A ``clientContext``: a version 4 UUID from the OS's cryptographic generator.
+
+    Unlike request ids, a client context is what an operation's result is matched by, so it
+    must not be predictable from the ids seen before it (as the generator behind
+    :func:`_new_uuid` would make it); operations are rare enough for a system call each.
+    """
+    return str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))
+
+
 def _ssl_context(ca_bundle: str) -> ssl.SSLContext:
     """A verifying TLS context trusting the system CAs plus those in ``ca_bundle``."""
     context = ssl.create_default_context()
@@ -960,9 +1061,14 @@ def _ssl_context(ca_bundle: str) -> ssl.SSLContext:
 
 
 def _response_error(
-    status: int, raw: bytes, request_id: str | None, reason: str | None
+    status: int,
+    raw: bytes,
+    request_id: str | None,
+    reason: str | None,
+    cut_at: int | None = None,
 ) -> GraphResponseError:
-    """Build the error for a non-2xx answer from Graph's ``{"error": {...}}`` body, if any."""
+    """Build the error for a non-2xx answer from Graph's ``{"error": {...}}`` body, if any;
+    ``cut_at`` says the body was cut off after that many bytes (and is said in the message)."""
     code: str | None = None
     message: str | None = None
     try:
@@ -982,6 +1088,8 @@ def _response_error(
     if message is None:
         text = raw[:_ERROR_TEXT_LIMIT].decode("utf-8", "replace").strip()
         message = text or f"HTTP {status} {reason or ''}".rstrip()
+    if cut_at is not None:
+        message += f" (the error body was cut off after {cut_at} bytes)"
     cls = CallGoneError if status == 404 or code == _CALL_GONE_CODE else GraphResponseError
     return cls(status, code, message, request_id)
 
@@ -993,24 +1101,87 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
-async def _read_bounded(
-    response: aiohttp.ClientResponse, max_bytes: int, op: str, call_id: str
-) -> bytes:
-    """Read the body, refusing (before or while reading) one longer than ``max_bytes``."""
-    length = response.content_length
-    too_large = RecordingTooLargeError(
+def _too_large(op: str, call_id: str, max_bytes: int) -> RecordingTooLargeError:
+    return RecordingTooLargeError(
         f"{op} for call {call_id}: the body is larger than max_bytes={max_bytes}"
     )
-    if length is not None and length > max_bytes:
-        raise too_large
+
+
+def _refuse_declared_length(
+    response: aiohttp.ClientResponse, max_bytes: int, op: str, call_id: str
+) -> None:
+    """Refuse, before reading, an uncompressed body whose Content-Length is past the limit."""
+    length = response.content_length
+    if length is not None and length > max_bytes and "Content-Encoding" not in response.headers:
+        raise _too_large(op, call_id, max_bytes)
+
+
+async def _read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body of ``response`` and whether it was cut off: at most ``limit`` bytes, counted
+    after decompression. The rest of a longer body is not read (its connection is closed).
+
+    A body whose Content-Length is within the limit, not compressed, is read in one go (the
+    parser stops at its length): a decision's empty 202 costs what ``read()`` costs.
+    """
+    length = response.content_length
+    if length is not None and length <= limit and "Content-Encoding" not in response.headers:
+        return await response.read(), False
+    content = response.content
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
+    while size <= limit:
+        chunk = await content.read(min(_READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks), False
         chunks.append(chunk)
-    return b"".join(chunks)
+        size += len(chunk)
+    response.close()
+    return b"".join(chunks)[:limit], True
+
+
+def _host_of(url: URL) -> str:
+    """The host of ``url`` as it is resolved: IDNA-encoded, lower case, no trailing dot."""
+    return (url.raw_host or "").lower().rstrip(".")
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class _PublicResolver(AbstractResolver):
+    """aiohttp's resolver, refusing for every host but Graph's own a name that resolves to an
+    address that is not public (loopback, private, link-local...).
+
+    Only Graph's host and recording hosts are ever connected to, so this is what stops a
+    recording host (or a name made to look like one) from leading to the bot's own network,
+    DNS rebinding included: the addresses checked are the ones the connection is made to.
+    """
+
+    def __init__(self, inner: AbstractResolver, graph_host: str) -> None:
+        self._inner = inner
+        self._graph_host = graph_host
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if host.lower().rstrip(".") != self._graph_host:
+            for result in results:
+                if not is_public_address(result["host"]):
+                    raise GraphError(
+                        f"recording host {host!r} refused: it resolves to {result['host']}, "
+                        "which is not a public address (loopback, private or link-local); "
+                        "expected a host of CALLFLOW_RECORDING_HOSTS on the internet. "
+                        "Nothing was sent."
+                    )
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 def _parse_retry_after(value: str) -> float | None:
