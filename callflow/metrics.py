@@ -199,6 +199,11 @@ class _EngineCollector(Collector):
             "callflow_pending_calls", "Incoming calls not decided yet", value=engine.pending
         )
         yield GaugeMetricFamily(
+            "callflow_known_calls",
+            "Calls the worker knows (pending, held or created, bound to their tenant)",
+            value=len(engine.calls),
+        )
+        yield GaugeMetricFamily(
             "callflow_send_backlog",
             "Decisions waiting to be sent; at MAX_SEND_BACKLOG new calls get 503",
             value=engine.send_backlog,
@@ -219,6 +224,9 @@ class _EngineCollector(Collector):
              "(DEADLINE_SEND_RATE x SAFETY_MARGIN calls due within one margin)",
              stats.wave_defaults),
             ("callflow_calls_gone", "Calls whose caller hung up before a decision", stats.gone),
+            ("callflow_unknown_call_notifications", "Notifications about a call the worker "
+             "does not know (not pending, held, created or recently ended), dropped",
+             stats.unknown),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         background = self._metrics._background

@@ -109,6 +109,9 @@ async def test_a_held_calls_state_survives_a_flood_of_unknown_call_ids(
             assert reply.status == 202
         assert running.engine.stats.unknown == 20_000
         assert len(running.engine.calls) == 1
+        metrics = running.metrics.render().decode()
+        assert "callflow_unknown_call_notifications_total 20000.0" in metrics
+        assert "callflow_known_calls 1.0" in metrics
         release.set()
         with anyio.fail_after(GUARD):
             await done.wait()
