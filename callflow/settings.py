@@ -19,7 +19,14 @@ import attrs
 from ._trust import forward_target
 from .errors import ConfigError
 
-__all__ = ["MIN_FLEET_SECRET", "PREFIX", "Settings", "is_loopback", "masked_url"]
+__all__ = [
+    "MIN_FLEET_SECRET",
+    "PREFIX",
+    "Settings",
+    "is_loopback",
+    "masked_url",
+    "plain_redis_problem",
+]
 
 PREFIX: Final = "CALLFLOW_"
 
@@ -177,6 +184,23 @@ def _plain_http_problem(name: str, url: str | None, allowed: bool) -> str | None
     return None
 
 
+def plain_redis_problem(url: str, allowed: bool) -> str | None:
+    """Why the store ``url`` may not be used: plain ``redis://`` to a host that is not
+    loopback (claims and the fleet's values would cross the network in clear text)."""
+    if allowed or not url.startswith("redis://"):
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        host = None
+    if host is None or is_loopback(host):  # no host: redis-py connects to localhost
+        return None
+    return (
+        f"{PREFIX}STORE: {masked_url(url)} is plain redis:// to a host that is not loopback; "
+        f"expected rediss:// (or {PREFIX}ALLOW_INSECURE_REDIS=on for a private network)"
+    )
+
+
 @attrs.frozen
 class Settings:
     """Everything a callflow worker is configured with; see the README's settings table."""
@@ -203,6 +227,9 @@ class Settings:
     allow_insecure_http: bool = False
     """Allow plain-http ``GRAPH_URL``, ``OPENID_CONFIG_URL`` and ``INTERNAL_URL`` to hosts that
     are not loopback (a test network); loopback http is always allowed."""
+    allow_insecure_redis: bool = False
+    """Allow a plain ``redis://`` ``STORE`` on a host that is not loopback (a private
+    network); ``rediss://``, ``unix://`` and loopback ``redis://`` are always allowed."""
     ca_bundle: str | None = None
     platform_timeout: float = 15.0
     recording_timeout: float = 5.0
@@ -306,6 +333,9 @@ class Settings:
             )
             if problem is not None:
                 problems.append(problem)
+        redis_problem = plain_redis_problem(self.store, self.allow_insecure_redis)
+        if redis_problem is not None:
+            problems.append(redis_problem)
         if self.store != "memory" and not self.fleet_secret:
             problems.append(
                 f"{PREFIX}FLEET_SECRET: required with {PREFIX}STORE={masked_url(self.store)}; "
@@ -391,6 +421,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "inbound_auth": _bool,
     "allow_unauthenticated": _bool,
     "allow_insecure_http": _bool,
+    "allow_insecure_redis": _bool,
     "ca_bundle": _file,
     "platform_timeout": _float(1.0, 60.0),
     "recording_timeout": _float(1.0, 60.0),

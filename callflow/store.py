@@ -88,6 +88,7 @@ import structlog
 from ._log import Throttle
 from ._trust import FleetSigner, ForwardTargets
 from .errors import ConfigError
+from .settings import plain_redis_problem
 
 if TYPE_CHECKING:
     from .deadline import DecisionSink, DecisionSlot
@@ -1383,6 +1384,9 @@ class Fleet:
     def __init__(self, settings: Settings) -> None:
         if settings.store == "memory":
             raise ConfigError("Fleet needs CALLFLOW_STORE=redis://...; got 'memory'")
+        problem = plain_redis_problem(settings.store, settings.allow_insecure_redis)
+        if problem is not None:  # settings made in code skip Settings.from_env's checks
+            raise ConfigError(problem)
         self.settings = settings
         self.stats = FleetStats()
         self.breaker = Breaker()

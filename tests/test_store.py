@@ -188,7 +188,7 @@ def test_fleet_settings_are_read_and_checked() -> None:
             "CALLFLOW_STORE_TIMEOUT": "0.2",
             "CALLFLOW_INTERNAL_URL": "https://10.0.0.7:8000/",
             "CALLFLOW_INSTANCE_ID": " worker-7 ",
-            "CALLFLOW_STORE": "redis://cache:6379/2",
+            "CALLFLOW_STORE": "rediss://cache:6380/2",
             "CALLFLOW_FLEET_SECRET": SECRET,
             "CALLFLOW_FORWARD_ALLOW": "10.0.0.0/8, *.workers.internal",
         }
@@ -1179,6 +1179,8 @@ async def test_fleet_mode_needs_a_redis_url_and_an_open_fleet() -> None:
     """Fleet refuses the memory store, and its hooks refuse to run before it is entered."""
     with pytest.raises(ConfigError, match="redis://"):
         Fleet(Settings())
+    with pytest.raises(ConfigError, match="CALLFLOW_ALLOW_INSECURE_REDIS"):
+        Fleet(Settings(store="redis://cache.internal:6379/0"))
     fleet = Fleet(Settings(store="redis://127.0.0.1:1/0"))
     assert fleet.callback_url is None
     with pytest.raises(RuntimeError, match="not open"):
