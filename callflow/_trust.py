@@ -98,6 +98,11 @@ class FleetSigner:
         """True when ``mac`` is the signature of ``parts`` (constant time)."""
         return hmac.compare_digest(mac.encode(), self.mac(*parts).encode())
 
+    def fleet_tag(self) -> str:
+        """A short name of the fleet derived from its secret (64 bits of a MAC: it tells
+        nothing of the secret); part of the fleet's key namespace."""
+        return self.mac("fleet-tag")[:16]
+
     # -- signed strings: value#mac -------------------------------------------------------
 
     def seal(self, kind: str, name: str, value: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import ssl
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ PREFIX: Final = "CALLFLOW_"
 MIN_FLEET_SECRET: Final = 32
 """The shortest ``FLEET_SECRET`` accepted, in characters."""
 
+_FLEET_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
 
@@ -127,6 +129,13 @@ def _secret(raw: str) -> str:
             f"expected at least {MIN_FLEET_SECRET} characters (e.g. `openssl rand -hex 32`), "
             f"got {len(value)}"
         )
+    return value
+
+
+def _fleet_name(raw: str) -> str:
+    value = raw.strip()
+    if not _FLEET_NAME.fullmatch(value):
+        raise ValueError(f"expected 1 to 64 letters, digits, '.', '_' or '-', got {raw[:100]!r}")
     return value
 
 
@@ -283,6 +292,9 @@ class Settings:
     fleet_secret: str | None = attrs.field(default=None, repr=False)
     """Fleet mode: the key every worker signs and checks fleet values and forwarded
     notifications with (HMAC-SHA256); required with a Redis store."""
+    fleet_name: str | None = None
+    """Fleet mode: names the fleet's keys in Redis next to APP_ID (``callflow:{APP_ID:NAME}:``);
+    default: a digest of ``FLEET_SECRET``. Deployments sharing a Redis need different ones."""
     forward_allow: tuple[str, ...] = ()
     """Fleet mode: the hosts, addresses and networks (CIDR) notifications may be forwarded to;
     empty: any forwarding URL a worker of the fleet signed."""
@@ -447,6 +459,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "loop": _choice("auto", "asyncio", "uvloop"),
     "switch_interval": _float(0.0001, 0.1),
     "fleet_secret": _secret,
+    "fleet_name": _fleet_name,
     "forward_allow": _targets,
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),

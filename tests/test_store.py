@@ -53,6 +53,7 @@ from callflow.store import (
     SharedDedupe,
     dedupe_key,
     epoch_of,
+    fleet_namespace,
     instance_callback_url,
     internal_url,
     open_store,
@@ -191,8 +192,10 @@ def test_fleet_settings_are_read_and_checked() -> None:
             "CALLFLOW_STORE": "rediss://cache:6380/2",
             "CALLFLOW_FLEET_SECRET": SECRET,
             "CALLFLOW_FORWARD_ALLOW": "10.0.0.0/8, *.workers.internal",
+            "CALLFLOW_FLEET_NAME": " prod-eu.1 ",
         }
     )
+    assert s.fleet_name == "prod-eu.1"
     assert (s.heartbeat_interval, s.store_timeout) == (0.5, 0.2)
     assert s.internal_url == "https://10.0.0.7:8000"
     assert s.fleet_secret == SECRET
@@ -208,6 +211,7 @@ def test_fleet_settings_are_read_and_checked() -> None:
                 "CALLFLOW_INSTANCE_ID": "two words",
                 "CALLFLOW_FLEET_SECRET": "too-short",
                 "CALLFLOW_FORWARD_ALLOW": "good.example, bad/host/name",
+                "CALLFLOW_FLEET_NAME": "{prod}",
             }
         )
     message = str(caught.value)
@@ -218,6 +222,7 @@ def test_fleet_settings_are_read_and_checked() -> None:
         "INSTANCE_ID",
         "FLEET_SECRET",
         "FORWARD_ALLOW",
+        "FLEET_NAME",
     ):
         assert f"CALLFLOW_{name}:" in message
 
@@ -1112,7 +1117,7 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
         assert not slow.timed_out
 
         await raw.set(
-            f"callflow:{{{a.bot.settings.app_id}}}:final:pre-claimed",
+            f"callflow:{{{fleet_namespace(a.bot.settings.app_id, SECRET)}}}:final:pre-claimed",
             SIGNER.seal("final", "pre-claimed", "other#x"),
         )
         taken = await fake.place_call(a.webhook_url, call_id="pre-claimed")
@@ -1165,6 +1170,41 @@ async def test_a_bot_in_fleet_mode_starts_and_decides_while_redis_is_down(
         assert "callflow_store_failures_total" in a.metrics.render().decode()
 
 
+async def test_two_deployments_of_one_app_on_one_redis_leave_each_other_alone(
+    short_fake: FakeGraph, redis: RedisServer, raw: aioredis.Redis, logs: LogWatcher
+) -> None:
+    """Two fleets of the same APP_ID (say staging and production) on one Redis, each with its
+    own FLEET_SECRET: neither sees the other's heartbeats as forged, takes over its calls or
+    deletes its keys; each fleet's keys share one hash slot. A FLEET_NAME names the
+    namespace instead of the secret's digest."""
+    other_secret = "other-fleet-secret-0123456789abcdef"
+    staging = {**fleet_options(redis, "b"), "fleet_secret": other_secret}
+    async with short_fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a:
+        slow = await short_fake.place_call(a.webhook_url, caller={"kind": "user", "id": "slow-2"})
+        async with short_fake.serve(fleet_bot([]), **staging) as b:
+            with anyio.fail_after(GUARD):  # dozens of beats of both while a's call is pending
+                await slow.decision()
+            ns_a = fleet_namespace(a.bot.settings.app_id, SECRET)
+            ns_b = fleet_namespace(b.bot.settings.app_id, other_secret)
+            assert ns_a != ns_b
+            assert await raw.exists(f"callflow:{{{ns_a}}}:instance:a") == 1
+            assert await raw.exists(f"callflow:{{{ns_b}}}:instance:b") == 1
+            assert await raw.smembers(f"callflow:{{{ns_a}}}:instances") == {"a"}
+            assert await raw.smembers(f"callflow:{{{ns_b}}}:instances") == {"b"}
+            # every key of a fleet carries its namespace as the hash tag: one slot per fleet
+            tags = {k.split("{", 1)[1].split("}", 1)[0] async for k in raw.scan_iter("callflow:*")}
+            assert tags == {ns_a, ns_b}
+    assert [d.accepted for d in slow.decisions] == [True]
+    assert logs.find("fleet.forged_value") == []
+    assert logs.find("instance.taken_over") == []
+    assert all(line["live"] in (["a"], ["b"]) for line in logs.find("fleet.members"))
+    named = Settings(app_id="app", fleet_secret=SECRET, fleet_name="prod-eu")
+    assert fleet_namespace(named.app_id, SECRET, named.fleet_name) == "app:prod-eu"
+    assert Fleet(Settings(store=redis.url, app_id="app", fleet_secret=SECRET)).namespace == (
+        fleet_namespace("app", SECRET)
+    )
+
+
 def test_credentials_stay_out_of_the_logged_store_url() -> None:
     """The store URL is logged without its user name and password; the forwarding URL of a
     worker bound to a wildcard address names its host."""
@@ -1181,7 +1221,7 @@ async def test_fleet_mode_needs_a_redis_url_and_an_open_fleet() -> None:
         Fleet(Settings())
     with pytest.raises(ConfigError, match="CALLFLOW_ALLOW_INSECURE_REDIS"):
         Fleet(Settings(store="redis://cache.internal:6379/0"))
-    fleet = Fleet(Settings(store="redis://127.0.0.1:1/0"))
+    fleet = Fleet(Settings(store="redis://127.0.0.1:1/0", fleet_secret=SECRET))
     assert fleet.callback_url is None
     with pytest.raises(RuntimeError, match="not open"):
         await fleet.admit(incoming("c"), None)  # type: ignore[arg-type]
