@@ -905,9 +905,10 @@ async def test_a_notification_for_another_instance_is_forwarded_with_its_headers
     assert body == b'{"value": []}'
     assert "Authorization" not in headers
     assert headers[FORWARDED_BY] == "me"
-    signed = SIGNER.open_forward(headers[FLEET_AUTH], "me", "POST", path, body)
-    assert signed == ("tenant-1",)
-    assert SIGNER.open_forward(headers[FLEET_AUTH], "me", "POST", path, b"{}") is None
+    signed = SIGNER.open_forward(headers[FLEET_AUTH], "me", "other", "POST", path, len(body))
+    assert signed is not None and signed.tenant_id == "tenant-1" and signed.covers(body)
+    assert not signed.covers(b"{}")
+    assert SIGNER.open_forward(headers[FLEET_AUTH], "me", "me", "POST", path, len(body)) is None
     assert await forwarder.fresh([incoming("c")]) == [incoming("c")]
 
 
@@ -1129,6 +1130,33 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
         assert counted in a.metrics.render().decode()  # the dropped answer is not counted
         assert a.keeper.calls()[0].call_id == call.call_id  # the dropped answer is not held
         assert len(a.keeper.calls()) == 1
+
+
+async def test_a_forward_whose_body_is_not_the_signed_one_is_refused(
+    short_fake: FakeGraph, redis: RedisServer
+) -> None:
+    """A forward signed for worker a whose body was swapped for another of the same length
+    gets 403 once the body is in; with the signed body it gets 202."""
+    signed = json.dumps(envelope(call_state("c-8", "established", etag=3))).encode()
+    swapped = json.dumps(envelope(call_state("c-8", "established", etag=4))).encode()
+    assert len(signed) == len(swapped)
+    async with (
+        short_fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a,
+        aiohttp.ClientSession() as session,
+    ):
+        url = a.webhook_url + "?instance=a"
+        statuses = []
+        for body in (swapped, signed):
+            headers = {
+                "Content-Type": "application/json",
+                FORWARDED_BY: "b",
+                FLEET_AUTH: SIGNER.sign_forward(
+                    "b", "a", short_fake.tenant_id, "POST", "/api/calls?instance=a", signed
+                ),
+            }
+            async with session.post(url, data=body, headers=headers) as reply:
+                statuses.append(reply.status)
+    assert statuses == [403, 202]
 
 
 async def test_a_notification_naming_a_stopped_bot_is_handled_here(
