@@ -14,7 +14,9 @@ So every value a worker acts on is signed with the fleet's shared secret
   tenant, the method, path and query, the sending and the receiving worker, the
   ``Content-Length`` and the body's SHA-256 digest. The receiving worker checks that
   signature on the headers alone, before it reads any body (see :meth:`FleetSigner.open_forward`),
-  then that the body matches the digest (:meth:`Forward.covers`).
+  then that the body matches the digest (:meth:`Forward.covers`); :class:`ReplayGuard`
+  remembers the nonces, so a forward is taken once, by the worker it was sent to, within
+  :data:`FORWARD_SKEW` after it was made and :data:`FORWARD_AHEAD` before.
 
 A value without a valid signature is treated as absent (a heartbeat: the instance is dead; a
 claim: it is replaced; a set member: it is dropped), counted and logged. Deleting keys stays
@@ -35,7 +37,8 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -45,21 +48,28 @@ from .errors import ConfigError
 
 __all__ = [
     "FLEET_AUTH",
+    "FORWARD_AHEAD",
     "FORWARD_SKEW",
     "MAX_CLOCK_SKEW",
+    "REPLAY_CAPACITY",
     "Beat",
     "FleetSigner",
     "Forward",
     "ForwardTargets",
+    "ReplayGuard",
     "forward_target",
 ]
 
 FLEET_AUTH: Final = "X-Callflow-Fleet-Auth"
 """The header carrying a forwarded notification's signature (instead of Graph's token)."""
 FORWARD_SKEW: Final = 30.0
-"""Seconds a forwarded notification's signature stays valid (both ways: clock skew)."""
+"""Seconds a forwarded notification's signature stays valid after it was made."""
 MAX_CLOCK_SKEW: Final = 5.0
 """Seconds a heartbeat may be older than its lifetime, or from the future, and still count."""
+FORWARD_AHEAD: Final = MAX_CLOCK_SKEW
+"""Seconds a forwarded notification's signature may be from the future (clock skew)."""
+REPLAY_CAPACITY: Final = 65_536
+"""Nonces of forwarded notifications a worker remembers at most (see :class:`ReplayGuard`)."""
 _MAX_FORWARD_HEADER: Final = 1024
 _MAC_HEX: Final = 32  # 128 bits
 _HOST_NAME: Final = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?")
@@ -217,8 +227,9 @@ class FleetSigner:
         """The signature ``header`` of a notification ``sender`` forwarded to ``target``,
         checked against the request's head alone (``length`` is its ``Content-Length``), so
         before its body is read; None when it is forged, made for another worker or another
-        request, has no ``Content-Length``, or is more than :data:`FORWARD_SKEW` old or in the
-        future. The body is checked next, with :meth:`Forward.covers`."""
+        request, has no ``Content-Length``, is older than :data:`FORWARD_SKEW` or more than
+        :data:`FORWARD_AHEAD` in the future. The body is checked next, with
+        :meth:`Forward.covers`; the nonce, with :class:`ReplayGuard`."""
         if length is None or len(header) > _MAX_FORWARD_HEADER:
             return None
         fields = dict(part.partition("=")[::2] for part in header.split(";"))
@@ -240,7 +251,7 @@ class FleetSigner:
         except ValueError:
             return None
         clock = time.time() if now is None else now
-        if not abs(clock - when) <= FORWARD_SKEW:
+        if not clock - FORWARD_SKEW <= when <= clock + FORWARD_AHEAD:
             return None
         parts = (target, at, nonce, tenant, method, path, str(length), digest)
         if not self.check(mac, "forward", sender, *parts):
@@ -266,6 +277,53 @@ class Forward:
         return len(body) == self.length and hmac.compare_digest(
             hashlib.sha256(body).hexdigest(), self.digest
         )
+
+
+class ReplayGuard:
+    """The nonces of the forwarded notifications a worker took: each is taken once.
+
+    A nonce is remembered for as long as its signature could still be valid
+    (:data:`FORWARD_SKEW` + :data:`FORWARD_AHEAD` from its arrival), in arrival order, so
+    forgetting it costs O(1). At most ``capacity`` are kept; past that the oldest is
+    forgotten early, and from then on a signature no newer than it is refused too (a forward
+    arrives milliseconds after it is made: only replays and far-behind clocks are that old).
+    """
+
+    __slots__ = ("_clock", "_floor", "_seen", "capacity", "window")
+
+    def __init__(
+        self,
+        capacity: int = REPLAY_CAPACITY,
+        *,
+        window: float = FORWARD_SKEW + FORWARD_AHEAD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity!r}: expected at least one nonce")
+        self.capacity = capacity
+        self.window = window
+        self._clock = clock
+        self._seen: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        """nonce -> (forgotten at, on the guard's clock; the signature's time)"""
+        self._floor = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_use(self, forward: Forward) -> bool:
+        """True the first time ``forward``'s nonce is seen (it is remembered from now on);
+        False for a replay."""
+        now = self._clock()
+        seen = self._seen
+        while seen and next(iter(seen.values()))[0] <= now:
+            seen.popitem(last=False)
+        if forward.at <= self._floor or forward.nonce in seen:
+            return False
+        if len(seen) >= self.capacity:
+            _, (_, at) = seen.popitem(last=False)
+            self._floor = max(self._floor, at)
+        seen[forward.nonce] = (now + self.window, forward.at)
+        return True
 
 
 # -- where notifications may be forwarded ------------------------------------------------------

@@ -1132,6 +1132,60 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
         assert len(a.keeper.calls()) == 1
 
 
+async def test_a_captured_forward_is_taken_once_and_only_by_the_worker_it_was_sent_to(
+    short_fake: FakeGraph, redis: RedisServer, target: Target
+) -> None:
+    """A forwarded notification captured on its way (worker b forwarding to worker a) is
+    taken by a once: replayed to a it gets 403, and so it does at worker c, though c shares
+    the fleet secret."""
+    fake = short_fake
+    forwarder = Forwarder("b", {"a": target.url}.get, signer=SIGNER, timeout=2.0)
+    body = json.dumps(envelope(call_state("c-7", "established", etag=3))).encode()
+    async with forwarder:
+        app = web.Application()
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            reply = await forwarder.forward(request, await request.read(), fake.tenant_id)
+            assert reply is not None
+            return reply
+
+        app.router.add_post("/api/calls", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"http://127.0.0.1:{runner.addresses[0][1]}/api/calls?instance=a",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                ) as reply,
+            ):
+                assert reply.status == 202
+        finally:
+            await runner.cleanup()
+    ((path, captured, headers),) = target.seen
+    replay = {
+        name: value
+        for name, value in headers.items()
+        if name.lower() not in ("host", "content-length")
+    }
+    statuses: dict[str, list[int]] = {}
+    async with (
+        fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a,
+        fake.serve(fleet_bot([]), **fleet_options(redis, "c")) as c,
+        aiohttp.ClientSession() as session,
+    ):
+        for name, bot in (("a", a), ("a", a), ("c", c)):
+            url = bot.webhook_url.rsplit("/api/calls", 1)[0] + path
+            async with session.post(url, data=captured, headers=replay) as response:
+                statuses.setdefault(name, []).append(response.status)
+                if response.status == 403:
+                    assert (await response.json())["error"]["code"] == "forbidden"
+    assert statuses == {"a": [202, 403], "c": [403]}
+
+
 async def test_a_forward_whose_body_is_not_the_signed_one_is_refused(
     short_fake: FakeGraph, redis: RedisServer
 ) -> None:

@@ -30,8 +30,9 @@ dropped. A forwarded notification does not carry Graph's bearer token: the forwa
 signs it with the fleet secret (``X-Callflow-Fleet-Auth``: the time, a nonce, the tenant it
 verified, the method, path and query, both workers' ids, the ``Content-Length`` and the
 body's digest; see :mod:`callflow._trust`), and the receiving worker checks that signature
-instead of a JWT, before reading the body: it must name this worker and be fresh. A
-forwarded request without ``Content-Length`` is refused.
+instead of a JWT, before reading the body: it must name this worker, be fresh and carry a
+nonce this worker has not taken yet. A forwarded request without ``Content-Length`` is
+refused.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from yarl import URL
 
 from .._log import Throttle
 from .._parse import parse_notifications
-from .._trust import FLEET_AUTH, FORWARD_SKEW, FleetSigner, Forward, ForwardTargets
+from .._trust import FLEET_AUTH, FORWARD_SKEW, FleetSigner, Forward, ForwardTargets, ReplayGuard
 from ..errors import InboundAuthError, NotificationFormatError, NotificationLimitError
 from ..events import IncomingCall
 from ._jwt import Caller
@@ -130,9 +131,9 @@ class FleetHook(Protocol):
 
     def verify_forwarded(self, request: web.Request) -> Forward | None:
         """The signature of a notification a worker of the fleet forwarded to this one,
-        checked on the request's head alone, before any body is read; None when it is
-        missing, invalid, made for another worker or expired. The body is checked next,
-        with :meth:`Forward.covers`."""
+        checked on the request's head alone, before any body is read, and taken (its nonce
+        is not accepted again); None when it is missing, invalid, made for another worker,
+        expired or already used. The body is checked next, with :meth:`Forward.covers`."""
         ...
 
     async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
@@ -147,7 +148,8 @@ class Forwarder:
     the address from its signed heartbeat; on a miss, ``refresh()`` (if given) reads the
     fleet's directory again first. ``targets`` may restrict those further
     (``FORWARD_ALLOW``). ``signer`` signs what is forwarded (Graph's bearer token is not
-    forwarded) and checks what was forwarded here. ``dedupe`` filters the parsed events
+    forwarded) and checks what was forwarded here, each forward once (``replays``: the
+    nonces taken, :class:`~callflow._trust.ReplayGuard`). ``dedupe`` filters the parsed events
     (shared dedupe). A notification is handled here when its URL names no instance or this
     one, when that instance is gone, when it was forwarded once already, when its target is
     not allowed, or when forwarding fails (logged). Use it as an async context manager: it
@@ -165,11 +167,13 @@ class Forwarder:
         timeout: float = 3.0,
         on_forwarded: Callable[[], None] | None = None,
         refresh: Callable[[], Awaitable[None]] | None = None,
+        replays: ReplayGuard | None = None,
     ) -> None:
         self.instance_id = instance_id
         self._lookup = lookup
         self._refresh = refresh
         self._signer = signer
+        self._replays = replays if replays is not None else ReplayGuard()
         self._targets = targets if targets is not None else ForwardTargets()
         self._dedupe = dedupe
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
@@ -213,7 +217,7 @@ class Forwarder:
         )
         if forward is None or not forward.tenant_id:
             return None
-        return forward
+        return forward if self._replays.first_use(forward) else None
 
     async def forward(
         self, request: web.Request, body: bytes, tenant_id: str | None = None
@@ -410,9 +414,9 @@ class WebhookHandler:
                 return self._fleet_auth_failed(
                     request,
                     "The notification claims to be forwarded by a worker of the fleet but its "
-                    "signature is missing, invalid, made for another worker or expired, or it "
-                    "has no Content-Length; expected one made with the fleet secret for this "
-                    "worker.",
+                    "signature is missing, invalid, made for another worker, expired or "
+                    "already used, or it has no Content-Length; expected one made with the "
+                    "fleet secret for this worker.",
                     echo,
                 )
             caller = Caller(
