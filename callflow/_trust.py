@@ -10,7 +10,13 @@ So every value a worker acts on is signed with the fleet's shared secret
 - members of the pending and adopted sets (``call_id|tenant_id``), so that a take-over only
   ever sends a default decision for a call a worker of the fleet really took;
 - forwarded notifications: the forwarding worker drops Graph's bearer token and signs the
-  body, path, the verified tenant and a timestamp instead (``X-Callflow-Fleet-Auth``).
+  request's head instead (``X-Callflow-Fleet-Auth``): the time, a random nonce, the verified
+  tenant, the method, path and query, the sending and the receiving worker, the
+  ``Content-Length`` and the body's SHA-256 digest. The receiving worker checks that
+  signature on the headers alone, before it reads any body (see :meth:`FleetSigner.open_forward`),
+  then that the body matches the digest (:meth:`Forward.covers`); :class:`ReplayGuard`
+  remembers the nonces, so a forward is taken once, by the worker it was sent to, within
+  :data:`FORWARD_SKEW` after it was made and :data:`FORWARD_AHEAD` before.
 
 A value without a valid signature is treated as absent (a heartbeat: the instance is dead; a
 claim: it is replaced; a set member: it is dropped), counted and logged. Deleting keys stays
@@ -29,8 +35,10 @@ import hmac
 import ipaddress
 import json
 import re
+import secrets
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -40,20 +48,29 @@ from .errors import ConfigError
 
 __all__ = [
     "FLEET_AUTH",
+    "FORWARD_AHEAD",
     "FORWARD_SKEW",
     "MAX_CLOCK_SKEW",
+    "REPLAY_CAPACITY",
     "Beat",
     "FleetSigner",
+    "Forward",
     "ForwardTargets",
+    "ReplayGuard",
     "forward_target",
 ]
 
 FLEET_AUTH: Final = "X-Callflow-Fleet-Auth"
 """The header carrying a forwarded notification's signature (instead of Graph's token)."""
 FORWARD_SKEW: Final = 30.0
-"""Seconds a forwarded notification's signature stays valid (both ways: clock skew)."""
+"""Seconds a forwarded notification's signature stays valid after it was made."""
 MAX_CLOCK_SKEW: Final = 5.0
 """Seconds a heartbeat may be older than its lifetime, or from the future, and still count."""
+FORWARD_AHEAD: Final = MAX_CLOCK_SKEW
+"""Seconds a forwarded notification's signature may be from the future (clock skew)."""
+REPLAY_CAPACITY: Final = 65_536
+"""Nonces of forwarded notifications a worker remembers at most (see :class:`ReplayGuard`)."""
+_MAX_FORWARD_HEADER: Final = 1024
 _MAC_HEX: Final = 32  # 128 bits
 _HOST_NAME: Final = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?")
 
@@ -97,6 +114,11 @@ class FleetSigner:
     def check(self, mac: str, *parts: str) -> bool:
         """True when ``mac`` is the signature of ``parts`` (constant time)."""
         return hmac.compare_digest(mac.encode(), self.mac(*parts).encode())
+
+    def fleet_tag(self) -> str:
+        """A short name of the fleet derived from its secret (64 bits of a MAC: it tells
+        nothing of the secret); part of the fleet's key namespace."""
+        return self.mac("fleet-tag")[:16]
 
     # -- signed strings: value#mac -------------------------------------------------------
 
@@ -173,45 +195,135 @@ class FleetSigner:
 
     def sign_forward(
         self,
-        instance_id: str,
+        sender: str,
+        target: str,
         tenant_id: str | None,
         method: str,
-        target: str,
+        path: str,
         body: bytes,
         now: float | None = None,
     ) -> str:
-        """The :data:`FLEET_AUTH` header value of a notification ``instance_id`` forwards."""
+        """The :data:`FLEET_AUTH` header value of a notification ``sender`` forwards to the
+        worker ``target``: ``path`` (with its query) and ``body`` as sent, with a fresh nonce."""
         at = str(round(time.time() if now is None else now, 3))
+        nonce = secrets.token_hex(16)
         digest = hashlib.sha256(body).hexdigest()
-        mac = self.mac("forward", instance_id, at, tenant_id or "", method, target, digest)
-        return f"t={at};tenant={tenant_id or ''};mac={mac}"
+        tenant = tenant_id or ""
+        mac = self.mac(
+            "forward", sender, target, at, nonce, tenant, method, path, str(len(body)), digest
+        )
+        return f"t={at};n={nonce};tenant={tenant};sha256={digest};mac={mac}"
 
     def open_forward(
         self,
         header: str,
-        instance_id: str,
-        method: str,
+        sender: str,
         target: str,
-        body: bytes,
+        method: str,
+        path: str,
+        length: int | None,
         now: float | None = None,
-    ) -> tuple[str | None] | None:
-        """``(tenant_id,)`` of a forwarded notification signed by the fleet; None when the
-        signature is missing, forged, for another request or older than :data:`FORWARD_SKEW`."""
+    ) -> Forward | None:
+        """The signature ``header`` of a notification ``sender`` forwarded to ``target``,
+        checked against the request's head alone (``length`` is its ``Content-Length``), so
+        before its body is read; None when it is forged, made for another worker or another
+        request, has no ``Content-Length``, is older than :data:`FORWARD_SKEW` or more than
+        :data:`FORWARD_AHEAD` in the future. The body is checked next, with
+        :meth:`Forward.covers`; the nonce, with :class:`ReplayGuard`."""
+        if length is None or len(header) > _MAX_FORWARD_HEADER:
+            return None
         fields = dict(part.partition("=")[::2] for part in header.split(";"))
-        at, tenant, mac = fields.get("t"), fields.get("tenant"), fields.get("mac")
-        if at is None or tenant is None or mac is None or len(mac) != _MAC_HEX:
+        at, nonce, tenant, digest, mac = (
+            fields.get(name) for name in ("t", "n", "tenant", "sha256", "mac")
+        )
+        if (
+            at is None
+            or not nonce
+            or tenant is None
+            or digest is None
+            or len(digest) != 64
+            or mac is None
+            or len(mac) != _MAC_HEX
+        ):
             return None
         try:
             when = float(at)
         except ValueError:
             return None
         clock = time.time() if now is None else now
-        if not abs(clock - when) <= FORWARD_SKEW:
+        if not clock - FORWARD_SKEW <= when <= clock + FORWARD_AHEAD:
             return None
-        digest = hashlib.sha256(body).hexdigest()
-        if not self.check(mac, "forward", instance_id, at, tenant, method, target, digest):
+        parts = (target, at, nonce, tenant, method, path, str(length), digest)
+        if not self.check(mac, "forward", sender, *parts):
             return None
-        return (tenant or None,)
+        return Forward(sender, tenant, nonce, when, length, digest)
+
+
+@attrs.frozen
+class Forward:
+    """The checked signature of a forwarded notification: who sent it, for which tenant (the
+    one the sender verified; empty for none), its nonce and time, and the length and SHA-256
+    digest of the body it covers."""
+
+    sender: str
+    tenant_id: str
+    nonce: str
+    at: float
+    length: int
+    digest: str
+
+    def covers(self, body: bytes) -> bool:
+        """True when ``body`` is the body that was signed."""
+        return len(body) == self.length and hmac.compare_digest(
+            hashlib.sha256(body).hexdigest(), self.digest
+        )
+
+
+class ReplayGuard:
+    """The nonces of the forwarded notifications a worker took: each is taken once.
+
+    A nonce is remembered for as long as its signature could still be valid
+    (:data:`FORWARD_SKEW` + :data:`FORWARD_AHEAD` from its arrival), in arrival order, so
+    forgetting it costs O(1). At most ``capacity`` are kept; past that the oldest is
+    forgotten early, and from then on a signature no newer than it is refused too (a forward
+    arrives milliseconds after it is made: only replays and far-behind clocks are that old).
+    """
+
+    __slots__ = ("_clock", "_floor", "_seen", "capacity", "window")
+
+    def __init__(
+        self,
+        capacity: int = REPLAY_CAPACITY,
+        *,
+        window: float = FORWARD_SKEW + FORWARD_AHEAD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity!r}: expected at least one nonce")
+        self.capacity = capacity
+        self.window = window
+        self._clock = clock
+        self._seen: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        """nonce -> (forgotten at, on the guard's clock; the signature's time)"""
+        self._floor = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_use(self, forward: Forward) -> bool:
+        """True the first time ``forward``'s nonce is seen (it is remembered from now on);
+        False for a replay."""
+        now = self._clock()
+        seen = self._seen
+        while seen and next(iter(seen.values()))[0] <= now:
+            seen.popitem(last=False)
+        if forward.at <= self._floor or forward.nonce in seen:
+            return False
+        if len(seen) >= self.capacity:
+            _, (_, at) = seen.popitem(last=False)
+            self._floor = max(self._floor, at)
+        seen[forward.nonce] = (now + self.window, forward.at)
+        return True
 
 
 # -- where notifications may be forwarded ------------------------------------------------------

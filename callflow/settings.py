@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import ssl
 from collections.abc import Callable, Mapping
@@ -20,13 +21,21 @@ from ._trust import forward_target
 from .errors import ConfigError
 from .graph._hosts import DEFAULT_RECORDING_HOSTS, recording_hosts
 
-__all__ = ["MIN_FLEET_SECRET", "PREFIX", "Settings", "is_loopback", "masked_url"]
+__all__ = [
+    "MIN_FLEET_SECRET",
+    "PREFIX",
+    "Settings",
+    "is_loopback",
+    "masked_url",
+    "plain_redis_problem",
+]
 
 PREFIX: Final = "CALLFLOW_"
 
 MIN_FLEET_SECRET: Final = 32
 """The shortest ``FLEET_SECRET`` accepted, in characters."""
 
+_FLEET_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
 
@@ -128,6 +137,13 @@ def _secret(raw: str) -> str:
     return value
 
 
+def _fleet_name(raw: str) -> str:
+    value = raw.strip()
+    if not _FLEET_NAME.fullmatch(value):
+        raise ValueError(f"expected 1 to 64 letters, digits, '.', '_' or '-', got {raw[:100]!r}")
+    return value
+
+
 def _port(raw: str) -> int | None:
     if raw.strip().lower() in ("", "none", "off"):
         return None
@@ -182,6 +198,23 @@ def _plain_http_problem(name: str, url: str | None, allowed: bool) -> str | None
     return None
 
 
+def plain_redis_problem(url: str, allowed: bool) -> str | None:
+    """Why the store ``url`` may not be used: plain ``redis://`` to a host that is not
+    loopback (claims and the fleet's values would cross the network in clear text)."""
+    if allowed or not url.startswith("redis://"):
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        host = None
+    if host is None or is_loopback(host):  # no host: redis-py connects to localhost
+        return None
+    return (
+        f"{PREFIX}STORE: {masked_url(url)} is plain redis:// to a host that is not loopback; "
+        f"expected rediss:// (or {PREFIX}ALLOW_INSECURE_REDIS=on for a private network)"
+    )
+
+
 @attrs.frozen
 class Settings:
     """Everything a callflow worker is configured with; see the README's settings table."""
@@ -208,6 +241,9 @@ class Settings:
     allow_insecure_http: bool = False
     """Allow plain-http ``GRAPH_URL``, ``OPENID_CONFIG_URL`` and ``INTERNAL_URL`` to hosts that
     are not loopback (a test network); loopback http is always allowed."""
+    allow_insecure_redis: bool = False
+    """Allow a plain ``redis://`` ``STORE`` on a host that is not loopback (a private
+    network); ``rediss://``, ``unix://`` and loopback ``redis://`` are always allowed."""
     ca_bundle: str | None = None
     recording_hosts: tuple[str, ...] = DEFAULT_RECORDING_HOSTS
     """The hosts recordings are downloaded from (``*.`` for subdomains): a ``recordingLocation``
@@ -265,6 +301,9 @@ class Settings:
     fleet_secret: str | None = attrs.field(default=None, repr=False)
     """Fleet mode: the key every worker signs and checks fleet values and forwarded
     notifications with (HMAC-SHA256); required with a Redis store."""
+    fleet_name: str | None = None
+    """Fleet mode: names the fleet's keys in Redis next to APP_ID (``callflow:{APP_ID:NAME}:``);
+    default: a digest of ``FLEET_SECRET``. Deployments sharing a Redis need different ones."""
     forward_allow: tuple[str, ...] = ()
     """Fleet mode: the hosts, addresses and networks (CIDR) notifications may be forwarded to;
     empty: any forwarding URL a worker of the fleet signed."""
@@ -315,6 +354,9 @@ class Settings:
             )
             if problem is not None:
                 problems.append(problem)
+        redis_problem = plain_redis_problem(self.store, self.allow_insecure_redis)
+        if redis_problem is not None:
+            problems.append(redis_problem)
         if self.store != "memory" and not self.fleet_secret:
             problems.append(
                 f"{PREFIX}FLEET_SECRET: required with {PREFIX}STORE={masked_url(self.store)}; "
@@ -400,6 +442,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "inbound_auth": _bool,
     "allow_unauthenticated": _bool,
     "allow_insecure_http": _bool,
+    "allow_insecure_redis": _bool,
     "ca_bundle": _file,
     "recording_hosts": _recording_hosts,
     "platform_timeout": _float(1.0, 60.0),
@@ -426,6 +469,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "loop": _choice("auto", "asyncio", "uvloop"),
     "switch_interval": _float(0.0001, 0.1),
     "fleet_secret": _secret,
+    "fleet_name": _fleet_name,
     "forward_allow": _targets,
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),

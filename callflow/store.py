@@ -4,8 +4,10 @@ One worker needs nothing but its in-process :class:`~callflow.deadline.DecisionS
 workers behind a load balancer share a :class:`RedisStore` (``CALLFLOW_STORE=redis://...``);
 ``memory`` (the default) keeps a single worker's behaviour and never imports Redis.
 
-What the fleet shares, per namespace ``ns`` (the bot's app id; the braces make it a Redis
-Cluster hash tag, so all keys of a fleet live in one slot and every script stays atomic):
+What the fleet shares, per namespace ``ns`` (``APP_ID:FLEET_NAME``, or ``APP_ID:`` and a
+digest of ``FLEET_SECRET``, see :func:`fleet_namespace`: two deployments of one app on one
+Redis never touch each other's keys; the braces make it a Redis Cluster hash tag, so all
+keys of a fleet live in one slot and every script stays atomic):
 
 ``callflow:{ns}:own:{call_id}``
     Intake ownership. The engine's ``admit`` hook claims it (``SET NX`` with a TTL past the
@@ -88,6 +90,7 @@ import structlog
 from ._log import Throttle
 from ._trust import FleetSigner, ForwardTargets
 from .errors import ConfigError
+from .settings import plain_redis_problem
 
 if TYPE_CHECKING:
     from ._book import CallBook
@@ -115,6 +118,7 @@ __all__ = [
     "SharedDedupe",
     "dedupe_key",
     "epoch_of",
+    "fleet_namespace",
     "instance_callback_url",
     "internal_url",
     "open_store",
@@ -1046,6 +1050,16 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def fleet_namespace(app_id: str | None, secret: str | bytes, name: str | None = None) -> str:
+    """The namespace of a fleet's keys: ``APP_ID:FLEET_NAME``, or without a fleet name
+    ``APP_ID:`` and a digest of the fleet ``secret`` (keyed: it tells nothing of the secret).
+
+    Two deployments of one app on one Redis (staging and production, say) have different
+    secrets, so they never read, take over or delete each other's keys.
+    """
+    return f"{app_id or 'callflow'}:{name or FleetSigner(secret).fleet_tag()}"
+
+
 def open_store(
     url: str,
     *,
@@ -1390,6 +1404,9 @@ class Fleet:
     def __init__(self, settings: Settings) -> None:
         if settings.store == "memory":
             raise ConfigError("Fleet needs CALLFLOW_STORE=redis://...; got 'memory'")
+        problem = plain_redis_problem(settings.store, settings.allow_insecure_redis)
+        if problem is not None:  # settings made in code skip Settings.from_env's checks
+            raise ConfigError(problem)
         self.settings = settings
         self.stats = FleetStats()
         self.breaker = Breaker()
@@ -1397,7 +1414,10 @@ class Fleet:
         self.directory = Directory()
         self.address: str | None = None
         """This worker's forwarding URL, once its webhook listens."""
-        self.namespace = settings.app_id or "callflow"
+        self.namespace = fleet_namespace(
+            settings.app_id, settings.fleet_secret or "", settings.fleet_name
+        )
+        """The fleet's key namespace (see :func:`fleet_namespace`)."""
         self.callback_url = (
             instance_callback_url(settings.callback_url, settings.instance_id)
             if settings.callback_url

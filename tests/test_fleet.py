@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from callflow.store import fleet_namespace
 from callflow.testing import CallHandle, FakeGraph, SigningKey, call_state, envelope
 from tests.fleet_proxy import AVOID, UPSTREAM, FleetProxy
 from tests.redis_server import RedisServer, redis_server
@@ -791,7 +792,7 @@ async def test_values_forged_straight_into_redis_redirect_nothing_and_decide_not
         aioredis.Redis.from_url(own_redis.url, decode_responses=True) as raw,
         aiohttp.ClientSession() as http,
     ):
-        prefix = f"callflow:{{{fake.app_id}}}:"
+        prefix = f"callflow:{{{fleet_namespace(fake.app_id, FLEET_SECRET)}}}:"
         beat = json.dumps({"url": trap.url, "boot": "b00t", "pid": 1, "t": time.time()})
         await raw.sadd(prefix + "instances", "evil", "ghost")
         await raw.set(prefix + "instance:evil", beat)  # no expiry: it stays "alive" for good
@@ -908,7 +909,7 @@ async def test_no_log_line_of_a_full_run_carries_a_token_a_secret_or_a_number(
                 )
                 assert [r.status for r in replies] == [202]
                 async with aioredis.Redis.from_url(server.url, decode_responses=True) as raw:
-                    ns = f"callflow:{{{fake.app_id}}}:"
+                    ns = f"callflow:{{{fleet_namespace(fake.app_id, FLEET_SECRET)}}}:"
                     await raw.sadd(ns + "instances", "forger")
                     await raw.set(ns + "instance:forger", '{"url": "http://127.0.0.1:1"}')
                 with anyio.fail_after(GUARD):

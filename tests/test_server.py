@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import anyio
@@ -14,6 +14,7 @@ import anyio.abc
 import pytest
 import structlog.testing
 from aiohttp import web
+from anyio.streams.buffered import BufferedByteReceiveStream
 from prometheus_client.parser import text_string_to_metric_families
 
 from callflow import Answer, Bot, ConfigError, IncomingCall, Settings
@@ -25,10 +26,12 @@ from callflow.webhook._server import (
     ServerLimits,
     start_server,
 )
+from tests.redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.anyio
 
 GUARD = 20.0
+FLEET_SECRET = "server-test-fleet-secret-0123456789abcdef"
 
 
 def answering_bot() -> Bot:
@@ -40,6 +43,12 @@ def answering_bot() -> Bot:
         return Answer()
 
     return bot
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A redis-server for a bot in fleet mode."""
+    yield from redis_server()
 
 
 @pytest.fixture
@@ -71,6 +80,19 @@ async def read_until_closed(stream: anyio.abc.SocketStream) -> bytes:
             data += await stream.receive()
     except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
         return data
+
+
+async def read_reply(stream: BufferedByteReceiveStream) -> tuple[bytes, bytes]:
+    """The status line and body of one reply (with a Content-Length), leaving the connection
+    open."""
+    head = await stream.receive_until(b"\r\n\r\n", 65536)
+    status, *fields = head.split(b"\r\n")
+    length = next(
+        int(value)
+        for name, _, value in (field.partition(b":") for field in fields)
+        if name.strip().lower() == b"content-length"
+    )
+    return status, await stream.receive_exactly(length)
 
 
 def request_head(fake: FakeGraph, running: RunningBot, length: int | None) -> bytes:
@@ -347,3 +369,51 @@ async def test_an_idle_connection_with_an_unread_request_is_not_evicted() -> Non
     assert refused.startswith(b"HTTP/1.1 503")
     assert b"200 OK" in answered
     assert (server.stats.evicted, server.stats.refused) == (0, 1)
+
+
+async def test_forged_forwards_without_a_body_are_refused_at_once_and_hold_nothing(
+    fake: FakeGraph, redis: RedisServer
+) -> None:
+    """Fleet mode with MAX_CONNECTIONS=20: twenty connections each sending the head of a
+    notification that claims to be forwarded by a worker of the fleet (a bogus fleet
+    signature, a Content-Length or chunked, and then no body) each get 403 within 50 ms: the
+    signature is checked before any body is read. A real call placed while they stay open
+    gets 202."""
+    options = {
+        "store": redis.url,
+        "instance_id": "w1",
+        "fleet_secret": FLEET_SECRET,
+        "max_connections": 20,
+    }
+    async with fake.serve(answering_bot(), **options) as running:
+        heads = [
+            (
+                f"POST {running.bot.settings.webhook_path}?instance=w1 HTTP/1.1\r\n"
+                f"Host: 127.0.0.1\r\nContent-Type: application/json\r\n{framing}\r\n"
+                "X-Callflow-Forwarded-By: w2\r\n"
+                f"X-Callflow-Fleet-Auth: t={time.time():.3f};n=1;tenant={fake.tenant_id};"
+                f"sha256={'0' * 64};mac={'0' * 32}\r\n\r\n"
+            ).encode()
+            for framing in ("Content-Length: 900", "Transfer-Encoding: chunked")
+        ]
+        streams: list[anyio.abc.SocketStream] = []
+        took: list[float] = []
+        try:
+            with anyio.fail_after(GUARD):
+                for n in range(20):
+                    stream = await connect(running)
+                    streams.append(stream)
+                    started = time.monotonic()
+                    await stream.send(heads[n % 2])
+                    status, body = await read_reply(BufferedByteReceiveStream(stream))
+                    took.append(time.monotonic() - started)
+                    assert status == b"HTTP/1.1 403 Forbidden", body
+                    assert json.loads(body)["error"]["code"] == "forbidden"
+                call = await fake.place_call(running.webhook_url)
+                assert call.webhook_status == 202
+                await call.decision()
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        assert metric(running, "callflow_connections_refused_total") == 0
+    assert max(took) < 0.05, took

@@ -216,3 +216,37 @@ def test_recording_hosts_refuse_addresses_loopback_names_and_urls(value: str) ->
         Settings.from_env({"CALLFLOW_RECORDING_HOSTS": value})
     line = next(ln for ln in str(info.value).splitlines() if "CALLFLOW_RECORDING_HOSTS" in ln)
     assert "expected host names" in line
+
+
+def test_plain_redis_off_loopback_is_refused_unless_allowed() -> None:
+    """A ``redis://`` store on a host that is not loopback would carry claims and the fleet's
+    signed values in clear text: it is refused, naming STORE and the opt-out. ``rediss://``,
+    ``unix://`` and loopback ``redis://`` are accepted, and so is any ``redis://`` with
+    ALLOW_INSECURE_REDIS=on."""
+    secret = {"CALLFLOW_FLEET_SECRET": "x" * 32}
+    for url in (
+        "redis://cache.internal:6379/0",
+        "redis://user:pw@10.0.0.5:6379",
+        "redis://[fd00::1]",
+    ):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"CALLFLOW_STORE": url, **secret})
+        line = next(ln for ln in str(info.value).splitlines() if "CALLFLOW_STORE" in ln)
+        assert "plain redis://" in line and "CALLFLOW_ALLOW_INSECURE_REDIS=on" in line
+        assert "pw" not in line
+    for url in (
+        "rediss://cache.internal:6380/0",
+        "unix:///run/redis.sock",
+        "redis://127.0.0.1:6379/0",
+        "redis://localhost",
+        "redis://[::1]:6379",
+    ):
+        assert Settings.from_env({"CALLFLOW_STORE": url, **secret}).store == url
+    allowed = Settings.from_env(
+        {
+            "CALLFLOW_STORE": "redis://cache.internal:6379/0",
+            "CALLFLOW_ALLOW_INSECURE_REDIS": "on",
+            **secret,
+        }
+    )
+    assert allowed.allow_insecure_redis is True

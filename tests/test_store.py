@@ -53,6 +53,7 @@ from callflow.store import (
     SharedDedupe,
     dedupe_key,
     epoch_of,
+    fleet_namespace,
     instance_callback_url,
     internal_url,
     open_store,
@@ -188,11 +189,13 @@ def test_fleet_settings_are_read_and_checked() -> None:
             "CALLFLOW_STORE_TIMEOUT": "0.2",
             "CALLFLOW_INTERNAL_URL": "https://10.0.0.7:8000/",
             "CALLFLOW_INSTANCE_ID": " worker-7 ",
-            "CALLFLOW_STORE": "redis://cache:6379/2",
+            "CALLFLOW_STORE": "rediss://cache:6380/2",
             "CALLFLOW_FLEET_SECRET": SECRET,
             "CALLFLOW_FORWARD_ALLOW": "10.0.0.0/8, *.workers.internal",
+            "CALLFLOW_FLEET_NAME": " prod-eu.1 ",
         }
     )
+    assert s.fleet_name == "prod-eu.1"
     assert (s.heartbeat_interval, s.store_timeout) == (0.5, 0.2)
     assert s.internal_url == "https://10.0.0.7:8000"
     assert s.fleet_secret == SECRET
@@ -208,6 +211,7 @@ def test_fleet_settings_are_read_and_checked() -> None:
                 "CALLFLOW_INSTANCE_ID": "two words",
                 "CALLFLOW_FLEET_SECRET": "too-short",
                 "CALLFLOW_FORWARD_ALLOW": "good.example, bad/host/name",
+                "CALLFLOW_FLEET_NAME": "{prod}",
             }
         )
     message = str(caught.value)
@@ -218,6 +222,7 @@ def test_fleet_settings_are_read_and_checked() -> None:
         "INSTANCE_ID",
         "FLEET_SECRET",
         "FORWARD_ALLOW",
+        "FLEET_NAME",
     ):
         assert f"CALLFLOW_{name}:" in message
 
@@ -900,9 +905,10 @@ async def test_a_notification_for_another_instance_is_forwarded_with_its_headers
     assert body == b'{"value": []}'
     assert "Authorization" not in headers
     assert headers[FORWARDED_BY] == "me"
-    signed = SIGNER.open_forward(headers[FLEET_AUTH], "me", "POST", path, body)
-    assert signed == ("tenant-1",)
-    assert SIGNER.open_forward(headers[FLEET_AUTH], "me", "POST", path, b"{}") is None
+    signed = SIGNER.open_forward(headers[FLEET_AUTH], "me", "other", "POST", path, len(body))
+    assert signed is not None and signed.tenant_id == "tenant-1" and signed.covers(body)
+    assert not signed.covers(b"{}")
+    assert SIGNER.open_forward(headers[FLEET_AUTH], "me", "me", "POST", path, len(body)) is None
     assert await forwarder.fresh([incoming("c")]) == [incoming("c")]
 
 
@@ -1112,7 +1118,7 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
         assert not slow.timed_out
 
         await raw.set(
-            f"callflow:{{{a.bot.settings.app_id}}}:final:pre-claimed",
+            f"callflow:{{{fleet_namespace(a.bot.settings.app_id, SECRET)}}}:final:pre-claimed",
             SIGNER.seal("final", "pre-claimed", "other#x"),
         )
         taken = await fake.place_call(a.webhook_url, call_id="pre-claimed")
@@ -1124,6 +1130,87 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
         assert counted in a.metrics.render().decode()  # the dropped answer is not counted
         assert a.keeper.calls()[0].call_id == call.call_id  # the dropped answer is not held
         assert len(a.keeper.calls()) == 1
+
+
+async def test_a_captured_forward_is_taken_once_and_only_by_the_worker_it_was_sent_to(
+    short_fake: FakeGraph, redis: RedisServer, target: Target
+) -> None:
+    """A forwarded notification captured on its way (worker b forwarding to worker a) is
+    taken by a once: replayed to a it gets 403, and so it does at worker c, though c shares
+    the fleet secret."""
+    fake = short_fake
+    forwarder = Forwarder("b", {"a": target.url}.get, signer=SIGNER, timeout=2.0)
+    body = json.dumps(envelope(call_state("c-7", "established", etag=3))).encode()
+    async with forwarder:
+        app = web.Application()
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            reply = await forwarder.forward(request, await request.read(), fake.tenant_id)
+            assert reply is not None
+            return reply
+
+        app.router.add_post("/api/calls", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"http://127.0.0.1:{runner.addresses[0][1]}/api/calls?instance=a",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                ) as reply,
+            ):
+                assert reply.status == 202
+        finally:
+            await runner.cleanup()
+    ((path, captured, headers),) = target.seen
+    replay = {
+        name: value
+        for name, value in headers.items()
+        if name.lower() not in ("host", "content-length")
+    }
+    statuses: dict[str, list[int]] = {}
+    async with (
+        fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a,
+        fake.serve(fleet_bot([]), **fleet_options(redis, "c")) as c,
+        aiohttp.ClientSession() as session,
+    ):
+        for name, bot in (("a", a), ("a", a), ("c", c)):
+            url = bot.webhook_url.rsplit("/api/calls", 1)[0] + path
+            async with session.post(url, data=captured, headers=replay) as response:
+                statuses.setdefault(name, []).append(response.status)
+                if response.status == 403:
+                    assert (await response.json())["error"]["code"] == "forbidden"
+    assert statuses == {"a": [202, 403], "c": [403]}
+
+
+async def test_a_forward_whose_body_is_not_the_signed_one_is_refused(
+    short_fake: FakeGraph, redis: RedisServer
+) -> None:
+    """A forward signed for worker a whose body was swapped for another of the same length
+    gets 403 once the body is in; with the signed body it gets 202."""
+    signed = json.dumps(envelope(call_state("c-8", "established", etag=3))).encode()
+    swapped = json.dumps(envelope(call_state("c-8", "established", etag=4))).encode()
+    assert len(signed) == len(swapped)
+    async with (
+        short_fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a,
+        aiohttp.ClientSession() as session,
+    ):
+        url = a.webhook_url + "?instance=a"
+        statuses = []
+        for body in (swapped, signed):
+            headers = {
+                "Content-Type": "application/json",
+                FORWARDED_BY: "b",
+                FLEET_AUTH: SIGNER.sign_forward(
+                    "b", "a", short_fake.tenant_id, "POST", "/api/calls?instance=a", signed
+                ),
+            }
+            async with session.post(url, data=body, headers=headers) as reply:
+                statuses.append(reply.status)
+    assert statuses == [403, 202]
 
 
 async def test_a_notification_naming_a_stopped_bot_is_handled_here(
@@ -1176,6 +1263,41 @@ async def test_a_bot_in_fleet_mode_starts_and_decides_while_redis_is_down(
         assert "callflow_store_failures_total" in a.metrics.render().decode()
 
 
+async def test_two_deployments_of_one_app_on_one_redis_leave_each_other_alone(
+    short_fake: FakeGraph, redis: RedisServer, raw: aioredis.Redis, logs: LogWatcher
+) -> None:
+    """Two fleets of the same APP_ID (say staging and production) on one Redis, each with its
+    own FLEET_SECRET: neither sees the other's heartbeats as forged, takes over its calls or
+    deletes its keys; each fleet's keys share one hash slot. A FLEET_NAME names the
+    namespace instead of the secret's digest."""
+    other_secret = "other-fleet-secret-0123456789abcdef"
+    staging = {**fleet_options(redis, "b"), "fleet_secret": other_secret}
+    async with short_fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a:
+        slow = await short_fake.place_call(a.webhook_url, caller={"kind": "user", "id": "slow-2"})
+        async with short_fake.serve(fleet_bot([]), **staging) as b:
+            with anyio.fail_after(GUARD):  # dozens of beats of both while a's call is pending
+                await slow.decision()
+            ns_a = fleet_namespace(a.bot.settings.app_id, SECRET)
+            ns_b = fleet_namespace(b.bot.settings.app_id, other_secret)
+            assert ns_a != ns_b
+            assert await raw.exists(f"callflow:{{{ns_a}}}:instance:a") == 1
+            assert await raw.exists(f"callflow:{{{ns_b}}}:instance:b") == 1
+            assert await raw.smembers(f"callflow:{{{ns_a}}}:instances") == {"a"}
+            assert await raw.smembers(f"callflow:{{{ns_b}}}:instances") == {"b"}
+            # every key of a fleet carries its namespace as the hash tag: one slot per fleet
+            tags = {k.split("{", 1)[1].split("}", 1)[0] async for k in raw.scan_iter("callflow:*")}
+            assert tags == {ns_a, ns_b}
+    assert [d.accepted for d in slow.decisions] == [True]
+    assert logs.find("fleet.forged_value") == []
+    assert logs.find("instance.taken_over") == []
+    assert all(line["live"] in (["a"], ["b"]) for line in logs.find("fleet.members"))
+    named = Settings(app_id="app", fleet_secret=SECRET, fleet_name="prod-eu")
+    assert fleet_namespace(named.app_id, SECRET, named.fleet_name) == "app:prod-eu"
+    assert Fleet(Settings(store=redis.url, app_id="app", fleet_secret=SECRET)).namespace == (
+        fleet_namespace("app", SECRET)
+    )
+
+
 def test_credentials_stay_out_of_the_logged_store_url() -> None:
     """The store URL is logged without its user name and password; the forwarding URL of a
     worker bound to a wildcard address names its host."""
@@ -1190,7 +1312,9 @@ async def test_fleet_mode_needs_a_redis_url_and_an_open_fleet() -> None:
     """Fleet refuses the memory store, and its hooks refuse to run before it is entered."""
     with pytest.raises(ConfigError, match="redis://"):
         Fleet(Settings())
-    fleet = Fleet(Settings(store="redis://127.0.0.1:1/0"))
+    with pytest.raises(ConfigError, match="CALLFLOW_ALLOW_INSECURE_REDIS"):
+        Fleet(Settings(store="redis://cache.internal:6379/0"))
+    fleet = Fleet(Settings(store="redis://127.0.0.1:1/0", fleet_secret=SECRET))
     assert fleet.callback_url is None
     with pytest.raises(RuntimeError, match="not open"):
         await fleet.admit(incoming("c"), None)  # type: ignore[arg-type]

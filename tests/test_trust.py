@@ -9,7 +9,16 @@ import time
 import pytest
 
 from callflow import ConfigError
-from callflow._trust import MAX_CLOCK_SKEW, FleetSigner, ForwardTargets, forward_target
+from callflow._trust import (
+    FORWARD_AHEAD,
+    FORWARD_SKEW,
+    MAX_CLOCK_SKEW,
+    FleetSigner,
+    Forward,
+    ForwardTargets,
+    ReplayGuard,
+    forward_target,
+)
 
 SECRET = "trust-test-secret-0123456789abcdef"
 SIGNER = FleetSigner(SECRET)
@@ -63,27 +72,78 @@ def test_a_heartbeat_is_bound_to_its_instance_and_its_time() -> None:
         assert SIGNER.open_beat("w1", junk, max_age=3.0) is None
 
 
-def test_a_forwarded_notification_is_signed_over_its_body_path_and_tenant() -> None:
-    """The signature of a forwarded notification opens to the tenant the forwarder verified,
-    only for the same sender, method, path and body, and only for a short while."""
+def test_a_forwarded_notification_is_signed_over_its_head_and_its_bodys_digest() -> None:
+    """The signature of a forwarded notification opens on the request's head alone (before
+    any body is read) to the sender and tenant, only for the same sender, receiving worker,
+    method, path and Content-Length; then only the signed body passes. It is valid for
+    FORWARD_SKEW after it was made and at most FORWARD_AHEAD (5 s) before."""
     now = time.time()
-    header = SIGNER.sign_forward("w1", "tenant-1", "POST", "/api/calls?instance=w2", b"{}", now)
-    assert SIGNER.open_forward(header, "w1", "POST", "/api/calls?instance=w2", b"{}", now) == (
-        "tenant-1",
-    )
-    for sender, method, path, body in (
-        ("w3", "POST", "/api/calls?instance=w2", b"{}"),
-        ("w1", "PUT", "/api/calls?instance=w2", b"{}"),
-        ("w1", "POST", "/api/calls?instance=w3", b"{}"),
-        ("w1", "POST", "/api/calls?instance=w2", b'{"value": []}'),
+    path = "/api/calls?instance=w2"
+    header = SIGNER.sign_forward("w1", "w2", "tenant-1", "POST", path, b"{}", now)
+    forward = SIGNER.open_forward(header, "w1", "w2", "POST", path, 2, now)
+    assert forward is not None
+    assert (forward.sender, forward.tenant_id, forward.length) == ("w1", "tenant-1", 2)
+    assert forward.covers(b"{}")
+    assert not forward.covers(b"[]") and not forward.covers(b"{} ")
+    for sender, target, method, signed_path, length in (
+        ("w3", "w2", "POST", path, 2),  # another sender
+        ("w1", "w3", "POST", path, 2),  # another receiving worker: replayed elsewhere
+        ("w1", "w2", "PUT", path, 2),
+        ("w1", "w2", "POST", "/api/calls?instance=w3", 2),
+        ("w1", "w2", "POST", path, 900),  # another Content-Length
+        ("w1", "w2", "POST", path, None),  # none at all (chunked)
     ):
-        assert SIGNER.open_forward(header, sender, method, path, body, now) is None
-    assert (
-        SIGNER.open_forward(header, "w1", "POST", "/api/calls?instance=w2", b"{}", now + 31) is None
-    )
-    assert OTHER.open_forward(header, "w1", "POST", "/api/calls?instance=w2", b"{}", now) is None
-    for junk in ("", "t=x;tenant=;mac=" + "0" * 32, "garbage", "t=1;mac=" + "0" * 32):
-        assert SIGNER.open_forward(junk, "w1", "POST", "/", b"", now) is None
+        assert SIGNER.open_forward(header, sender, target, method, signed_path, length, now) is None
+    assert OTHER.open_forward(header, "w1", "w2", "POST", path, 2, now) is None
+
+    def opens_at(clock: float) -> bool:
+        return SIGNER.open_forward(header, "w1", "w2", "POST", path, 2, clock) is not None
+
+    assert opens_at(now + FORWARD_SKEW - 0.01) and not opens_at(now + FORWARD_SKEW + 0.01)
+    assert FORWARD_AHEAD <= 5.0
+    assert opens_at(now - FORWARD_AHEAD + 0.01) and not opens_at(now - FORWARD_AHEAD - 0.01)
+    again = SIGNER.sign_forward("w1", "w2", "tenant-1", "POST", path, b"{}", now)
+    second = SIGNER.open_forward(again, "w1", "w2", "POST", path, 2, now)
+    assert second is not None and second.nonce != forward.nonce  # a fresh nonce each time
+    for junk in (
+        "",
+        "garbage",
+        "t=x;n=1;tenant=;sha256=" + "0" * 64 + ";mac=" + "0" * 32,
+        "t=1;tenant=;mac=" + "0" * 32,
+        header.replace("tenant=tenant-1", "tenant=tenant-2"),
+        header + ";" + "x" * 2000,
+    ):
+        assert SIGNER.open_forward(junk, "w1", "w2", "POST", path, 2, now) is None
+
+
+def test_a_forward_is_taken_once() -> None:
+    """A forward's nonce is taken once while its signature could be valid; past the guard's
+    capacity the oldest nonce is forgotten and signatures no newer than it are refused, so
+    a replay never gets through."""
+    clock = [0.0]
+    guard = ReplayGuard(3, clock=lambda: clock[0])
+    path = "/api/calls?instance=w2"
+
+    def forward(at: float) -> Forward:
+        header = SIGNER.sign_forward("w1", "w2", "t", "POST", path, b"{}", at)
+        opened = SIGNER.open_forward(header, "w1", "w2", "POST", path, 2, at)
+        assert opened is not None
+        return opened
+
+    first = forward(1000.0)
+    assert guard.first_use(first)
+    assert not guard.first_use(first)
+    clock[0] = FORWARD_SKEW + FORWARD_AHEAD - 0.01
+    assert not guard.first_use(first)
+    clock[0] = FORWARD_SKEW + FORWARD_AHEAD  # its signature has expired by now: forgotten
+    assert guard.first_use(forward(1001.0)) and len(guard) == 1
+    taken = [forward(1002.0), forward(1003.0), forward(1004.0)]  # one past the capacity
+    assert all(guard.first_use(f) for f in taken) and len(guard) == 3
+    assert not guard.first_use(forward(1001.0))  # no newer than the one forgotten early
+    assert not any(guard.first_use(f) for f in taken)
+    assert guard.first_use(forward(1005.0))
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayGuard(0)
 
 
 def test_a_short_secret_is_refused() -> None:

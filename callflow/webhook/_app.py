@@ -2,7 +2,10 @@
 
 Order of work for ``POST {webhook_path}``: size limit (413), content type and encoding (415:
 a compressed body is refused, never decoded), bearer JWT (401 when missing or malformed, 403
-when invalid), the body within ``BODY_TIMEOUT`` (408, and the connection is closed), JSON and
+when invalid) or, for a notification another worker of the fleet forwarded, the fleet's
+signature of the request's head (403), so that no body is read before its sender is
+authenticated; the body within ``BODY_TIMEOUT`` (408, and the connection is closed; a
+forwarded body must then match the digest its signature names, 403), JSON and
 shape (400; 413 past :data:`~callflow._parse.MAX_NOTIFICATIONS` notifications), the tenant
 (403 when a notification names another tenant than the token's: the body's ``tenantId``
 picks the app token a call is decided with, so it must be the verified one; and 403 when a
@@ -24,8 +27,12 @@ notification whose URL names another live instance (``?instance=ID``, from the p
 ``callbackUri`` of that worker's decision) is forwarded there and that worker's reply is
 returned; after parsing, state updates and terminations another worker already took are
 dropped. A forwarded notification does not carry Graph's bearer token: the forwarding worker
-signs it with the fleet secret (``X-Callflow-Fleet-Auth``: the body, the path, the tenant it
-verified and the time), and the receiving worker checks that signature instead of a JWT.
+signs it with the fleet secret (``X-Callflow-Fleet-Auth``: the time, a nonce, the tenant it
+verified, the method, path and query, both workers' ids, the ``Content-Length`` and the
+body's digest; see :mod:`callflow._trust`), and the receiving worker checks that signature
+instead of a JWT, before reading the body: it must name this worker, be fresh and carry a
+nonce this worker has not taken yet. A forwarded request without ``Content-Length`` is
+refused.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from yarl import URL
 
 from .._log import Throttle
 from .._parse import parse_notifications
-from .._trust import FLEET_AUTH, FORWARD_SKEW, FleetSigner, ForwardTargets
+from .._trust import FLEET_AUTH, FORWARD_SKEW, FleetSigner, Forward, ForwardTargets, ReplayGuard
 from ..errors import InboundAuthError, NotificationFormatError, NotificationLimitError
 from ..events import IncomingCall
 from ._jwt import Caller
@@ -122,9 +129,11 @@ class FleetHook(Protocol):
         ``tenant_id`` is the tenant this worker verified (None without inbound auth)."""
         ...
 
-    def verify_forwarded(self, request: web.Request, body: bytes) -> Caller | None:
-        """The caller a worker of the fleet verified for a notification it forwarded here
-        (signed with the fleet secret); None when the signature is missing or invalid."""
+    def verify_forwarded(self, request: web.Request) -> Forward | None:
+        """The signature of a notification a worker of the fleet forwarded to this one,
+        checked on the request's head alone, before any body is read, and taken (its nonce
+        is not accepted again); None when it is missing, invalid, made for another worker,
+        expired or already used. The body is checked next, with :meth:`Forward.covers`."""
         ...
 
     async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
@@ -139,7 +148,8 @@ class Forwarder:
     the address from its signed heartbeat; on a miss, ``refresh()`` (if given) reads the
     fleet's directory again first. ``targets`` may restrict those further
     (``FORWARD_ALLOW``). ``signer`` signs what is forwarded (Graph's bearer token is not
-    forwarded) and checks what was forwarded here. ``dedupe`` filters the parsed events
+    forwarded) and checks what was forwarded here, each forward once (``replays``: the
+    nonces taken, :class:`~callflow._trust.ReplayGuard`). ``dedupe`` filters the parsed events
     (shared dedupe). A notification is handled here when its URL names no instance or this
     one, when that instance is gone, when it was forwarded once already, when its target is
     not allowed, or when forwarding fails (logged). Use it as an async context manager: it
@@ -157,11 +167,13 @@ class Forwarder:
         timeout: float = 3.0,
         on_forwarded: Callable[[], None] | None = None,
         refresh: Callable[[], Awaitable[None]] | None = None,
+        replays: ReplayGuard | None = None,
     ) -> None:
         self.instance_id = instance_id
         self._lookup = lookup
         self._refresh = refresh
         self._signer = signer
+        self._replays = replays if replays is not None else ReplayGuard()
         self._targets = targets if targets is not None else ForwardTargets()
         self._dedupe = dedupe
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
@@ -189,23 +201,23 @@ class Forwarder:
         """See :meth:`FleetHook.fresh`."""
         return events if self._dedupe is None else await self._dedupe(events)
 
-    def verify_forwarded(self, request: web.Request, body: bytes) -> Caller | None:
+    def verify_forwarded(self, request: web.Request) -> Forward | None:
         """See :meth:`FleetHook.verify_forwarded`."""
         header = request.headers.get(FLEET_AUTH)
         sender = request.headers.get(FORWARDED_BY)
         if header is None or sender is None:
             return None
-        opened = self._signer.open_forward(
-            header, sender, request.method, str(request.rel_url), body
+        forward = self._signer.open_forward(
+            header,
+            sender,
+            self.instance_id,
+            request.method,
+            str(request.rel_url),
+            request.content_length,
         )
-        if opened is None or opened[0] is None:
+        if forward is None or not forward.tenant_id:
             return None
-        return Caller(
-            tenant_id=opened[0],
-            app_id=None,
-            issuer=f"fleet:{sender}",
-            expires_at=time.time() + FORWARD_SKEW,
-        )
+        return forward if self._replays.first_use(forward) else None
 
     async def forward(
         self, request: web.Request, body: bytes, tenant_id: str | None = None
@@ -249,7 +261,7 @@ class Forwarder:
         rel_url = str(request.rel_url)
         headers[FORWARDED_BY] = self.instance_id
         headers[FLEET_AUTH] = self._signer.sign_forward(
-            self.instance_id, tenant_id, request.method, rel_url, body
+            self.instance_id, target, tenant_id, request.method, rel_url, body
         )
         try:
             url = URL(base.rstrip("/") + rel_url, encoded=True)
@@ -392,10 +404,28 @@ class WebhookHandler:
 
         fleet = self._fleet
         # A notification another worker of the fleet forwarded carries the fleet's signature
-        # instead of Graph's token; it is checked once the body (which it covers) is read.
-        forwarded = fleet is not None and self._auth is not None and FLEET_AUTH in headers
+        # instead of Graph's token; like a token, it is checked before any body is read (its
+        # head is signed, with the body's digest, which is checked once the body is in).
+        forward: Forward | None = None
         caller: Caller | None = None
-        if self._auth is not None and not forwarded:
+        if fleet is not None and self._auth is not None and FLEET_AUTH in headers:
+            forward = fleet.verify_forwarded(request)
+            if forward is None:
+                return self._fleet_auth_failed(
+                    request,
+                    "The notification claims to be forwarded by a worker of the fleet but its "
+                    "signature is missing, invalid, made for another worker, expired or "
+                    "already used, or it has no Content-Length; expected one made with the "
+                    "fleet secret for this worker.",
+                    echo,
+                )
+            caller = Caller(
+                tenant_id=forward.tenant_id,
+                app_id=None,
+                issuer=f"fleet:{forward.sender}",
+                expires_at=forward.at + FORWARD_SKEW,
+            )
+        elif self._auth is not None:
             try:
                 caller = await self._auth.authenticate(headers.get("Authorization"))
             except InboundAuthError as exc:
@@ -420,21 +450,13 @@ class WebhookHandler:
                 echo,
             )
             return await close_after(request, response)
-        if forwarded:
-            assert fleet is not None
-            caller = fleet.verify_forwarded(request, body)
-            if caller is None:
-                return self._auth_failed(
-                    request,
-                    InboundAuthError(
-                        "bad_fleet_signature",
-                        "The notification claims to be forwarded by a worker of the fleet but "
-                        "its signature is missing, invalid or expired; expected one made with "
-                        "the fleet secret.",
-                        status=403,
-                    ),
-                    echo,
-                )
+        if forward is not None and not forward.covers(body):
+            return self._fleet_auth_failed(
+                request,
+                "The forwarded notification's body is not the one its fleet signature covers; "
+                "expected the body as the forwarding worker signed it.",
+                echo,
+            )
         if fleet is not None:
             reply = await fleet.forward(
                 request, body, caller.tenant_id if caller is not None else None
@@ -500,6 +522,12 @@ class WebhookHandler:
         except RuntimeError as exc:  # the engine stopped taking calls (shutting down)
             return self._reject(request, 503, "unavailable", str(exc), echo)
         return web.Response(status=202, headers=echo)
+
+    def _fleet_auth_failed(
+        self, request: web.Request, message: str, echo: dict[str, str]
+    ) -> web.Response:
+        exc = InboundAuthError("bad_fleet_signature", message, status=403)
+        return self._auth_failed(request, exc, echo)
 
     def _auth_failed(
         self, request: web.Request, exc: InboundAuthError, echo: dict[str, str]
