@@ -1031,3 +1031,10 @@ async def test_a_blocked_app_loop_keeps_a_bounded_inbox_and_drops_only_observer_
     assert lines and all(e["reason"] == "inbox_full" for e in lines)
     assert sum(e["dropped"] for e in lines) <= 20_000 - bound
     assert len(lines) <= 2 + elapsed
+
+
+@pytest.mark.parametrize("name", ["max_queued_per_call", "max_queued_events"])
+def test_queue_bounds_below_one_are_refused(name: str) -> None:
+    """A queue bound must let at least one event wait."""
+    with pytest.raises(ValueError, match=f"{name} must be 1 or more events, got 0"):
+        Engine(Router(), **{name: 0})
