@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import importlib
 import importlib.util
+import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,20 +51,56 @@ class Inbox:
     both threads a context switch and a hand-over of the interpreter lock. Calls posted from
     the loop's own thread are queued the same way, behind those already waiting, without
     writing to the loop's wake-up pipe.
+
+    ``post_droppable(fn, *args)`` queues a call that may be given up: at most
+    ``max_droppable`` of them wait at once, and past that the oldest waiting one is dropped
+    (counted in :attr:`dropped`, reported to ``on_drop()``) so that a loop that is held up
+    cannot make the inbox grow without end. They wait in a queue of their own (dropping the
+    oldest is O(1), nothing is scanned) and every call carries its place in the posting
+    order, so the loop still runs them all in the order posted. Calls posted with
+    :meth:`post` are never dropped.
     """
 
-    __slots__ = ("_context", "_items", "_loop", "_scheduled", "_thread", "name", "wakeups")
+    __slots__ = (
+        "_context",
+        "_droppable",
+        "_items",
+        "_loop",
+        "_max_droppable",
+        "_on_drop",
+        "_scheduled",
+        "_seq",
+        "_thread",
+        "dropped",
+        "name",
+        "wakeups",
+    )
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, name: str, thread: int | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        name: str,
+        thread: int | None = None,
+        *,
+        max_droppable: int = 10_000,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
+        if max_droppable < 1:
+            raise ValueError(f"max_droppable must be 1 or more, got {max_droppable}")
         self._loop = loop
-        self._items: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        # (place in the posting order, fn, args): the place is what merges the two queues
+        self._items: deque[tuple[int, Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._droppable: deque[tuple[int, Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._seq = itertools.count()  # next() on it is atomic: posters may be two threads
+        self._max_droppable = max_droppable
+        self._on_drop = on_drop
         self._scheduled = False
         self._thread = threading.get_ident() if thread is None else thread
         self.name = name
         self.wakeups = 0
         """Batches run so far (each one wake-up of the loop)."""
+        self.dropped = 0
+        """Calls posted with :meth:`post_droppable` that were dropped, never run."""
         # Batches run in a context of their own (entered by the owner's thread only), not in
         # the one of whoever posted first: a call's bound log fields must not leak into the
         # calls posted behind it.
@@ -71,37 +108,75 @@ class Inbox:
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the inbox's loop, after everything posted before it."""
-        self._items.append((fn, args))
+        self._items.append((next(self._seq), fn, args))
         # Read after the append: a drain that already cleared the flag will see this item,
         # or a new drain is scheduled for it (at worst one drain too many, never one lost).
         if not self._scheduled:
-            self._scheduled = True
+            self._schedule()
+
+    def post_droppable(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Like :meth:`post`, but dropped (the oldest first) while ``max_droppable`` such
+        calls are waiting already. Post these from one thread at a time."""
+        waiting = self._droppable
+        if len(waiting) >= self._max_droppable:
             try:
-                if threading.get_ident() == self._thread:
-                    self._loop.call_soon(self._drain, context=self._context)
-                elif (here := _running_loop()) is not None:
-                    # Not self._context: the owner's thread may be running a batch in it.
-                    here.call_soon(self._wake, context=contextvars.Context())
-                else:
-                    self._loop.call_soon_threadsafe(self._drain, context=self._context)
-            except RuntimeError:  # the loop is closed: nobody is left to run it
-                self._items.clear()
+                waiting.popleft()  # the loop may take it first: then nothing is dropped
+            except IndexError:
+                pass
+            else:
+                self.dropped += 1
+                if self._on_drop is not None:
+                    self._on_drop()
+        waiting.append((next(self._seq), fn, args))
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        try:
+            if threading.get_ident() == self._thread:
+                self._loop.call_soon(self._drain, context=self._context)
+            elif (here := _running_loop()) is not None:
+                # Not self._context: the owner's thread may be running a batch in it.
+                here.call_soon(self._wake, context=contextvars.Context())
+            else:
+                self._loop.call_soon_threadsafe(self._drain, context=self._context)
+        except RuntimeError:  # the loop is closed: nobody is left to run it
+            self._clear()
 
     def _wake(self) -> None:
         try:
             self._loop.call_soon_threadsafe(self._drain, context=self._context)
         except RuntimeError:  # the loop is closed: nobody is left to run it
-            self._items.clear()
+            self._clear()
+
+    def _clear(self) -> None:
+        self._items.clear()
+        self._droppable.clear()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._droppable)
 
     def _drain(self) -> None:
         self._scheduled = False
         self.wakeups += 1
-        items = self._items
-        while items:
-            fn, args = items.popleft()
+        items, droppable = self._items, self._droppable
+        # The oldest droppable call, taken out of its queue (so that a poster dropping the
+        # oldest cannot take it meanwhile) until everything posted before it has run.
+        held: tuple[int, Callable[..., Any], tuple[Any, ...]] | None = None
+        while True:
+            if held is None and droppable:
+                try:
+                    held = droppable.popleft()
+                except IndexError:  # a poster dropping the oldest took the last one
+                    held = None
+            if items and (held is None or items[0][0] < held[0]):
+                _, fn, args = items.popleft()
+            elif held is not None:
+                _, fn, args = held
+                held = None
+            else:
+                return
             try:
                 fn(*args)
             except Exception:

@@ -94,13 +94,16 @@ _ALL_TYPES: Final = _AllTypes()
 
 class EngineStats:
     """Counters of one engine; read them for metrics. Each has a single writer: the I/O
-    loop, except ``late_decisions`` and ``handler_errors`` (the app loop)."""
+    loop, except ``late_decisions``, ``handler_errors`` and ``lane_full`` (the app loop)."""
 
     __slots__ = (
+        "_drop_log",
         "admission_defaults",
         "duplicates",
         "gone",
         "handler_errors",
+        "inbox_full",
+        "lane_full",
         "late_decisions",
         "refused",
         "shed",
@@ -128,6 +131,35 @@ class EngineStats:
         self.gone = 0
         self.unknown = 0
         """Notifications dropped because they named a call the worker does not know."""
+        self.lane_full = 0
+        """Observer events dropped because their call's lane already held
+        MAX_QUEUED_PER_CALL events (the oldest of them went)."""
+        self.inbox_full = 0
+        """Observer events dropped because the app loop's inbox already held
+        MAX_QUEUED_EVENTS of them (the oldest of them went)."""
+        self._drop_log = Throttle(1.0)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Observer events dropped so far, by reason (``lane_full``, ``inbox_full``)."""
+        return {"lane_full": self.lane_full, "inbox_full": self.inbox_full}
+
+    def dropped_one(self, reason: str) -> None:
+        """Count one observer event dropped for ``reason`` (on the loop that writes that
+        counter) and log it: one ``events.dropped`` line a second at most, with how many
+        were dropped since the last one."""
+        if reason == "lane_full":
+            self.lane_full += 1
+        else:
+            self.inbox_full += 1
+        left_out = self._drop_log.admit(reason)
+        if left_out is not None:
+            log.warning(
+                "events.dropped",
+                reason=reason,
+                dropped=left_out + 1,
+                total=self.lane_full if reason == "lane_full" else self.inbox_full,
+            )
 
 
 class Recent:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
@@ -73,7 +74,7 @@ class Lanes:
         self._clock = clock
         self.decided: Callable[[DecisionSlot], None] | None = None
         # call id -> events queued behind the running lane (None: nothing queued yet)
-        self._lanes: dict[str, list[tuple[CallEvent, DecisionSlot | None]] | None] = {}
+        self._lanes: dict[str, deque[tuple[CallEvent, DecisionSlot | None]] | None] = {}
         self._routes: CompiledRoutes | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +83,9 @@ class Lanes:
         """``Answer(then=...)`` flows running."""
         self.establish_timeout = 30.0
         """Seconds a flow waits for its call to be established before it is given up."""
+        self.max_queued = 256
+        """Events a call's lane holds behind the running one; past it the oldest observer
+        event goes (``lane_full``)."""
 
     @property
     def routes(self) -> CompiledRoutes:
@@ -131,7 +135,12 @@ class Lanes:
     # -- intake (the app loop, through the crossing) ----------------------------------------
 
     def take(self, event: CallEvent, slot: DecisionSlot | None) -> None:
-        """Process ``event`` in its call's lane (``slot``: an incoming call's, still open)."""
+        """Process ``event`` in its call's lane (``slot``: an incoming call's, still open).
+
+        Behind a lane that is still busy (a slow observer) at most :attr:`max_queued` events
+        wait: past that the oldest observer event is dropped and counted (``lane_full``);
+        an incoming call's handlers are never dropped.
+        """
         if self._loop is None:  # stopped: the I/O loop sends the defaults of what is left
             return
         call_id = event.call_id or ""
@@ -139,8 +148,10 @@ class Lanes:
         if call_id in lanes:  # a lane is running for this call: queue behind it
             queued = lanes[call_id]
             if queued is None:
-                lanes[call_id] = [(event, slot)]
+                lanes[call_id] = deque(((event, slot),))
             else:
+                if len(queued) >= self.max_queued:
+                    self._drop_oldest(queued)
                 queued.append((event, slot))
             return
         lanes[call_id] = None
@@ -157,6 +168,19 @@ class Lanes:
             self._spawn(coro, call_id, bound)
         else:
             self._spawn(self._run_lane(call_id, event), call_id, bound)
+
+    def _drop_oldest(self, queued: deque[tuple[CallEvent, DecisionSlot | None]]) -> None:
+        """Drop the oldest observer event of a full lane. Only an incoming call's handlers
+        (one per call) can be ahead of it: this looks at one or two events, never the lane."""
+        for index, (_, slot) in enumerate(queued):
+            if slot is None:
+                del queued[index]
+                self.stats.dropped_one("lane_full")
+                return
+
+    def queued(self, call_id: str) -> int:
+        """Events waiting in ``call_id``'s lane behind the one being processed."""
+        return len(self._lanes.get(call_id) or ())
 
     def start_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
         """Run ``flow(call handle)`` (an ``Answer(then=...)``) once the call is established.
@@ -257,7 +281,7 @@ class Lanes:
         """Process the events queued behind a lane's first event, in arrival order."""
         lanes = self._lanes
         while queued := lanes[call_id]:
-            event, slot = queued.pop(0)
+            event, slot = queued.popleft()
             if slot is not None:
                 await self.run_handlers(event, slot)  # type: ignore[arg-type]
             else:

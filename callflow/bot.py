@@ -152,6 +152,8 @@ class Bot(Router):
             "deadline_send_rate": s.deadline_send_rate,
             "max_send_backlog": s.max_send_backlog,
             "shed_lag": s.shed_lag,
+            "max_queued_per_call": s.max_queued_per_call,
+            "max_queued_events": s.max_queued_events,
             "drain_timeout": s.drain_timeout,
             "default_decision": Reject(RejectReason(s.default_reject_reason)),
         }

@@ -71,11 +71,22 @@ class CallKeeper:
         *,
         retry_backoff: tuple[float, float] = RETRY_BACKOFF,
         on_gone: Callable[[str], object] | None = None,
+        max_in_flight: int = 32,
+        attempt_timeout: float | None = None,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be 1 or more requests, got {max_in_flight}")
         self._graph = graph
         self._on_gone = on_gone
         self.interval = interval
         self.retry_backoff = retry_backoff
+        self.max_in_flight = max_in_flight
+        """keepAlive requests in flight at most (the rest of a round waits for a slot)."""
+        self.attempt_timeout = (
+            min(30.0, interval * 0.75) if attempt_timeout is None else attempt_timeout
+        )
+        """Seconds one keepAlive may take, retries included, before it counts as failed:
+        well under the interval, so that a slow Graph cannot push the next one back."""
         self.failures = 0
         """keepAlive attempts that failed (any error but "the call is gone")."""
         self._calls: dict[str, HeldCall] = {}
@@ -141,27 +152,48 @@ class CallKeeper:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Send keepAlive for every held call when due; runs until cancelled."""
-        import asyncio
+        """Send keepAlive for every held call when due; runs until cancelled.
 
+        The calls due together go out concurrently, at most :attr:`max_in_flight` at once
+        (in the order they fell due), each given :attr:`attempt_timeout`: with Graph slow to
+        answer, a round over many held calls takes about one reply's time per
+        ``max_in_flight`` calls, not one per call. The next keepAlive of a call is due an
+        interval after this one was sent, however long the reply took.
+        """
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        task_status.started()
-        while True:
-            self._wake = anyio.Event()
-            now = time.monotonic()
-            while self._heap and self._heap[0][0] <= now:
-                _, _, call_id = heapq.heappop(self._heap)
-                if call_id in self._calls:
-                    await self._keep_alive(self._calls[call_id])
-            delay = self._heap[0][0] - time.monotonic() if self._heap else float("inf")
-            with anyio.move_on_after(max(delay, 0.0)):
-                await self._wake.wait()
+        slots = anyio.Semaphore(self.max_in_flight)
+
+        async def send(held: HeldCall) -> None:
+            try:
+                await self._keep_alive(held)
+            finally:
+                slots.release()
+
+        async with anyio.create_task_group() as tg:  # cancelled with run(): requests too
+            task_status.started()
+            while True:
+                self._wake = anyio.Event()
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, call_id = heapq.heappop(self._heap)
+                    if call_id not in self._calls:
+                        continue
+                    await slots.acquire()  # the calls due behind it wait their turn
+                    held = self._calls.get(call_id)  # it may have ended meanwhile
+                    if held is None:
+                        slots.release()
+                        continue
+                    tg.start_soon(send, held)
+                delay = self._heap[0][0] - time.monotonic() if self._heap else float("inf")
+                with anyio.move_on_after(max(delay, 0.0)):
+                    await self._wake.wait()
 
     async def _keep_alive(self, held: HeldCall) -> None:
+        sent = time.monotonic()
         try:
             await self._graph.keep_alive(
-                held.call_id, tenant_id=held.tenant_id, deadline=time.monotonic() + 30.0
+                held.call_id, tenant_id=held.tenant_id, deadline=sent + self.attempt_timeout
             )
         except CallGoneError:
             log.info("call.gone", call_id=held.call_id, reason="keepAlive answered 404")
@@ -186,8 +218,14 @@ class CallKeeper:
             held.failed = 0
             wait = self.interval
             self._touch()
-        if held.call_id in self._calls:
-            heapq.heappush(self._heap, (time.monotonic() + wait, next(self._seq), held.call_id))
+        if held.call_id not in self._calls:
+            return
+        # After a success, an interval from when it was sent: a slow reply does not push the
+        # next one back.
+        at = (time.monotonic() if held.failed else sent) + wait
+        heapq.heappush(self._heap, (at, next(self._seq), held.call_id))
+        if self._wake is not None and self._heap[0][2] == held.call_id:
+            self._wake.set()  # run() may be sleeping until a later one
 
     def _retry_in(self, failed: int) -> float:
         """Seconds before the next attempt after ``failed`` failures in a row."""

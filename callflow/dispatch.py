@@ -70,11 +70,19 @@ class Engine:
         drain_timeout: float = 15.0,
         recent_size: int = 100_000,
         recent_ttl: float = 600.0,
+        max_queued_per_call: int = 256,
+        max_queued_events: int = 10_000,
         services: Any = None,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
         calls: CallBook | None = None,
         admit: Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None = None,
     ) -> None:
+        for name, bound in (
+            ("max_queued_per_call", max_queued_per_call),
+            ("max_queued_events", max_queued_events),
+        ):
+            if bound < 1:
+                raise ValueError(f"{name} must be 1 or more events, got {bound}")
         self.default_decision: Decision = default_decision or Reject()
         self.drain_timeout = drain_timeout
         self.clock = clock
@@ -106,6 +114,9 @@ class Engine:
             services=services,
             clock=clock,
         )
+        self.lanes.max_queued = max_queued_per_call
+        self.max_queued_events = max_queued_events
+        """Observer events the app loop's inbox holds at most (the oldest go past it)."""
         self._io: IoThread | None = None
         self._to_io: Inbox | None = None
         self._to_app: Inbox | None = None
@@ -169,13 +180,28 @@ class Engine:
     async def app_side(self, io: IoThread) -> AsyncIterator[Lanes]:
         """Run the lanes on this (the app) loop and connect them with the I/O side on ``io``."""
         self._io = io
-        to_app = self._to_app = Inbox(asyncio.get_running_loop(), "app")
+        stats = self.stats
+        # Observer events may be dropped (the oldest first) while the app loop is held up;
+        # an incoming call's hand-over, a deadline's stop and a flow's start never are.
+        to_app = self._to_app = Inbox(
+            asyncio.get_running_loop(),
+            "app",
+            max_droppable=self.max_queued_events,
+            on_drop=lambda: stats.dropped_one("inbox_full"),  # on the I/O loop
+        )
         to_io = self._to_io = io.inbox("io")
         intake, lanes = self.intake, self.lanes
         intake.observed = frozenset(lanes.routes.observers)
         take, stop_handlers, decided = lanes.take, lanes.stop_handlers, intake.decided
-        post_app, post_io = to_app.post, to_io.post
-        intake.to_lanes = lambda event, slot: post_app(take, event, slot)
+        post_app, post_observed, post_io = to_app.post, to_app.post_droppable, to_io.post
+
+        def to_lanes(event: CallEvent, slot: DecisionSlot | None) -> None:
+            if slot is None:
+                post_observed(take, event, None)
+            else:
+                post_app(take, event, slot)
+
+        intake.to_lanes = to_lanes
         intake.stop_handlers = lambda slot: post_app(stop_handlers, slot)
         lanes.decided = lambda slot: post_io(decided, slot)
         async with lanes.running():

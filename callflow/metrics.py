@@ -229,6 +229,15 @@ class _EngineCollector(Collector):
              stats.unknown),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
+        dropped = CounterMetricFamily(
+            "callflow_events_dropped",
+            "Observer events dropped, oldest first: their call's queue held MAX_QUEUED_PER_CALL "
+            "(lane_full) or the app loop's inbox MAX_QUEUED_EVENTS (inbox_full)",
+            labels=("reason",),
+        )
+        for reason, events in stats.dropped.items():
+            dropped.add_metric((reason,), events)
+        yield dropped
         background = self._metrics._background
         if background:
             family = CounterMetricFamily(

@@ -266,6 +266,13 @@ class Settings:
     """Seconds late the I/O loop may run before a new incoming call gets the default at once
     instead of going to the handlers: a notification that arrives then has probably waited
     about that long before the worker could read it."""
+    max_queued_per_call: int = 256
+    """Events one call's observers may have waiting (behind a slow observer); past it the
+    oldest observer event of that call is dropped and counted."""
+    max_queued_events: int = 10_000
+    """Observer events that may wait for the app loop while it is held up (a handler that
+    blocks it); past it the oldest is dropped and counted. Incoming calls, deadline stops and
+    flow starts are never dropped."""
     overload_wait: float = 1.0
     """Seconds a new call's notification may wait for room in the send backlog before the
     503; its 202 comes that much later (the platform expects a reply within ~5 s)."""
@@ -453,6 +460,8 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "deadline_send_rate": _float(1.0, 1_000_000.0),
     "max_send_backlog": _int(1, 10_000_000),
     "shed_lag": _float(0.01, 30.0),
+    "max_queued_per_call": _int(1, 1_000_000),
+    "max_queued_events": _int(1, 10_000_000),
     "overload_wait": _float(0.0, 4.0),
     "drain_timeout": _float(0.0, 600.0),
     "keepalive_interval": _float(1.0, 2700.0),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import aiohttp
 import anyio
 import pytest
 from structlog.testing import capture_logs
 
 from callflow import Answer, Bot, CallContext, CallStateChanged, IncomingCall
-from callflow.testing import FakeGraph
+from callflow.testing import CallHandle, FakeGraph
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +97,39 @@ async def test_a_keepalive_without_an_app_token_does_not_stop_the_worker() -> No
     assert all(0 < e["retry_in"] <= 0.3 for e in failed)
     assert 'callflow_background_failures_total{task="keepalive"}' in failures
     assert running.keeper.failures >= 2
+
+
+async def test_fifty_held_calls_each_get_a_keepalive_every_interval_while_graph_is_slow() -> None:
+    """With Graph taking a second to answer each keepAlive, 50 held calls still each get one
+    in every 2 s interval over three intervals: they go out concurrently (a bounded number at
+    once), each an interval after the last one was sent, not one after the other."""
+    interval, latency, slack = 2.0, 1.0, 0.5
+    async with (
+        FakeGraph() as fake,
+        fake.serve(answering_bot(), keepalive_interval=interval) as running,
+    ):
+        placed: list[CallHandle] = []
+
+        async def place() -> None:
+            placed.append(await fake.place_call(running.webhook_url))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(place)
+        with anyio.fail_after(10):
+            await running.keeper.wait_until(lambda calls: len(calls) == 50)
+        fake.latency = latency
+        answered = {held.call_id: held.answered_at for held in running.calls()}
+        with anyio.move_on_after(8 * interval):  # four each take about five intervals
+            await running.keeper.wait_until(lambda calls: all(c.keepalives >= 4 for c in calls))
+        failures = running.keeper.failures
+    late: dict[str, list[float]] = {}
+    for call in placed:
+        sent = [r.at for r in call.requests if r.op == "keepAlive"]
+        # the first may wait for a free slot (at most one reply's time), then one an interval
+        gaps = [b - a for a, b in itertools.pairwise(sent)]
+        first = sent[0] - answered[call.call_id] - interval if sent else float("inf")
+        if len(sent) < 4 or first > latency + slack or max(gaps) > interval + slack:
+            late[call.call_id] = [round(at - answered[call.call_id], 2) for at in sent]
+    assert late == {}
+    assert failures == 0

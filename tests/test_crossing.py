@@ -58,6 +58,32 @@ async def test_an_inbox_keeps_running_after_a_failing_call() -> None:
     assert seen == ["after"]
 
 
+async def test_an_inbox_drops_the_oldest_droppable_calls_and_keeps_the_order_of_the_rest() -> None:
+    """Past ``max_droppable`` waiting droppable calls, the oldest of them is dropped (counted,
+    reported); calls posted with ``post`` are never dropped, and what runs, runs in the order
+    it was posted."""
+    reported: list[int] = []
+    inbox = Inbox(
+        asyncio.get_running_loop(), "test", max_droppable=3, on_drop=lambda: reported.append(1)
+    )
+    seen: list[object] = []
+    done = anyio.Event()
+    inbox.post(seen.append, "a")
+    for n in range(5):
+        inbox.post_droppable(seen.append, n)  # 0 and 1 go
+    inbox.post(seen.append, "b")
+    inbox.post_droppable(seen.append, 5)  # 2 goes
+    inbox.post(seen.append, "c")
+    inbox.post(done.set)
+    assert len(inbox) == 3 + 4
+    with anyio.fail_after(5):
+        await done.wait()
+    assert seen == ["a", 3, 4, "b", 5, "c"]
+    assert (inbox.dropped, len(reported), len(inbox)) == (3, 3, 0)
+    with pytest.raises(ValueError, match="max_droppable must be 1 or more"):
+        Inbox(asyncio.get_running_loop(), "test", max_droppable=0)
+
+
 async def test_io_thread_runs_coroutines_on_its_own_loop_and_relays_results() -> None:
     """IoThread.run runs a coroutine in the I/O thread and hands back its value or error."""
     here = threading.get_ident()

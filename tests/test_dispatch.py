@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -32,11 +33,13 @@ from callflow import (
     ResultInfo,
     Router,
     Target,
+    ToneReceived,
     UnknownNotification,
 )
 from callflow._intake import EngineStats, Intake
 from callflow._outbox import Outbox
 from callflow.dispatch import Engine
+from callflow.metrics import Metrics
 from callflow.settings import Settings
 from callflow.testing import ManualClock
 
@@ -928,3 +931,149 @@ async def test_events_nobody_observes_do_not_wake_the_app_loop() -> None:
         engine.submit([CallTerminated("c", None)])
         await engine.settle()
         assert engine._to_app.wakeups == 1  # the observed one crossed
+
+
+async def test_a_slow_observer_holds_a_bounded_queue_and_the_call_is_still_decided() -> None:
+    """Behind an observer that waits, a call's lane holds at most MAX_QUEUED_PER_CALL events:
+    of 10,000 key presses the oldest are dropped and counted (never the incoming call queued
+    among them); once the observer resumes, the newest are observed in order and the
+    handler's answer goes out."""
+    bot = make_bot(Settings(platform_timeout=15, safety_margin=3))
+    bound = 256
+    gate, waiting, last = anyio.Event(), anyio.Event(), anyio.Event()
+    seen: list[int] = []
+
+    @bot.on(ToneReceived)
+    async def slow(event: ToneReceived) -> None:
+        if event.sequence_id == 0:
+            waiting.set()
+            await gate.wait()
+        seen.append(event.sequence_id)
+        if event.sequence_id == 10_000:
+            last.set()
+
+    @bot.incoming_call
+    async def answer(call: IncomingCall) -> Answer:
+        return Answer()
+
+    async with running(bot, max_queued_per_call=bound) as (engine, sink):
+        engine.calls.hold("c", None)  # known already (its notifications came out of order)
+        engine.submit([ToneReceived("c", 0, "1")])
+        with anyio.fail_after(5):
+            await waiting.wait()
+        engine.submit([ToneReceived("c", n, "1") for n in range(1, 5_001)])
+        engine.submit([incoming("c")])
+        engine.submit([ToneReceived("c", n, "1") for n in range(5_001, 10_001)])
+        with anyio.fail_after(5):
+            await engine.settle()  # the I/O loop took them all ...
+            crossed = anyio.Event()
+            engine.post_app(crossed.set)
+            await crossed.wait()  # ... and they all reached the lane
+        assert engine.lanes.queued("c") == bound
+        gate.set()
+        with anyio.fail_after(5):
+            await last.wait()
+            await sink.wait_for(1)
+        dropped = engine.stats.dropped
+    assert sink.by_call() == {"c": [Answer()]}
+    assert seen[0] == 0
+    assert seen[1:] == list(range(10_001 - len(seen[1:]), 10_001))  # the newest, in order
+    assert len(seen) - 1 <= bound
+    assert dropped["lane_full"] + dropped["inbox_full"] + len(seen) - 1 == 10_000
+    assert dropped["lane_full"] > 0
+
+
+async def test_a_blocked_app_loop_keeps_a_bounded_inbox_and_drops_only_observer_events() -> None:
+    """While a handler blocks the app loop, 20,000 key presses (for 100 calls) arrive with
+    five new calls among them: the app loop's inbox keeps at most MAX_QUEUED_EVENTS of them
+    and drops the oldest, counted in callflow_events_dropped_total{reason="inbox_full"} and
+    logged at most once a second. The new calls' handlers still run and decide; the deadline
+    stop of a call that fell due meanwhile still cancels its handler."""
+    # The recording call falls due 0.3 s after it arrives, the others 14.3 s; a flooded I/O
+    # loop running late must not default the new calls at intake (SHED_LAG).
+    bot = make_bot(
+        Settings(platform_timeout=15, recording_timeout=1.0, safety_margin=0.7, shed_lag=30.0)
+    )
+    bound = 1_000
+    sink = RecordingSink()
+    started, cancelled, observed = anyio.Event(), anyio.Event(), anyio.Event()
+    taken = threading.Event()
+    seen: list[int] = []
+    waiting: list[int] = []
+    engines: list[Engine] = []
+
+    @bot.on(ToneReceived)
+    async def tone(event: ToneReceived) -> None:
+        seen.append(event.sequence_id)
+        if len(seen) == bound:
+            observed.set()
+
+    @bot.incoming_call(where=lambda call: call.is_policy_recording)
+    async def hangs(call: IncomingCall) -> Answer:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        return Answer()  # pragma: no cover
+
+    def flood(engine: Engine) -> None:
+        sequence = itertools.count(1)
+        for n in range(100):
+            engine.calls.hold(f"t{n}", None)  # calls the bot holds
+        for batch in range(200):
+            events: list[Any] = [ToneReceived(f"t{n}", next(sequence), "1") for n in range(100)]
+            if batch % 40 == 20:
+                events.append(incoming(f"m{batch // 40}"))
+            engine.submit(events)
+        engine._post_io(taken.set)  # behind every submit: the I/O loop has taken them all
+
+    @bot.incoming_call
+    async def blocks(call: IncomingCall) -> Answer:
+        if call.call_id == "blocker":
+            engine = engines[0]
+            assert sink.arrived.wait(5.0)  # the recording call fell due meanwhile
+            thread = threading.Thread(target=flood, args=(engine,))
+            thread.start()
+            assert taken.wait(10.0)
+            thread.join()
+            assert engine._to_app is not None
+            waiting.append(len(engine._to_app))
+        return Answer()
+
+    with structlog.testing.capture_logs() as logs:
+        async with bot.engine(sink, max_queued_events=bound).running() as engine:
+            engines.append(engine)
+            metrics = Metrics()
+            metrics.attach(engine)
+            engine.submit([incoming("hang", recording=True)])
+            with anyio.fail_after(5):
+                await started.wait()
+            begun = time.monotonic()
+            engine.submit([incoming("blocker")])
+            with anyio.fail_after(20):
+                await cancelled.wait()
+                await sink.wait_for(7)
+                await observed.wait()
+                await engine.settle()
+            elapsed = time.monotonic() - begun
+            text = metrics.render().decode()
+    assert waiting[0] <= bound + 10  # the five calls' hand-overs and a stop may be in it too
+    assert sorted(seen) == list(range(20_001 - bound, 20_001))  # the newest were kept
+    assert engine.stats.dropped["inbox_full"] == 20_000 - bound
+    assert f'callflow_events_dropped_total{{reason="inbox_full"}} {20_000 - bound}.0' in text
+    decided = sink.by_call()
+    assert decided["hang"] == [Reject()]  # the default, at its deadline
+    assert decided["blocker"] == [Answer()]
+    assert [decided[f"m{n}"] for n in range(5)] == [[Answer()]] * 5
+    lines = [e for e in logs if e["event"] == "events.dropped"]
+    assert lines and all(e["reason"] == "inbox_full" for e in lines)
+    assert sum(e["dropped"] for e in lines) <= 20_000 - bound
+    assert len(lines) <= 2 + elapsed
+
+
+@pytest.mark.parametrize("name", ["max_queued_per_call", "max_queued_events"])
+def test_queue_bounds_below_one_are_refused(name: str) -> None:
+    """A queue bound must let at least one event wait."""
+    with pytest.raises(ValueError, match=f"{name} must be 1 or more events, got 0"):
+        Engine(Router(), **{name: 0})

@@ -532,6 +532,7 @@ FAMILIES = (
     ("callflow_admission_defaults", "counter"),
     ("callflow_wave_defaults", "counter"),
     ("callflow_calls_gone", "counter"),
+    ("callflow_events_dropped", "counter"),
 )
 
 
