@@ -4,7 +4,10 @@ of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -347,3 +350,44 @@ async def test_an_idle_connection_with_an_unread_request_is_not_evicted() -> Non
     assert refused.startswith(b"HTTP/1.1 503")
     assert b"200 OK" in answered
     assert (server.stats.evicted, server.stats.refused) == (0, 1)
+
+
+async def test_a_stopping_server_closes_every_connection_it_accepted() -> None:
+    """Connections that arrive as the server stops, some with a request on the way, are all
+    closed by the stop (an end of stream or a reset), none left open until its keep-alive
+    timeout: those accepted just before the listener closed included, whose handlers were
+    not set up yet when the stop began."""
+    loop = asyncio.get_running_loop()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    for turns in range(6):  # how far the server gets with the connections before it stops
+        app = web.Application()
+        app.router.add_get("/ok", ok)
+        server = await start_server(app, host="127.0.0.1", port=0, settings=Settings())
+        port = server.addresses[0][1]
+        clients = []
+        for n in range(8):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            clients.append(client)
+            if n % 2:
+                with contextlib.suppress(OSError):
+                    client.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await server.cleanup()
+        try:
+            for client in clients:
+                with anyio.fail_after(2.0):
+                    while True:
+                        try:
+                            if not await loop.sock_recv(client, 4096):
+                                break  # the server closed it
+                        except OSError:
+                            break  # reset: closed too
+        finally:
+            for client in clients:
+                client.close()

@@ -16,6 +16,10 @@ A request aiohttp cannot even parse (a header over 8 KiB, a broken request line)
 ``400`` from aiohttp; it is logged as one ``webhook.bad_request`` line (the exception's type
 only, at most once a second per type, never the request's bytes).
 
+Stopping (:func:`stop_runner`) stops accepting, lets the connections already accepted reach
+their handlers, closes the listeners, then closes every connection: idle ones at once, those
+inside a request once it is answered or after ``SHUTDOWN_TIMEOUT``.
+
 With ``METRICS_PORT`` set, ``/metrics`` is served on that port (same HOST) instead of the
 webhook's. :class:`WebhookServer` is what the bot keeps: the bound addresses and ``cleanup()``.
 """
@@ -56,6 +60,7 @@ __all__ = [
     "close_after",
     "read_body",
     "start_server",
+    "stop_runner",
 ]
 
 log = structlog.get_logger(__name__)
@@ -299,10 +304,36 @@ class WebhookServer:
     async def cleanup(self) -> None:
         """Stop listening and close every connection."""
         try:
-            await self.runner.cleanup()
+            await stop_runner(self.runner)
         finally:
             if self.metrics_runner is not None:
-                await self.metrics_runner.cleanup()
+                await stop_runner(self.metrics_runner)
+
+
+_ACCEPT_TURNS: Final = 3
+"""Loop iterations a connection the loop has just accepted takes to reach its handler (the
+task that sets it up starts in the next one, the handler hears of it in the one after)."""
+
+
+async def stop_runner(runner: web.BaseRunner) -> None:
+    """``runner.cleanup()``, without leaving open a connection accepted as it stops.
+
+    asyncio's selector loop accepts a connection in one iteration and sets up its transport
+    in a task of its own: a listener closed in between makes that set-up fail, and the
+    accepted socket stays open, unanswered, until it is garbage collected (CPython issue
+    109564). So the listeners stop accepting first; once every accepted connection has its
+    handler, closing them refuses only what the kernel still queues, and the cleanup closes
+    the connections (idle at once, busy after ``SHUTDOWN_TIMEOUT``).
+    """
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        for site in runner.sites:
+            listener = getattr(site, "_server", None)  # the site's asyncio.Server
+            for sock in getattr(listener, "sockets", None) or ():
+                loop.remove_reader(sock.fileno())
+        for _ in range(_ACCEPT_TURNS):
+            await asyncio.sleep(0)
+    await runner.cleanup()
 
 
 async def _listen(app: web.Application, host: str, port: int, **options: Any) -> web.AppRunner:
@@ -314,7 +345,7 @@ async def _listen(app: web.Application, host: str, port: int, **options: Any) ->
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=BACKLOG)
         await site.start()
     except BaseException:
-        await runner.cleanup()
+        await stop_runner(runner)
         raise
     return runner
 
@@ -360,7 +391,7 @@ async def start_server(
                 keepalive_timeout=limits.keepalive_timeout,
             )
     except BaseException:
-        await runner.cleanup()
+        await stop_runner(runner)
         raise
     if metrics is not None:
         metrics.attach_server(stats)
