@@ -119,7 +119,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def scrape(http: aiohttp.ClientSession, running: RunningBot) -> dict[Any, float]:
     """GET /metrics and parse it into ``{(sample name, sorted labels): value}``."""
-    async with http.get(running.url + "/metrics") as response:
+    async with http.get(running.metrics_url) as response:
         assert response.status == 200
         assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         text = await response.text()
@@ -606,7 +606,7 @@ async def test_health_readiness_and_every_metric_family_are_served(
             )
         call = await fake_graph.place_call(running.webhook_url, caller=caller(DANA))
         await settled(call)
-        async with http.get(running.url + "/metrics") as response:
+        async with http.get(running.metrics_url) as response:
             text = await response.text()
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
     for name, kind in FAMILIES:

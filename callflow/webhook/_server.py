@@ -20,8 +20,9 @@ Stopping (:func:`stop_runner`) stops accepting, lets the connections already acc
 their handlers, closes the listeners, then closes every connection: idle ones at once, those
 inside a request once it is answered or after ``SHUTDOWN_TIMEOUT``.
 
-With ``METRICS_PORT`` set, ``/metrics`` is served on that port (same HOST) instead of the
-webhook's. :class:`WebhookServer` is what the bot keeps: the bound addresses and ``cleanup()``.
+``/metrics`` is never served on the webhook's listener: it has one of its own, on
+``METRICS_HOST:METRICS_PORT`` (loopback by default; none with ``METRICS_PORT=off``).
+:class:`WebhookServer` is what the bot keeps: the bound addresses and ``cleanup()``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import structlog
 from aiohttp import web
 
 from .._log import Throttle
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
@@ -311,8 +313,9 @@ class WebhookServer:
 
 
 _ACCEPT_TURNS: Final = 3
-"""Loop iterations a connection the loop has just accepted takes to reach its handler (the
-task that sets it up starts in the next one, the handler hears of it in the one after)."""
+"""Loop iterations waited for the connections the loop has just accepted to reach their
+handlers: two (the task that sets one up starts in the next iteration, the handler hears of
+it in the one after), and one to spare."""
 
 
 async def stop_runner(runner: web.BaseRunner) -> None:
@@ -359,7 +362,9 @@ async def start_server(
     metrics: Metrics | None = None,
 ) -> WebhookServer:
     """Serve ``app`` on ``host:port`` with the limits ``settings`` name (see the module
-    docstring), and ``metrics`` on ``METRICS_PORT`` when that is set."""
+    docstring), and ``metrics`` on ``METRICS_HOST:METRICS_PORT`` unless that is off.
+
+    A metrics port that cannot be bound raises :class:`ConfigError` naming the setting."""
     limits = ServerLimits.from_settings(settings)
     stats = ServerStats()
     guard = ConnectionGuard(limits.max_connections, stats)
@@ -384,11 +389,8 @@ async def start_server(
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=BACKLOG)
         await site.start()
         if settings.metrics_port is not None and metrics is not None:
-            metrics_runner = await _listen(
-                _metrics_app(metrics.render),
-                host,
-                settings.metrics_port,
-                keepalive_timeout=limits.keepalive_timeout,
+            metrics_runner = await _listen_for_metrics(
+                metrics, settings.metrics_host, settings.metrics_port, limits
             )
     except BaseException:
         await stop_runner(runner)
@@ -399,6 +401,25 @@ async def start_server(
     if metrics_runner is not None:
         log.info("metrics.listening", url=server.metrics_url)
     return server
+
+
+async def _listen_for_metrics(
+    metrics: Metrics, host: str, port: int, limits: ServerLimits
+) -> web.AppRunner:
+    try:
+        return await _listen(
+            _metrics_app(metrics.render),
+            host,
+            port,
+            keepalive_timeout=limits.keepalive_timeout,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid settings:\n  CALLFLOW_METRICS_PORT: cannot serve /metrics on "
+            f"{host}:{port} ({exc.strerror or exc}); expected a free port (each worker on "
+            "a host needs its own), 0 for any free one, or off (see also "
+            "CALLFLOW_METRICS_HOST)"
+        ) from exc
 
 
 def _metrics_app(render: Callable[[], bytes]) -> web.Application:
