@@ -363,6 +363,7 @@ async def measure(ops: int, rounds: int, warmup: int) -> dict[str, Any]:
                 graph_url=graph_url + "/v1.0",
                 host=HOST,
                 port=0,
+                metrics_port=None,  # not read here; a fixed port could be taken
                 inbound_auth=False,
             )
         )

@@ -264,6 +264,8 @@ class Proc:
             )
         self.pid = self.popen.pid
         self.info: dict[str, Any] = {}
+        self.metrics_port: int | None = None
+        """A callflow bot's metrics listener (on 127.0.0.1)."""
 
     def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
         """Wait for the ``READY {json}`` line; raise with the stderr tail if it never comes."""
@@ -498,12 +500,14 @@ class Harness:
         if variant == QUIET:
             variant, settings = "callflow", {"log_level": "warning", **settings}
         if variant == "callflow":
+            metrics_port = free_port()  # each bot its own: several may run at once
             proc = Proc(
                 name,
                 self.python("callflow_bot", "--loop", loop),
                 self.workdir,
-                self.callflow_env(port, **settings),
+                self.callflow_env(port, metrics_port=metrics_port, **settings),
             )
+            proc.metrics_port = metrics_port
         else:
             module = {"floor": "floor_bot", "sdk": "sdk_bot"}[variant]
             proc = Proc(
@@ -899,7 +903,7 @@ class Harness:
                 tail=p.overload_platform + 2.0,
             )
             gc_after = proc.gc_stats()
-            _, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+            _, metrics = http_get(f"http://127.0.0.1:{proc.metrics_port}/metrics")
         finally:
             proc.stop()
         start, end = result["window"]

@@ -2,10 +2,13 @@
 
 Only the CLI calls :func:`configure_logging`; a bot embedded in another program keeps that
 program's logging. Personal data (display names, phone numbers) is masked unless
-``LOG_PII=on``; anything that looks like a credential is always redacted: the value of a
-credential-like key, and a bearer token or a JWT anywhere in a rendered line (an exception
-message, say). Tracebacks never show local variables (a frame's locals hold request
-headers, tokens and callers' numbers).
+``LOG_PII=on``: the values of name and number keys, and any E.164-looking number (``+`` and
+8 to 15 digits) anywhere in a rendered line (an exception message, say). Anything that looks
+like a credential is always redacted: the value of a credential-like key, and a bearer token
+or a JWT anywhere in a rendered line. Tracebacks never show local variables (a frame's
+locals hold request headers, tokens and callers' numbers). On the console, control
+characters in values (a caller's display name, a message Graph sent) are escaped, so that
+no value can move the cursor, restyle the terminal or start a line of its own.
 
 Every call logs a ``call.decided`` line, so the JSON format renders each line in one
 processor (:class:`JsonLines`) that does what structlog's ``merge_contextvars``,
@@ -20,6 +23,7 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
+import io
 import json
 import logging
 import re
@@ -41,6 +45,8 @@ __all__ = [
     "Throttle",
     "configure_logging",
     "dict_tracebacks",
+    "escape_controls",
+    "mask_numbers",
     "mask_pii",
     "redact_secrets",
     "scrub_tokens",
@@ -77,9 +83,72 @@ def scrub_tokens(text: str) -> str:
     return _TOKEN_TEXT.sub("[redacted]", text)
 
 
-def _scrub_line(_: Any, __: str, line: str) -> str:
-    """The console renderer's last step: :func:`scrub_tokens` on the rendered line."""
-    return scrub_tokens(line)
+_NUMBER_TEXT: Final = re.compile(r"\+\d{8,15}(?!\d)")
+"""An E.164-looking phone number in free text: ``+`` and 8 to 15 digits."""
+
+
+def _mask_number(match: re.Match[str]) -> str:
+    return mask_phone(match.group())
+
+
+def mask_numbers(text: str) -> str:
+    """``text`` with every E.164-looking number masked as :func:`mask_phone` masks one."""
+    if "+" not in text:
+        return text
+    return _NUMBER_TEXT.sub(_mask_number, text)
+
+
+class _ScrubLine:
+    """The console renderer's last step: :func:`scrub_tokens` on the rendered line, and
+    :func:`mask_numbers` unless ``pii``."""
+
+    __slots__ = ("_pii",)
+
+    def __init__(self, *, pii: bool) -> None:
+        self._pii = pii
+
+    def __call__(self, _: Any, __: str, line: str) -> str:
+        line = scrub_tokens(line)
+        return line if self._pii else mask_numbers(line)
+
+
+_CONTROLS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+"""A control character other than tab (C0, DEL and C1: ESC and CSI start terminal commands,
+CR and LF start a line)."""
+_ESCAPES: Final = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != 0x09},
+    0x0A: "\\n",
+    0x0D: "\\r",
+}
+_ESCAPES_BUT_NEWLINES: Final = {code: text for code, text in _ESCAPES.items() if code != 0x0A}
+_MULTILINE_KEYS: Final = frozenset({"exception", "stack"})
+
+
+class _Escaped(str):
+    """A value whose control characters are escaped: shown as it is, or quoted as it is
+    (``repr`` would escape its backslashes a second time)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"'{self}'"
+
+
+def escape_controls(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Escape the control characters in string values (a newline as ``\\n``), for the
+    console; a pre-rendered ``exception`` or ``stack`` keeps its newlines."""
+    for key, value in event.items():
+        if isinstance(value, str) and _CONTROLS.search(value) is not None:
+            table = _ESCAPES_BUT_NEWLINES if key in _MULTILINE_KEYS else _ESCAPES
+            event[key] = _Escaped(value.translate(table))
+    return event
+
+
+def _console_traceback(sio: TextIO, exc_info: Any) -> None:
+    """structlog's ``plain_traceback``, with control characters escaped but its newlines."""
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    sio.write(text.getvalue().translate(_ESCAPES_BUT_NEWLINES))
 
 
 def _is_secret(key: str) -> bool:
@@ -269,7 +338,7 @@ class JsonLines:
     The same line (keys and values) that this chain gives: ``merge_contextvars``,
     ``add_log_level``, ``TimeStamper(fmt="iso", utc=True)``, :func:`redact_secrets`,
     :func:`mask_pii` (unless ``pii``), :data:`dict_tracebacks` (no local variables),
-    ``JSONRenderer()`` and :func:`scrub_tokens`.
+    ``JSONRenderer()``, :func:`scrub_tokens` and :func:`mask_numbers` (unless ``pii``).
     """
 
     __slots__ = ("_pii",)
@@ -300,7 +369,8 @@ class JsonLines:
                     event[key] = _mask(kind, event[key])
         if "exc_info" in event:
             dict_tracebacks(logger, method_name, event)
-        return scrub_tokens(_encode(event))
+        line = scrub_tokens(_encode(event))
+        return line if self._pii else mask_numbers(line)
 
 
 class LineWriter:
@@ -412,12 +482,13 @@ def configure_logging(
         ]
         if not pii:
             processors.append(mask_pii)
+        processors.append(escape_controls)
         processors.append(
             structlog.dev.ConsoleRenderer(
-                colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+                colors=out.isatty(), exception_formatter=_console_traceback
             )
         )
-        processors.append(_scrub_line)
+        processors.append(_ScrubLine(pii=pii))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -59,6 +59,11 @@ What is tolerated:
 - a wrong-typed *descriptive* leaf becomes ``None`` (``displayName``, ``endpointType``,
   ``region``, ``languageId``, ``resultInfo.message``, ``isMuted``, ``isInLobby``,
   ``allowConversationWithoutHost``): a mangled label must not cost a caller their call;
+- free text longer than :data:`MAX_TEXT` characters (``resultInfo.message``, ``displayName``,
+  ``endpointType``, ``region``, ``languageId``, an operation's ``clientContext``,
+  ``completionReason`` and ``status``, and an unknown ``changeType``, ``state`` or modality
+  kept as sent) is cut to that length and marked ``...[cut from N characters]``: it reaches
+  handlers, exception messages and log lines, none of which wants megabytes of it;
 - ``@odata.type`` is metadata, ignored when it is not a string (a ``meetingInfo`` kind is
   then inferred from its fields; an unknown kind gives ``meeting_info=None``);
 - an ``@odata.etag`` that is not a numeric etag like ``W/"4021"`` gives ``etag=None``;
@@ -108,6 +113,7 @@ __all__ = [
     "MAX_CALL_ID",
     "MAX_ID",
     "MAX_NOTIFICATIONS",
+    "MAX_TEXT",
     "MAX_URL",
     "TENANT_ID_PATTERN",
     "parse_notifications",
@@ -121,6 +127,9 @@ MAX_ID: Final = 256
 """The longest identifier of any other kind (identities, participants, chains, threads)."""
 MAX_URL: Final = 2048
 """The longest ``resourceUrl`` or ``callbackUri`` accepted."""
+MAX_TEXT: Final = 1000
+"""The longest free text kept whole (a ``resultInfo.message``, a display name, a label or an
+unknown enum value kept as sent); a longer one is cut to this many characters, marked."""
 CALL_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}")
 """A call id that is one plain URL path segment: unreserved characters, no leading dot."""
 TENANT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,255}")
@@ -169,6 +178,21 @@ _APPS: Final = frozenset({"application", "applicationInstance"})
 # regions and languages in call after call: one shared string each instead of a copy per
 # pending call (about 0.8 KB a call).
 _intern: Final = sys.intern
+
+
+def _text(value: str) -> str:
+    """``value``, or its first :data:`MAX_TEXT` characters and a mark that it was cut."""
+    if len(value) <= MAX_TEXT:
+        return value
+    return f"{value[:MAX_TEXT]}...[cut from {len(value)} characters]"
+
+
+def _label(value: Any) -> str | None:
+    """A descriptive string leaf, shared (interned) when short; None when not a string."""
+    if not isinstance(value, str):
+        return None
+    return _intern(value) if len(value) <= MAX_TEXT else _text(value)
+
 
 _ORGANIZER: Final = 1
 _TOKEN: Final = 2
@@ -450,6 +474,8 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
     change = _CHANGE_TYPES.get(sent_change)
     if change is None:
         change = _CHANGE_TYPES.get(sent_change.lower())
+        if change is None:
+            sent_change = _text(sent_change)  # kept as sent, in an UnknownNotification
 
     url = item.get("resourceUrl")
     if url is None:
@@ -556,7 +582,7 @@ def _item(item: Any, lazy: LazyItem | None = None) -> CallEvent:
         raise _Bad("", _NO_CALL_ID)
     canonical = _STATES.get(state)
     if canonical is None:
-        canonical = _STATES.get(state.lower(), state)
+        canonical = _STATES.get(state.lower()) or _text(state)
     if canonical == "incoming" and change == "created":
         try:
             return _incoming(data, call_id, url, item if lazy is None else lazy)
@@ -607,8 +633,7 @@ def _loose_result(info: Any) -> ResultInfo | None:
     code = _loose_code(info.get("code"))
     subcode = _loose_code(info.get("subcode"))
     message = info.get("message")
-    if not isinstance(message, str):
-        message = None
+    message = _text(message) if isinstance(message, str) else None
     if code is None and subcode is None and message is None:
         return None
     return ResultInfo(code, subcode, message)
@@ -617,6 +642,12 @@ def _loose_result(info: Any) -> ResultInfo | None:
 def _loose_str(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     return value if isinstance(value, str) and value else None
+
+
+def _loose_text(data: Mapping[str, Any], key: str) -> str | None:
+    """:func:`_loose_str` of a free-text field, cut at :data:`MAX_TEXT`."""
+    value = data.get(key)
+    return _text(value) if isinstance(value, str) and value else None
 
 
 def operation_kind(odata_type: Any) -> str | None:
@@ -654,7 +685,11 @@ def read_operation(data: Any) -> OperationFields | None:
         return None
     status = data.get("status")
     if isinstance(status, str):
-        status = _OPERATION_STATUSES.get(status) or _OPERATION_STATUSES.get(status.lower(), status)
+        status = (
+            _OPERATION_STATUSES.get(status)
+            or _OPERATION_STATUSES.get(status.lower())
+            or _text(status)
+        )
     else:
         status = None
     return OperationFields(
@@ -662,8 +697,8 @@ def read_operation(data: Any) -> OperationFields | None:
         operation_kind(data.get("@odata.type")),
         status,
         _loose_result(data.get("resultInfo")),
-        _loose_str(data, "clientContext"),
-        _loose_str(data, "completionReason"),
+        _loose_text(data, "clientContext"),
+        _loose_text(data, "completionReason"),
         _loose_str(data, "recordingLocation"),
         _loose_str(data, "recordingAccessToken"),
     )
@@ -725,8 +760,7 @@ def _result(info: Any) -> ResultInfo | None:
     code = _code(info.get("code"), "resultInfo.code")
     subcode = _code(info.get("subcode"), "resultInfo.subcode")
     message = info.get("message")
-    if not isinstance(message, str):
-        message = None
+    message = _text(message) if isinstance(message, str) else None
     if code is None and subcode is None and message is None:
         return None
     return ResultInfo(code, subcode, message)
@@ -760,6 +794,8 @@ def _identity_set(members: dict[str, Any]) -> tuple[Identity | None, tuple[Ident
         name = value.get("displayName")
         if not isinstance(name, str):
             name = None
+        elif len(name) > MAX_TEXT:
+            name = _text(name)
         elif kind in _APPS:
             name = _intern(name)
             if ident_id is not None:
@@ -825,9 +861,9 @@ def _participant(
         primary,
         identities,
         participant_id,
-        _intern(endpoint) if isinstance(endpoint, str) else None,
-        _intern(region) if isinstance(region, str) else None,
-        _intern(language) if isinstance(language, str) else None,
+        _label(endpoint),
+        _label(region),
+        _label(language),
         is_muted,
         is_in_lobby,
     )
@@ -977,7 +1013,9 @@ def _incoming(data: dict[str, Any], call_id: str, url: str | None, item: Any) ->
                 raise _wrong(f"requestedModalities[{len(names)}]", "a string", modality)
             canonical = _MODALITIES.get(modality)
             names.append(
-                canonical if canonical is not None else _MODALITIES.get(modality.lower(), modality)
+                canonical
+                if canonical is not None
+                else _MODALITIES.get(modality.lower()) or _text(modality)
             )
         modalities = tuple(names)
     else:
@@ -1063,7 +1101,7 @@ def read_call(data: Any) -> tuple[str | None, str | None, str | None, str | None
         return None, None, None, None
     state = _loose_str(data, "state")
     if state is not None:
-        state = _STATES.get(state) or _STATES.get(state.lower(), state)
+        state = _STATES.get(state) or _STATES.get(state.lower()) or _text(state)
     return (
         _loose_str(data, "id"),
         state,

@@ -2,9 +2,10 @@
 
 On the **I/O loop** (:class:`~callflow._crossing.IoThread`): the app-token provider, fleet
 mode (Redis), the Graph client, inbound authentication, the keep-alive of answered calls,
-the engine's intake, deadlines and outbox, and the aiohttp server (webhook, ``/healthz``,
-``/readyz``, ``/metrics``, forwarding). On the **app loop** (the caller's): the lanes that run
-handlers, observers, middleware and error hooks. :func:`serve` is what ``Bot.serve`` runs.
+the engine's intake, deadlines and outbox, and the aiohttp servers (webhook, ``/healthz``,
+``/readyz``, forwarding; ``/metrics`` on a listener of its own). On the **app loop** (the
+caller's): the lanes that run handlers, observers, middleware and error hooks. :func:`serve`
+is what ``Bot.serve`` runs.
 
 Start: the I/O side comes up first (token and keys fetched), then the lanes, then the server
 listens and the bot is ready. Stop: not ready; new calls get the default at once; pending
@@ -32,7 +33,7 @@ from .calls import CallKeeper
 from .decisions import Answer, Reject, RejectReason
 from .errors import ConfigError
 from .events import canonical_call_id
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics
 from .webhook._server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
@@ -225,10 +226,11 @@ class _IoSide:
             self.metrics,
             None if self.fleet is None else self.fleet.webhook,
         )
-        # Connection limits, the body timeout, and /metrics on METRICS_PORT when set.
+        # Connection limits, the body timeout, and /metrics on METRICS_HOST:METRICS_PORT.
         runner = self._runner = await start_server(
             app, host=host, port=port, settings=s, metrics=self.metrics
         )
+        self.running.metrics_url = runner.metrics_url
         bound = _bound_address(runner, host)
         if self.fleet is not None:
             from .store import internal_url
@@ -252,7 +254,8 @@ def make_app(
     metrics: Metrics,
     fleet: FleetHook | None = None,
 ) -> web.Application:
-    """The aiohttp application: the webhook, ``/healthz``, ``/readyz`` and ``/metrics``."""
+    """The aiohttp application: the webhook, ``/healthz`` and ``/readyz`` (``/metrics`` is
+    served on a listener of its own: see :func:`~callflow.webhook._server.start_server`)."""
     from .webhook._app import WebhookHandler
 
     settings = bot.settings
@@ -280,14 +283,9 @@ def make_app(
             return web.json_response({"status": "ready", "pending": engine.pending})
         return web.json_response({"status": "not ready"}, status=503)
 
-    async def metrics_route(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
     app.router.add_post(settings.webhook_path, webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    if settings.metrics_port is None:  # else served on its own port
-        app.router.add_get("/metrics", metrics_route)
     return app
 
 

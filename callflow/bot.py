@@ -56,6 +56,9 @@ class RunningBot:
         self.services: AppServices | None = None
         self.host = ""
         self.port = 0
+        self.metrics_url: str | None = None
+        """``http://METRICS_HOST:PORT/metrics``, where the metrics are served; None when
+        ``METRICS_PORT=off``."""
         self.ready = False
         self.shutting_down = anyio.Event()
         self.urgent = False

@@ -286,8 +286,12 @@ class Settings:
     new one gets 503 when every connection is busy with a request."""
     body_timeout: float = 5.0
     """Seconds a notification's body may take to arrive once its headers are in (then 408)."""
-    metrics_port: int | None = None
-    """Serve ``/metrics`` on this port (on HOST) instead of the webhook's port."""
+    metrics_host: str = "127.0.0.1"
+    """The interface ``/metrics`` is served on: loopback unless set (never the webhook's
+    listener, which Graph and whoever else reaches it can call)."""
+    metrics_port: int | None = 9464
+    """The port ``/metrics`` is served on (0: any free one); None (``off``): no metrics
+    listener."""
     store: str = attrs.field(default="memory", repr=masked_url)
     instance_id: str = attrs.field(factory=socket.gethostname)
     heartbeat_interval: float = 1.0
@@ -469,6 +473,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "http_keepalive_timeout": _float(0.5, 3600.0),
     "max_connections": _int(1, 1_000_000),
     "body_timeout": _float(0.1, 60.0),
+    "metrics_host": str.strip,
     "metrics_port": _port,
     "store": _store,
     "instance_id": _instance_id,

@@ -538,7 +538,7 @@ async def test_ivr_takes_a_voicemail_when_the_transfer_fails(
         handle = await ivr.call(fake_graph, running)
         await handle.press("1")
         await ivr.finished(running)
-        async with aiohttp.ClientSession() as http, http.get(running.url + "/metrics") as got:
+        async with aiohttp.ClientSession() as http, http.get(running.metrics_url) as got:
             metrics = await got.text()
     assert prompts(handle.requests) == [
         "menu",

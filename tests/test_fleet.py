@@ -78,6 +78,7 @@ class Worker:
         self.lines: list[dict[str, Any]] = []
         self.text: list[str] = []
         self.base = ""
+        self.metrics_url = ""
         self.process: anyio.abc.Process | None = None
         self.exited = anyio.Event()
         self._changed = anyio.Event()
@@ -116,6 +117,8 @@ class Worker:
                 if not isinstance(line, dict):
                     line = {"event": "raw", "text": text}
                 self.lines.append(line)
+                if line.get("event") == "metrics.listening" and not self.metrics_url:
+                    self.metrics_url = str(line["url"])
                 if line.get("event") == "bot.ready" and not self.base:
                     self.base = str(line["url"]).rsplit("/api/calls", 1)[0]
                 self._touch()
@@ -261,7 +264,7 @@ def _members(worker: Worker) -> list[str] | None:
 
 async def scrape(worker: Worker) -> dict[str, float]:
     """The worker's /metrics, summed over labels, by sample name."""
-    async with aiohttp.ClientSession() as session, session.get(worker.base + "/metrics") as reply:
+    async with aiohttp.ClientSession() as session, session.get(worker.metrics_url) as reply:
         text = await reply.text()
     totals: dict[str, float] = defaultdict(float)
     for line in text.splitlines():

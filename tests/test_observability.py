@@ -119,7 +119,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def scrape(http: aiohttp.ClientSession, running: RunningBot) -> dict[Any, float]:
     """GET /metrics and parse it into ``{(sample name, sorted labels): value}``."""
-    async with http.get(running.url + "/metrics") as response:
+    async with http.get(running.metrics_url) as response:
         assert response.status == 200
         assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         text = await response.text()
@@ -511,6 +511,62 @@ def test_the_format_follows_the_stream_and_the_level_filters(logging_restored: N
     assert "Dana" in shown.getvalue()
 
 
+def test_console_lines_escape_control_characters(logging_restored: None) -> None:
+    """Text a caller or Graph controls (a display name, a result message) cannot move the
+    cursor, clear a terminal or forge a line of its own on the console: control characters
+    in values come out escaped (a newline as \\n); a traceback keeps its own lines but
+    not the controls inside its message."""
+    log = structlog.get_logger("test.observability")
+    for stream in (io.StringIO(), _Terminal()):  # without and with colours
+        configure_logging(fmt="console", stream=stream, pii=True, cache=False)
+        log.info(
+            "test.injected",
+            display_name="Mallory\x1b[2J\x1b[1;1H",
+            message="ok\r\nlevel=info event=forged\x00\x07",
+        )
+        try:
+            raise RuntimeError("bad\x1b]0;title\x07 message\rover\nnext")
+        except RuntimeError:
+            log.exception("test.failed")
+        text = stream.getvalue()
+        first, _, traceback = text.partition("\n")
+        assert "test.injected" in first
+        assert "Mallory\\x1b[2J\\x1b[1;1H" in first
+        assert "ok\\r\\nlevel=info event=forged\\x00\\x07" in first
+        assert "forged" not in traceback
+        assert "Traceback (most recent call last)" in traceback  # still on lines of its own
+        assert "bad\\x1b]0;title\\x07 message\\rover\nnext" in traceback
+        without_colours = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the renderer's own styling
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", without_colours), repr(text)
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+@pytest.mark.parametrize("pii", [False, True])
+def test_numbers_in_exception_text_are_masked_unless_pii_is_on(
+    logging_restored: None, fmt: str, pii: bool
+) -> None:
+    """A phone number inside an exception's message, logged as ``error=str(exc)`` or as the
+    traceback's message, is masked like a phone number field, unless ``pii=True``."""
+    log = structlog.get_logger("test.observability")
+    stream = io.StringIO()
+    configure_logging(fmt=fmt, stream=stream, pii=pii, cache=False)
+    try:
+        raise LookupError("no route for +14255550123 (forwarded to +442071838750)")
+    except LookupError as exc:
+        log.warning("test.no_route", error=str(exc))
+        log.exception("test.failed", call_id="c-1", attempts=3)
+    text = stream.getvalue()
+    warning, failure = text.split("\n", 1)
+    assert "test.no_route" in warning and "test.failed" in failure
+    for line in (warning, failure):  # the error field; the traceback's message
+        if pii:
+            assert "+14255550123" in line and "+442071838750" in line
+        else:
+            assert "+1425*****23" in line and "+4420******50" in line
+    if not pii:
+        assert "4255550123" not in text and "2071838750" not in text
+
+
 # --- metrics and health ----------------------------------------------------------------------
 
 FAMILIES = (
@@ -551,7 +607,7 @@ async def test_health_readiness_and_every_metric_family_are_served(
             )
         call = await fake_graph.place_call(running.webhook_url, caller=caller(DANA))
         await settled(call)
-        async with http.get(running.url + "/metrics") as response:
+        async with http.get(running.metrics_url) as response:
             text = await response.text()
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
     for name, kind in FAMILIES:

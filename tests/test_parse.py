@@ -290,6 +290,7 @@ def test_module_exports_the_parser_and_its_limits() -> None:
         "MAX_CALL_ID",
         "MAX_ID",
         "MAX_NOTIFICATIONS",
+        "MAX_TEXT",
         "MAX_URL",
         "TENANT_ID_PATTERN",
         "parse_notifications",
@@ -1172,3 +1173,54 @@ def test_pending_calls_share_the_strings_every_call_repeats() -> None:
     assert first.my_participant_id is bot_a.id
     assert first.incoming_context is not None and first.source is not None
     assert first.incoming_context.source_participant_id is first.source.id
+
+
+def test_overlong_free_text_is_cut_with_a_marker() -> None:
+    """A 900 KB resultInfo.message, display name or other label does not reach handlers and
+    logs whole: each is cut to MAX_TEXT characters and says that it was cut; labels of an
+    ordinary length are kept as sent."""
+    cap = _parse.MAX_TEXT
+    huge = "x" * 900_000
+
+    def cut(text: str) -> bool:
+        return text.startswith("x" * cap) and len(text) < cap + 64 and "cut" in text[cap:]
+
+    ended = parse_one(
+        wrap(item("deleted", CALL_URL, {"resultInfo": {"code": 500, "message": huge}}))
+    )
+    assert isinstance(ended, CallTerminated) and ended.result is not None
+    assert cut(ended.result.message or "")
+    assert ended.result.code == 500
+
+    doc = p2p()
+    data = call_data(doc)
+    data["source"]["identity"]["user"]["displayName"] = huge
+    for key in ("region", "languageId", "endpointType"):
+        data["source"][key] = huge
+    data["requestedModalities"] = ["audio", huge]
+    call = parse_one(doc)
+    assert isinstance(call, IncomingCall) and call.source is not None
+    assert cut(call.caller.display_name or "")
+    assert cut(call.source.region or "")
+    assert cut(call.source.language_id or "")
+    assert cut(call.source.endpoint_type or "")
+    assert call.modalities[0] == "audio"
+    assert cut(call.modalities[1])
+
+    changed = parse_one(wrap(item("updated", CALL_URL, {"state": huge})))
+    assert isinstance(changed, CallStateChanged) and cut(changed.state)
+    unknown = parse_one(wrap(item(huge, CALL_URL, {"state": "established"})))
+    assert isinstance(unknown, UnknownNotification) and cut(unknown.change_type)
+
+    operation = _parse.read_operation(
+        {"status": huge, "completionReason": huge, "clientContext": huge,
+         "resultInfo": {"code": 400, "message": huge}}
+    )  # fmt: skip
+    assert operation is not None and operation.result is not None
+    for text in (operation.status, operation.completion_reason, operation.client_context):
+        assert cut(text or "")
+    assert cut(operation.result.message or "")
+
+    exact = "y" * cap  # at the cap: kept as sent
+    kept = parse_one(wrap(item("deleted", CALL_URL, {"resultInfo": {"message": exact}})))
+    assert kept.result.message == exact

@@ -4,7 +4,10 @@ of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -254,41 +257,81 @@ async def test_when_every_connection_is_busy_a_new_one_gets_503() -> None:
     assert server.stats.evicted == 1  # an idle keep-alive connection gave way to the last GET
 
 
-async def test_metrics_move_to_their_own_port(fake: FakeGraph) -> None:
-    """With METRICS_PORT set, /metrics is served there (on HOST) and not on the webhook's
-    port, where health checks stay."""
+async def test_metrics_are_served_on_a_loopback_listener_not_the_webhook_port(
+    fake: FakeGraph,
+) -> None:
+    """/metrics (which names handlers and counts calls) is served on a listener of its own,
+    on loopback even when the webhook listens on every interface; the public webhook port
+    answers 404 for it and keeps the health checks."""
     with structlog.testing.capture_logs() as logs:
         async with (
-            fake.serve(answering_bot(), metrics_port=0) as running,
+            fake.serve(answering_bot(), host="0.0.0.0", metrics_port=0) as running,
             aiohttp.ClientSession() as http,
         ):
             (listening,) = [e for e in logs if e["event"] == "metrics.listening"]
-            async with http.get(listening["url"]) as reply:
+            assert running.metrics_url == listening["url"]
+            assert running.metrics_url is not None
+            assert running.metrics_url.startswith("http://127.0.0.1:")
+            async with http.get(running.metrics_url) as reply:
                 assert reply.status == 200
                 assert "callflow_pending_calls" in await reply.text()
             async with http.get(running.url + "/metrics") as reply:
                 assert reply.status == 404
             async with http.get(running.url + "/healthz") as reply:
                 assert reply.status == 200
-    assert listening["url"].startswith("http://127.0.0.1:")
+
+
+async def test_metrics_follow_metrics_host_and_can_be_turned_off(fake: FakeGraph) -> None:
+    """METRICS_HOST moves the metrics listener to another interface; METRICS_PORT=off serves
+    no metrics at all (and still none on the webhook port)."""
+    async with (
+        fake.serve(answering_bot(), metrics_host="127.0.0.2", metrics_port=0) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        assert running.metrics_url is not None
+        assert running.metrics_url.startswith("http://127.0.0.2:")
+        async with http.get(running.metrics_url) as reply:
+            assert reply.status == 200
+    async with (
+        fake.serve(answering_bot(), metrics_port=None) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        assert running.metrics_url is None
+        async with http.get(running.url + "/metrics") as reply:
+            assert reply.status == 404
+
+
+async def test_a_metrics_port_in_use_is_a_clear_error(fake: FakeGraph) -> None:
+    """A METRICS_PORT another process holds stops the start with an error naming the
+    setting, not a bare OSError."""
+    holder = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    try:
+        port = holder.extra(anyio.abc.SocketAttribute.local_port)
+        with pytest.raises(ConfigError, match=f"CALLFLOW_METRICS_PORT: .*{port}"):
+            async with fake.serve(answering_bot(), metrics_port=port):
+                pass  # pragma: no cover - the start fails
+    finally:
+        await holder.aclose()
 
 
 def test_server_limits_are_settings_checked_by_name() -> None:
-    """HTTP_KEEPALIVE_TIMEOUT, MAX_CONNECTIONS, BODY_TIMEOUT and METRICS_PORT are read and
-    typed; bad values are named in one ConfigError."""
+    """HTTP_KEEPALIVE_TIMEOUT, MAX_CONNECTIONS, BODY_TIMEOUT, METRICS_HOST and METRICS_PORT
+    are read and typed; bad values are named in one ConfigError."""
     s = Settings.from_env(
         {
             "CALLFLOW_HTTP_KEEPALIVE_TIMEOUT": "20",
             "CALLFLOW_MAX_CONNECTIONS": "250",
             "CALLFLOW_BODY_TIMEOUT": "2.5",
+            "CALLFLOW_METRICS_HOST": " 10.0.0.5 ",
             "CALLFLOW_METRICS_PORT": "9100",
         }
     )
     assert ServerLimits.from_settings(s) == ServerLimits(20.0, 250, 2.5)
-    assert s.metrics_port == 9100
+    assert (s.metrics_host, s.metrics_port) == ("10.0.0.5", 9100)
     defaults = Settings()
     assert ServerLimits.from_settings(defaults) == ServerLimits(75.0, 1000, 5.0)
-    assert defaults.metrics_port is None
+    assert (defaults.metrics_host, defaults.metrics_port) == ("127.0.0.1", 9464)
+    assert Settings.from_env({"CALLFLOW_METRICS_PORT": "off"}).metrics_port is None
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(
             {
@@ -417,3 +460,44 @@ async def test_forged_forwards_without_a_body_are_refused_at_once_and_hold_nothi
                 await stream.aclose()
         assert metric(running, "callflow_connections_refused_total") == 0
     assert max(took) < 0.05, took
+
+
+async def test_a_stopping_server_closes_every_connection_it_accepted() -> None:
+    """Connections that arrive as the server stops, some with a request on the way, are all
+    closed by the stop (an end of stream or a reset), none left open until its keep-alive
+    timeout: those accepted just before the listener closed included, whose handlers were
+    not set up yet when the stop began."""
+    loop = asyncio.get_running_loop()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    for turns in range(6):  # how far the server gets with the connections before it stops
+        app = web.Application()
+        app.router.add_get("/ok", ok)
+        server = await start_server(app, host="127.0.0.1", port=0, settings=Settings())
+        port = server.addresses[0][1]
+        clients = []
+        for n in range(8):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            clients.append(client)
+            if n % 2:
+                with contextlib.suppress(OSError):
+                    client.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await server.cleanup()
+        try:
+            for client in clients:
+                with anyio.fail_after(2.0):
+                    while True:
+                        try:
+                            if not await loop.sock_recv(client, 4096):
+                                break  # the server closed it
+                        except OSError:
+                            break  # reset: closed too
+        finally:
+            for client in clients:
+                client.close()

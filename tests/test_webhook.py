@@ -134,7 +134,7 @@ async def test_new_call_gets_503_with_retry_after_while_decisions_wait_to_be_sen
         assert reply.body["error"]["code"] == "overloaded"
         assert running.engine.stats.refused == 1
         assert running.engine.pending == 0
-        async with http.get(running.url + "/metrics") as metrics:
+        async with http.get(running.metrics_url) as metrics:
             text = await metrics.text()
         assert 'callflow_rejected_notifications_total{code="overloaded"} 1.0' in text
         assert "callflow_send_backlog 2.0" in text

@@ -2,8 +2,9 @@
 
 Each test starts the real command with the settings of an in-process FakeGraph as
 ``CALLFLOW_*`` variables, waits for the worker's ``bot.ready`` JSON log line (it carries the
-webhook URL of the free port the worker bound), places calls, reads ``/metrics`` and
-``/readyz``, and stops the worker with signals, as an orchestrator would.
+webhook URL of the free port the worker bound), places calls, reads ``/readyz`` and
+``/metrics`` (on the metrics listener its ``metrics.listening`` line names), and stops the
+worker with signals, as an orchestrator would.
 """
 
 from __future__ import annotations
@@ -166,6 +167,15 @@ def base_url(ready: Mapping[str, Any]) -> str:
     return url.removesuffix("/api/calls")
 
 
+async def metrics_url(worker: Worker) -> str:
+    """Where the worker serves /metrics, from its ``metrics.listening`` line (a listener of
+    its own, not the webhook's)."""
+    (listening,) = await worker.wait_for("metrics.listening")
+    url = str(listening["url"])
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics"), url
+    return url
+
+
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Parse a Prometheus exposition into ``{(sample name, sorted labels): value}``."""
     return {
@@ -269,7 +279,8 @@ async def test_the_worker_decides_calls_and_its_metrics_count_them(
         assert phone["targets"][0]["identity"]["user"]["id"] == ON_CALL
         assert fake.requests_for(forged.call_id) == ()
 
-        status, text = await get(http, url + "/metrics")
+        assert (await get(http, url + "/metrics"))[0] == 404  # not on the webhook's port
+        status, text = await get(http, await metrics_url(worker))
         assert status == 200
         samples = metric_samples(text)
         for kind, reason, by in expected.values():
@@ -322,7 +333,7 @@ async def test_sigterm_turns_the_worker_unready_and_lets_pending_calls_decide(
             pending = [await fake.place_call(webhook, caller=stranger(n)) for n in range(5)]
             status, body = await get(http, url + "/readyz")
             assert (status, json.loads(body)) == (200, {"status": "ready", "pending": 5})
-            samples = metric_samples((await get(http, url + "/metrics"))[1])
+            samples = metric_samples((await get(http, await metrics_url(worker)))[1])
             assert sample(samples, "callflow_pending_calls") == 5
 
             stopped_at = worker.signal(signal.SIGTERM)

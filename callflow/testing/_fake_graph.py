@@ -727,7 +727,8 @@ class FakeGraph:
     def settings(self, **overrides: Any) -> Settings:
         """Return :class:`~callflow.Settings` wiring a bot to this fake; ``overrides`` win.
 
-        The bot listens on 127.0.0.1 on a free port, trusts the fake's CA, fetches tokens
+        The bot listens on 127.0.0.1 on a free port (its metrics on another free port of
+        127.0.0.1: ``running.metrics_url``), trusts the fake's CA, fetches tokens
         from its token endpoint and keys from its key endpoint, accepts only the fake's
         issuer, and uses the fake's platform and recording timeouts. The safety margin stays
         at its default (3 s) unless that is not shorter than both timeouts; then it is a
@@ -745,6 +746,7 @@ class FakeGraph:
             "callback_url": self.callback_url,
             "host": _HOST,
             "port": 0,
+            "metrics_port": 0,
             "platform_timeout": self.platform_timeout,
             "recording_timeout": self.recording_timeout,
         }
@@ -772,6 +774,7 @@ class FakeGraph:
             "callback_url",
             "host",
             "port",
+            "metrics_port",
             "platform_timeout",
             "recording_timeout",
             "safety_margin",
@@ -782,6 +785,8 @@ class FakeGraph:
             value = getattr(settings, name)
             if value is not None:
                 env[PREFIX + name.upper()] = _env_value(value)
+            elif name == "metrics_port":
+                env[PREFIX + "METRICS_PORT"] = "off"
         return env
 
     @contextlib.asynccontextmanager

@@ -16,8 +16,13 @@ A request aiohttp cannot even parse (a header over 8 KiB, a broken request line)
 ``400`` from aiohttp; it is logged as one ``webhook.bad_request`` line (the exception's type
 only, at most once a second per type, never the request's bytes).
 
-With ``METRICS_PORT`` set, ``/metrics`` is served on that port (same HOST) instead of the
-webhook's. :class:`WebhookServer` is what the bot keeps: the bound addresses and ``cleanup()``.
+Stopping (:func:`stop_runner`) stops accepting, lets the connections already accepted reach
+their handlers, closes the listeners, then closes every connection: idle ones at once, those
+inside a request once it is answered or after ``SHUTDOWN_TIMEOUT``.
+
+``/metrics`` is never served on the webhook's listener: it has one of its own, on
+``METRICS_HOST:METRICS_PORT`` (loopback by default; none with ``METRICS_PORT=off``).
+:class:`WebhookServer` is what the bot keeps: the bound addresses and ``cleanup()``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import structlog
 from aiohttp import web
 
 from .._log import Throttle
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
@@ -56,6 +62,7 @@ __all__ = [
     "close_after",
     "read_body",
     "start_server",
+    "stop_runner",
 ]
 
 log = structlog.get_logger(__name__)
@@ -299,10 +306,37 @@ class WebhookServer:
     async def cleanup(self) -> None:
         """Stop listening and close every connection."""
         try:
-            await self.runner.cleanup()
+            await stop_runner(self.runner)
         finally:
             if self.metrics_runner is not None:
-                await self.metrics_runner.cleanup()
+                await stop_runner(self.metrics_runner)
+
+
+_ACCEPT_TURNS: Final = 3
+"""Loop iterations waited for the connections the loop has just accepted to reach their
+handlers: two (the task that sets one up starts in the next iteration, the handler hears of
+it in the one after), and one to spare."""
+
+
+async def stop_runner(runner: web.BaseRunner) -> None:
+    """``runner.cleanup()``, without leaving open a connection accepted as it stops.
+
+    asyncio's selector loop accepts a connection in one iteration and sets up its transport
+    in a task of its own: a listener closed in between makes that set-up fail, and the
+    accepted socket stays open, unanswered, until it is garbage collected (CPython issue
+    109564). So the listeners stop accepting first; once every accepted connection has its
+    handler, closing them refuses only what the kernel still queues, and the cleanup closes
+    the connections (idle at once, busy after ``SHUTDOWN_TIMEOUT``).
+    """
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        for site in runner.sites:
+            listener = getattr(site, "_server", None)  # the site's asyncio.Server
+            for sock in getattr(listener, "sockets", None) or ():
+                loop.remove_reader(sock.fileno())
+        for _ in range(_ACCEPT_TURNS):
+            await asyncio.sleep(0)
+    await runner.cleanup()
 
 
 async def _listen(app: web.Application, host: str, port: int, **options: Any) -> web.AppRunner:
@@ -314,7 +348,7 @@ async def _listen(app: web.Application, host: str, port: int, **options: Any) ->
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=BACKLOG)
         await site.start()
     except BaseException:
-        await runner.cleanup()
+        await stop_runner(runner)
         raise
     return runner
 
@@ -328,7 +362,9 @@ async def start_server(
     metrics: Metrics | None = None,
 ) -> WebhookServer:
     """Serve ``app`` on ``host:port`` with the limits ``settings`` name (see the module
-    docstring), and ``metrics`` on ``METRICS_PORT`` when that is set."""
+    docstring), and ``metrics`` on ``METRICS_HOST:METRICS_PORT`` unless that is off.
+
+    A metrics port that cannot be bound raises :class:`ConfigError` naming the setting."""
     limits = ServerLimits.from_settings(settings)
     stats = ServerStats()
     guard = ConnectionGuard(limits.max_connections, stats)
@@ -353,14 +389,11 @@ async def start_server(
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=BACKLOG)
         await site.start()
         if settings.metrics_port is not None and metrics is not None:
-            metrics_runner = await _listen(
-                _metrics_app(metrics.render),
-                host,
-                settings.metrics_port,
-                keepalive_timeout=limits.keepalive_timeout,
+            metrics_runner = await _listen_for_metrics(
+                metrics, settings.metrics_host, settings.metrics_port, limits
             )
     except BaseException:
-        await runner.cleanup()
+        await stop_runner(runner)
         raise
     if metrics is not None:
         metrics.attach_server(stats)
@@ -368,6 +401,25 @@ async def start_server(
     if metrics_runner is not None:
         log.info("metrics.listening", url=server.metrics_url)
     return server
+
+
+async def _listen_for_metrics(
+    metrics: Metrics, host: str, port: int, limits: ServerLimits
+) -> web.AppRunner:
+    try:
+        return await _listen(
+            _metrics_app(metrics.render),
+            host,
+            port,
+            keepalive_timeout=limits.keepalive_timeout,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid settings:\n  CALLFLOW_METRICS_PORT: cannot serve /metrics on "
+            f"{host}:{port} ({exc.strerror or exc}); expected a free port (each worker on "
+            "a host needs its own), 0 for any free one, or off (see also "
+            "CALLFLOW_METRICS_HOST)"
+        ) from exc
 
 
 def _metrics_app(render: Callable[[], bytes]) -> web.Application:
