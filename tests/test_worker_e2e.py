@@ -409,8 +409,10 @@ async def test_the_drain_lasts_at_most_drain_timeout(callflow_signing_key: Signi
     for call in pending:
         (request,) = call.decisions
         assert request.body == {"reason": "busy", "callbackUri": CALLBACK_URL}
-        assert stopped_at + 1.0 - 0.05 <= request.at
-    assert exited - stopped_at < 1.0 + 0.6
+        # Sent once the drain's second was over, and not much later: the drain is what
+        # bounds them (the process's own exit after that is teardown, timed loosely).
+        assert stopped_at + 1.0 - 0.05 <= request.at < stopped_at + 1.0 + 0.5
+    assert exited - stopped_at < 1.0 + 3.0
 
 
 @pytest.mark.anyio
