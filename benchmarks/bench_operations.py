@@ -50,11 +50,11 @@ from anyio.abc import Process
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from callflow import Answer, Bot, Call, IncomingCall, MediaPrompt, SameLoopPort
-from callflow._crossing import IoThread
 from callflow._log import configure_logging
 from callflow._runtime import tune_gc_for_worker
 from callflow.bench import percentile
-from callflow.graph._tokens import StaticTokenProvider
+from callflow.engine.crossing import IoThread
+from callflow.graph.tokens import StaticTokenProvider
 from callflow.settings import Settings
 from callflow.testing import (
     call_state,

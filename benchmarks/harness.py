@@ -1287,7 +1287,7 @@ def summarize_profile(raw: str) -> dict[str, Any]:
 LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging (structlog call.decided and others)", ("structlog/", "callflow/_log.py")),
     ("metrics (prometheus_client)", ("prometheus_client/", "callflow/metrics.py")),
-    ("inbound JWT check", ("callflow/webhook/_jwt.py", "jwt/", "cryptography/")),
+    ("inbound JWT check", ("callflow/webhook/auth.py", "jwt/", "cryptography/")),
     ("parse notification", ("callflow/_parse.py", "callflow/events.py")),
     (
         "aiohttp client: decision POST",
@@ -1296,10 +1296,10 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("callflow Graph client", ("callflow/graph/",)),
     (
         "callflow engine (dispatch, deadline, routing)",
-        ("callflow/dispatch.py", "callflow/deadline.py", "callflow/routing.py"),
+        ("callflow/engine/core.py", "callflow/engine/deadline.py", "callflow/routing.py"),
     ),
     ("callflow decisions", ("callflow/decisions.py",)),
-    ("callflow webhook handler", ("callflow/webhook/_app.py", "callflow/bot.py")),
+    ("callflow webhook handler", ("callflow/webhook/handler.py", "callflow/bot.py")),
     (
         "aiohttp server: notification in, 202 out",
         ("aiohttp/web", "aiohttp/http_parser.py", "aiohttp/_http_parser"),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .bot import Bot
-from .call import Call, Calls, IoPort, Recording, SameLoopPort
-from .deadline import DecisionSink, RecordingSink
-from .decisions import Answer, Decision, MediaPrompt, Redirect, Reject, RejectReason, Target
-from .errors import (
+from callflow.bot import Bot
+from callflow.control.call import Call, Calls, IoPort, Recording, SameLoopPort
+from callflow.decisions import Answer, Decision, MediaPrompt, Redirect, Reject, RejectReason, Target
+from callflow.engine.deadline import DecisionSink, RecordingSink
+from callflow.errors import (
     ActionError,
     CallControlError,
     CallEndedError,
@@ -26,7 +26,7 @@ from .errors import (
     TokenError,
     TransferError,
 )
-from .events import (
+from callflow.events import (
     CallStateChanged,
     CallTerminated,
     ChatInfo,
@@ -43,8 +43,8 @@ from .events import (
     ToneReceived,
     UnknownNotification,
 )
-from .routing import CallContext, Router
-from .settings import Settings
+from callflow.routing import CallContext, Router
+from callflow.settings import Settings
 
 __all__ = [
     "ActionError",

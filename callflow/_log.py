@@ -37,7 +37,7 @@ import structlog
 from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 
-from .events import mask_phone
+from callflow.events import mask_phone
 
 __all__ = [
     "JsonLines",

@@ -7,10 +7,10 @@ import importlib.util
 import sys
 from typing import TYPE_CHECKING, Final
 
-from .errors import ConfigError
+from callflow.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from callflow.settings import Settings
 
 __all__ = ["WORKER_GC_THRESHOLD", "tune_gc_for_worker", "tune_worker", "use_uvloop"]
 

@@ -22,9 +22,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
-from .decisions import MediaPrompt, Target
-from .errors import ActionError
-from .events import TONES
+from callflow.decisions import MediaPrompt, Target
+from callflow.errors import ActionError
+from callflow.events import TONES
 
 __all__ = [
     "MAX_CLIENT_CONTEXT",

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import attrs
 
-from .errors import CallflowError
+from callflow.errors import CallflowError
 
 if TYPE_CHECKING:
-    from .bot import Bot
-    from .testing import FakeGraph
+    from callflow.bot import Bot
+    from callflow.testing import FakeGraph
 
 __all__ = ["BenchReport", "bench_bot", "percentile"]
 
@@ -114,7 +114,7 @@ async def bench_bot(
     :class:`~callflow.errors.CallflowError` for arguments out of range. A bot serves once:
     pass a bot that has not served yet.
     """
-    from .testing import KINDS, FakeGraph
+    from callflow.testing import KINDS, FakeGraph
 
     problems = []
     if calls < 1:

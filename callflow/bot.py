@@ -10,21 +10,21 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from .decisions import Reject, RejectReason
-from .dispatch import Engine
-from .errors import CallflowError
-from .routing import Router
-from .settings import Settings
+from callflow.decisions import Reject, RejectReason
+from callflow.engine.core import Engine
+from callflow.errors import CallflowError
+from callflow.routing import Router
+from callflow.settings import Settings
 
 if TYPE_CHECKING:
-    from ._crossing import IoThread
-    from ._worker import AppServices
-    from .call import Call, Calls
-    from .calls import CallKeeper, HeldCall
-    from .deadline import DecisionSink, DecisionSlot
-    from .graph._client import GraphClient
-    from .graph._tokens import TokenProvider
-    from .metrics import Metrics
+    from callflow.control.call import Call, Calls
+    from callflow.control.keeper import CallKeeper, HeldCall
+    from callflow.engine.crossing import IoThread
+    from callflow.engine.deadline import DecisionSink, DecisionSlot
+    from callflow.graph.client import GraphClient
+    from callflow.graph.tokens import TokenProvider
+    from callflow.metrics import Metrics
+    from callflow.worker import AppServices
 
 __all__ = ["Bot", "RunningBot"]
 
@@ -143,7 +143,7 @@ class Bot(Router):
         """Build the engine that runs this bot's handlers with the deadline guarantee.
 
         ``sink`` delivers the decisions (it may be given later, to ``Engine.io_side``);
-        ``overrides`` are :class:`~callflow.dispatch.Engine` options that win over the
+        ``overrides`` are :class:`~callflow.engine.core.Engine` options that win over the
         settings (``clock``, ``services``, ``on_decided``, ...).
         """
         s = self.settings
@@ -185,7 +185,7 @@ class Bot(Router):
         calls keep deciding until their deadlines (bounded by ``DRAIN_TIMEOUT``), the rest
         get the default decision, then sessions close.
         """
-        from ._worker import serve
+        from callflow.worker import serve
 
         async with serve(self, host=host, port=port, tokens=tokens, on_decided=on_decided) as r:
             yield r
@@ -197,7 +197,7 @@ class Bot(Router):
         deadlines (at most ``DRAIN_TIMEOUT``); a second signal stops at once. Either way every
         call still undecided gets the default decision before the process exits.
         """
-        from ._runtime import tune_worker, use_uvloop
+        from callflow._runtime import tune_worker, use_uvloop
 
         options = {"use_uvloop": True} if use_uvloop(self.settings.loop) else {}
         tune_worker(self.settings)

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from .errors import CallflowError, ConfigError, InboundAuthError, TokenError
-from .settings import PREFIX, Settings
+from callflow.errors import CallflowError, ConfigError, InboundAuthError, TokenError
+from callflow.settings import PREFIX, Settings
 
 __all__ = ["run_checks", "settings_for_run"]
 
@@ -44,8 +44,8 @@ def settings_for_run(environ: Mapping[str, str] | None = None) -> Settings:
 
 async def run_checks(environ: dict[str, str] | None = None, out: TextIO | None = None) -> int:
     """Run every check, print one line per check, return 0 when all passed, else 1."""
-    from .graph._tokens import MsalTokenProvider
-    from .webhook._jwt import InboundAuthenticator
+    from callflow.graph.tokens import MsalTokenProvider
+    from callflow.webhook.auth import InboundAuthenticator
 
     stream = sys.stdout if out is None else out
     failed = 0

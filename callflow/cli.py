@@ -12,14 +12,14 @@ from typing import Any
 
 import anyio
 
-from .errors import CallflowError, ConfigError
+from callflow.errors import CallflowError, ConfigError
 
 __all__ = ["load_bot", "main"]
 
 
 def load_bot(target: str) -> Any:
     """Import ``module:attr`` (the current directory first on the path, as uvicorn does)."""
-    from .bot import Bot
+    from callflow.bot import Bot
 
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -43,15 +43,15 @@ def load_bot(target: str) -> Any:
 
 def _backend_options(loop: str = "auto") -> dict[str, Any]:
     """uvloop for ``LOOP=uvloop``, or ``auto`` when it is installed (``callflow[speed]``)."""
-    from ._runtime import use_uvloop
+    from callflow._runtime import use_uvloop
 
     return {"use_uvloop": True} if use_uvloop(loop) else {}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ._log import configure_logging
-    from ._runtime import tune_worker
-    from .check import settings_for_run
+    from callflow._log import configure_logging
+    from callflow._runtime import tune_worker
+    from callflow.check import settings_for_run
 
     settings = settings_for_run()
     configure_logging(fmt=settings.log_format, level=settings.log_level, pii=settings.log_pii)
@@ -64,8 +64,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ._log import configure_logging
-    from .check import run_checks
+    from callflow._log import configure_logging
+    from callflow.check import run_checks
 
     # The check lines are the output: keep the libraries' warnings out of it.
     configure_logging(fmt="console", level="error", stream=sys.stderr, cache=False)
@@ -82,7 +82,7 @@ def _testing_kit() -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     _testing_kit()
-    from .demo import run_demo
+    from callflow.demo import run_demo
 
     code: int = anyio.run(run_demo, args.calls_per_kind)
     return code
@@ -90,8 +90,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     _testing_kit()
-    from ._log import configure_logging
-    from .bench import bench_bot
+    from callflow._log import configure_logging
+    from callflow.bench import bench_bot
 
     configure_logging(fmt="console", level=args.log_level, stream=sys.stderr, cache=False)
     bot = load_bot(args.target)

@@ -23,7 +23,7 @@ from callflow._signatures import cannot_take, is_async
 from callflow.errors import DecisionError
 
 if TYPE_CHECKING:
-    from callflow.call import Call
+    from callflow.control.call import Call
 
 __all__ = [
     "Answer",

@@ -19,11 +19,11 @@ from typing import Any, TextIO
 import anyio
 import attrs
 
-from .bot import Bot
-from .deadline import DecisionSlot
-from .errors import CallflowError
-from .events import IncomingCall
-from .routing import Router
+from callflow.bot import Bot
+from callflow.engine.deadline import DecisionSlot
+from callflow.errors import CallflowError
+from callflow.events import IncomingCall
+from callflow.routing import Router
 
 __all__ = ["SCRIPT", "Scene", "run_demo"]
 
@@ -93,8 +93,8 @@ def stuck_router() -> Router:
 
 async def run_demo(calls_per_kind: int = 1, out: TextIO | None = None) -> int:
     """Play the script; print progress and a table; 0 when every call got one decision."""
-    from ._log import configure_logging
-    from .testing import FakeGraph
+    from callflow._log import configure_logging
+    from callflow.testing import FakeGraph
 
     stream = sys.stdout if out is None else out
     # No logger caching: the demo may run inside a program that configures logging again.

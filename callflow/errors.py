@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .events import ResultInfo
+    from callflow.events import ResultInfo
 
 __all__ = [
     "ActionError",

@@ -16,10 +16,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .deadline import DecisionSlot
-    from .dispatch import Engine
-    from .store import FleetStats
-    from .webhook._server import ServerStats
+    from callflow.engine.core import Engine
+    from callflow.engine.deadline import DecisionSlot
+    from callflow.fleet.store import FleetStats
+    from callflow.webhook.server import ServerStats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 

@@ -27,11 +27,11 @@ import anyio
 import attrs
 import structlog
 
-from ._clock import MONOTONIC, Clock
-from ._signatures import cannot_take
-from ._signatures import is_async as _is_async
-from .errors import RegistrationError
-from .events import (
+from callflow._signatures import cannot_take
+from callflow._signatures import is_async as _is_async
+from callflow.engine.clock import MONOTONIC, Clock
+from callflow.errors import RegistrationError
+from callflow.events import (
     CallEvent,
     CallStateChanged,
     CallTerminated,
@@ -43,7 +43,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
-    from .call import Call
+    from callflow.control.call import Call
 
 __all__ = [
     "CallContext",

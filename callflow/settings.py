@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._trust import forward_target
-from .errors import ConfigError
-from .graph._hosts import DEFAULT_RECORDING_HOSTS, recording_hosts
+from callflow.errors import ConfigError
+from callflow.fleet.trust import forward_target
+from callflow.graph.hosts import DEFAULT_RECORDING_HOSTS, recording_hosts
 
 __all__ = [
     "MIN_FLEET_SECRET",

@@ -11,12 +11,12 @@ import anyio
 from aiohttp import web
 
 from callflow import Answer
-from callflow._control import CallControl
 from callflow._parse import parse_notifications
-from callflow.call import Call, Calls, SameLoopPort
+from callflow.control.call import Call, Calls, SameLoopPort
+from callflow.control.operations import CallControl
 from callflow.events import CallEvent
-from callflow.graph._client import GraphClient
-from callflow.graph._tokens import StaticTokenProvider
+from callflow.graph.client import GraphClient
+from callflow.graph.tokens import StaticTokenProvider
 from callflow.testing import CALLBACK_URL, CallHandle, FakeGraph, SigningKey
 
 

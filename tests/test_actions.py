@@ -20,7 +20,7 @@ from callflow.actions import (
     parse_join_url,
 )
 from callflow.errors import ActionError
-from callflow.graph._client import _last_segment
+from callflow.graph.client import _last_segment
 
 HELLO = MediaPrompt("https://cdn.example.com/hello.wav")
 USER = Target.user("u-1", tenant_id="t-1")

@@ -311,7 +311,7 @@ async def collect_while_pressing(
     rig: Rig, handle: object, call: object, keys: tuple[str, ...], **options: object
 ) -> str:
     """Run collect_digits while the caller presses ``keys`` once subscribed."""
-    from callflow.call import Call
+    from callflow.control.call import Call
     from callflow.testing import CallHandle
 
     assert isinstance(handle, CallHandle) and isinstance(call, Call)

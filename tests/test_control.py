@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callflow._control import OperationRegistry, ToneBuffer, event_key
+from callflow.control.operations import OperationRegistry, ToneBuffer, event_key
 from callflow.errors import CallEndedError
 from callflow.events import (
     CallStateChanged,

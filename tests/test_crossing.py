@@ -9,8 +9,8 @@ from typing import Any
 import anyio
 import pytest
 
-from callflow._clock import MONOTONIC
-from callflow._crossing import Inbox, IoThread, SameLoop
+from callflow.engine.clock import MONOTONIC
+from callflow.engine.crossing import Inbox, IoThread, SameLoop
 from callflow.testing import ManualClock
 
 pytestmark = pytest.mark.anyio

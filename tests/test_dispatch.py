@@ -36,9 +36,9 @@ from callflow import (
     ToneReceived,
     UnknownNotification,
 )
-from callflow._intake import EngineStats, Intake
-from callflow._outbox import Outbox
-from callflow.dispatch import Engine
+from callflow.engine.core import Engine
+from callflow.engine.intake import EngineStats, Intake
+from callflow.engine.outbox import Outbox
 from callflow.metrics import Metrics
 from callflow.settings import Settings
 from callflow.testing import ManualClock

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from callflow.store import fleet_namespace
+from callflow.fleet.store import fleet_namespace
 from callflow.testing import CallHandle, FakeGraph, SigningKey, call_state, envelope
 from tests.fleet_proxy import AVOID, UPSTREAM, FleetProxy
 from tests.redis_server import RedisServer, redis_server

@@ -29,7 +29,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from structlog.testing import capture_logs
 
-from callflow import _control
+from callflow.control import operations as _control
 from callflow.decisions import Answer, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import (
     CallGoneError,
@@ -39,15 +39,16 @@ from callflow.errors import (
     RecordingTooLargeError,
 )
 from callflow.events import Identity, IncomingCall
-from callflow.graph import _client, _hosts
-from callflow.graph._client import (
+from callflow.graph import client as _client
+from callflow.graph import hosts as _hosts
+from callflow.graph.client import (
     GraphClient,
     GraphResult,
     _AttemptTimeout,
     _new_uuid,
     _parse_retry_after,
 )
-from callflow.graph._tokens import StaticTokenProvider
+from callflow.graph.tokens import StaticTokenProvider
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""Tests for inbound JWT validation (callflow.webhook._jwt) and the signing-key test kit."""
+"""Tests for inbound JWT validation (callflow.webhook.auth) and the signing-key test kit."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from jwt.algorithms import RSAAlgorithm
 from jwt.utils import base64url_encode
 
 import callflow.testing._keys as keys_module
-import callflow.webhook._jwt as jwt_module
+import callflow.webhook.auth as jwt_module
 from callflow.errors import ConfigError, InboundAuthError
 from callflow.testing._keys import (
     KEY_SERVER,
@@ -30,7 +30,7 @@ from callflow.testing._keys import (
     jwks,
     key_server_app,
 )
-from callflow.webhook._jwt import REASONS, TENANT_ID_CLAIM, Caller, InboundAuthenticator
+from callflow.webhook.auth import REASONS, TENANT_ID_CLAIM, Caller, InboundAuthenticator
 
 APP_ID = "11111111-2222-3333-4444-555555555555"
 TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

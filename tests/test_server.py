@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from callflow import Answer, Bot, ConfigError, IncomingCall, Settings
 from callflow.bot import RunningBot
 from callflow.testing import FakeGraph, SigningKey
-from callflow.webhook._server import (
+from callflow.webhook.server import (
     SHUTDOWN_TIMEOUT,
     ConnectionGuard,
     ServerLimits,
@@ -375,7 +375,7 @@ async def test_an_idle_connection_with_an_unread_request_is_not_evicted() -> Non
     refused instead, and the waiting request is answered."""
     import threading
 
-    from callflow._crossing import IoThread
+    from callflow.engine.crossing import IoThread
 
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

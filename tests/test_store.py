@@ -33,10 +33,9 @@ from callflow import (
     RejectReason,
     Settings,
 )
-from callflow._trust import FLEET_AUTH, FleetSigner, ForwardTargets
 from callflow.decisions import Decision
 from callflow.errors import GraphError
-from callflow.store import (
+from callflow.fleet.store import (
     CLAIM_CAP,
     DROPPED,
     KEY_GRACE,
@@ -59,8 +58,9 @@ from callflow.store import (
     open_store,
     without_credentials,
 )
+from callflow.fleet.trust import FLEET_AUTH, FleetSigner, ForwardTargets
 from callflow.testing import CALLBACK_URL, FakeGraph, SigningKey, call_state, envelope
-from callflow.webhook._app import FORWARDED_BY, Forwarder
+from callflow.webhook.handler import FORWARDED_BY, Forwarder
 from tests.helpers import incoming
 from tests.redis_server import RedisServer, redis_server
 

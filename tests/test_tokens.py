@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from structlog.testing import capture_logs
 
 from callflow.errors import ConfigError, TokenError
-from callflow.graph._tokens import (
+from callflow.graph.tokens import (
     GRAPH_SCOPE,
     MsalTokenProvider,
     StaticTokenProvider,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from callflow import ConfigError
-from callflow._trust import (
+from callflow.fleet.trust import (
     FORWARD_AHEAD,
     FORWARD_SKEW,
     MAX_CLOCK_SKEW,

@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from callflow import Answer, Bot, IncomingCall, RecordingSink, Reject
-from callflow._crossing import IoThread
+from callflow.engine.crossing import IoThread
 from callflow.settings import Settings
 from callflow.testing import CallHandle, FakeGraph, GraphRequest, SigningKey
 

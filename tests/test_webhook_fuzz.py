@@ -50,7 +50,7 @@ from callflow.testing import (
     envelope,
     incoming_call,
 )
-from callflow.webhook._app import MAX_BODY
+from callflow.webhook.handler import MAX_BODY
 from tests.conftest import load_fixture
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,8 +27,8 @@ The pytest plugin :mod:`callflow.testing.plugin` (``pytest_plugins =
 
 from __future__ import annotations
 
-from .._clock import ManualClock
-from ._fake_graph import (
+from callflow.engine.clock import ManualClock
+from callflow.testing._fake_graph import (
     ACTION_OPS,
     CALLBACK_URL,
     DECISION_OPS,
@@ -41,8 +41,8 @@ from ._fake_graph import (
     GraphRequest,
     WebhookReply,
 )
-from ._keys import KeyServer, SigningKey, graph_claims
-from ._payloads import (
+from callflow.testing._keys import KeyServer, SigningKey, graph_claims
+from callflow.testing._payloads import (
     KINDS,
     call_state,
     call_terminated,
@@ -53,7 +53,7 @@ from ._payloads import (
     participants,
     tone,
 )
-from ._token_server import TokenServer
+from callflow.testing._token_server import TokenServer
 
 __all__ = [
     "ACTION_OPS",

@@ -83,13 +83,19 @@ from anyio.abc import TaskGroup
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ..settings import PREFIX, Settings
-from . import _payloads
-from ._keys import DEFAULT_ISSUER, OPENID_CONFIG_PATH, KeyServer, SigningKey, graph_claims
-from ._token_server import TokenServer
+from callflow.settings import PREFIX, Settings
+from callflow.testing import _payloads
+from callflow.testing._keys import (
+    DEFAULT_ISSUER,
+    OPENID_CONFIG_PATH,
+    KeyServer,
+    SigningKey,
+    graph_claims,
+)
+from callflow.testing._token_server import TokenServer
 
 if TYPE_CHECKING:
-    from ..bot import Bot, RunningBot
+    from callflow.bot import Bot, RunningBot
 
 __all__ = [
     "ACTION_OPS",

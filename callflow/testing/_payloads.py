@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeAlias
 
-from ..events import Identity
+from callflow.events import Identity
 
 __all__ = [
     "BOT_DISPLAY_NAME",

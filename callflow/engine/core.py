@@ -3,15 +3,15 @@
 :class:`Engine` puts together the single-purpose parts of a running bot:
 
 - on the **I/O loop** (a thread of its own that runs no user code): the
-  :class:`~callflow._intake.Intake` (dedupe, staleness, admission, deadlines through the
-  :class:`~callflow.deadline.DeadlineScheduler`) and the :class:`~callflow._outbox.Outbox`
-  (every decision leaves through it);
+  :class:`~callflow.engine.intake.Intake` (dedupe, staleness, admission, deadlines through
+  the :class:`~callflow.engine.deadline.DeadlineScheduler`) and the
+  :class:`~callflow.engine.outbox.Outbox` (every decision leaves through it);
 - on the **app loop** (the loop that enters :meth:`Engine.running`): the
-  :class:`~callflow._lanes.Lanes`, where handlers, observers, middleware and error hooks run.
+  :class:`~callflow.engine.lanes.Lanes`, where handlers, observers, middleware and error hooks run.
 
-They meet only through the crossing (:mod:`callflow._crossing`): events go to the lanes,
+They meet only through the crossing (:mod:`callflow.engine.crossing`): events go to the lanes,
 claimed decisions come back to be sent, and the deadline's "stop these handlers" goes to the
-lanes. A bot wires the webhook and Graph around it (:mod:`callflow._worker`); tests drive it
+lanes. A bot wires the webhook and Graph around it (:mod:`callflow.worker`); tests drive it
 directly with :meth:`Engine.submit` and a recording sink.
 """
 
@@ -25,16 +25,16 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._book import CallBook
-from ._clock import MONOTONIC, Clock
-from ._crossing import Inbox, IoThread
-from ._intake import STATE_RANK, EngineStats, Intake
-from ._lanes import Lanes
-from ._outbox import Outbox
-from .deadline import DeadlineScheduler, DecisionSink, DecisionSlot
-from .decisions import Decision, Reject
-from .events import CallEvent, IncomingCall
-from .routing import Router
+from callflow.decisions import Decision, Reject
+from callflow.engine.book import CallBook
+from callflow.engine.clock import MONOTONIC, Clock
+from callflow.engine.crossing import Inbox, IoThread
+from callflow.engine.deadline import DeadlineScheduler, DecisionSink, DecisionSlot
+from callflow.engine.intake import STATE_RANK, EngineStats, Intake
+from callflow.engine.lanes import Lanes
+from callflow.engine.outbox import Outbox
+from callflow.events import CallEvent, IncomingCall
+from callflow.routing import Router
 
 __all__ = ["STATE_RANK", "Engine", "EngineStats"]
 
@@ -45,9 +45,9 @@ class Engine:
     """Runs a router's handlers for a stream of events with the deadline guarantee.
 
     ``sink`` delivers every decision, from the I/O loop (a Graph client in a bot, a
-    :class:`~callflow.deadline.RecordingSink` in tests); it may be given late, through
+    :class:`~callflow.engine.deadline.RecordingSink` in tests); it may be given late, through
     :meth:`io_side`. ``clock`` is where deadlines are read (tests pass a
-    :class:`~callflow._clock.ManualClock`). Use ``async with engine.running():`` on the app
+    :class:`~callflow.engine.clock.ManualClock`). Use ``async with engine.running():`` on the app
     loop, then :meth:`submit`.
     """
 
@@ -145,7 +145,7 @@ class Engine:
 
     @property
     def overloaded(self) -> bool:
-        """See :attr:`Intake.overloaded <callflow._intake.Intake.overloaded>`."""
+        """See :attr:`Intake.overloaded <callflow.engine.intake.Intake.overloaded>`."""
         return self.intake.overloaded
 
     @property
@@ -267,7 +267,7 @@ class Engine:
         await self._on_io(_checkpoint)
 
     async def wait_for_room(self, within: float) -> bool:
-        """See :meth:`Intake.wait_for_room <callflow._intake.Intake.wait_for_room>`."""
+        """See :meth:`Intake.wait_for_room <callflow.engine.intake.Intake.wait_for_room>`."""
         return await self._on_io(lambda: self.intake.wait_for_room(within))
 
     def post_app(self, fn: Callable[..., Any], *args: Any) -> None:

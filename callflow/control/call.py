@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 
-from .actions import (
+from callflow.actions import (
     Invite,
     JoinMeeting,
     OutgoingCall,
@@ -44,12 +44,12 @@ from .actions import (
     Transfer,
     UpdateRecordingStatus,
 )
-from .decisions import MediaPrompt, Target
-from .errors import ActionError, CallControlError
-from .events import TONES, ResultInfo, canonical_call_id
+from callflow.decisions import MediaPrompt, Target
+from callflow.errors import ActionError, CallControlError
+from callflow.events import TONES, ResultInfo, canonical_call_id
 
 if TYPE_CHECKING:
-    from ._control import CallControl
+    from callflow.control.operations import CallControl
 
 __all__ = ["Call", "Calls", "IoPort", "Recording", "SameLoopPort"]
 
@@ -135,7 +135,7 @@ class Recording:
 class Call:
     """A call the bot holds (answered or created): play, record, collect digits, transfer...
 
-    Built by the bot (or :class:`Calls`) with the :class:`~callflow._control.CallControl`
+    Built by the bot (or :class:`Calls`) with the :class:`~callflow.control.operations.CallControl`
     of the I/O loop and the :class:`IoPort` that reaches it. ``call_id`` is Graph's id;
     ``tenant_id`` picks the app token. Operations on one call may run concurrently, except
     one digit collection and one transfer at a time.
@@ -380,7 +380,7 @@ def _stop_tones(value: str | Iterable[str]) -> tuple[str, ...]:
 class Calls:
     """Places new calls and hands out :class:`Call` handles (``bot.calls``).
 
-    ``control`` is the I/O loop's :class:`~callflow._control.CallControl`, ``port`` the
+    ``control`` is the I/O loop's :class:`~callflow.control.operations.CallControl`, ``port`` the
     :class:`IoPort` that reaches it.
     """
 

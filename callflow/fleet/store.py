@@ -1,6 +1,6 @@
 """The decision store: exactly one decision per call across a fleet of workers.
 
-One worker needs nothing but its in-process :class:`~callflow.deadline.DecisionSlot`. Several
+One worker needs nothing but its in-process :class:`~callflow.engine.deadline.DecisionSlot`. Several
 workers behind a load balancer share a :class:`RedisStore` (``CALLFLOW_STORE=redis://...``);
 ``memory`` (the default) keeps a single worker's behaviour and never imports Redis.
 
@@ -36,7 +36,7 @@ holder, so the store may retry a command once after a lost connection (a restart
 without ever mistaking its own claim for another worker's.
 
 Every value a worker acts on is signed with the fleet secret (``CALLFLOW_FLEET_SECRET``, see
-:mod:`callflow._trust`): claims (``instance#boot#mac``, bound to their key), pending and
+:mod:`callflow.fleet.trust`): claims (``instance#boot#mac``, bound to their key), pending and
 adopted members (``call_id|tenant_id|mac``) and heartbeats (a ``mac`` and a time ``t`` in the
 JSON). A claim script that loses returns the holder, and the worker checks its signature: a
 forged holder is replaced (compare-and-set) and the claim won. A heartbeat that does not verify
@@ -87,18 +87,18 @@ import anyio
 import attrs
 import structlog
 
-from ._log import Throttle
-from ._trust import FleetSigner, ForwardTargets
-from .errors import ConfigError
-from .settings import plain_redis_problem
+from callflow._log import Throttle
+from callflow.errors import ConfigError
+from callflow.fleet.trust import FleetSigner, ForwardTargets
+from callflow.settings import plain_redis_problem
 
 if TYPE_CHECKING:
-    from ._book import CallBook
-    from .deadline import DecisionSink, DecisionSlot
-    from .decisions import Decision
-    from .events import CallEvent, IncomingCall
-    from .settings import Settings
-    from .webhook._app import FleetHook
+    from callflow.decisions import Decision
+    from callflow.engine.book import CallBook
+    from callflow.engine.deadline import DecisionSink, DecisionSlot
+    from callflow.events import CallEvent, IncomingCall
+    from callflow.settings import Settings
+    from callflow.webhook.handler import FleetHook
 
 __all__ = [
     "DROPPED",
@@ -1131,7 +1131,7 @@ class FleetSink:
 
 def dedupe_key(event: CallEvent) -> str | None:
     """The shared-dedupe key of a state update or termination; None for other events."""
-    from .events import CallStateChanged, CallTerminated
+    from callflow.events import CallStateChanged, CallTerminated
 
     if isinstance(event, CallStateChanged):
         raw = f"{event.call_id}\x00state\x00{event.state}\x00{event.etag}"
@@ -1450,7 +1450,7 @@ class Fleet:
 
     async def __aenter__(self) -> Self:
         """Open the loop's store and the forwarding hook; log whether Redis answers."""
-        from .webhook._app import Forwarder
+        from callflow.webhook.handler import Forwarder
 
         s = self.settings
         async with AsyncExitStack() as stack:

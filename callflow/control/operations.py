@@ -4,7 +4,7 @@ Everything here is confined to the event loop that owns the :class:`~callflow.gr
 _client.GraphClient` (the I/O loop): :class:`OperationRegistry` is fed every parsed
 notification through its one synchronous entry point :meth:`OperationRegistry.on_events`,
 and :class:`CallControl` runs each operation (POST, then wait for its result) there. Bot
-code reaches it only through an :class:`~callflow.call.IoPort`.
+code reaches it only through an :class:`~callflow.control.call.IoPort`.
 
 Correlation: an operation's waiter is registered under its ``clientContext`` before the POST
 leaves, and under the operation id once Graph's reply names it, so a result that arrives
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import structlog
 
-from ._book import CallBook
-from .actions import Invite, JoinMeeting, PlayPrompt
-from .errors import (
+from callflow.actions import Invite, JoinMeeting, PlayPrompt
+from callflow.engine.book import CallBook
+from callflow.errors import (
     CallControlError,
     CallEndedError,
     CallGoneError,
@@ -38,7 +38,7 @@ from .errors import (
     OperationTimeoutError,
     TransferError,
 )
-from .events import (
+from callflow.events import (
     CallStateChanged,
     CallTerminated,
     OperationFinished,
@@ -47,17 +47,17 @@ from .events import (
     canonical_call_id,
     normalize_id,
 )
-from .graph._client import _new_client_context
+from callflow.graph.client import _new_client_context
 
 if TYPE_CHECKING:
-    from .actions import (
+    from callflow.actions import (
         OutgoingCall,
         RecordResponse,
         SendTones,
         Transfer,
         UpdateRecordingStatus,
     )
-    from .graph._client import CreatedCall, GraphClient, Operation
+    from callflow.graph.client import CreatedCall, GraphClient, Operation
 
     _Action = PlayPrompt | RecordResponse | SendTones | Invite | UpdateRecordingStatus
 
@@ -283,7 +283,7 @@ class OperationRegistry:
 
     Loop-confined: create it, call :meth:`on_events` and run :class:`CallControl` on one
     event loop (the one that owns the Graph client). ``book`` is the worker's
-    :class:`~callflow._book.CallBook`: a call's record is dropped when the book says the
+    :class:`~callflow.engine.book.CallBook`: a call's record is dropped when the book says the
     call ended (its waiters fail at once), and an ended call gets no new record. It keeps,
     bounded: what it saw of the calls it was told about (beyond ``max_calls``, records of
     idle calls the book does not hold are forgotten, oldest first), ``max_tones`` unconsumed
@@ -621,7 +621,7 @@ class CallControl:
     ``graph`` must be entered on this loop. ``cancel_timeout`` bounds the shielded
     ``cancelMediaProcessing`` (or hang-up) sent when a wait is given up. ``on_operation``
     is told about every operation that ends (metrics). A call that ends, whoever ends it,
-    ends in the registry's :class:`~callflow._book.CallBook` (``self.book``): its waiters
+    ends in the registry's :class:`~callflow.engine.book.CallBook` (``self.book``): its waiters
     fail at once, and nothing more is sent for it.
     """
 
@@ -952,7 +952,8 @@ class CallControl:
         prompt: PlayPrompt | None,
         prompt_timeout: float | None,
     ) -> str:
-        """Collect the caller's key presses; see :meth:`callflow.call.Call.collect_digits`."""
+        """Collect the caller's key presses (see
+        :meth:`callflow.control.call.Call.collect_digits`)."""
         self._check_open(call_id)
         record = self.registry.record(call_id)
         if record.collecting:

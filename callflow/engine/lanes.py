@@ -28,16 +28,16 @@ import anyio
 import structlog
 from structlog.contextvars import bind_contextvars
 
-from ._clock import MONOTONIC, Clock
-from .deadline import DecisionSlot, SlotState
-from .decisions import Decision, is_decision
-from .errors import CallEndedError
-from .events import CallEvent, IncomingCall, canonical_call_id
-from .routing import _DIRECT, CallContext, CompiledRoutes, Router
+from callflow.decisions import Decision, is_decision
+from callflow.engine.clock import MONOTONIC, Clock
+from callflow.engine.deadline import DecisionSlot, SlotState
+from callflow.errors import CallEndedError
+from callflow.events import CallEvent, IncomingCall, canonical_call_id
+from callflow.routing import _DIRECT, CallContext, CompiledRoutes, Router
 
 if TYPE_CHECKING:
-    from ._intake import EngineStats
-    from .call import Call
+    from callflow.control.call import Call
+    from callflow.engine.intake import EngineStats
 
 __all__ = ["Lanes"]
 

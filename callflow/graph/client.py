@@ -10,7 +10,7 @@ correlate that notification.
 A :class:`GraphClient` owns one keep-alive :class:`aiohttp.ClientSession`, created in the
 event loop that enters it (``async with GraphClient(...) as graph``); a second client may live
 in another thread's loop. Every request carries a bearer token from the
-:class:`~callflow.graph._tokens.TokenProvider`, a fresh ``Client-Request-Id`` per attempt and
+:class:`~callflow.graph.tokens.TokenProvider`, a fresh ``Client-Request-Id`` per attempt and
 one ``Scenario-Id`` for all attempts of a request.
 
 Retries (429, 503, 504, connection errors and timeouts) honour ``Retry-After`` or back off
@@ -22,7 +22,7 @@ Every response body is read through one bounded reader, counted after decompress
 bodies to 64 KiB, replies to 1 MiB (the rest is cut off, logged as ``graph.body_cut_off``),
 recordings to the caller's ``max_bytes``. A recording is fetched only from an https location
 on ``recording_hosts`` (``CALLFLOW_RECORDING_HOSTS``), never from an IP address, and only if
-its name resolves to public addresses; see :mod:`callflow.graph._hosts`.
+its name resolves to public addresses; see :mod:`callflow.graph.hosts`.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .._parse import read_call, read_operation
-from ..actions import (
+from callflow._parse import read_call, read_operation
+from callflow.actions import (
     Invite,
     JoinMeeting,
     OutgoingCall,
@@ -63,23 +63,23 @@ from ..actions import (
     UpdateRecordingStatus,
     context_body,
 )
-from ..errors import (
+from callflow.errors import (
     CallGoneError,
     ConfigError,
     GraphError,
     GraphResponseError,
     RecordingTooLargeError,
 )
-from ..events import canonical_call_id
-from ..settings import is_loopback
-from ._hosts import DEFAULT_RECORDING_HOSTS, RecordingHosts, is_public_address
+from callflow.events import canonical_call_id
+from callflow.graph.hosts import DEFAULT_RECORDING_HOSTS, RecordingHosts, is_public_address
+from callflow.settings import is_loopback
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ..decisions import Answer, Decision, Redirect, Reject
-    from ..events import IncomingCall, ResultInfo
-    from ._tokens import TokenProvider
+    from callflow.decisions import Answer, Decision, Redirect, Reject
+    from callflow.events import IncomingCall, ResultInfo
+    from callflow.graph.tokens import TokenProvider
 
 __all__ = ["CreatedCall", "GraphClient", "GraphResult", "Operation"]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 if TYPE_CHECKING:
-    from .deadline import DecisionSink, DecisionSlot
+    from callflow.engine.deadline import DecisionSink, DecisionSlot
 
 __all__ = ["Outbox"]
 

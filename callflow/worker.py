@@ -1,6 +1,6 @@
 """Builds a serving bot out of its parts, on its two event loops.
 
-On the **I/O loop** (:class:`~callflow._crossing.IoThread`): the app-token provider, fleet
+On the **I/O loop** (:class:`~callflow.engine.crossing.IoThread`): the app-token provider, fleet
 mode (Redis), the Graph client, inbound authentication, the keep-alive of answered calls,
 the engine's intake, deadlines and outbox, and the aiohttp servers (webhook, ``/healthz``,
 ``/readyz``, forwarding; ``/metrics`` on a listener of its own). On the **app loop** (the
@@ -24,27 +24,27 @@ import anyio
 import structlog
 from aiohttp import web
 
-from ._book import CallBook
-from ._control import CallControl, OperationRegistry
-from ._crossing import IoThread
-from ._runtime import use_uvloop
-from .call import Call, Calls
-from .calls import CallKeeper
-from .decisions import Answer, Reject, RejectReason
-from .errors import ConfigError
-from .events import canonical_call_id
-from .metrics import Metrics
-from .webhook._server import ServerLimits, WebhookServer, start_server
+from callflow._runtime import use_uvloop
+from callflow.control.call import Call, Calls
+from callflow.control.keeper import CallKeeper
+from callflow.control.operations import CallControl, OperationRegistry
+from callflow.decisions import Answer, Reject, RejectReason
+from callflow.engine.book import CallBook
+from callflow.engine.crossing import IoThread
+from callflow.errors import ConfigError
+from callflow.events import canonical_call_id
+from callflow.metrics import Metrics
+from callflow.webhook.server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
-    from .bot import Bot, RunningBot
-    from .deadline import DecisionSlot
-    from .dispatch import Engine
-    from .graph._client import GraphClient
-    from .graph._tokens import TokenProvider
-    from .store import Fleet
-    from .webhook._app import FleetHook
-    from .webhook._jwt import InboundAuthenticator
+    from callflow.bot import Bot, RunningBot
+    from callflow.engine.core import Engine
+    from callflow.engine.deadline import DecisionSlot
+    from callflow.fleet.store import Fleet
+    from callflow.graph.client import GraphClient
+    from callflow.graph.tokens import TokenProvider
+    from callflow.webhook.auth import InboundAuthenticator
+    from callflow.webhook.handler import FleetHook
 
 __all__ = ["AppServices", "serve"]
 
@@ -107,9 +107,9 @@ class _IoSide:
     @contextlib.asynccontextmanager
     async def entered(self) -> AsyncIterator[_IoSide]:
         """Open everything but the server, in order; close it in reverse order."""
-        from .graph._client import GraphClient
-        from .graph._tokens import MsalTokenProvider
-        from .webhook._jwt import InboundAuthenticator
+        from callflow.graph.client import GraphClient
+        from callflow.graph.tokens import MsalTokenProvider
+        from callflow.webhook.auth import InboundAuthenticator
 
         s = self.bot.settings
         metrics = self.metrics
@@ -131,7 +131,7 @@ class _IoSide:
             default = Reject(RejectReason(s.default_reject_reason))
             fleet: Fleet | None = None
             if s.store != "memory":
-                from .store import Fleet
+                from callflow.fleet.store import Fleet
 
                 fleet = await stack.enter_async_context(Fleet(s))
                 metrics.attach_fleet(fleet.stats)
@@ -233,7 +233,7 @@ class _IoSide:
         self.running.metrics_url = runner.metrics_url
         bound = _bound_address(runner, host)
         if self.fleet is not None:
-            from .store import internal_url
+            from callflow.fleet.store import internal_url
 
             self.fleet.address = s.internal_url or internal_url(*bound)
             await self.fleet.announce()  # ready means addressable: the fleet knows the URL
@@ -255,8 +255,8 @@ def make_app(
     fleet: FleetHook | None = None,
 ) -> web.Application:
     """The aiohttp application: the webhook, ``/healthz`` and ``/readyz`` (``/metrics`` is
-    served on a listener of its own: see :func:`~callflow.webhook._server.start_server`)."""
-    from .webhook._app import WebhookHandler
+    served on a listener of its own: see :func:`~callflow.webhook.server.start_server`)."""
+    from callflow.webhook.handler import WebhookHandler
 
     settings = bot.settings
     handler = WebhookHandler(
@@ -311,7 +311,7 @@ async def serve(
     on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
 ) -> AsyncIterator[RunningBot]:
     """Serve ``bot`` (see ``Bot.serve``)."""
-    from .bot import RunningBot
+    from callflow.bot import RunningBot
 
     check_settings(bot, tokens)
     s = bot.settings

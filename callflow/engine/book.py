@@ -28,8 +28,8 @@ from typing import Final
 
 import attrs
 
-from ._clock import MONOTONIC, Clock
-from .events import ResultInfo, canonical_call_id
+from callflow.engine.clock import MONOTONIC, Clock
+from callflow.events import ResultInfo, canonical_call_id
 
 __all__ = ["CallBook", "Ended"]
 

@@ -29,7 +29,7 @@ returned; after parsing, state updates and terminations another worker already t
 dropped. A forwarded notification does not carry Graph's bearer token: the forwarding worker
 signs it with the fleet secret (``X-Callflow-Fleet-Auth``: the time, a nonce, the tenant it
 verified, the method, path and query, both workers' ids, the ``Content-Length`` and the
-body's digest; see :mod:`callflow._trust`), and the receiving worker checks that signature
+body's digest; see :mod:`callflow.fleet.trust`), and the receiving worker checks that signature
 instead of a JWT, before reading the body: it must name this worker, be fresh and carry a
 nonce this worker has not taken yet. A forwarded request without ``Content-Length`` is
 refused.
@@ -50,13 +50,20 @@ from multidict import CIMultiDict
 from structlog.contextvars import bind_contextvars, reset_contextvars
 from yarl import URL
 
-from .._log import Throttle
-from .._parse import parse_notifications
-from .._trust import FLEET_AUTH, FORWARD_SKEW, FleetSigner, Forward, ForwardTargets, ReplayGuard
-from ..errors import InboundAuthError, NotificationFormatError, NotificationLimitError
-from ..events import IncomingCall
-from ._jwt import Caller
-from ._server import (
+from callflow._log import Throttle
+from callflow._parse import parse_notifications
+from callflow.errors import InboundAuthError, NotificationFormatError, NotificationLimitError
+from callflow.events import IncomingCall
+from callflow.fleet.trust import (
+    FLEET_AUTH,
+    FORWARD_SKEW,
+    FleetSigner,
+    Forward,
+    ForwardTargets,
+    ReplayGuard,
+)
+from callflow.webhook.auth import Caller
+from callflow.webhook.server import (
     BodyTimeoutError,
     BodyTooLargeError,
     ServerLimits,
@@ -65,8 +72,8 @@ from ._server import (
 )
 
 if TYPE_CHECKING:
-    from .._intake import Intake
-    from ..events import CallEvent
+    from callflow.engine.intake import Intake
+    from callflow.events import CallEvent
 
 __all__ = ["FORWARDED_BY", "MAX_BODY", "FleetHook", "Forwarder", "WebhookHandler", "error_response"]
 
@@ -149,7 +156,7 @@ class Forwarder:
     fleet's directory again first. ``targets`` may restrict those further
     (``FORWARD_ALLOW``). ``signer`` signs what is forwarded (Graph's bearer token is not
     forwarded) and checks what was forwarded here, each forward once (``replays``: the
-    nonces taken, :class:`~callflow._trust.ReplayGuard`). ``dedupe`` filters the parsed events
+    nonces taken, :class:`~callflow.fleet.trust.ReplayGuard`). ``dedupe`` filters the parsed events
     (shared dedupe). A notification is handled here when its URL names no instance or this
     one, when that instance is gone, when it was forwarded once already, when its target is
     not allowed, or when forwarding fails (logged). Use it as an async context manager: it

@@ -29,10 +29,10 @@ import anyio
 import attrs
 import structlog
 
-from .errors import CallGoneError
+from callflow.errors import CallGoneError
 
 if TYPE_CHECKING:
-    from .graph._client import GraphClient
+    from callflow.graph.client import GraphClient
 
 __all__ = ["RETRY_BACKOFF", "CallKeeper", "HeldCall"]
 

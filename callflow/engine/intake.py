@@ -1,9 +1,9 @@
 """Intake: what the I/O loop does with the events of a notification before any handler runs.
 
 For each event the :class:`Intake` drops notifications about calls the worker does not know
-(:class:`~callflow._book.CallBook`: every call is bound to its tenant there from admission
+(:class:`~callflow.engine.book.CallBook`: every call is bound to its tenant there from admission
 to its end), redeliveries and stale state updates, gives a new
-incoming call its :class:`~callflow.deadline.DecisionSlot` (deadline counted from when the
+incoming call its :class:`~callflow.engine.deadline.DecisionSlot` (deadline counted from when the
 notification reached the worker, less how late the I/O loop is running), decides it with the
 default at once when the worker could not decide it in time otherwise (admission control),
 watches its deadline, and hands the event to the app loop's lanes through the crossing.
@@ -23,18 +23,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from ._book import CallBook
-from ._clock import MONOTONIC, Clock
-from ._control import event_key as control_event_key
-from ._log import Throttle
-from ._parse import LazyItem
-from .deadline import DeadlineScheduler, DecisionSlot
-from .decisions import Answer, Decision, Reject
-from .events import CallEvent, CallStateChanged, CallTerminated, IncomingCall
+from callflow._log import Throttle
+from callflow._parse import LazyItem
+from callflow.control.operations import event_key as control_event_key
+from callflow.decisions import Answer, Decision, Reject
+from callflow.engine.book import CallBook
+from callflow.engine.clock import MONOTONIC, Clock
+from callflow.engine.deadline import DeadlineScheduler, DecisionSlot
+from callflow.events import CallEvent, CallStateChanged, CallTerminated, IncomingCall
 
 if TYPE_CHECKING:
-    from ._crossing import Inbox
-    from ._outbox import Outbox
+    from callflow.engine.crossing import Inbox
+    from callflow.engine.outbox import Outbox
 
 __all__ = ["STATE_RANK", "EngineStats", "Intake", "LagProbe", "Recent", "event_key", "is_stale"]
 
@@ -252,7 +252,7 @@ class Intake:
     """Takes events in on the I/O loop; see the module docstring.
 
     ``to_lanes(event, slot)`` hands an event to the app loop (set by the engine: an
-    :class:`~callflow._crossing.Inbox` post); ``stop_handlers(slot)`` asks the app loop to
+    :class:`~callflow.engine.crossing.Inbox` post); ``stop_handlers(slot)`` asks the app loop to
     cancel a call's handlers; ``outbox`` sends decisions.
     """
 

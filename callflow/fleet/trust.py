@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .errors import ConfigError
+from callflow.errors import ConfigError
 
 __all__ = [
     "FLEET_AUTH",

@@ -40,14 +40,14 @@ import attrs
 import structlog
 from aiohttp import web
 
-from .._log import Throttle
-from ..errors import ConfigError
+from callflow._log import Throttle
+from callflow.errors import ConfigError
 
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
 
-    from ..metrics import Metrics
-    from ..settings import Settings
+    from callflow.metrics import Metrics
+    from callflow.settings import Settings
 
 __all__ = [
     "BACKLOG",
@@ -423,7 +423,7 @@ async def _listen_for_metrics(
 
 
 def _metrics_app(render: Callable[[], bytes]) -> web.Application:
-    from ..metrics import CONTENT_TYPE
+    from callflow.metrics import CONTENT_TYPE
 
     async def metrics_route(request: web.Request) -> web.Response:
         return web.Response(body=render(), headers={"Content-Type": CONTENT_TYPE})
