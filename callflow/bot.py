@@ -15,93 +15,16 @@ from callflow.engine.core import Engine
 from callflow.errors import CallflowError
 from callflow.routing import Router
 from callflow.settings import Settings
+from callflow.worker import RunningBot, serve
 
 if TYPE_CHECKING:
-    from callflow.control.call import Call, Calls
-    from callflow.control.keeper import CallKeeper, HeldCall
-    from callflow.engine.crossing import IoThread
+    from callflow.control.call import Calls
     from callflow.engine.deadline import DecisionSink, DecisionSlot
-    from callflow.graph.client import GraphClient
     from callflow.graph.tokens import TokenProvider
-    from callflow.metrics import Metrics
-    from callflow.worker import AppServices
 
 __all__ = ["Bot", "RunningBot"]
 
 log = structlog.get_logger(__name__)
-
-
-class RunningBot:
-    """A bot that is serving: its bound address, readiness, engine and Graph client.
-
-    ``graph`` and ``keeper`` live on the bot's I/O loop: call :meth:`hang_up` rather than
-    using them from the app loop.
-    """
-
-    def __init__(
-        self,
-        bot: Bot,
-        engine: Engine,
-        graph: GraphClient,
-        metrics: Metrics,
-        keeper: CallKeeper,
-        io: IoThread,
-    ) -> None:
-        self.bot = bot
-        self.engine = engine
-        self.graph = graph
-        self.metrics = metrics
-        self.keeper = keeper
-        self.io = io
-        self.services: AppServices | None = None
-        self.host = ""
-        self.port = 0
-        self.metrics_url: str | None = None
-        """``http://METRICS_HOST:PORT/metrics``, where the metrics are served; None when
-        ``METRICS_PORT=off``."""
-        self.ready = False
-        self.shutting_down = anyio.Event()
-        self.urgent = False
-
-    def calls(self) -> list[HeldCall]:
-        """The calls this bot answered and still holds (kept alive until they end)."""
-        return self.keeper.calls()
-
-    async def hang_up(self, call_id: str) -> None:
-        """Hang up the bot's leg of a call it holds (its pending operations fail at once)."""
-        assert self.services is not None
-        await self.services.hang_up(call_id)
-
-    def call(self, call_id: str, tenant_id: str | None = None) -> Call:
-        """The :class:`~callflow.Call` handle of a call the bot holds."""
-        assert self.services is not None
-        return self.services.call(call_id, tenant_id)
-
-    @property
-    def url(self) -> str:
-        """The webhook's base URL, e.g. ``http://127.0.0.1:8000``."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def webhook_url(self) -> str:
-        """The full URL notifications are POSTed to."""
-        return self.url + self.bot.settings.webhook_path
-
-    def stop(self, *, urgent: bool = False) -> None:
-        """Begin a graceful stop; ``urgent`` skips waiting for pending handlers.
-
-        At once ``/readyz`` answers 503 and a new incoming call gets the default decision;
-        leaving ``Bot.serve`` then drains.
-        """
-        self.ready = False
-        self.urgent = self.urgent or urgent
-        with contextlib.suppress(RuntimeError):  # the engine already stopped
-            self.engine.begin_drain()
-        if urgent:
-            with contextlib.suppress(RuntimeError):
-                self.engine.cut_drain()
-        self.shutting_down.set()
 
 
 class Bot(Router):
@@ -138,6 +61,10 @@ class Bot(Router):
         """Replace the bot's settings (before it starts)."""
         self._check_open("settings")
         self._settings = settings
+
+    def attach_calls(self, calls: Calls | None) -> None:
+        """While serving, what :attr:`calls` gives (set by the worker; None once stopped)."""
+        self._calls = calls
 
     def engine(self, sink: DecisionSink | None = None, **overrides: Any) -> Engine:
         """Build the engine that runs this bot's handlers with the deadline guarantee.
@@ -185,8 +112,6 @@ class Bot(Router):
         calls keep deciding until their deadlines (bounded by ``DRAIN_TIMEOUT``), the rest
         get the default decision, then sessions close.
         """
-        from callflow.worker import serve
-
         async with serve(self, host=host, port=port, tokens=tokens, on_decided=on_decided) as r:
             yield r
 

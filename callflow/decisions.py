@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -22,8 +22,10 @@ import attrs
 from callflow._signatures import cannot_take, is_async
 from callflow.errors import DecisionError
 
-if TYPE_CHECKING:
-    from callflow.control.call import Call
+Flow: TypeAlias = Callable[[Any], Awaitable[None]]
+"""What ``Answer(then=...)`` runs: ``async def flow(call: callflow.Call) -> None``. Typed with
+``Any`` for the handle so that a decision (a value) does not depend on the call-control
+package; the flow's one parameter is checked when the answer is built."""
 
 __all__ = [
     "Answer",
@@ -361,7 +363,7 @@ class Answer:
     is_content_sharing_notification_enabled: bool | None = attrs.field(
         default=None, validator=_check_optional_bool
     )
-    then: Callable[[Call], Awaitable[None]] | None = attrs.field(
+    then: Flow | None = attrs.field(
         default=None, eq=False, hash=False, repr=False, kw_only=True, validator=_check_flow
     )
     """``async def flow(call)``: run on the app loop once Graph accepted this answer and

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -17,15 +16,18 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from callflow._hosts import (
+    DEFAULT_RECORDING_HOSTS,
+    forward_target,
+    is_loopback,
+    recording_hosts,
+)
 from callflow.errors import ConfigError
-from callflow.fleet.trust import forward_target
-from callflow.graph.hosts import DEFAULT_RECORDING_HOSTS, recording_hosts
 
 __all__ = [
     "MIN_FLEET_SECRET",
     "PREFIX",
     "Settings",
-    "is_loopback",
     "masked_url",
     "plain_redis_problem",
 ]
@@ -154,19 +156,6 @@ def _file(raw: str) -> str:
     if not os.path.isfile(raw):
         raise ValueError(f"no such file: {raw!r}")
     return raw
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``)."""
-    if not host:
-        return False
-    name = host.strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def masked_url(url: object) -> str:

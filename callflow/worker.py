@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
@@ -37,18 +37,110 @@ from callflow.metrics import Metrics
 from callflow.webhook.server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
-    from callflow.bot import Bot, RunningBot
+    from callflow.control.call import Call, Calls
+    from callflow.control.keeper import HeldCall
     from callflow.engine.core import Engine
-    from callflow.engine.deadline import DecisionSlot
+    from callflow.engine.deadline import DecisionSink, DecisionSlot
     from callflow.fleet.store import Fleet
     from callflow.graph.client import GraphClient
     from callflow.graph.tokens import TokenProvider
+    from callflow.settings import Settings
     from callflow.webhook.auth import InboundAuthenticator
     from callflow.webhook.handler import FleetHook
 
-__all__ = ["AppServices", "serve"]
+__all__ = ["AppServices", "RunningBot", "ServedBot", "serve"]
 
 log = structlog.get_logger(__name__)
+
+
+class ServedBot(Protocol):
+    """What the worker needs of the bot it serves (a :class:`~callflow.Bot`)."""
+
+    @property
+    def settings(self) -> Settings:
+        """The bot's settings."""
+        ...
+
+    def engine(self, sink: DecisionSink | None = None, **overrides: Any) -> Engine:
+        """The engine that runs the bot's handlers."""
+        ...
+
+    def attach_calls(self, calls: Calls | None) -> None:
+        """Give the bot its ``bot.calls`` while it serves (None once stopped)."""
+        ...
+
+
+class RunningBot:
+    """A bot that is serving: its bound address, readiness, engine and Graph client.
+
+    ``graph`` and ``keeper`` live on the bot's I/O loop: call :meth:`hang_up` rather than
+    using them from the app loop.
+    """
+
+    def __init__(
+        self,
+        bot: ServedBot,
+        engine: Engine,
+        graph: GraphClient,
+        metrics: Metrics,
+        keeper: CallKeeper,
+        io: IoThread,
+    ) -> None:
+        self.bot = bot
+        self.engine = engine
+        self.graph = graph
+        self.metrics = metrics
+        self.keeper = keeper
+        self.io = io
+        self.services: AppServices | None = None
+        self.host = ""
+        self.port = 0
+        self.metrics_url: str | None = None
+        """``http://METRICS_HOST:PORT/metrics``, where the metrics are served; None when
+        ``METRICS_PORT=off``."""
+        self.ready = False
+        self.shutting_down = anyio.Event()
+        self.urgent = False
+
+    def calls(self) -> list[HeldCall]:
+        """The calls this bot answered and still holds (kept alive until they end)."""
+        return self.keeper.calls()
+
+    async def hang_up(self, call_id: str) -> None:
+        """Hang up the bot's leg of a call it holds (its pending operations fail at once)."""
+        assert self.services is not None
+        await self.services.hang_up(call_id)
+
+    def call(self, call_id: str, tenant_id: str | None = None) -> Call:
+        """The :class:`~callflow.Call` handle of a call the bot holds."""
+        assert self.services is not None
+        return self.services.call(call_id, tenant_id)
+
+    @property
+    def url(self) -> str:
+        """The webhook's base URL, e.g. ``http://127.0.0.1:8000``."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def webhook_url(self) -> str:
+        """The full URL notifications are POSTed to."""
+        return self.url + self.bot.settings.webhook_path
+
+    def stop(self, *, urgent: bool = False) -> None:
+        """Begin a graceful stop; ``urgent`` skips waiting for pending handlers.
+
+        At once ``/readyz`` answers 503 and a new incoming call gets the default decision;
+        leaving ``Bot.serve`` then drains.
+        """
+        self.ready = False
+        self.urgent = self.urgent or urgent
+        with contextlib.suppress(RuntimeError):  # the engine already stopped
+            self.engine.begin_drain()
+        if urgent:
+            with contextlib.suppress(RuntimeError):
+                self.engine.cut_drain()
+        self.shutting_down.set()
 
 
 class AppServices:
@@ -84,7 +176,7 @@ class _IoSide:
 
     def __init__(
         self,
-        bot: Bot,
+        bot: ServedBot,
         io: IoThread,
         tokens: TokenProvider | None,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None,
@@ -228,8 +320,9 @@ class _IoSide:
         )
         # Connection limits, the body timeout, and /metrics on METRICS_HOST:METRICS_PORT.
         runner = self._runner = await start_server(
-            app, host=host, port=port, settings=s, metrics=self.metrics
+            app, host=host, port=port, settings=s, metrics=self.metrics.render
         )
+        self.metrics.attach_server(runner.stats)
         self.running.metrics_url = runner.metrics_url
         bound = _bound_address(runner, host)
         if self.fleet is not None:
@@ -247,7 +340,7 @@ class _IoSide:
 
 
 def make_app(
-    bot: Bot,
+    bot: ServedBot,
     engine: Engine,
     auth: Any,
     running: RunningBot,
@@ -289,7 +382,7 @@ def make_app(
     return app
 
 
-def check_settings(bot: Bot, tokens: TokenProvider | None) -> None:
+def check_settings(bot: ServedBot, tokens: TokenProvider | None) -> None:
     """Raise ConfigError for what a serving bot needs and lacks."""
     s = bot.settings
     if tokens is None:
@@ -303,7 +396,7 @@ def check_settings(bot: Bot, tokens: TokenProvider | None) -> None:
 
 @contextlib.asynccontextmanager
 async def serve(
-    bot: Bot,
+    bot: ServedBot,
     *,
     host: str | None = None,
     port: int | None = None,
@@ -311,8 +404,6 @@ async def serve(
     on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
 ) -> AsyncIterator[RunningBot]:
     """Serve ``bot`` (see ``Bot.serve``)."""
-    from callflow.bot import RunningBot
-
     check_settings(bot, tokens)
     s = bot.settings
     host = s.host if host is None else host
@@ -330,7 +421,7 @@ async def serve(
             async with engine.app_side(io):
                 running.host, running.port = await io.run(lambda: side.start_server(host, port))
                 try:
-                    bot._calls = services.calls
+                    bot.attach_calls(services.calls)
                     running.ready = True
                     log.info("bot.ready", url=running.webhook_url)
                     yield running
@@ -339,7 +430,7 @@ async def serve(
                     with anyio.CancelScope(shield=True):
                         await engine.stop(urgent=running.urgent)
                         await io.run(side.stop_server)
-                    bot._calls = None
+                    bot.attach_calls(None)
     log.info("bot.stopped")
 
 

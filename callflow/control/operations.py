@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import structlog
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
     _Action = PlayPrompt | RecordResponse | SendTones | Invite | UpdateRecordingStatus
 
-__all__ = ["CallControl", "OnOperation", "OperationRegistry", "ToneBuffer", "event_key"]
+__all__ = ["CallControl", "OnOperation", "OperationRegistry", "ToneBuffer"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,20 +85,6 @@ _RECORD_FAILURES: Final = frozenset(
         "unspecifiedError",
     }
 )
-
-
-def event_key(event: object) -> tuple[str, str, Any] | None:
-    """The dedupe key of a call-control event; None for other events.
-
-    ``(call, "tone", sequence_id)`` for a :class:`~callflow.events.ToneReceived` and
-    ``(call, "op", operation)`` for an :class:`~callflow.events.OperationFinished`, with
-    ids in :func:`~callflow.events.normalize_id` form: a redelivery gives the same key.
-    """
-    if isinstance(event, ToneReceived):
-        return (normalize_id(event.call_id), "tone", event.sequence_id)
-    if isinstance(event, OperationFinished):
-        return (normalize_id(event.call_id), "op", normalize_id(event.operation_id))
-    return None
 
 
 # --- the tone buffer -------------------------------------------------------------------------

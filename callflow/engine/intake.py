@@ -25,12 +25,19 @@ import structlog
 
 from callflow._log import Throttle
 from callflow._parse import LazyItem
-from callflow.control.operations import event_key as control_event_key
 from callflow.decisions import Answer, Decision, Reject
 from callflow.engine.book import CallBook
 from callflow.engine.clock import MONOTONIC, Clock
 from callflow.engine.deadline import DeadlineScheduler, DecisionSlot
-from callflow.events import CallEvent, CallStateChanged, CallTerminated, IncomingCall
+from callflow.events import (
+    CallEvent,
+    CallStateChanged,
+    CallTerminated,
+    IncomingCall,
+    OperationFinished,
+    ToneReceived,
+    normalize_id,
+)
 
 if TYPE_CHECKING:
     from callflow.engine.crossing import Inbox
@@ -72,14 +79,22 @@ def is_stale(last: Track | None, current: Track) -> bool:
 
 
 def event_key(event: CallEvent) -> Any:
-    """What identifies a redelivery of ``event`` (None: never deduped)."""
+    """What identifies a redelivery of ``event`` (None: never deduped).
+
+    A key press is known by its ``sequenceId`` and an operation's result by the operation's
+    id (in :func:`~callflow.events.normalize_id` form: a redelivery gives the same key).
+    """
     if isinstance(event, IncomingCall):
         return event.call_id  # the id alone: no key tuple kept per pending call
     if isinstance(event, CallStateChanged):
         return (event.call_id, "state", event.state, event.etag)
     if isinstance(event, CallTerminated):
         return (event.call_id, "terminated")
-    return control_event_key(event)
+    if isinstance(event, ToneReceived):
+        return (normalize_id(event.call_id), "tone", event.sequence_id)
+    if isinstance(event, OperationFinished):
+        return (normalize_id(event.call_id), "op", normalize_id(event.operation_id))
+    return None
 
 
 class _AllTypes(frozenset[type]):

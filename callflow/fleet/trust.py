@@ -34,7 +34,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import re
 import secrets
 import time
 from collections import OrderedDict
@@ -44,6 +43,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from callflow._hosts import forward_target
 from callflow.errors import ConfigError
 
 __all__ = [
@@ -72,7 +72,6 @@ REPLAY_CAPACITY: Final = 65_536
 """Nonces of forwarded notifications a worker remembers at most (see :class:`ReplayGuard`)."""
 _MAX_FORWARD_HEADER: Final = 1024
 _MAC_HEX: Final = 32  # 128 bits
-_HOST_NAME: Final = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?")
 
 
 def _encode(parts: Sequence[str]) -> bytes:
@@ -327,20 +326,6 @@ class ReplayGuard:
 
 
 # -- where notifications may be forwarded ------------------------------------------------------
-
-
-def forward_target(entry: str) -> str:
-    """Check one ``FORWARD_ALLOW`` entry: a host name (``*.`` for subdomains), an IP address
-    or a network in CIDR form; raise ValueError saying what was expected."""
-    value = entry.strip().lower()
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        if not _HOST_NAME.fullmatch(value) or len(value) > 253:
-            raise ValueError(
-                f"expected host names, IP addresses or CIDR networks, got {entry!r}"
-            ) from None
-    return value
 
 
 class ForwardTargets:

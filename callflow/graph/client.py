@@ -22,7 +22,7 @@ Every response body is read through one bounded reader, counted after decompress
 bodies to 64 KiB, replies to 1 MiB (the rest is cut off, logged as ``graph.body_cut_off``),
 recordings to the caller's ``max_bytes``. A recording is fetched only from an https location
 on ``recording_hosts`` (``CALLFLOW_RECORDING_HOSTS``), never from an IP address, and only if
-its name resolves to public addresses; see :mod:`callflow.graph.hosts`.
+its name resolves to public addresses; see :mod:`callflow._hosts`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from callflow._hosts import DEFAULT_RECORDING_HOSTS, RecordingHosts, is_loopback, is_public_address
 from callflow._parse import read_call, read_operation
 from callflow.actions import (
     Invite,
@@ -71,8 +72,6 @@ from callflow.errors import (
     RecordingTooLargeError,
 )
 from callflow.events import canonical_call_id
-from callflow.graph.hosts import DEFAULT_RECORDING_HOSTS, RecordingHosts, is_public_address
-from callflow.settings import is_loopback
 
 if TYPE_CHECKING:
     from types import TracebackType

@@ -48,8 +48,8 @@ from jwt.algorithms import RSAAlgorithm
 from jwt.utils import base64url_decode
 from yarl import URL
 
+from callflow._hosts import is_loopback
 from callflow.errors import ConfigError, InboundAuthError
-from callflow.settings import is_loopback
 
 __all__ = ["REASONS", "TENANT_ID_CLAIM", "Caller", "InboundAuthenticator"]
 

@@ -46,7 +46,6 @@ from callflow.errors import ConfigError
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
 
-    from callflow.metrics import Metrics
     from callflow.settings import Settings
 
 __all__ = [
@@ -359,10 +358,12 @@ async def start_server(
     host: str,
     port: int,
     settings: Settings,
-    metrics: Metrics | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> WebhookServer:
     """Serve ``app`` on ``host:port`` with the limits ``settings`` name (see the module
-    docstring), and ``metrics`` on ``METRICS_HOST:METRICS_PORT`` unless that is off.
+    docstring), and the page ``metrics()`` renders (Prometheus text) as ``/metrics`` on
+    ``METRICS_HOST:METRICS_PORT`` unless that is off. The connection counters are
+    :attr:`WebhookServer.stats`.
 
     A metrics port that cannot be bound raises :class:`ConfigError` naming the setting."""
     limits = ServerLimits.from_settings(settings)
@@ -395,8 +396,6 @@ async def start_server(
     except BaseException:
         await stop_runner(runner)
         raise
-    if metrics is not None:
-        metrics.attach_server(stats)
     server = WebhookServer(runner, stats, metrics_runner)
     if metrics_runner is not None:
         log.info("metrics.listening", url=server.metrics_url)
@@ -404,11 +403,11 @@ async def start_server(
 
 
 async def _listen_for_metrics(
-    metrics: Metrics, host: str, port: int, limits: ServerLimits
+    render: Callable[[], bytes], host: str, port: int, limits: ServerLimits
 ) -> web.AppRunner:
     try:
         return await _listen(
-            _metrics_app(metrics.render),
+            _metrics_app(render),
             host,
             port,
             keepalive_timeout=limits.keepalive_timeout,
@@ -422,11 +421,13 @@ async def _listen_for_metrics(
         ) from exc
 
 
-def _metrics_app(render: Callable[[], bytes]) -> web.Application:
-    from callflow.metrics import CONTENT_TYPE
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+"""Prometheus' text exposition format."""
 
+
+def _metrics_app(render: Callable[[], bytes]) -> web.Application:
     async def metrics_route(request: web.Request) -> web.Response:
-        return web.Response(body=render(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     app = web.Application(client_max_size=1024)
     app.router.add_get("/metrics", metrics_route)

@@ -1,4 +1,9 @@
-"""Where recordings may be downloaded from (``CALLFLOW_RECORDING_HOSTS``).
+"""Host names and addresses: what is loopback, what is public, which hosts are allowed.
+
+Pure functions and values, no I/O, shared by the settings (which validate with them) and the
+parts that connect (the Graph client, fleet forwarding, inbound key fetching).
+
+Where recordings may be downloaded from (``CALLFLOW_RECORDING_HOSTS``).
 
 A recording's location arrives in a notification (``recordingLocation``). Fetched as it is,
 it would let whoever shapes a notification make the bot send a GET, with the recording's
@@ -25,6 +30,8 @@ from typing import Final
 __all__ = [
     "DEFAULT_RECORDING_HOSTS",
     "RecordingHosts",
+    "forward_target",
+    "is_loopback",
     "is_public_address",
     "recording_hosts",
 ]
@@ -102,3 +109,35 @@ def is_public_address(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_global and not ip.is_multicast
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``)."""
+    if not host:
+        return False
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+_FORWARD_HOST: Final = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?"
+)
+
+
+def forward_target(entry: str) -> str:
+    """Check one ``FORWARD_ALLOW`` entry: a host name (``*.`` for subdomains), an IP address
+    or a network in CIDR form; raise ValueError saying what was expected."""
+    value = entry.strip().lower()
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        if not _FORWARD_HOST.fullmatch(value) or len(value) > 253:
+            raise ValueError(
+                f"expected host names, IP addresses or CIDR networks, got {entry!r}"
+            ) from None
+    return value
