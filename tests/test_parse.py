@@ -26,7 +26,9 @@ from callflow.events import (
     ResultInfo,
     TokenMeetingInfo,
     UnknownNotification,
+    canonical_call_id,
 )
+from callflow.testing import call_state, envelope, operation_result
 from tests.conftest import FIXTURES, load_fixture
 
 TENANT = "3f1c9e2a-7b44-4c1d-9a0e-5d2f8b6c1a90"
@@ -1224,3 +1226,50 @@ def test_overlong_free_text_is_cut_with_a_marker() -> None:
     exact = "y" * cap  # at the cap: kept as sent
     kept = parse_one(wrap(item("deleted", CALL_URL, {"resultInfo": {"message": exact}})))
     assert kept.result.message == exact
+
+
+# --- one spelling of a call id ---------------------------------------------------------------
+
+GUID = "57dab8b1-894c-409a-b240-bd8beae78896"
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [GUID, GUID.upper(), GUID.replace("-", "").upper(), "{" + GUID.upper() + "}", "{" + GUID + "}"],
+)
+@pytest.mark.parametrize("where", ["resourceUrl", "resourceData.id", "operation"])
+def test_every_spelling_of_a_call_id_parses_to_one(spelled: str, where: str) -> None:
+    """However Graph spells a call id (case, dashes, braces) and wherever it sits, the event
+    carries the canonical form: lower case, no braces, dashed 8-4-4-4-12."""
+    if where == "operation":
+        body = envelope(operation_result(spelled, "playPrompt", "op-1", status="completed"))
+    else:
+        item = call_state(spelled, "established", etag=3)
+        if where == "resourceData.id":  # no URL at all: the object is taken to be a call
+            del item["resourceUrl"], item["resourceData"]["@odata.id"]
+            item["resourceData"]["id"] = spelled
+        body = envelope(item)
+    (event,) = parse_notifications(json.dumps(body).encode())
+    assert event.call_id == GUID
+
+
+def test_call_ids_that_are_not_guids_are_lower_cased_and_still_checked() -> None:
+    """An id that is no GUID keeps its dashes and is lower-cased; braces are dropped, but what
+    could not be one segment of a Graph URL is still refused."""
+    (event,) = parse_notifications(json.dumps(envelope(call_state("Call-ABC", "hold"))))
+    assert event.call_id == "call-abc"
+    with pytest.raises(NotificationFormatError, match="not a Graph call id"):
+        parse_notifications(json.dumps(envelope(call_state("{a%2Fb}", "hold"))))
+
+
+@given(st.uuids(), st.sampled_from([str.upper, str.lower]), st.booleans(), st.booleans())
+def test_canonical_call_id_is_one_form_per_guid(
+    value: Any, case: Any, dashes: bool, braces: bool
+) -> None:
+    """canonical_call_id gives every spelling of a GUID the same form, and that form is its
+    own canonical form."""
+    text = case(str(value) if dashes else value.hex)
+    if braces:
+        text = "{" + text + "}"
+    assert canonical_call_id(text) == str(value)
+    assert canonical_call_id(str(value)) == str(value)

@@ -39,11 +39,12 @@ def item(change: str, url: str | None, data: Any = None) -> dict[str, Any]:
 
 
 def test_play_prompt_result_fixture() -> None:
-    """A deleted playPromptOperation becomes OperationFinished with every field read."""
+    """A deleted playPromptOperation becomes OperationFinished with every field read; the
+    call id, upper case without dashes in the URL, in its canonical form."""
     (event,) = parse_notifications(load_fixture("operation_play_prompt.json"))
     assert isinstance(event, OperationFinished)
     assert event == OperationFinished(
-        call_id="1A2B3C4D000040008000000000000101",
+        call_id="1a2b3c4d-0000-4000-8000-000000000101",
         operation_id=OP,
         kind="playPrompt",
         status="completed",

@@ -381,6 +381,8 @@ class Decisions:
         self.taken: set[str] = set()
         self.decided: set[str] = set()
         self.cases = 0
+        self.cases_refused = 0
+        """Cases refused with 503 overloaded (a loaded machine): allowed, but few."""
         self._cond = threading.Condition()
 
     def on_decided(self, slot: Any, error: BaseException | None) -> None:
@@ -528,10 +530,17 @@ MAX_FIELD = 8190
 
 
 def check_inproc(served: InProcess, reply: Reply, body: bytes, headers: dict[str, str]) -> None:
-    """202 (its incoming calls recorded as taken) or a 4xx with a JSON error; never a 5xx.
-    A header too long for aiohttp's parser gets aiohttp's own 400."""
+    """202 (its incoming calls recorded as taken) or a 4xx with a JSON error; never a 5xx
+    but the overload refusal. A header too long for aiohttp's parser gets aiohttp's own 400."""
     if any(len(value) > MAX_FIELD for value in headers.values()):
         assert reply.status in (0, 400)  # 0: closed before the client finished sending
+        return
+    if reply.status == 503:
+        # The one 5xx the webhook gives on purpose: the overload refusal (its I/O loop ran
+        # over a second late, which Hypothesis's own work beside it can cause on a loaded
+        # machine). It is a JSON refusal, never an error, and the call was not taken.
+        assert json.loads(reply.body)["error"]["code"] == "overloaded", reply.body[:300]
+        served.decisions.cases_refused += 1
         return
     assert reply.status == 202 or 400 <= reply.status < 500, (reply.status, reply.body[:300])
     if reply.status == 202:
@@ -648,6 +657,7 @@ def test_inproc_fuzz_left_no_call_undecided_and_the_bot_serving(inproc: InProces
     """After the cases above (5 200 of them), every incoming call that got a 202 had its
     decision sent, and a real call placed now is still answered."""
     assert inproc.decisions.cases >= 5000
+    assert inproc.decisions.cases_refused <= inproc.decisions.cases // 10
     assert len(inproc.decisions.taken) >= 500, "too few cases got an incoming call through"
     assert inproc.decisions.all_decided(within=15.0), (
         inproc.decisions.taken - inproc.decisions.decided
