@@ -12,6 +12,7 @@ import structlog
 
 from callflow.decisions import Reject, RejectReason
 from callflow.engine.core import Engine
+from callflow.engine.limits import Limits
 from callflow.errors import CallflowError
 from callflow.routing import Router
 from callflow.settings import Settings
@@ -69,26 +70,15 @@ class Bot(Router):
     def engine(self, sink: DecisionSink | None = None, **overrides: Any) -> Engine:
         """Build the engine that runs this bot's handlers with the deadline guarantee.
 
-        ``sink`` delivers the decisions (it may be given later, to ``Engine.io_side``);
-        ``overrides`` are :class:`~callflow.engine.core.Engine` options that win over the
-        settings (``clock``, ``services``, ``on_decided``, ...).
+        ``sink`` delivers the decisions (it may be given later, to ``Engine.io_side``). The
+        engine's :class:`~callflow.engine.limits.Limits` come from the settings;
+        ``overrides`` win over them (any limit by name, e.g. ``drain_timeout=0``) and give
+        the engine's other options (``clock``, ``services``, ``on_decided``, ...).
         """
         s = self.settings
-        options: dict[str, Any] = {
-            "platform_timeout": s.platform_timeout,
-            "recording_timeout": s.recording_timeout,
-            "safety_margin": s.safety_margin,
-            "max_pending": s.max_pending,
-            "deadline_send_rate": s.deadline_send_rate,
-            "max_send_backlog": s.max_send_backlog,
-            "shed_lag": s.shed_lag,
-            "max_queued_per_call": s.max_queued_per_call,
-            "max_queued_events": s.max_queued_events,
-            "drain_timeout": s.drain_timeout,
-            "default_decision": Reject(RejectReason(s.default_reject_reason)),
-        }
-        options.update(overrides)
-        return Engine(self, sink=sink, **options)
+        limits, options = Limits.split(overrides)
+        options.setdefault("default_decision", Reject(RejectReason(s.default_reject_reason)))
+        return Engine(self, sink=sink, limits=Limits.from_settings(s, **limits), **options)
 
     # -- serving ---------------------------------------------------------------------------
 

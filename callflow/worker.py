@@ -289,8 +289,8 @@ class _IoSide:
                 calls=book,
                 default_decision=default,
                 admit=None if fleet is None else fleet.admit,
+                on_events=control.registry.on_events,
             )
-            engine.intake.on_events = control.registry.on_events
             metrics.attach(engine)
             if isinstance(tokens, MsalTokenProvider):
                 provider = tokens

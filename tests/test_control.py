@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from callflow.control.operations import OperationRegistry, ToneBuffer
-from callflow.engine.intake import event_key
+from callflow.engine.dedupe import event_key
 from callflow.errors import CallEndedError
 from callflow.events import (
     CallStateChanged,

@@ -36,9 +36,9 @@ from callflow import (
     ToneReceived,
     UnknownNotification,
 )
+from callflow.engine.admission import Admission
 from callflow.engine.core import Engine
-from callflow.engine.intake import EngineStats, Intake
-from callflow.engine.outbox import Outbox
+from callflow.engine.limits import Limits
 from callflow.metrics import Metrics
 from callflow.settings import Settings
 from callflow.testing import ManualClock
@@ -786,27 +786,23 @@ async def test_calls_waiting_among_many_keep_their_body_compressed_and_raw_intac
 def test_deadline_wave_counts_match_a_recount(steps: list[tuple[float, float, bool]]) -> None:
     """Whatever the order of arrivals and early decisions, a call joins the wave exactly
     when fewer than the limit of still-undecided calls fall due within one margin of it."""
-    intake = Intake(
-        outbox=Outbox(RecordingSink()),
-        stats=EngineStats(),
-        safety_margin=3.0,
-        deadline_send_rate=2.0,
-    )
-    width = intake._wave_width
-    held: list[Any] = []
+    admission = Admission(Limits(safety_margin=3.0, deadline_send_rate=2.0))
+    width = admission._wave_width
+    held: list[float] = []
     now = 1000.0
     for pause, hold, decide in steps:
         now += pause
         if decide and held:
-            intake._leave_wave(held.pop(0))
+            admission.leave(held.pop(0))
         deadline = now + hold
         last = int(deadline / width)
         first = max(last - 7, int(now / width))
-        due = sum(1 for s in held if first <= int(s.deadline / width) <= last)
-        joined = intake._join_wave(deadline, now)
+        due = sum(1 for d in held if first <= int(d / width) <= last)
+        cause = admission.judge(draining=False, pending=0, lag=0.0, deadline=deadline, now=now)
+        joined = cause is None
         assert joined == (due < 6)  # the limit: 2 defaults a second x a 3 s margin
         if joined:
-            held.append(type("Slot", (), {"deadline": deadline})())
+            held.append(deadline)
 
 
 async def test_handler_swallowing_the_deadline_cancel_leaves_the_lane_working() -> None:
@@ -1075,5 +1071,5 @@ async def test_a_blocked_app_loop_keeps_a_bounded_inbox_and_drops_only_observer_
 @pytest.mark.parametrize("name", ["max_queued_per_call", "max_queued_events"])
 def test_queue_bounds_below_one_are_refused(name: str) -> None:
     """A queue bound must let at least one event wait."""
-    with pytest.raises(ValueError, match=f"{name} must be 1 or more events, got 0"):
-        Engine(Router(), **{name: 0})
+    with pytest.raises(ValueError, match=f"{name} must be 1 or more, got 0"):
+        Limits(**{name: 0})

@@ -7,7 +7,8 @@
   the :class:`~callflow.engine.deadline.DeadlineScheduler`) and the
   :class:`~callflow.engine.outbox.Outbox` (every decision leaves through it);
 - on the **app loop** (the loop that enters :meth:`Engine.running`): the
-  :class:`~callflow.engine.lanes.Lanes`, where handlers, observers, middleware and error hooks run.
+  :class:`~callflow.engine.lanes.Lanes`, where handlers, observers, middleware and error
+  hooks run.
 
 They meet only through the crossing (:mod:`callflow.engine.crossing`): events go to the lanes,
 claimed decisions come back to be sent, and the deadline's "stop these handlers" goes to the
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -30,13 +31,15 @@ from callflow.engine.book import CallBook
 from callflow.engine.clock import MONOTONIC, Clock
 from callflow.engine.crossing import Inbox, IoThread
 from callflow.engine.deadline import DeadlineScheduler, DecisionSink, DecisionSlot
-from callflow.engine.intake import STATE_RANK, EngineStats, Intake
+from callflow.engine.intake import Intake, LaneLink
 from callflow.engine.lanes import Lanes
-from callflow.engine.outbox import Outbox
+from callflow.engine.limits import Limits
+from callflow.engine.outbox import OnDecided
+from callflow.engine.stats import EngineStats
 from callflow.events import CallEvent, IncomingCall
 from callflow.routing import Router
 
-__all__ = ["STATE_RANK", "Engine", "EngineStats"]
+__all__ = ["Engine"]
 
 T = TypeVar("T")
 
@@ -46,8 +49,10 @@ class Engine:
 
     ``sink`` delivers every decision, from the I/O loop (a Graph client in a bot, a
     :class:`~callflow.engine.deadline.RecordingSink` in tests); it may be given late, through
-    :meth:`io_side`. ``clock`` is where deadlines are read (tests pass a
-    :class:`~callflow.engine.clock.ManualClock`). Use ``async with engine.running():`` on the app
+    :meth:`io_side`. ``limits`` bound it (:class:`~callflow.engine.limits.Limits`); ``clock``
+    is where deadlines are read (tests pass a :class:`~callflow.engine.clock.ManualClock`).
+    ``on_decided``, ``calls``, ``admit`` and ``on_events`` go to the
+    :class:`~callflow.engine.intake.Intake`. Use ``async with engine.running():`` on the app
     loop, then :meth:`submit`.
     """
 
@@ -56,67 +61,40 @@ class Engine:
         router: Router,
         *,
         sink: DecisionSink | None = None,
+        limits: Limits | None = None,
         clock: Clock = MONOTONIC,
-        platform_timeout: float = 15.0,
-        recording_timeout: float = 5.0,
-        safety_margin: float = 3.0,
-        max_pending: int = 10_000,
-        deadline_send_rate: float = 500.0,
-        max_send_backlog: int = 1_000,
-        max_concurrent_sends: int = 256,
-        shed_lag: float = 0.5,
-        compact_above: int = 1_000,
         default_decision: Decision | None = None,
-        drain_timeout: float = 15.0,
-        recent_size: int = 100_000,
-        recent_ttl: float = 600.0,
-        max_queued_per_call: int = 256,
-        max_queued_events: int = 10_000,
         services: Any = None,
-        on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+        on_decided: OnDecided | None = None,
         calls: CallBook | None = None,
         admit: Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None = None,
+        on_events: Callable[[Sequence[CallEvent]], None] | None = None,
     ) -> None:
-        for name, bound in (
-            ("max_queued_per_call", max_queued_per_call),
-            ("max_queued_events", max_queued_events),
-        ):
-            if bound < 1:
-                raise ValueError(f"{name} must be 1 or more events, got {bound}")
+        limits = self.limits = limits if limits is not None else Limits()
         self.default_decision: Decision = default_decision or Reject()
-        self.drain_timeout = drain_timeout
+        self.drain_timeout = limits.drain_timeout
         self.clock = clock
         self.stats = EngineStats()
-        self.outbox = Outbox(sink, concurrency=max_concurrent_sends, on_decided=on_decided)
+        self._sink = sink
         self.intake = Intake(
-            outbox=self.outbox,
+            limits=limits,
             stats=self.stats,
             clock=clock,
-            platform_timeout=platform_timeout,
-            recording_timeout=recording_timeout,
-            safety_margin=safety_margin,
-            max_pending=max_pending,
-            deadline_send_rate=deadline_send_rate,
-            max_send_backlog=max_send_backlog,
-            shed_lag=shed_lag,
-            compact_above=compact_above,
             default_decision=self.default_decision,
-            recent_size=recent_size,
-            recent_ttl=recent_ttl,
             calls=calls,
+            on_decided=on_decided,
             admit=admit,
+            on_events=on_events,
         )
-        self.outbox._on_sent = self.intake.sent
+        self.outbox = self.intake.outbox
         self.lanes = Lanes(
             router,
             stats=self.stats,
             default_decision=self.default_decision,
             services=services,
             clock=clock,
+            max_queued=limits.max_queued_per_call,
         )
-        self.lanes.max_queued = max_queued_per_call
-        self.max_queued_events = max_queued_events
-        """Observer events the app loop's inbox holds at most (the oldest go past it)."""
         self._io: IoThread | None = None
         self._to_io: Inbox | None = None
         self._to_app: Inbox | None = None
@@ -151,7 +129,7 @@ class Engine:
     @property
     def max_send_backlog(self) -> int:
         """Decisions waiting to be sent at which a new call waits for room or gets 503."""
-        return self.intake.max_send_backlog
+        return self.limits.max_send_backlog
 
     @property
     def ingress_lag(self) -> float:
@@ -186,13 +164,12 @@ class Engine:
         to_app = self._to_app = Inbox(
             asyncio.get_running_loop(),
             "app",
-            max_droppable=self.max_queued_events,
+            max_droppable=self.limits.max_queued_events,
             on_drop=lambda: stats.dropped_one("inbox_full"),  # on the I/O loop
         )
         to_io = self._to_io = io.inbox("io")
-        intake, lanes = self.intake, self.lanes
-        intake.observed = frozenset(lanes.routes.observers)
-        take, stop_handlers, decided = lanes.take, lanes.stop_handlers, intake.decided
+        lanes = self.lanes
+        take, stop_handlers, decided = lanes.take, lanes.stop_handlers, self.intake.decided
         post_app, post_observed, post_io = to_app.post, to_app.post_droppable, to_io.post
 
         def to_lanes(event: CallEvent, slot: DecisionSlot | None) -> None:
@@ -201,21 +178,30 @@ class Engine:
             else:
                 post_app(take, event, slot)
 
-        intake.to_lanes = to_lanes
-        intake.stop_handlers = lambda slot: post_app(stop_handlers, slot)
-        lanes.decided = lambda slot: post_io(decided, slot)
-        async with lanes.running():
+        link = LaneLink(
+            to_lanes=to_lanes,
+            stop_handlers=lambda slot: post_app(stop_handlers, slot),
+            observed=frozenset(lanes.routes.observers),
+        )
+
+        async def bind() -> None:
+            self.intake.bind_lanes(link)
+
+        async with lanes.running(decided=lambda slot: post_io(decided, slot)):
+            await self._on_io(bind)  # before any event can be submitted
             yield lanes
 
     @contextlib.asynccontextmanager
     async def io_side(self, sink: DecisionSink | None = None) -> AsyncIterator[Engine]:
-        """Run the outbox and intake on this (the I/O) loop; enter it after :meth:`app_side`.
+        """Run the outbox (delivering through ``sink``, else the engine's) and the intake on
+        this (the I/O) loop; enter it after :meth:`app_side`.
 
         On exit, whatever is still undecided gets the default and every decision is sent.
         """
-        if sink is not None:
-            self.outbox.sink = sink
-        async with self.outbox.running():
+        sink = sink if sink is not None else self._sink
+        if sink is None:
+            raise RuntimeError("the engine has no decision sink: give one to Engine or io_side")
+        async with self.outbox.running(sink):
             self.intake.start()
             try:
                 yield self

@@ -1,13 +1,15 @@
 """Intake: what the I/O loop does with the events of a notification before any handler runs.
 
 For each event the :class:`Intake` drops notifications about calls the worker does not know
-(:class:`~callflow.engine.book.CallBook`: every call is bound to its tenant there from admission
-to its end), redeliveries and stale state updates, gives a new
-incoming call its :class:`~callflow.engine.deadline.DecisionSlot` (deadline counted from when the
-notification reached the worker, less how late the I/O loop is running), decides it with the
-default at once when the worker could not decide it in time otherwise (admission control),
-watches its deadline, and hands the event to the app loop's lanes through the crossing.
-Decisions come back here (:meth:`Intake.decided`) and leave through the outbox.
+(:class:`~callflow.engine.book.CallBook`: every call is bound to its tenant there from
+admission to its end), redeliveries and stale state updates (:mod:`~callflow.engine.dedupe`),
+gives a new incoming call its :class:`~callflow.engine.deadline.DecisionSlot` (deadline
+counted from when the notification reached the worker, less how late the I/O loop is
+running: :mod:`~callflow.engine.lag`), decides it with the default at once when the worker
+could not decide it in time otherwise (:mod:`~callflow.engine.admission`), watches its
+deadline, and hands the event to the app loop's lanes through the crossing. Decisions come
+back here (:meth:`Intake.decided`) and leave through the intake's
+:class:`~callflow.engine.outbox.Outbox`.
 
 Everything here runs on the I/O loop and touches no user code.
 """
@@ -19,82 +21,28 @@ import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
+import attrs
 import structlog
 
 from callflow._log import Throttle
 from callflow._parse import LazyItem
 from callflow.decisions import Answer, Decision, Reject
+from callflow.engine.admission import DEADLINE_WAVE, INGRESS_LAG, SHUTDOWN, Admission
 from callflow.engine.book import CallBook
 from callflow.engine.clock import MONOTONIC, Clock
 from callflow.engine.deadline import DeadlineScheduler, DecisionSlot
-from callflow.events import (
-    CallEvent,
-    CallStateChanged,
-    CallTerminated,
-    IncomingCall,
-    OperationFinished,
-    ToneReceived,
-    normalize_id,
-)
+from callflow.engine.dedupe import STATE_RANK, Recent, Track, event_key, is_stale
+from callflow.engine.lag import LagProbe
+from callflow.engine.limits import Limits
+from callflow.engine.outbox import OnDecided, Outbox
+from callflow.engine.stats import EngineStats
+from callflow.events import CallEvent, CallStateChanged, CallTerminated, IncomingCall
 
-if TYPE_CHECKING:
-    from callflow.engine.crossing import Inbox
-    from callflow.engine.outbox import Outbox
-
-__all__ = ["STATE_RANK", "EngineStats", "Intake", "LagProbe", "Recent", "event_key", "is_stale"]
+__all__ = ["Intake", "LaneLink"]
 
 log = structlog.get_logger(__name__)
-
-STATE_RANK: Final[dict[str, int]] = {
-    "incoming": 0,
-    "establishing": 1,
-    "established": 2,
-    "hold": 2,
-    "transferring": 2,
-    "transferAccepted": 2,
-    "redirecting": 2,
-    "terminating": 3,
-    "terminated": 4,
-}
-"""How far along a call is; a state update ranked below the last one seen is stale."""
-
-Track = tuple[int | None, int]
-"""What staleness remembers of a call: the last etag and state rank seen."""
-
-
-def is_stale(last: Track | None, current: Track) -> bool:
-    """True when an update with ``current`` (etag, rank) is older than the ``last`` one seen.
-
-    Etags decide when both updates carry one; otherwise the state's rank does.
-    """
-    if last is None:
-        return False
-    etag, rank = current
-    last_etag, last_rank = last
-    if etag is not None and last_etag is not None:
-        return etag < last_etag
-    return rank < last_rank
-
-
-def event_key(event: CallEvent) -> Any:
-    """What identifies a redelivery of ``event`` (None: never deduped).
-
-    A key press is known by its ``sequenceId`` and an operation's result by the operation's
-    id (in :func:`~callflow.events.normalize_id` form: a redelivery gives the same key).
-    """
-    if isinstance(event, IncomingCall):
-        return event.call_id  # the id alone: no key tuple kept per pending call
-    if isinstance(event, CallStateChanged):
-        return (event.call_id, "state", event.state, event.etag)
-    if isinstance(event, CallTerminated):
-        return (event.call_id, "terminated")
-    if isinstance(event, ToneReceived):
-        return (normalize_id(event.call_id), "tone", event.sequence_id)
-    if isinstance(event, OperationFinished):
-        return (normalize_id(event.call_id), "op", normalize_id(event.operation_id))
-    return None
 
 
 class _AllTypes(frozenset[type]):
@@ -107,224 +55,55 @@ class _AllTypes(frozenset[type]):
 _ALL_TYPES: Final = _AllTypes()
 
 
-class EngineStats:
-    """Counters of one engine; read them for metrics. Each has a single writer: the I/O
-    loop, except ``late_decisions``, ``handler_errors`` and ``lane_full`` (the app loop)."""
+@attrs.frozen
+class LaneLink:
+    """How the intake reaches the app loop's lanes, bound once the loops run: hand an event
+    over (``to_lanes(event, slot)``), stop a call's handlers (``stop_handlers(slot)``), and
+    which event types have observers at all (others are not handed over)."""
 
-    __slots__ = (
-        "_drop_log",
-        "admission_defaults",
-        "duplicates",
-        "gone",
-        "handler_errors",
-        "inbox_full",
-        "lane_full",
-        "late_decisions",
-        "refused",
-        "shed",
-        "stale",
-        "unknown",
-        "wave_defaults",
-    )
-
-    def __init__(self) -> None:
-        self.duplicates = 0
-        self.stale = 0
-        self.late_decisions = 0
-        self.handler_errors = 0
-        self.admission_defaults = 0
-        """Calls decided with the default at intake (MAX_PENDING reached, a full deadline
-        wave, or the I/O loop running late)."""
-        self.wave_defaults = 0
-        """Of ``admission_defaults``: those whose deadline fell in an already full wave."""
-        self.shed = 0
-        """Of ``admission_defaults``: those taken while the I/O loop ran later than
-        SHED_LAG."""
-        self.refused = 0
-        """Incoming-call notifications refused with 503 (sending behind, or the loop far
-        too late to decide them in time)."""
-        self.gone = 0
-        self.unknown = 0
-        """Notifications dropped because they named a call the worker does not know."""
-        self.lane_full = 0
-        """Observer events dropped because their call's lane already held
-        MAX_QUEUED_PER_CALL events (the oldest of them went)."""
-        self.inbox_full = 0
-        """Observer events dropped because the app loop's inbox already held
-        MAX_QUEUED_EVENTS of them (the oldest of them went)."""
-        self._drop_log = Throttle(1.0)
-
-    @property
-    def dropped(self) -> dict[str, int]:
-        """Observer events dropped so far, by reason (``lane_full``, ``inbox_full``)."""
-        return {"lane_full": self.lane_full, "inbox_full": self.inbox_full}
-
-    def dropped_one(self, reason: str) -> None:
-        """Count one observer event dropped for ``reason`` (on the loop that writes that
-        counter) and log it: one ``events.dropped`` line a second at most, with how many
-        were dropped since the last one."""
-        if reason == "lane_full":
-            self.lane_full += 1
-        else:
-            self.inbox_full += 1
-        left_out = self._drop_log.admit(reason)
-        if left_out is not None:
-            log.warning(
-                "events.dropped",
-                reason=reason,
-                dropped=left_out + 1,
-                total=self.lane_full if reason == "lane_full" else self.inbox_full,
-            )
-
-
-class Recent:
-    """A bounded set of recently seen keys that forgets after ``ttl`` seconds."""
-
-    __slots__ = ("_items", "_maxlen", "_ttl")
-
-    def __init__(self, maxlen: int, ttl: float) -> None:
-        self._items: OrderedDict[Any, float] = OrderedDict()
-        self._maxlen = maxlen
-        self._ttl = ttl
-
-    def first(self, key: Any, now: float) -> bool:
-        """Remember ``key``; True unless it was seen within the last ``ttl`` seconds."""
-        items = self._items
-        seen = items.get(key)
-        if seen is not None and now - seen < self._ttl:
-            return False
-        items[key] = now
-        items.move_to_end(key)
-        if len(items) > self._maxlen:
-            items.popitem(last=False)
-        return True
-
-
-class LagProbe:
-    """How late the I/O loop runs: a timer every ``interval`` seconds measures its own delay.
-
-    :attr:`lag` is the largest delay seen over the last ``window`` seconds, or how overdue
-    the probe's own timer is right now if that is more (a loop that was just stalled knows it
-    before the probe has run again). A notification that arrives while the loop runs that
-    late may have waited about as long in the socket before the worker could read it: the
-    platform's clock was already running.
-    """
-
-    def __init__(self, interval: float = 0.025, window: float = 1.0) -> None:
-        self.interval = interval
-        self._slots = max(2, round(window / interval))
-        self._samples: deque[float] = deque(maxlen=self._slots)
-        self._expected = 0.0
-        self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lag = 0.0
-        self.worst = 0.0
-        """The largest delay ever seen."""
-
-    @property
-    def lag(self) -> float:
-        """Seconds the loop runs late (see the class docstring); 0 when not probing."""
-        loop = self._loop
-        if loop is None or self._handle is None:
-            return self._lag
-        overdue = loop.time() - self._expected
-        return overdue if overdue > self._lag else self._lag
-
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Start probing ``loop`` (the running one by default)."""
-        self._loop = loop or asyncio.get_running_loop()
-        self._arm()
-
-    def stop(self) -> None:
-        """Stop probing."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self._lag = 0.0
-
-    def _arm(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._expected = loop.time() + self.interval
-        self._handle = loop.call_at(self._expected, self._tick)
-
-    def _tick(self) -> None:
-        assert self._loop is not None
-        late = max(0.0, self._loop.time() - self._expected)
-        samples = self._samples
-        dropped = samples[0] if len(samples) == samples.maxlen else 0.0
-        samples.append(late)
-        if late >= self._lag:
-            self._lag = late
-        elif dropped >= self._lag:  # the largest sample left the window: find the next one
-            self._lag = max(samples)
-        if late > self.worst:
-            self.worst = late
-        self._arm()
+    to_lanes: Callable[[CallEvent, DecisionSlot | None], None]
+    stop_handlers: Callable[[DecisionSlot], None]
+    observed: frozenset[type] = _ALL_TYPES
 
 
 class Intake:
     """Takes events in on the I/O loop; see the module docstring.
 
-    ``to_lanes(event, slot)`` hands an event to the app loop (set by the engine: an
-    :class:`~callflow.engine.crossing.Inbox` post); ``stop_handlers(slot)`` asks the app loop to
-    cancel a call's handlers; ``outbox`` sends decisions.
+    ``limits`` bound it; ``calls`` is the worker's book of calls (a new one by default);
+    ``on_decided(slot, error)`` is told of every decision sent; ``admit(call, slot)`` (fleet
+    mode) says whether this worker owns a new call; ``on_events(events)`` is told of every
+    event of a known call first (call control's registry). :meth:`bind_lanes` binds the
+    app loop's lanes once they run.
     """
 
     def __init__(
         self,
         *,
-        outbox: Outbox,
-        stats: EngineStats,
+        limits: Limits | None = None,
+        stats: EngineStats | None = None,
         clock: Clock = MONOTONIC,
-        platform_timeout: float = 15.0,
-        recording_timeout: float = 5.0,
-        safety_margin: float = 3.0,
-        max_pending: int = 10_000,
-        deadline_send_rate: float = 500.0,
-        max_send_backlog: int = 1_000,
-        shed_lag: float = 0.5,
-        compact_above: int = 1_000,
         default_decision: Decision | None = None,
-        recent_size: int = 100_000,
-        recent_ttl: float = 600.0,
         calls: CallBook | None = None,
+        on_decided: OnDecided | None = None,
         admit: Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None = None,
+        on_events: Callable[[Sequence[CallEvent]], None] | None = None,
         early_size: int = 256,
         early_ttl: float = 10.0,
     ) -> None:
-        if safety_margin >= min(platform_timeout, recording_timeout):
-            raise ValueError(
-                f"safety_margin ({safety_margin} s) must be shorter than the platform timeouts "
-                f"({platform_timeout} s, {recording_timeout} s for policy recording)"
-            )
-        self.outbox = outbox
-        self.stats = stats
+        limits = self.limits = limits if limits is not None else Limits()
+        self.stats = stats if stats is not None else EngineStats()
         self.clock = clock
         self.default_decision: Decision = default_decision or Reject()
-        self._timeout = platform_timeout - safety_margin
-        self._recording_timeout = recording_timeout - safety_margin
-        self._expiry = platform_timeout
-        self._recording_expiry = recording_timeout
-        self.max_pending = max_pending
-        self.max_send_backlog = max_send_backlog
-        self.shed_lag = shed_lag
-        # Past this lag a new call would lose half its time before anyone saw it: refuse it.
-        shortest = min(platform_timeout, recording_timeout) - safety_margin
-        self._refuse_lag = max(shed_lag, shortest / 2)
-        self.compact_above = compact_above
+        self.outbox = Outbox(
+            concurrency=limits.max_concurrent_sends,
+            max_backlog=limits.max_send_backlog,
+            on_decided=on_decided,
+            on_sent=self.sent,
+        )
+        self._admission = Admission(limits)
+        self._compact_above = limits.compact_above
         """With this many calls pending, a new call keeps its body text compressed: about
         1 KB less per call for ~10 us more at intake."""
-        # Undecided calls by deadline bucket (width: an eighth of the safety margin). The
-        # outbox can send about ``deadline_send_rate`` defaults a second, and it has one
-        # safety margin to send a call's default before the platform gives up; so at most
-        # rate x margin undecided calls may fall due within any one margin.
-        slack = max(safety_margin, 0.1)
-        self._wave_width = slack / 8
-        self._wave_limit = max(1, int(deadline_send_rate * slack))
-        self._wave: dict[int, int] = {}
-        # The last window summed: buckets [first, last) hold ``base`` calls.
-        self._span_first = self._span_last = self._span_base = 0
         self.calls = calls if calls is not None else CallBook(clock=clock)
         """Every call this worker knows, bound to its tenant (shared with call control)."""
         self.calls.on_hold(self._created)
@@ -335,24 +114,20 @@ class Intake:
         self._early_ttl = early_ttl
         self._unknown_log = Throttle(1.0)
         self._admit_hook = admit
-        self._recent = Recent(recent_size, recent_ttl)
+        self._on_events = on_events
+        self._recent = Recent(limits.recent_size, limits.recent_ttl)
         self._tracks: OrderedDict[str, Track] = OrderedDict()
-        self._tracks_max = recent_size
+        self._tracks_max = limits.recent_size
         self._open: dict[str, DecisionSlot] = {}
         self._admitting: dict[str, list[tuple[CallEvent, DecisionSlot | None]]] = {}
-        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._changed: asyncio.Event | None = None
         """Set when the last pending call was decided, or the drain was cut short."""
         self._cut = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.scheduler = DeadlineScheduler(self.default_decision, on_due=self._due, clock=clock)
         self.lag = LagProbe()
-        self.observed: frozenset[type] | set[type] = _ALL_TYPES
-        """The event types the app loop has observers for (others are not handed over)."""
-        self.on_events: Callable[[Sequence[CallEvent]], None] | None = None
-        """Told of every notification's events first (call control's registry)."""
-        self.to_lanes: Callable[[CallEvent, DecisionSlot | None], None] | None = None
-        self.stop_handlers: Callable[[DecisionSlot], None] | None = None
+        self._lanes: LaneLink | None = None
+        self._observed: frozenset[type] = _ALL_TYPES
         self.accepting = False
         self.draining = False
         self._drain_until: float | None = None
@@ -364,6 +139,12 @@ class Intake:
     def pending(self) -> int:
         """Incoming calls received and not yet decided."""
         return len(self._open)
+
+    def bind_lanes(self, lanes: LaneLink) -> None:
+        """Hand events to ``lanes`` (the app loop's, reached through the crossing) from now
+        on; bound once, before the first event is submitted."""
+        self._lanes = lanes
+        self._observed = lanes.observed
 
     def start(self) -> None:
         """Start taking events on the running loop: deadlines and the lag probe run."""
@@ -418,7 +199,7 @@ class Intake:
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._expiry):
+            async with asyncio.timeout(self.limits.platform_timeout):
                 await self.outbox.idle()
 
     # -- intake ------------------------------------------------------------------------------
@@ -441,7 +222,7 @@ class Intake:
             )
         now = self.clock.now() if received is None else received
         calls = self.calls
-        on_events = self.on_events
+        on_events = self._on_events
         for event in events:
             slot: DecisionSlot | None = None
             if type(event) is IncomingCall:
@@ -470,7 +251,7 @@ class Intake:
                     continue
                 if isinstance(event, CallStateChanged | CallTerminated) and self._stale(event):
                     continue
-                if type(event) not in self.observed:
+                if type(event) not in self._observed:
                     continue  # nobody observes it: no reason to wake the app loop for it
             call_id = event.call_id or ""
             held = self._admitting.get(call_id)
@@ -480,8 +261,8 @@ class Intake:
                 self._admitting[call_id] = []
                 self._spawn(self._admit_then_hand_over(event, slot))  # type: ignore[arg-type]
             else:
-                assert self.to_lanes is not None
-                self.to_lanes(event, slot)
+                assert self._lanes is not None
+                self._lanes.to_lanes(event, slot)
 
     def _unknown(self, event: CallEvent, now: float) -> None:
         """A notification about a call this worker does not know: drop it, count it; keep it
@@ -524,29 +305,28 @@ class Intake:
         # notification probably waited before this loop could read it.
         lag = self.lag.lag
         sent = now - lag
+        limits = self.limits
         if call.is_policy_recording:
             slot = DecisionSlot(
-                call, sent, sent + self._recording_timeout, sent + self._recording_expiry
+                call,
+                sent,
+                sent + limits.decide_recording_within,
+                sent + limits.recording_timeout,
             )
         else:
-            slot = DecisionSlot(call, sent, sent + self._timeout, sent + self._expiry)
-        if self.draining:
-            slot.claim(self.default_decision, "shutdown")
-            log.warning("call.shutdown_default", call_id=call.call_id)
-            return slot
-        if len(self._open) >= self.max_pending:
-            return self._default_at_intake(slot, "max_pending")
-        if lag > self.shed_lag:
-            # The loop is running late: taking the call for handlers would only make it
-            # later. Decide it now, while the default still goes out in time.
-            self.stats.shed += 1
-            return self._default_at_intake(slot, "ingress_lag")
-        if not self._join_wave(slot.deadline, now):
-            # Held, this call would fall due with more undecided calls than the outbox can
-            # send within the safety margin: default it now, while sending keeps up.
-            self.stats.wave_defaults += 1
-            return self._default_at_intake(slot, "deadline_wave")
-        if len(self._open) >= self.compact_above:
+            slot = DecisionSlot(
+                call, sent, sent + limits.decide_within, sent + limits.platform_timeout
+            )
+        cause = self._admission.judge(
+            draining=self.draining,
+            pending=len(self._open),
+            lag=lag,
+            deadline=slot.deadline,
+            now=now,
+        )
+        if cause is not None:
+            return self._default_at_intake(slot, cause)
+        if len(self._open) >= self._compact_above:
             raw = call.raw
             if type(raw) is LazyItem:
                 raw.compact()
@@ -555,8 +335,18 @@ class Intake:
         return slot
 
     def _default_at_intake(self, slot: DecisionSlot, cause: str) -> DecisionSlot:
-        """Admission control: decide ``slot`` with the default now."""
-        self.stats.admission_defaults += 1
+        """Admission control: decide ``slot`` with the default now (see
+        :mod:`~callflow.engine.admission` for the causes)."""
+        if cause == SHUTDOWN:
+            slot.claim(self.default_decision, "shutdown")
+            log.warning("call.shutdown_default", call_id=slot.call_id)
+            return slot
+        stats = self.stats
+        stats.admission_defaults += 1
+        if cause == INGRESS_LAG:
+            stats.shed += 1
+        elif cause == DEADLINE_WAVE:
+            stats.wave_defaults += 1
         slot.claim(self.default_decision, "admission")
         log.warning(
             "call.admission_default", call_id=slot.call_id, pending=len(self._open), cause=cause
@@ -601,8 +391,8 @@ class Intake:
     def _hand_over(self, event: CallEvent, slot: DecisionSlot | None) -> None:
         if slot is not None and not slot.is_open:
             return  # decided meanwhile (deadline, hang-up): nothing for the handlers to do
-        assert self.to_lanes is not None
-        self.to_lanes(event, slot)
+        assert self._lanes is not None
+        self._lanes.to_lanes(event, slot)
 
     # -- decisions (the I/O loop) -----------------------------------------------------------
 
@@ -615,12 +405,12 @@ class Intake:
         """The deadline claimed ``slot`` for the default: send it, stop its handlers."""
         self._forget(slot)
         self.outbox.send(slot)
-        if self.stop_handlers is not None:
-            self.stop_handlers(slot)
+        if self._lanes is not None:
+            self._lanes.stop_handlers(slot)
 
     def _forget(self, slot: DecisionSlot) -> None:
         if self._open.pop(slot.call_id, None) is not None:
-            self._leave_wave(slot)
+            self._admission.leave(slot.deadline)
 
     def sent(self, slot: DecisionSlot, error: BaseException | None = None) -> None:
         """The outbox is done with ``slot``: let a waiting notification in, note idleness.
@@ -633,8 +423,6 @@ class Intake:
             self.calls.forget(slot.call_id)
         elif error is not None or type(slot.decision) is not Answer:
             self.calls.closing(slot.call_id)
-        if self._room_waiters:
-            self._wake_room_waiters()
         self._released()
 
     def _released(self) -> None:
@@ -649,11 +437,16 @@ class Intake:
         return self.outbox.backlog
 
     @property
+    def max_send_backlog(self) -> int:
+        """Decisions waiting to be sent at which a new call waits for room or gets 503."""
+        return self.limits.max_send_backlog
+
+    @property
     def overloaded(self) -> bool:
         """True while a new incoming call could not be decided in time if taken: more
-        decisions wait to be sent than :attr:`max_send_backlog`, or the I/O loop runs far
+        decisions wait to be sent than ``max_send_backlog``, or the I/O loop runs far
         behind. Such a call should wait for room (:meth:`wait_for_room`) or get 503."""
-        return self.outbox.backlog >= self.max_send_backlog or self.lag.lag > self._refuse_lag
+        return self._admission.refuses(self.outbox.backlog, self.lag.lag)
 
     async def wait_for_room(self, within: float) -> bool:
         """Wait up to ``within`` seconds until :attr:`overloaded` clears.
@@ -663,66 +456,9 @@ class Intake:
         """
         if not self.overloaded:
             return True
-        if within <= 0 or self.lag.lag > self._refuse_lag:
+        if within <= 0 or self._admission.hopeless(self.lag.lag):
             return False
-        assert self._loop is not None
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._room_waiters.append(waiter)
-        try:
-            async with asyncio.timeout(within):
-                await waiter
-        except TimeoutError:
-            return False
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-                with contextlib.suppress(ValueError):
-                    self._room_waiters.remove(waiter)
-        return True
-
-    def _wake_room_waiters(self) -> None:
-        """Let as many waiting notifications in as the send backlog has room for."""
-        waiters = self._room_waiters
-        room = self.max_send_backlog - self.outbox.backlog
-        while room > 0 and waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                room -= 1
-
-    def _join_wave(self, deadline: float, now: float) -> bool:
-        """Count a held call due at ``deadline``; False when its wave is full."""
-        width = self._wave_width
-        wave = self._wave
-        last = int(deadline / width)
-        first = max(last - 7, int(now / width))
-        if last != self._span_last or first != self._span_first:
-            # The window moved (every eighth of a margin): sum its older buckets once.
-            base = 0
-            for bucket in range(first, last):
-                base += wave.get(bucket, 0)
-            self._span_first, self._span_last, self._span_base = first, last, base
-        if self._span_base + wave.get(last, 0) >= self._wave_limit:
-            return False
-        held = wave.get(last)
-        if held is None:
-            if len(wave) > 64:  # forget the buckets that are already due
-                current = int(now / width)
-                for bucket in [b for b in wave if b < current]:
-                    del wave[bucket]
-            wave[last] = 1
-        else:
-            wave[last] = held + 1
-        return True
-
-    def _leave_wave(self, slot: DecisionSlot) -> None:
-        """The call was decided (or gone) before its deadline: it no longer falls due."""
-        bucket = int(slot.deadline / self._wave_width)
-        held = self._wave.get(bucket)
-        if held:
-            self._wave[bucket] = held - 1
-            if self._span_first <= bucket < self._span_last:
-                self._span_base -= 1
+        return await self.outbox.wait_for_room(within)
 
     # -- state updates ----------------------------------------------------------------------
 
@@ -734,8 +470,8 @@ class Intake:
                 # The caller hung up before anyone decided: stop the handlers, send nothing.
                 self._forget(slot)
                 self.stats.gone += 1
-                if self.stop_handlers is not None:
-                    self.stop_handlers(slot)
+                if self._lanes is not None:
+                    self._lanes.stop_handlers(slot)
                 log.info("call.gone_before_decision", call_id=event.call_id)
                 slot.call = None
                 self._released()
@@ -752,13 +488,3 @@ class Intake:
         if len(tracks) > self._tracks_max:
             tracks.popitem(last=False)
         return False
-
-
-def post_to(inbox: Inbox, fn: Callable[..., Any]) -> Callable[..., None]:
-    """``fn`` run through ``inbox`` (on the inbox's loop) instead of here."""
-    post = inbox.post
-
-    def posted(*args: Any) -> None:
-        post(fn, *args)
-
-    return posted

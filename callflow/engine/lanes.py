@@ -37,7 +37,7 @@ from callflow.routing import _DIRECT, CallContext, CompiledRoutes, Router
 
 if TYPE_CHECKING:
     from callflow.control.call import Call
-    from callflow.engine.intake import EngineStats
+    from callflow.engine.stats import EngineStats
 
 __all__ = ["Lanes"]
 
@@ -54,8 +54,10 @@ def _same_call(a: str, b: str) -> bool:
 class Lanes:
     """Runs a router's handlers and observers on the app loop, per call in arrival order.
 
-    ``decided(slot)`` hands a claimed slot back to the I/O loop (a crossing post). Use
-    ``async with lanes.running():`` on the app loop and feed it with :meth:`take`.
+    ``max_queued`` events wait behind a busy lane (the oldest observer event goes past it);
+    a flow waits ``establish_timeout`` seconds for its call to be established. Use ``async
+    with lanes.running(decided=...):`` on the app loop, where ``decided(slot)`` hands a
+    claimed slot back to the I/O loop (a crossing post), and feed it with :meth:`take`.
     """
 
     def __init__(
@@ -66,13 +68,15 @@ class Lanes:
         default_decision: Decision,
         services: Any = None,
         clock: Clock = MONOTONIC,
+        max_queued: int = 256,
+        establish_timeout: float = 30.0,
     ) -> None:
         self._router = router
         self.stats = stats
         self.default_decision = default_decision
         self._services = services
         self._clock = clock
-        self.decided: Callable[[DecisionSlot], None] | None = None
+        self._decided: Callable[[DecisionSlot], None] | None = None
         # call id -> events queued behind the running lane (None: nothing queued yet)
         self._lanes: dict[str, deque[tuple[CallEvent, DecisionSlot | None]] | None] = {}
         self._routes: CompiledRoutes | None = None
@@ -81,9 +85,9 @@ class Lanes:
         self._forget = self._tasks.discard  # one bound method for every task's done callback
         self.flows = 0
         """``Answer(then=...)`` flows running."""
-        self.establish_timeout = 30.0
+        self.establish_timeout = establish_timeout
         """Seconds a flow waits for its call to be established before it is given up."""
-        self.max_queued = 256
+        self.max_queued = max_queued
         """Events a call's lane holds behind the running one; past it the oldest observer
         event goes (``lane_full``)."""
 
@@ -98,10 +102,11 @@ class Lanes:
         return len(self._lanes)
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Lanes]:
-        """Run lanes on the current loop; on exit cancel the handlers still running and wait
-        for them to end."""
+    async def running(self, *, decided: Callable[[DecisionSlot], None]) -> AsyncIterator[Lanes]:
+        """Run lanes on the current loop, handing claimed slots to ``decided``; on exit cancel
+        the handlers still running and wait for them to end."""
         _ = self.routes
+        self._decided = decided
         self._loop = asyncio.get_running_loop()
         try:
             yield self
@@ -368,8 +373,8 @@ class Lanes:
     ) -> None:
         """Claim the slot for what the handlers chose and hand it to the I/O loop to send."""
         if slot.claim(decision or self.default_decision, decided_by):
-            assert self.decided is not None
-            self.decided(slot)
+            assert self._decided is not None
+            self._decided(slot)
         elif decided_by != "default" and slot.state == SlotState.DECIDED:
             self.stats.late_decisions += 1
             log.warning(

@@ -5,6 +5,10 @@ decided at intake all go through one :class:`Outbox`. A fixed pool of sender tas
 claimed slots earliest platform expiry first, sends each through the decision sink (the Graph
 client, or a fleet sink around it), and logs the call's one summary line. No task is created
 per decision: an idle sender is handed the slot directly.
+
+Its backlog (decisions waiting or in flight) is what overload is judged by, so the wait for
+room in it lives here too: a notification with a new call may wait (:meth:`Outbox.
+wait_for_room`) until a decision has been sent, in arrival order.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ import itertools
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import structlog
 
 if TYPE_CHECKING:
     from callflow.engine.deadline import DecisionSink, DecisionSlot
 
-__all__ = ["Outbox"]
+__all__ = ["OnDecided", "Outbox"]
+
+OnDecided: TypeAlias = "Callable[[DecisionSlot, BaseException | None], None]"
+"""``on_decided(slot, error)``: a decision was sent (``error`` None) or could not be."""
 
 log = structlog.get_logger(__name__)
 
@@ -31,24 +38,26 @@ log = structlog.get_logger(__name__)
 class Outbox:
     """Sends claimed decisions with at most ``concurrency`` requests in flight.
 
-    Lives on the I/O loop: :meth:`send` and every property are for that loop only. ``sink``
-    may be given late (before :meth:`running`). ``on_decided(slot, error)`` is told of every
-    decision sent or failed (not of one another worker of the fleet sent); ``on_sent(slot,
-    error)`` after every send, for the intake's bookkeeping.
+    Lives on the I/O loop: :meth:`send` and every property are for that loop only. The sink
+    is given to :meth:`running`. ``on_decided(slot, error)`` is told of every decision sent or
+    failed (not of one another worker of the fleet sent); ``on_sent(slot, error)`` after every
+    send, for the intake's bookkeeping. ``max_backlog`` is where :meth:`wait_for_room` waits.
     """
 
     def __init__(
         self,
-        sink: DecisionSink | None = None,
         *,
         concurrency: int = 256,
-        on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
-        on_sent: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+        max_backlog: int = 1_000,
+        on_decided: OnDecided | None = None,
+        on_sent: OnDecided | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency={concurrency!r}: expected an integer >= 1")
-        self.sink = sink
+        self.sink: DecisionSink | None = None
         self.concurrency = concurrency
+        self.max_backlog = max_backlog
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._on_decided = on_decided
         self._on_sent = on_sent
         self._heap: list[tuple[float, int, DecisionSlot]] = []
@@ -82,12 +91,41 @@ class Outbox:
                 self._empty = asyncio.Event()
             await self._empty.wait()
 
+    async def wait_for_room(self, within: float) -> bool:
+        """Wait up to ``within`` seconds until fewer than ``max_backlog`` decisions wait;
+        True when there is room (at once if there is). Waiters get room in arrival order,
+        as decisions are sent."""
+        if self.backlog < self.max_backlog:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(within):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._room_waiters.remove(waiter)
+        return True
+
+    def _wake_room_waiters(self) -> None:
+        """Let as many waiting notifications in as the backlog has room for."""
+        waiters = self._room_waiters
+        room = self.max_backlog - self.backlog
+        while room > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
+
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Outbox]:
-        """Run the senders for the duration of the block; on exit wait for what is queued
-        (the caller bounds that wait), then stop them."""
-        if self.sink is None:
-            raise RuntimeError("the outbox has no sink: give one before running it")
+    async def running(self, sink: DecisionSink) -> AsyncIterator[Outbox]:
+        """Run the senders, delivering through ``sink``, for the duration of the block; on
+        exit wait for what is queued (the caller bounds that wait), then stop them."""
+        self.sink = sink
         async with asyncio.TaskGroup() as tg:
             senders = [tg.create_task(self._sender()) for _ in range(self.concurrency)]
             try:
@@ -155,6 +193,8 @@ class Outbox:
                 except Exception:  # a metrics hook must not break delivery
                     log.exception("on_decided.failed", call_id=slot.call_id)
         slot.call = None
+        if self._room_waiters:
+            self._wake_room_waiters()
         if self._on_sent is not None:
             self._on_sent(slot, error)
         if self._empty is not None and not self.backlog:
