@@ -11,7 +11,7 @@ after its decision at the latest.
 
 Everything per call that a worker keeps (intake, lanes, the operation registry, the keeper)
 exists only for calls in this book: a notification about a call the book does not know is
-dropped and counted (:attr:`CallBook.unknown`) before it creates any state. Ids are the
+dropped and counted by the intake before it creates any state. Ids are the
 canonical ones (:func:`~callflow.events.canonical_call_id`); ids from elsewhere are
 canonicalised here.
 
@@ -29,7 +29,7 @@ from typing import Final
 import attrs
 
 from callflow.engine.clock import MONOTONIC, Clock
-from callflow.events import ResultInfo, canonical_call_id
+from callflow.events import CallEvent, ResultInfo, canonical_call_id
 
 __all__ = ["CallBook", "Ended"]
 
@@ -63,8 +63,10 @@ class CallBook:
         "_live",
         "_on_end",
         "_on_hold",
+        "_parked",
+        "_parked_size",
+        "_parked_ttl",
         "closing_ttl",
-        "unknown",
     )
 
     def __init__(
@@ -79,8 +81,11 @@ class CallBook:
         self._on_end: list[OnEnd] = []
         self._on_hold: list[Callable[[str], None]] = []
         self._creating = 0
-        self.unknown = 0
-        """Notifications dropped because they were about no call this worker knows."""
+        # Notifications about unknown calls that arrive while the bot creates a call: Graph
+        # may report the new call's first states before its reply naming it is read.
+        self._parked: deque[tuple[float, CallEvent]] = deque()
+        self._parked_size = 256
+        self._parked_ttl = 10.0
 
     # -- queries (any thread: snapshot reads) ------------------------------------------------
 
@@ -174,6 +179,31 @@ class CallBook:
         for listener in self._on_end:
             listener(call_id, result)
         return True
+
+    def park(self, event: CallEvent, received: float) -> bool:
+        """Keep a notification about an unknown call while the bot creates one (it may be
+        about that call, named by Graph's reply any moment now): True when kept (at most
+        256, for 10 s), False when it is just unknown."""
+        if not self._creating:
+            return False
+        parked = self._parked
+        while parked and parked[0][0] + self._parked_ttl < received:
+            parked.popleft()
+        parked.append((received, event))
+        if len(parked) > self._parked_size:
+            parked.popleft()
+        return True
+
+    def unpark(self, call_id: str) -> list[tuple[CallEvent, float]]:
+        """The notifications kept for ``call_id`` (now known), oldest first, with when each
+        was received; they are no longer kept."""
+        parked = self._parked
+        if not parked:
+            return []
+        mine = [(event, received) for received, event in parked if event.call_id == call_id]
+        if mine:
+            self._parked = deque(item for item in parked if item[1].call_id != call_id)
+        return mine
 
     @contextlib.contextmanager
     def creating_call(self) -> Iterator[None]:

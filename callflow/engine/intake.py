@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final
 
@@ -87,8 +87,6 @@ class Intake:
         on_decided: OnDecided | None = None,
         admit: Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None = None,
         on_events: Callable[[Sequence[CallEvent]], None] | None = None,
-        early_size: int = 256,
-        early_ttl: float = 10.0,
     ) -> None:
         limits = self.limits = limits if limits is not None else Limits()
         self.stats = stats if stats is not None else EngineStats()
@@ -107,11 +105,6 @@ class Intake:
         self.calls = calls if calls is not None else CallBook(clock=clock)
         """Every call this worker knows, bound to its tenant (shared with call control)."""
         self.calls.on_hold(self._created)
-        # Notifications about unknown calls that arrive while the bot creates a call: Graph
-        # may report the new call's first states before its reply naming it is read.
-        self._early: deque[tuple[float, CallEvent, float]] = deque()
-        self._early_size = early_size
-        self._early_ttl = early_ttl
         self._unknown_log = Throttle(1.0)
         self._admit_hook = admit
         self._on_events = on_events
@@ -267,16 +260,9 @@ class Intake:
     def _unknown(self, event: CallEvent, now: float) -> None:
         """A notification about a call this worker does not know: drop it, count it; keep it
         briefly while the bot creates a call (it may be about that call)."""
-        if self.calls.creating:
-            early = self._early
-            while early and early[0][0] + self._early_ttl < now:
-                early.popleft()
-            early.append((now, event, now))
-            if len(early) > self._early_size:
-                early.popleft()
+        if self.calls.park(event, now):
             return
         self.stats.unknown += 1
-        self.calls.unknown += 1
         suppressed = self._unknown_log.admit("unknown")
         if suppressed is not None:
             log.info(
@@ -288,15 +274,7 @@ class Intake:
 
     def _created(self, call_id: str) -> None:
         """The bot created (or joined) ``call_id``: take what arrived for it meanwhile."""
-        early = self._early
-        if not early:
-            return
-        mine = [item for item in early if item[1].call_id == call_id]
-        if not mine:
-            return
-        for item in mine:
-            early.remove(item)
-        for _, event, received in mine:
+        for event, received in self.calls.unpark(call_id):
             self.submit((event,), received)
 
     def _admit(self, call: IncomingCall, now: float) -> DecisionSlot:
