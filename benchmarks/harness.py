@@ -1288,7 +1288,7 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging (structlog call.decided and others)", ("structlog/", "callflow/_log.py")),
     ("metrics (prometheus_client)", ("prometheus_client/", "callflow/metrics.py")),
     ("inbound JWT check", ("callflow/webhook/auth.py", "jwt/", "cryptography/")),
-    ("parse notification", ("callflow/_parse.py", "callflow/events.py")),
+    ("parse notification", ("callflow/_parse/", "callflow/events.py")),
     (
         "aiohttp client: decision POST",
         ("aiohttp/client", "aiohttp/connector.py", "aiohttp/tracing.py", "yarl/"),

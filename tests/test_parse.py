@@ -286,8 +286,9 @@ def test_repr_hides_personal_data_and_raw(name: str) -> None:
 
 
 def test_module_exports_the_parser_and_its_limits() -> None:
-    """The private module exports the parser and the limits it enforces."""
-    assert _parse.__all__ == [
+    """The private package exports the parser, the limits it enforces, and the readers of
+    Graph's replies the client uses."""
+    assert set(_parse.__all__) == {
         "CALL_ID_PATTERN",
         "MAX_CALL_ID",
         "MAX_ID",
@@ -295,8 +296,13 @@ def test_module_exports_the_parser_and_its_limits() -> None:
         "MAX_TEXT",
         "MAX_URL",
         "TENANT_ID_PATTERN",
+        "LazyItem",
+        "OperationFields",
+        "operation_kind",
         "parse_notifications",
-    ]
+        "read_call",
+        "read_operation",
+    }
 
 
 # --- shapes of resourceData -------------------------------------------------------------
