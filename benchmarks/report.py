@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import (
+from benchmarks.analysis import (
     ANALYSIS_END,
     ANALYSIS_START,
     Plan,

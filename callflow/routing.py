@@ -29,7 +29,7 @@ import structlog
 
 from callflow._signatures import cannot_take
 from callflow._signatures import is_async as _is_async
-from callflow.engine.clock import MONOTONIC, Clock
+from callflow.clock import MONOTONIC, Clock
 from callflow.errors import RegistrationError
 from callflow.events import (
     CallEvent,

@@ -25,11 +25,11 @@ import structlog
 from aiohttp import web
 
 from callflow._runtime import use_uvloop
+from callflow.control.book import CallBook
 from callflow.control.call import Call, Calls
 from callflow.control.keeper import CallKeeper
 from callflow.control.operations import CallControl, OperationRegistry
 from callflow.decisions import Answer, Reject, RejectReason
-from callflow.engine.book import CallBook
 from callflow.engine.crossing import IoThread
 from callflow.errors import ConfigError
 from callflow.events import canonical_call_id

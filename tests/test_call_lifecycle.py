@@ -22,8 +22,8 @@ from callflow import (
     MediaPrompt,
     Target,
 )
+from callflow.control.book import CallBook
 from callflow.control.operations import OperationRegistry
-from callflow.engine.book import CallBook
 from callflow.events import CallStateChanged
 from callflow.testing import CALLBACK_URL, FakeGraph, call_state, call_terminated
 

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from callflow.engine.clock import MONOTONIC
+from callflow.clock import MONOTONIC
 from callflow.engine.crossing import Inbox, IoThread, SameLoop
 from callflow.testing import ManualClock
 

@@ -26,7 +26,7 @@ import anyio
 import structlog
 
 from callflow.actions import Invite, JoinMeeting, PlayPrompt
-from callflow.engine.book import CallBook
+from callflow.control.book import CallBook
 from callflow.errors import (
     CallControlError,
     CallEndedError,
@@ -269,7 +269,7 @@ class OperationRegistry:
 
     Loop-confined: create it, call :meth:`on_events` and run :class:`CallControl` on one
     event loop (the one that owns the Graph client). ``book`` is the worker's
-    :class:`~callflow.engine.book.CallBook`: a call's record is dropped when the book says the
+    :class:`~callflow.control.book.CallBook`: a call's record is dropped when the book says the
     call ended (its waiters fail at once), and an ended call gets no new record. It keeps,
     bounded: what it saw of the calls it was told about (beyond ``max_calls``, records of
     idle calls the book does not hold are forgotten, oldest first), ``max_tones`` unconsumed
@@ -607,7 +607,7 @@ class CallControl:
     ``graph`` must be entered on this loop. ``cancel_timeout`` bounds the shielded
     ``cancelMediaProcessing`` (or hang-up) sent when a wait is given up. ``on_operation``
     is told about every operation that ends (metrics). A call that ends, whoever ends it,
-    ends in the registry's :class:`~callflow.engine.book.CallBook` (``self.book``): its waiters
+    ends in the registry's :class:`~callflow.control.book.CallBook` (``self.book``): its waiters
     fail at once, and nothing more is sent for it.
     """
 

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 import anyio
 
+from callflow.clock import MONOTONIC, Clock
+from callflow.control.book import CallBook
 from callflow.decisions import Decision, Reject
-from callflow.engine.book import CallBook
-from callflow.engine.clock import MONOTONIC, Clock
 from callflow.engine.crossing import Inbox, IoThread
 from callflow.engine.deadline import DeadlineScheduler, DecisionSink, DecisionSlot
 from callflow.engine.intake import Intake, LaneLink
@@ -50,7 +50,7 @@ class Engine:
     ``sink`` delivers every decision, from the I/O loop (a Graph client in a bot, a
     :class:`~callflow.engine.deadline.RecordingSink` in tests); it may be given late, through
     :meth:`io_side`. ``limits`` bound it (:class:`~callflow.engine.limits.Limits`); ``clock``
-    is where deadlines are read (tests pass a :class:`~callflow.engine.clock.ManualClock`).
+    is where deadlines are read (tests pass a :class:`~callflow.clock.ManualClock`).
     ``on_decided``, ``calls``, ``admit`` and ``on_events`` go to the
     :class:`~callflow.engine.intake.Intake`. Use ``async with engine.running():`` on the app
     loop, then :meth:`submit`.

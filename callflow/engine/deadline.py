@@ -19,7 +19,7 @@ After the scheduler has claimed a slot the app loop is asked (through the crossi
 the handlers still running for that call; if that loop is blocked the cancellation simply
 lands later, and whatever the handlers return then is dropped and counted as late.
 
-Time comes from an injectable :class:`~callflow.engine.clock.Clock`, so tests move it by hand.
+Time comes from an injectable :class:`~callflow.clock.Clock`, so tests move it by hand.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
-from callflow.engine.clock import MONOTONIC, Clock, Timer
+from callflow.clock import MONOTONIC, Clock, Timer
 
 if TYPE_CHECKING:
     from callflow.decisions import Decision

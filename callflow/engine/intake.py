@@ -1,7 +1,7 @@
 """Intake: what the I/O loop does with the events of a notification before any handler runs.
 
 For each event the :class:`Intake` drops notifications about calls the worker does not know
-(:class:`~callflow.engine.book.CallBook`: every call is bound to its tenant there from
+(:class:`~callflow.control.book.CallBook`: every call is bound to its tenant there from
 admission to its end), redeliveries and stale state updates (:mod:`~callflow.engine.dedupe`),
 gives a new incoming call its :class:`~callflow.engine.deadline.DecisionSlot` (deadline
 counted from when the notification reached the worker, less how late the I/O loop is
@@ -28,10 +28,10 @@ import structlog
 
 from callflow._log import Throttle
 from callflow._parse import LazyItem
+from callflow.clock import MONOTONIC, Clock
+from callflow.control.book import CallBook
 from callflow.decisions import Answer, Decision, Reject
 from callflow.engine.admission import DEADLINE_WAVE, INGRESS_LAG, SHUTDOWN, Admission
-from callflow.engine.book import CallBook
-from callflow.engine.clock import MONOTONIC, Clock
 from callflow.engine.deadline import DeadlineScheduler, DecisionSlot
 from callflow.engine.dedupe import STATE_RANK, Recent, Track, event_key, is_stale
 from callflow.engine.lag import LagProbe

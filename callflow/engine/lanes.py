@@ -28,8 +28,8 @@ import anyio
 import structlog
 from structlog.contextvars import bind_contextvars
 
+from callflow.clock import MONOTONIC, Clock
 from callflow.decisions import Decision, is_decision
-from callflow.engine.clock import MONOTONIC, Clock
 from callflow.engine.deadline import DecisionSlot, SlotState
 from callflow.errors import CallEndedError
 from callflow.events import CallEvent, IncomingCall, canonical_call_id

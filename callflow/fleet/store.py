@@ -93,8 +93,8 @@ from callflow.fleet.trust import FleetSigner, ForwardTargets
 from callflow.settings import plain_redis_problem
 
 if TYPE_CHECKING:
+    from callflow.control.book import CallBook
     from callflow.decisions import Decision
-    from callflow.engine.book import CallBook
     from callflow.engine.deadline import DecisionSink, DecisionSlot
     from callflow.events import CallEvent, IncomingCall
     from callflow.settings import Settings

@@ -27,7 +27,7 @@ The pytest plugin :mod:`callflow.testing.plugin` (``pytest_plugins =
 
 from __future__ import annotations
 
-from callflow.engine.clock import ManualClock
+from callflow.clock import ManualClock
 from callflow.testing._fake_graph import (
     ACTION_OPS,
     CALLBACK_URL,

@@ -28,7 +28,7 @@ from typing import Final
 
 import attrs
 
-from callflow.engine.clock import MONOTONIC, Clock
+from callflow.clock import MONOTONIC, Clock
 from callflow.events import CallEvent, ResultInfo, canonical_call_id
 
 __all__ = ["CallBook", "Ended"]
