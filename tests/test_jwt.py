@@ -1033,10 +1033,13 @@ async def test_a_verifier_checks_tokens_with_the_key_set_it_is_built_with(
 async def test_signing_keys_serve_keys_and_refresh_for_an_unknown_id(
     server: KeyServer, keys: Keys, clock: FakeClock
 ) -> None:
-    """SigningKeys alone: the key a kid names, a refresh that finds a rotated key, the rate
-    limit that refuses a second refresh at once, and a failed refresh that keeps the keys."""
+    """SigningKeys alone: entered once, the key a kid names, a refresh that finds a rotated
+    key, the rate limit that refuses a second refresh at once, and a failed refresh that keeps
+    the keys."""
     signing = SigningKeys(openid_config_url=server.openid_config_url, clock=clock)
     async with signing:
+        with pytest.raises(RuntimeError, match="already started"):
+            await signing.__aenter__()
         key_a = signing.key_for("key-a")
         assert isinstance(key_a, RSAPublicKey)
         assert key_a.public_numbers() == keys.a.private_key.public_key().public_numbers()
