@@ -1,4 +1,5 @@
-"""Tests for inbound JWT validation (callflow.webhook.auth) and the signing-key test kit."""
+"""Tests for inbound JWT validation (callflow.webhook.auth), the signing key set
+(callflow.webhook.keys) and the signing-key test kit."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import pytest
 import structlog.testing
 import trustme
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 from jwt.utils import base64url_encode
 
 import callflow.testing._keys as keys_module
 import callflow.webhook.auth as jwt_module
+import callflow.webhook.keys as signing_keys_module
 from callflow.errors import ConfigError, InboundAuthError
 from callflow.testing._keys import (
     KEY_SERVER,
@@ -30,7 +33,14 @@ from callflow.testing._keys import (
     jwks,
     key_server_app,
 )
-from callflow.webhook.auth import REASONS, TENANT_ID_CLAIM, Caller, InboundAuthenticator
+from callflow.webhook.auth import (
+    REASONS,
+    TENANT_ID_CLAIM,
+    Caller,
+    InboundAuthenticator,
+    TokenVerifier,
+)
+from callflow.webhook.keys import SigningKeys
 
 APP_ID = "11111111-2222-3333-4444-555555555555"
 TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -118,7 +128,7 @@ def bearer(
     return f"Bearer {token}"
 
 
-async def rejected(auth: InboundAuthenticator, authorization: str | None) -> InboundAuthError:
+async def rejected(auth: TokenVerifier, authorization: str | None) -> InboundAuthError:
     """Authenticate, expect a rejection, check the message hides the token, return the error."""
     with pytest.raises(InboundAuthError) as info:
         await auth.authenticate(authorization)
@@ -965,6 +975,123 @@ async def test_outer_cancellation_exits_cleanly(server: KeyServer, clock: FakeCl
     assert not auth.ready
 
 
+# -- the verifier and its key set, apart ---------------------------------------------------
+
+
+class MemoryKeys:
+    """A key set held in memory, for a TokenVerifier without HTTP: ``published`` keys become
+    ``current`` when the verifier asks for a refresh."""
+
+    def __init__(self, *keys: SigningKey) -> None:
+        self.current = {key.kid: key.private_key.public_key() for key in keys}
+        self.published = dict(self.current)
+        self.refreshes: list[str] = []
+        self.entered = self.exited = 0
+
+    async def __aenter__(self) -> MemoryKeys:
+        self.entered += 1
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.exited += 1
+
+    def key_for(self, kid: str) -> RSAPublicKey | None:
+        return self.current.get(kid)
+
+    async def refresh_for_unknown(self, kid: str) -> RSAPublicKey:
+        self.refreshes.append(kid)
+        self.current = dict(self.published)
+        if kid not in self.current:
+            raise InboundAuthError("unknown_key", "No such key.", status=403)
+        return self.current[kid]
+
+
+@pytest.mark.anyio
+async def test_a_verifier_checks_tokens_with_the_key_set_it_is_built_with(
+    keys: Keys, clock: FakeClock
+) -> None:
+    """A TokenVerifier enters and leaves the key set it is given, takes keys from it and asks
+    it to refresh for a key id it does not know; it fetches nothing itself."""
+    memory = MemoryKeys(keys.a)
+    verifier = TokenVerifier(memory, app_id=APP_ID, issuers=ISSUERS, clock=clock)
+    with pytest.raises(RuntimeError, match="TokenVerifier is not started"):
+        await verifier.authenticate(bearer(keys.a, clock))
+    async with verifier:
+        assert (verifier.ready, memory.entered) == (True, 1)
+        assert (await verifier.authenticate(bearer(keys.a, clock))).tenant_id == TENANT
+        assert memory.refreshes == []
+        assert (await rejected(verifier, bearer(keys.rogue, clock))).reason == "unknown_key"
+        memory.published[keys.rogue.kid] = keys.rogue.private_key.public_key()
+        assert (await verifier.authenticate(bearer(keys.rogue, clock))).tenant_id == TENANT
+        assert memory.refreshes == ["key-rogue", "key-rogue"]
+    assert (verifier.ready, memory.exited) == (False, 1)
+    with pytest.raises(RuntimeError, match="not started"):
+        await verifier.authenticate(bearer(keys.a, clock))
+
+
+@pytest.mark.anyio
+async def test_signing_keys_serve_keys_and_refresh_for_an_unknown_id(
+    server: KeyServer, keys: Keys, clock: FakeClock
+) -> None:
+    """SigningKeys alone: entered once, the key a kid names, a refresh that finds a rotated
+    key, the rate limit that refuses a second refresh at once, and a failed refresh that keeps
+    the keys."""
+    signing = SigningKeys(openid_config_url=server.openid_config_url, clock=clock)
+    async with signing:
+        with pytest.raises(RuntimeError, match="already started"):
+            await signing.__aenter__()
+        key_a = signing.key_for("key-a")
+        assert isinstance(key_a, RSAPublicKey)
+        assert key_a.public_numbers() == keys.a.private_key.public_key().public_numbers()
+        assert signing.key_for("key-b") is None
+        server.set_keys(keys.a, keys.b)
+        key_b = await signing.refresh_for_unknown("key-b")
+        assert key_b.public_numbers() == keys.b.private_key.public_key().public_numbers()
+        assert (signing.key_ids, server.jwks_requests) == (frozenset({"key-a", "key-b"}), 2)
+        with pytest.raises(InboundAuthError) as limited:
+            await signing.refresh_for_unknown("key-c")
+        assert (limited.value.status, limited.value.reason) == (403, "unknown_key")
+        assert server.jwks_requests == 2
+        clock.now += 61
+        server.failing = True
+        with pytest.raises(InboundAuthError) as failed:
+            await signing.refresh_for_unknown("key-c")
+        assert (failed.value.status, failed.value.reason) == (503, "keys_unavailable")
+        assert signing.refresh_failures == 1
+        assert signing.key_for("key-a") is not None
+    assert (signing.ready, signing.key_ids) == (False, frozenset())
+    with pytest.raises(RuntimeError, match="not started"):
+        await signing.refresh_for_unknown("key-a")
+
+
+def test_the_verifier_and_the_key_set_each_name_their_bad_settings() -> None:
+    """Each part refuses its own invalid arguments in one ConfigError naming them all."""
+    with pytest.raises(ConfigError) as verifier_error:
+        TokenVerifier(
+            MemoryKeys(), app_id="", issuers=(), allowed_tenants=(), leeway=-1, cache_size=-1
+        )
+    assert str(verifier_error.value).startswith("TokenVerifier: ")
+    for name in ("app_id", "issuers", "allowed_tenants", "leeway", "cache_size"):
+        assert name in str(verifier_error.value)
+    with pytest.raises(ConfigError) as keys_error:
+        SigningKeys(
+            openid_config_url="not a url",
+            refresh_interval=0,
+            unknown_kid_interval=0,
+            fetch_timeout=0,
+            retry_backoff=(0.0, 1.0),
+        )
+    assert str(keys_error.value).startswith("SigningKeys: ")
+    for name in (
+        "openid_config_url",
+        "refresh_interval",
+        "unknown_kid_interval",
+        "fetch_timeout",
+        "retry_backoff",
+    ):
+        assert name in str(keys_error.value)
+
+
 # -- the test kit --------------------------------------------------------------------------
 
 
@@ -1031,7 +1158,7 @@ async def test_key_server_lifecycle_errors() -> None:
     await key_server.__aexit__(None, None, None)
 
 
-@pytest.mark.parametrize("module", [jwt_module, keys_module])
+@pytest.mark.parametrize("module", [jwt_module, signing_keys_module, keys_module])
 def test_all_names_exist(module: Any) -> None:
     """Every name a module lists in __all__ exists."""
     for name in module.__all__:
