@@ -1148,7 +1148,10 @@ def summarize_profile(raw: str) -> dict[str, Any]:
 LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging (structlog call.decided and others)", ("structlog/", "callflow/_log.py")),
     ("metrics (prometheus_client)", ("prometheus_client/", "callflow/metrics.py")),
-    ("inbound JWT check", ("callflow/webhook/auth.py", "jwt/", "cryptography/")),
+    (
+        "inbound JWT check",
+        ("callflow/webhook/auth.py", "callflow/webhook/keys.py", "jwt/", "cryptography/"),
+    ),
     ("parse notification", ("callflow/_parse/", "callflow/events.py")),
     (
         "aiohttp client: decision POST",
