@@ -13,7 +13,7 @@ from aiohttp import web
 from callflow import Answer
 from callflow._parse import parse_notifications
 from callflow.control.call import Call, Calls, SameLoopPort
-from callflow.control.operations import CallControl
+from callflow.control.control import CallControl
 from callflow.events import CallEvent
 from callflow.graph.client import GraphClient
 from callflow.graph.tokens import StaticTokenProvider

@@ -22,7 +22,7 @@ from callflow import (
     MediaPrompt,
     Target,
 )
-from callflow.control.operations import OperationRegistry
+from callflow.control.registry import OperationRegistry
 from callflow.engine.book import CallBook
 from callflow.events import CallStateChanged
 from callflow.testing import CALLBACK_URL, FakeGraph, call_state, call_terminated

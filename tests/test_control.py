@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callflow.control.operations import OperationRegistry, ToneBuffer
+from callflow.control.digits import ToneBuffer
+from callflow.control.registry import OperationRegistry
 from callflow.engine.intake import event_key
 from callflow.errors import CallEndedError
 from callflow.events import (

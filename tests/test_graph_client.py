@@ -29,7 +29,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from structlog.testing import capture_logs
 
-from callflow.control import operations as _control
+from callflow.control import control as _control
 from callflow.decisions import Answer, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import (
     CallGoneError,
