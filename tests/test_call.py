@@ -23,7 +23,7 @@ from callflow.errors import (
     RecordingTooLargeError,
     TransferError,
 )
-from callflow.testing import SigningKey
+from callflow.testing import ManualClock, SigningKey
 from tests.control_rig import Rig, running_rig
 
 pytestmark = pytest.mark.anyio
@@ -426,6 +426,26 @@ async def test_collection_fails_when_the_call_ends(rig: Rig) -> None:
             tg.start_soon(end)
             with pytest.raises(CallEndedError):
                 await call.collect_digits(4, timeout=GUARD)
+
+
+async def test_digit_timeouts_run_on_the_control_clock(callflow_signing_key: SigningKey) -> None:
+    """A collection's inter-digit timeout runs on the clock call control is given: with a
+    manual clock, five minutes without a next key pass when the clock is moved, and the key
+    pressed so far is returned at once."""
+    clock = ManualClock()
+    async with running_rig(callflow_signing_key, clock=clock) as rig:
+        handle, call = await rig.answered_call()
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+
+                async def press() -> None:
+                    await handle.wait_requests(op="subscribeToTone")
+                    await handle.press("7")
+                    clock.advance(300.0)
+
+                tg.start_soon(press)
+                digits = await call.collect_digits(4, timeout=600.0, inter_digit_timeout=300.0)
+    assert digits == "7"
 
 
 # --- other actions ------------------------------------------------------------------------

@@ -15,7 +15,6 @@ and each operation's end is logged (``call.operation``) and counted (``on_operat
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
@@ -25,6 +24,7 @@ import structlog
 from callflow.actions import Invite, JoinMeeting, PlayPrompt
 from callflow.control.digits import DigitRequest, collect
 from callflow.control.registry import OperationRegistry, TransferWatch, describe_result
+from callflow.engine.clock import MONOTONIC
 from callflow.errors import (
     CallControlError,
     CallEndedError,
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     _Action = PlayPrompt | RecordResponse | SendTones | Invite | UpdateRecordingStatus
 
-__all__ = ["MEDIA_KINDS", "CallControl", "OnOperation"]
+__all__ = ["MEDIA_KINDS", "CallControl", "OnOperation", "graph_deadline"]
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +132,16 @@ def _failure(kind: str, call_id: str, finished: OperationFinished) -> OperationE
     )
 
 
+def graph_deadline(timeout: float | None) -> float | None:
+    """The deadline of a Graph request that may take ``timeout`` seconds from now.
+
+    On the Graph client's time base (an absolute ``time.monotonic()`` value, see
+    :mod:`callflow.graph.client`), not on the clock call control reads: Graph's requests
+    run in real time whatever clock the decisions are taken on.
+    """
+    return None if timeout is None else MONOTONIC.now() + timeout
+
+
 # --- the operations --------------------------------------------------------------------------
 
 Start = Callable[[str, float | None], Awaitable["Operation"]]
@@ -145,7 +155,9 @@ class CallControl:
     ``cancelMediaProcessing`` (or hang-up) sent when a wait is given up. ``on_operation``
     is told about every operation that ends (metrics). A call that ends, whoever ends it,
     ends in the registry's :class:`~callflow.engine.book.CallBook` (``self.book``): its waiters
-    fail at once, and nothing more is sent for it.
+    fail at once, and nothing more is sent for it. Time is read on the registry's clock
+    (:attr:`OperationRegistry.clock <callflow.control.registry.OperationRegistry.clock>`),
+    the one that stamped the calls' key presses.
     """
 
     def __init__(
@@ -156,17 +168,16 @@ class CallControl:
         cancel_timeout: float = 5.0,
         on_operation: OnOperation | None = None,
         on_created: Callable[[str, str | None], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.graph = graph
-        self.registry = registry if registry is not None else OperationRegistry(clock=clock)
+        self.registry = registry if registry is not None else OperationRegistry()
         self.book = self.registry.book
         self.cancel_timeout = cancel_timeout
         self._on_operation = on_operation
         self._on_created = on_created
         """``on_created(call_id, tenant_id)``: a call the bot created is established (the
         bot then holds it: keep-alive)."""
-        self._clock = clock
+        self._clock = self.registry.clock
 
     async def wait_established(self, call_id: str, timeout: float | None) -> None:
         """Return once Graph reported ``call_id`` established (at once if it did already).
@@ -210,8 +221,8 @@ class CallControl:
         (timeout or cancellation) is cancelled in Graph.
         """
         registry = self.registry
-        began = self._clock()
-        deadline = None if timeout is None else began + timeout
+        began = self._clock.now()
+        deadline = graph_deadline(timeout)
         context = _new_context()
         waiter = registry.expect(call_id, kind, context)
         outcome = "error"
@@ -286,7 +297,7 @@ class CallControl:
         error raised (or its cause), else the HTTP status and error code of the request
         Graph refused.
         """
-        seconds = self._clock() - began
+        seconds = self._clock.now() - began
         code, subcode = _codes(finished, error)
         log.info(
             "call.operation",
@@ -314,7 +325,7 @@ class CallControl:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
             try:
                 await self.graph.cancel_media_processing(
-                    call_id, tenant_id=tenant_id, deadline=self._clock() + self.cancel_timeout
+                    call_id, tenant_id=tenant_id, deadline=graph_deadline(self.cancel_timeout)
                 )
             except GraphError as exc:
                 log.warning("call.cancel_media_failed", call_id=call_id, error=str(exc))
@@ -371,7 +382,7 @@ class CallControl:
         if self.registry.is_ended(call_id):
             log.debug("call.hang_up_skipped", call_id=call_id, reason="the call has ended")
             return
-        deadline = None if timeout is None else self._clock() + timeout
+        deadline = graph_deadline(timeout)
         self.registry.end(call_id)  # the bot is leaving: nothing more waits on this call
         await self.graph.hang_up(call_id, tenant_id=tenant_id, deadline=deadline)
         log.info("call.hung_up", call_id=call_id)
@@ -380,7 +391,7 @@ class CallControl:
         self, location: str, token: str, call_id: str, max_bytes: int, timeout: float | None
     ) -> bytes:
         """Download a recording within ``timeout`` seconds."""
-        deadline = None if timeout is None else self._clock() + timeout
+        deadline = graph_deadline(timeout)
         with anyio.fail_after(timeout):
             return await self.graph.download_recording(
                 location, token, max_bytes=max_bytes, deadline=deadline, call_id=call_id
@@ -403,10 +414,10 @@ class CallControl:
             raise CallControlError(f"call {call_id} is already being transferred")
         watch = TransferWatch(record.etag)
         record.transfer = watch
-        began = self._clock()
+        began = self._clock.now()
         outcome = "error"
         error: BaseException | None = None
-        deadline = None if timeout is None else began + timeout
+        deadline = graph_deadline(timeout)
         try:
             with anyio.fail_after(timeout):
                 try:
@@ -506,8 +517,8 @@ class CallControl:
         OperationTimeoutError after ``timeout`` seconds; a call given up is hung up.
         """
         registry = self.registry
-        began = self._clock()
-        deadline = None if timeout is None else began + timeout
+        began = self._clock.now()
+        deadline = graph_deadline(timeout)
         kind = "join" if hasattr(request, "meeting") else "create"
         outcome = "error"
         error: BaseException | None = None
@@ -567,7 +578,7 @@ class CallControl:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
             try:
                 await self.graph.hang_up(
-                    call_id, tenant_id=tenant, deadline=self._clock() + self.cancel_timeout
+                    call_id, tenant_id=tenant, deadline=graph_deadline(self.cancel_timeout)
                 )
             except GraphError as exc:
                 log.warning("call.hang_up_failed", call_id=call_id, error=str(exc))

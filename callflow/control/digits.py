@@ -11,12 +11,14 @@ itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import anyio
 import attrs
 
+from callflow.engine.clock import Clock
 from callflow.errors import CallEndedError, MediaCancelledError
 
 __all__ = ["DigitRequest", "Keypad", "ToneBuffer", "collect"]
@@ -139,14 +141,15 @@ async def collect(
     keys: Keypad,
     request: DigitRequest,
     *,
-    clock: Callable[[], float],
+    clock: Clock,
     prompt: Callable[[], Awaitable[object]] | None = None,
 ) -> str:
     """Collect one entry of the caller's key presses (see :class:`DigitRequest`).
 
     With ``prompt``, ``prompt()`` plays it while collecting and the clock starts when it
     ends; the first key press stops it (barge-in). Raises the call's CallEndedError when it
-    ended first, and the prompt's error when it failed before any key was pressed.
+    ended first, and the prompt's error when it failed before any key was pressed. Its
+    timeouts run on ``clock`` (the one that stamped the key presses).
     """
     if prompt is None:
         return await _gather(keys, request, clock, None)
@@ -167,7 +170,7 @@ class _Playing:
 async def _with_prompt(
     keys: Keypad,
     request: DigitRequest,
-    clock: Callable[[], float],
+    clock: Clock,
     prompt: Callable[[], Awaitable[object]],
 ) -> str:
     """Play ``prompt`` while collecting; the first key press stops it (barge-in)."""
@@ -208,7 +211,7 @@ async def _with_prompt(
 async def _gather(
     keys: Keypad,
     request: DigitRequest,
-    clock: Callable[[], float],
+    clock: Clock,
     playing: _Playing | None,
 ) -> str:
     tones = keys.tones
@@ -228,7 +231,7 @@ async def _gather(
                 continue
         if playing is not None and playing.error is not None:
             raise playing.error
-        now = clock()
+        now = clock.now()
         if began is None:
             began = now
             end = began + request.timeout
@@ -240,5 +243,9 @@ async def _gather(
             digits = tones.take(max_digits, stop_tones, force=True)
             assert digits is not None
             return digits
-        with anyio.move_on_after(wake - now):
-            await keys.changed.wait()
+        changed = keys.changed
+        timer = clock.call_at(asyncio.get_running_loop(), wake, keys.touch)
+        try:
+            await changed.wait()  # a key, the call's end, or the time to `wake` on the clock
+        finally:
+            timer.cancel()

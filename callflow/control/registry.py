@@ -18,9 +18,8 @@ every wait has a timeout; a waiter is removed whatever way its wait ends.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Final
 
 import anyio
@@ -28,6 +27,7 @@ import structlog
 
 from callflow.control.digits import ToneBuffer
 from callflow.engine.book import CallBook
+from callflow.engine.clock import MONOTONIC, Clock
 from callflow.errors import CallEndedError, TransferError
 from callflow.events import (
     CallStateChanged,
@@ -170,13 +170,13 @@ class OperationRegistry:
 
     Loop-confined: create it, call :meth:`on_events` and run
     :class:`~callflow.control.control.CallControl` on one event loop (the one that owns the
-    Graph client). ``book`` is the worker's
-    :class:`~callflow.engine.book.CallBook`: a call's record is dropped when the book says the
-    call ended (its waiters fail at once), and an ended call gets no new record. It keeps,
-    bounded: what it saw of the calls it was told about (beyond ``max_calls``, records of
-    idle calls the book does not hold are forgotten, oldest first), ``max_tones`` unconsumed
-    key presses per call, and up to ``max_early`` results nobody awaited yet, for
-    ``early_ttl`` seconds.
+    Graph client). ``book`` is the worker's :class:`~callflow.engine.book.CallBook`: a
+    call's record is dropped when the book says the call ended (its waiters fail at once),
+    and an ended call gets no new record. It keeps, bounded: what it saw of the calls it was
+    told about (beyond ``max_calls``, records of idle calls the book does not hold are
+    forgotten, oldest first), ``max_tones`` unconsumed key presses per call, and up to
+    ``max_early`` results nobody awaited yet, for ``early_ttl`` seconds on ``clock`` (the
+    engine's :class:`~callflow.engine.clock.Clock`; tests pass a ``ManualClock``).
     """
 
     def __init__(
@@ -187,15 +187,16 @@ class OperationRegistry:
         max_tones: int = 64,
         max_early: int = 1_024,
         early_ttl: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = MONOTONIC,
     ) -> None:
-        self.book = book if book is not None else CallBook()
+        self.book = book if book is not None else CallBook(clock=clock)
         self.book.on_end(self._ended)
         self.max_calls = max_calls
         self.max_tones = max_tones
         self.max_early = max_early
         self.early_ttl = early_ttl
-        self._clock = clock
+        self.clock = clock
+        """Where the registry, and the call control that uses it, read the time."""
         self._calls: OrderedDict[str, CallRecord] = OrderedDict()
         self._by_context: dict[str, Waiter] = {}
         self._by_operation: dict[tuple[str, str], Waiter] = {}
@@ -239,7 +240,7 @@ class OperationRegistry:
             self.duplicates += 1
             log.info("call.operation_duplicate", call_id=event.call_id, operation_id=operation)
             return
-        now = self._clock()
+        now = self.clock.now()
         early = self._early
         while early and next(iter(early.values()))[0] + self.early_ttl < now:
             early.popitem(last=False)
@@ -260,7 +261,7 @@ class OperationRegistry:
         if not record.tones.add(event.sequence_id, event.tone):
             self.duplicates += 1
             return
-        record.last_tone_at = self._clock()
+        record.last_tone_at = self.clock.now()
         record.touch()
 
     def _state(self, event: CallStateChanged) -> None:
