@@ -15,7 +15,8 @@ and each operation's end is logged (``call.operation``) and counted (``on_operat
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -23,7 +24,13 @@ import structlog
 
 from callflow.actions import Invite, JoinMeeting, PlayPrompt
 from callflow.control.digits import DigitRequest, collect
-from callflow.control.registry import OperationRegistry, TransferWatch, describe_result
+from callflow.control.registry import (
+    CallRecord,
+    OperationRegistry,
+    TransferWatch,
+    Waiter,
+    describe_result,
+)
 from callflow.engine.clock import MONOTONIC
 from callflow.errors import (
     CallControlError,
@@ -50,7 +57,7 @@ if TYPE_CHECKING:
 
     _Action = PlayPrompt | RecordResponse | SendTones | Invite | UpdateRecordingStatus
 
-__all__ = ["MEDIA_KINDS", "CallControl", "OnOperation", "graph_deadline"]
+__all__ = ["CREATE_KINDS", "MEDIA_KINDS", "CallControl", "OnOperation", "graph_deadline"]
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +69,8 @@ OnOperation = Callable[[str, str, float], None]
 
 MEDIA_KINDS: Final = frozenset({"playPrompt", "recordResponse"})
 """Operations that ``cancelMediaProcessing`` stops (and that are cancelled with it)."""
+CREATE_KINDS: Final = frozenset({"create", "join"})
+"""Operations that create a call (hung up when given up before it is established)."""
 CANCELLED_SUBCODE: Final = 8508
 _CANCEL_REASONS: Final = frozenset({"operationCanceled", "mediaOperationCanceled"})
 _RECORD_FAILURES: Final = frozenset(
@@ -158,6 +167,10 @@ class CallControl:
     fail at once, and nothing more is sent for it. Time is read on the registry's clock
     (:attr:`OperationRegistry.clock <callflow.control.registry.OperationRegistry.clock>`),
     the one that stamped the calls' key presses.
+
+    Every operation that is reported (:meth:`run`, :meth:`transfer`, :meth:`create`) ends
+    through :meth:`_finishing`, the one place that maps its end to an outcome and an error,
+    undoes what a given-up operation left in Graph and reports it once.
     """
 
     def __init__(
@@ -185,22 +198,15 @@ class CallControl:
         Raises CallEndedError when the call ended first, OperationTimeoutError after
         ``timeout`` seconds.
         """
-        record = self.registry.record(call_id)
-        record.pins += 1  # keep the record while waiting
         try:
             with anyio.fail_after(timeout):
-                while not record.established:
-                    if record.ended:
-                        raise record.ended_error()
-                    await record.changed.wait()
+                await _established(self.registry.record(call_id))
         except TimeoutError as exc:
             raise OperationTimeoutError(
                 f"call {call_id} was not established within {timeout} s",
                 kind="establish",
                 call_id=call_id,
             ) from exc
-        finally:
-            record.pins -= 1
 
     # -- one operation -----------------------------------------------------------------------
 
@@ -221,52 +227,59 @@ class CallControl:
         (timeout or cancellation) is cancelled in Graph.
         """
         registry = self.registry
-        began = self._clock.now()
-        deadline = graph_deadline(timeout)
-        context = _new_context()
-        waiter = registry.expect(call_id, kind, context)
-        outcome = "error"
-        error: BaseException | None = None
-        finished: OperationFinished | None = None
-        posted = False
-        try:
-            with anyio.fail_after(timeout):
-                if not waiter.done.is_set():
-                    try:
-                        posted = True
-                        operation = await start(context, deadline)
-                    except CallGoneError as exc:
-                        registry.end(call_id)
-                        raise registry.record(call_id).ended_error() from exc
-                    if operation.finished:
-                        finished = _from_reply(operation)
-                    else:
-                        registry.bind(waiter, operation.operation_id)
-                if finished is None:
-                    await waiter.done.wait()
-                    if waiter.error is not None:
-                        raise waiter.error
-                    finished = waiter.finished
-                    assert finished is not None
+        async with self._finishing(call_id, kind, timeout, tenant_id) as step:
+            # Registered before the POST: a result that comes before the reply finds it.
+            waiter = step.waiter = registry.expect(call_id, kind, _new_context())
+            finished: OperationFinished | None = None
+            if not waiter.done.is_set():  # not failed already (the call ended)
+                step.started = True
+                with self._gone(call_id):
+                    operation = await start(waiter.context, step.deadline)
+                if operation.finished:
+                    finished = _from_reply(operation)
+                else:
+                    registry.bind(waiter, operation.operation_id)
+            if finished is None:
+                await waiter.done.wait()
+                if waiter.error is not None:
+                    raise waiter.error
+                finished = waiter.finished
+                assert finished is not None
+            step.finished = finished
             if not _succeeded(kind, finished):
                 raise _failure(kind, call_id, finished)
+        return finished
+
+    @contextlib.asynccontextmanager
+    async def _finishing(
+        self, call_id: str, kind: str, timeout: float | None, tenant_id: str | None = None
+    ) -> AsyncIterator[_Step]:
+        """Run the body of one operation within ``timeout`` seconds, and finish it.
+
+        The body gets the operation's :class:`_Step` (where it notes what the finish needs)
+        and only does the protocol: post, bind, wait, judge. Its end maps to the outcome
+        reported and the error raised: ``completed``; ``timeout`` (OperationTimeoutError);
+        ``cancelled`` (re-raised); ``call_ended`` (CallEndedError); ``failed``
+        (OperationError, Graph's codes); ``error`` (GraphError: Graph refused the request or
+        could not be reached, with its HTTP status and code). An operation given up (timeout
+        or cancellation) is undone in Graph (:meth:`_give_up`); its waiter is forgotten; the
+        ``call.operation`` line and ``on_operation`` are told once.
+        """
+        began = self._clock.now()
+        step = _Step(call_id, kind, tenant_id, graph_deadline(timeout))
+        outcome = "error"
+        error: BaseException | None = None
+        try:
+            with anyio.fail_after(timeout):
+                yield step
             outcome = "completed"
-            return finished
         except TimeoutError as exc:
             outcome = "timeout"
-            if posted and kind in MEDIA_KINDS:
-                await self._cancel_media(call_id, tenant_id)
-            raise OperationTimeoutError(
-                f"{kind} on call {call_id} did not finish within {timeout} s",
-                kind=kind,
-                call_id=call_id,
-                operation_id=waiter.operation,
-                client_context=context,
-            ) from exc
+            await self._give_up(step)
+            raise step.too_late(timeout) from exc
         except anyio.get_cancelled_exc_class():
             outcome = "cancelled"
-            if posted and kind in MEDIA_KINDS:
-                await self._cancel_media(call_id, tenant_id)
+            await self._give_up(step)
             raise
         except CallEndedError as exc:
             outcome, error = "call_ended", exc
@@ -278,18 +291,32 @@ class CallControl:
             error = exc
             raise
         finally:
-            registry.forget(waiter)
-            self._report(call_id, kind, outcome, began, waiter.operation, finished, error)
+            if step.waiter is not None:
+                self.registry.forget(step.waiter)
+            self._report(step, outcome, self._clock.now() - began, error)
+
+    @contextlib.contextmanager
+    def _gone(self, call_id: str) -> Iterator[None]:
+        """Around a request on ``call_id``: when Graph answers that the call is gone (404,
+        8522), the call ends here for everyone, and the request raises CallEndedError."""
+        try:
+            yield
+        except CallGoneError as exc:
+            self.registry.end(call_id)
+            raise self.registry.record(call_id).ended_error() from exc
+
+    async def _give_up(self, step: _Step) -> None:
+        """Undo what an operation given up (timed out, cancelled) may have left running in
+        Graph: stop its prompt or recording, hang up the call it created."""
+        if not step.started:
+            return
+        if step.kind in MEDIA_KINDS:
+            await self._cancel_media(step.call_id, step.tenant_id)
+        elif step.kind in CREATE_KINDS:
+            await self._hang_up_quietly(step.call_id)
 
     def _report(
-        self,
-        call_id: str,
-        kind: str,
-        outcome: str,
-        began: float,
-        operation_id: str | None,
-        finished: OperationFinished | None,
-        error: BaseException | None = None,
+        self, step: _Step, outcome: str, seconds: float, error: BaseException | None
     ) -> None:
         """Log the ``call.operation`` line of an operation that ended, and tell the hook.
 
@@ -297,13 +324,13 @@ class CallControl:
         error raised (or its cause), else the HTTP status and error code of the request
         Graph refused.
         """
-        seconds = self._clock.now() - began
+        kind, finished = step.kind, step.finished
         code, subcode = _codes(finished, error)
         log.info(
             "call.operation",
-            call_id=call_id,
+            call_id=step.call_id,
             kind=kind,
-            operation_id=operation_id,
+            operation_id=step.operation_id,
             outcome=outcome,
             latency_ms=round(seconds * 1000, 1),
             code=code,
@@ -329,6 +356,21 @@ class CallControl:
                 )
             except GraphError as exc:
                 log.warning("call.cancel_media_failed", call_id=call_id, error=str(exc))
+
+    async def _hang_up_quietly(self, call_id: str) -> None:
+        """Hang up a call the bot gave up on (shielded, within cancel_timeout); it ends here
+        first, whether or not Graph can be told."""
+        if self.registry.is_ended(call_id):
+            return
+        tenant = self.book.tenant_of(call_id)
+        self.registry.end(call_id)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
+            try:
+                await self.graph.hang_up(
+                    call_id, tenant_id=tenant, deadline=graph_deadline(self.cancel_timeout)
+                )
+            except GraphError as exc:
+                log.warning("call.hang_up_failed", call_id=call_id, error=str(exc))
 
     def _check_open(self, call_id: str) -> None:
         if self.registry.is_ended(call_id):
@@ -408,51 +450,21 @@ class CallControl:
         says why), OperationTimeoutError after ``timeout`` seconds.
         """
         self._check_open(call_id)
-        registry = self.registry
-        record = registry.record(call_id)
+        record = self.registry.record(call_id)
         if record.transfer is not None:
             raise CallControlError(f"call {call_id} is already being transferred")
-        watch = TransferWatch(record.etag)
-        record.transfer = watch
-        began = self._clock.now()
-        outcome = "error"
-        error: BaseException | None = None
-        deadline = graph_deadline(timeout)
+        watch = record.transfer = TransferWatch(record.etag)
         try:
-            with anyio.fail_after(timeout):
-                try:
+            async with self._finishing(call_id, "transfer", timeout, tenant_id) as step:
+                with self._gone(call_id):
                     await self.graph.transfer(
-                        call_id, request, tenant_id=tenant_id, deadline=deadline
+                        call_id, request, tenant_id=tenant_id, deadline=step.deadline
                     )
-                except CallGoneError as exc:
-                    registry.end(call_id)
-                    raise record.ended_error() from exc
-                await watch.done.wait()
-            if watch.error is not None:
-                raise watch.error
-            outcome = "completed"
-        except TimeoutError as exc:
-            outcome = "timeout"
-            raise OperationTimeoutError(
-                f"transfer of call {call_id} did not finish within {timeout} s",
-                kind="transfer",
-                call_id=call_id,
-            ) from exc
-        except anyio.get_cancelled_exc_class():
-            outcome = "cancelled"
-            raise
-        except CallEndedError as exc:
-            outcome, error = "call_ended", exc
-            raise
-        except OperationError as exc:
-            outcome, error = "failed", exc
-            raise
-        except GraphError as exc:
-            error = exc
-            raise
+                await watch.done.wait()  # the call's states say how it went
+                if watch.error is not None:
+                    raise watch.error
         finally:
             record.transfer = None
-            self._report(call_id, "transfer", outcome, began, None, None, error)
 
     # -- tones -------------------------------------------------------------------------------
 
@@ -516,72 +528,77 @@ class CallControl:
         Raises CallEndedError when it ended first (Graph's resultInfo says why) and
         OperationTimeoutError after ``timeout`` seconds; a call given up is hung up.
         """
-        registry = self.registry
-        began = self._clock.now()
-        deadline = graph_deadline(timeout)
         kind = "join" if hasattr(request, "meeting") else "create"
-        outcome = "error"
-        error: BaseException | None = None
-        created: CreatedCall | None = None
-        try:
-            with anyio.fail_after(timeout):
-                # Until Graph's reply names the call, notifications about it may come first:
-                # the intake keeps those briefly instead of dropping them as unknown.
-                with self.book.creating_call():
-                    created = await self.graph.create_call(request, deadline=deadline)
-                    # Bound to the tenant whose app token created it, from now to its end.
-                    self.book.hold(created.call_id, created.tenant_id)
-                record = registry.record(created.call_id)
-                record.pins += 1  # keep the record while waiting
-                try:
-                    while not record.established:
-                        if record.ended:
-                            raise record.ended_error()
-                        await record.changed.wait()
-                finally:
-                    record.pins -= 1
-            outcome = "completed"
-            if self._on_created is not None:
-                self._on_created(created.call_id, created.tenant_id)
-            return created
-        except TimeoutError as exc:
-            outcome = "timeout"
-            if created is not None:
-                await self._hang_up_quietly(created.call_id)
-            raise OperationTimeoutError(
-                f"{kind}: the call was not established within {timeout} s",
-                kind=kind,
-                call_id=created.call_id if created is not None else "",
-            ) from exc
-        except anyio.get_cancelled_exc_class():
-            outcome = "cancelled"
-            if created is not None:
-                await self._hang_up_quietly(created.call_id)
-            raise
-        except CallEndedError as exc:
-            outcome, error = "call_ended", exc
-            raise
-        except GraphError as exc:
-            error = exc
-            raise
-        finally:
-            call_id = created.call_id if created is not None else ""
-            self._report(call_id, kind, outcome, began, None, None, error)
+        async with self._finishing("", kind, timeout) as step:
+            # Until Graph's reply names the call, notifications about it may come first:
+            # the intake keeps those briefly instead of dropping them as unknown.
+            with self.book.creating_call():
+                created = await self.graph.create_call(request, deadline=step.deadline)
+                # Bound to the tenant whose app token created it, from now to its end.
+                self.book.hold(created.call_id, created.tenant_id)
+            step.call_id, step.started = created.call_id, True  # given up now: hung up
+            await _established(self.registry.record(created.call_id))
+        if self._on_created is not None:
+            self._on_created(created.call_id, created.tenant_id)
+        return created
 
-    async def _hang_up_quietly(self, call_id: str) -> None:
-        """Hang up a call the bot gave up on (shielded, within cancel_timeout); it ends here
-        first, whether or not Graph can be told."""
-        if self.registry.is_ended(call_id):
-            return
-        tenant = self.book.tenant_of(call_id)
-        self.registry.end(call_id)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
-            try:
-                await self.graph.hang_up(
-                    call_id, tenant_id=tenant, deadline=graph_deadline(self.cancel_timeout)
-                )
-            except GraphError as exc:
-                log.warning("call.hang_up_failed", call_id=call_id, error=str(exc))
+
+class _Step:
+    """One operation under way, as :meth:`CallControl._finishing` needs to know it."""
+
+    __slots__ = ("call_id", "deadline", "finished", "kind", "started", "tenant_id", "waiter")
+
+    def __init__(
+        self, call_id: str, kind: str, tenant_id: str | None, deadline: float | None
+    ) -> None:
+        self.call_id = call_id
+        """The call ("" for a call being created, until Graph names it)."""
+        self.kind = kind
+        self.tenant_id = tenant_id
+        self.deadline = deadline
+        """The deadline of the operation's Graph requests (see :func:`graph_deadline`)."""
+        self.waiter: Waiter | None = None
+        """The registry's waiter of the operation's result, when it has one."""
+        self.finished: OperationFinished | None = None
+        """Graph's result, once it came."""
+        self.started = False
+        """True once the operation may be under way in Graph: giving it up then undoes it
+        (a prompt or recording is cancelled, a created call hung up)."""
+
+    @property
+    def operation_id(self) -> str | None:
+        """Graph's id of the operation, once known."""
+        return self.waiter.operation if self.waiter is not None else None
+
+    def too_late(self, timeout: float | None) -> OperationTimeoutError:
+        """The error of the operation when ``timeout`` ran out."""
+        kind, call_id = self.kind, self.call_id
+        if kind in CREATE_KINDS:
+            message = f"{kind}: the call was not established within {timeout} s"
+        elif kind == "transfer":
+            message = f"transfer of call {call_id} did not finish within {timeout} s"
+        else:
+            message = f"{kind} on call {call_id} did not finish within {timeout} s"
+        return OperationTimeoutError(
+            message,
+            kind=kind,
+            call_id=call_id,
+            operation_id=self.operation_id,
+            client_context=self.waiter.context if self.waiter is not None else None,
+        )
+
+
+async def _established(record: CallRecord) -> None:
+    """Return once the call of ``record`` is established; its CallEndedError when it ended
+    first. The record is kept meanwhile."""
+    record.pins += 1
+    try:
+        while not record.established:
+            if record.ended:
+                raise record.ended_error()
+            await record.changed.wait()
+    finally:
+        record.pins -= 1
 
 
 def _from_reply(operation: Operation) -> OperationFinished:
