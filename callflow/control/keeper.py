@@ -11,6 +11,11 @@ A keepAlive that fails for any other reason (Graph unreachable or erring, no app
 because the identity provider is down or the tenant revoked consent, anything else) never
 ends the task or the worker: it is logged, counted in ``failures`` and retried after a
 jittered backoff (at most ``interval``) until it succeeds or the call ends.
+
+Loops: the keep-alive task (:meth:`CallKeeper.run`) runs on the I/O loop, which owns the
+Graph client, and keeps its schedule on the keeper's :class:`~callflow.engine.clock.Clock`;
+:meth:`CallKeeper.answered` called from another thread hands the call over to that loop, and
+the held calls can be read (or waited on) from any loop.
 """
 
 from __future__ import annotations
