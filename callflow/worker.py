@@ -27,8 +27,9 @@ from aiohttp import web
 from callflow._runtime import use_uvloop
 from callflow.control.book import CallBook
 from callflow.control.call import Call, Calls
+from callflow.control.control import CallControl
 from callflow.control.keeper import CallKeeper
-from callflow.control.operations import CallControl, OperationRegistry
+from callflow.control.registry import OperationRegistry
 from callflow.decisions import Answer, Reject, RejectReason
 from callflow.engine.crossing import IoThread
 from callflow.errors import ConfigError

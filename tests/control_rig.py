@@ -12,8 +12,10 @@ from aiohttp import web
 
 from callflow import Answer
 from callflow._parse import parse_notifications
+from callflow.clock import MONOTONIC, Clock
 from callflow.control.call import Call, Calls, SameLoopPort
-from callflow.control.operations import CallControl
+from callflow.control.control import CallControl
+from callflow.control.registry import OperationRegistry
 from callflow.events import CallEvent
 from callflow.graph.client import GraphClient
 from callflow.graph.tokens import StaticTokenProvider
@@ -68,8 +70,10 @@ async def running_rig(
     operation_duration: float = 0.05,
     cancel_timeout: float = 2.0,
     configure: Callable[[FakeGraph], None] | None = None,
+    clock: Clock = MONOTONIC,
 ) -> AsyncIterator[Rig]:
-    """Run FakeGraph, a webhook on loopback and a Graph client against the fake."""
+    """Run FakeGraph, a webhook on loopback and a Graph client against the fake; call
+    control reads the time on ``clock``."""
     rig_ref: list[Rig] = []
     runner = web.AppRunner(_webhook(rig_ref), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -91,6 +95,7 @@ async def running_rig(
                 outcomes: list[tuple[str, str, float]] = []
                 control = CallControl(
                     graph,
+                    OperationRegistry(clock=clock),
                     cancel_timeout=cancel_timeout,
                     on_operation=lambda *a: outcomes.append(a),
                 )

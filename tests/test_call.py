@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -23,7 +23,7 @@ from callflow.errors import (
     RecordingTooLargeError,
     TransferError,
 )
-from callflow.testing import SigningKey
+from callflow.testing import ManualClock, SigningKey
 from tests.control_rig import Rig, running_rig
 
 pytestmark = pytest.mark.anyio
@@ -49,7 +49,7 @@ def ops(rig: Rig, call_id: str) -> list[str]:
     return [r.op for r in rig.fake.requests_for(call_id)]
 
 
-def operation_lines(logs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+def operation_lines(logs: Sequence[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
     """The ``call.operation`` log lines of ``kind``."""
     return [e for e in logs if e["event"] == "call.operation" and e["kind"] == kind]
 
@@ -428,6 +428,26 @@ async def test_collection_fails_when_the_call_ends(rig: Rig) -> None:
                 await call.collect_digits(4, timeout=GUARD)
 
 
+async def test_digit_timeouts_run_on_the_control_clock(callflow_signing_key: SigningKey) -> None:
+    """A collection's inter-digit timeout runs on the clock call control is given: with a
+    manual clock, five minutes without a next key pass when the clock is moved, and the key
+    pressed so far is returned at once."""
+    clock = ManualClock()
+    async with running_rig(callflow_signing_key, clock=clock) as rig:
+        handle, call = await rig.answered_call()
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+
+                async def press() -> None:
+                    await handle.wait_requests(op="subscribeToTone")
+                    await handle.press("7")
+                    clock.advance(300.0)
+
+                tg.start_soon(press)
+                digits = await call.collect_digits(4, timeout=600.0, inter_digit_timeout=300.0)
+    assert digits == "7"
+
+
 # --- other actions ------------------------------------------------------------------------
 
 
@@ -647,3 +667,87 @@ async def test_a_failed_operation_logs_graph_codes(
         await fail(rig)
     (line,) = operation_lines(logs, kind)
     assert (line["outcome"], line["code"], line["subcode"]) == expected
+
+
+# --- the call.operation line of an operation given up -------------------------------------
+
+
+async def _timed_out_transfer(rig: Rig) -> str:
+    handle, call = await rig.answered_call()
+    rig.fake.plan_operation("transfer", complete=False)
+    with pytest.raises(OperationTimeoutError) as caught:
+        await call.transfer(AGENT, timeout=0.15)
+    assert caught.value.call_id == handle.call_id
+    return handle.call_id
+
+
+async def _cancelled_transfer(rig: Rig) -> str:
+    handle, call = await rig.answered_call()
+    rig.fake.plan_operation("transfer", complete=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call.transfer, AGENT)
+        await handle.wait_requests(op="transfer")
+        tg.cancel_scope.cancel()
+    return handle.call_id
+
+
+async def _timed_out_recording(rig: Rig) -> str:
+    handle, call = await rig.answered_call()
+    rig.fake.plan_operation("recordResponse", complete=False)
+    with pytest.raises(OperationTimeoutError) as caught:
+        await call.record(timeout=0.15)
+    assert caught.value.client_context is not None
+    return handle.call_id
+
+
+async def _timed_out_create(rig: Rig) -> str:
+    rig.fake.plan_operation("create", complete=False)
+    with pytest.raises(OperationTimeoutError) as caught:
+        await rig.calls.create(AGENT, timeout=0.15)
+    return caught.value.call_id
+
+
+async def _cancelled_create(rig: Rig) -> str:
+    rig.fake.plan_operation("create", complete=False)
+    named: list[str] = []
+    held = anyio.Event()
+
+    def hold(call_id: str) -> None:
+        named.append(call_id)
+        held.set()
+
+    rig.control.book.on_hold(hold)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.calls.create, AGENT)
+        await held.wait()  # Graph named the call: the bot holds it from now
+        tg.cancel_scope.cancel()
+    return named[0]
+
+
+@pytest.mark.parametrize(
+    ("give_up", "kind", "outcome", "undone"),
+    [
+        (_timed_out_transfer, "transfer", "timeout", set()),
+        (_cancelled_transfer, "transfer", "cancelled", set()),
+        (_timed_out_recording, "recordResponse", "timeout", {"cancelMediaProcessing"}),
+        (_timed_out_create, "create", "timeout", {"delete"}),
+        (_cancelled_create, "create", "cancelled", {"delete"}),
+    ],
+)
+async def test_an_operation_given_up_is_undone_and_reported_once(
+    rig: Rig,
+    give_up: Callable[[Rig], Awaitable[str]],
+    kind: str,
+    outcome: str,
+    undone: set[str],
+) -> None:
+    """An operation that timed out or was cancelled is undone in Graph where it left
+    something running (a recording is cancelled, a call being created is hung up, a transfer
+    is left to Graph), and reported once: one call.operation line, one on_operation call."""
+    with capture_logs() as logs, anyio.fail_after(GUARD):
+        call_id = await give_up(rig)
+    (line,) = operation_lines(logs, kind)
+    assert (line["call_id"], line["outcome"]) == (call_id, outcome)
+    assert [o[:2] for o in rig.outcomes if o[0] == kind] == [(kind, outcome)]
+    assert {"cancelMediaProcessing", "delete"} & set(ops(rig, call_id)) == undone
+    assert rig.registry.waiting == 0

@@ -23,7 +23,7 @@ from callflow import (
     Target,
 )
 from callflow.control.book import CallBook
-from callflow.control.operations import OperationRegistry
+from callflow.control.registry import OperationRegistry
 from callflow.events import CallStateChanged
 from callflow.testing import CALLBACK_URL, FakeGraph, call_state, call_terminated
 

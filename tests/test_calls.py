@@ -10,7 +10,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from callflow import Answer, Bot, CallContext, CallStateChanged, IncomingCall
-from callflow.testing import CallHandle, FakeGraph
+from callflow.control.keeper import CallKeeper
+from callflow.testing import CallHandle, FakeGraph, ManualClock, SigningKey
+from tests.control_rig import running_rig
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +42,27 @@ async def test_answered_call_is_kept_alive_until_graph_says_it_is_gone() -> None
         with anyio.fail_after(10):
             await running.keeper.wait_until(lambda calls: not calls)
         assert [r.status for r in call.requests if r.op == "keepAlive"][-1] == 404
+
+
+async def test_keepalive_falls_due_on_the_keepers_clock(callflow_signing_key: SigningKey) -> None:
+    """A keeper given a manual clock stamps the calls it holds with it and sends keepAlive
+    when that clock reaches the interval: a 15-minute interval passes when the clock is
+    moved, not after 15 minutes."""
+    clock = ManualClock()
+    async with running_rig(callflow_signing_key) as rig:
+        handle, _ = await rig.answered_call()
+        keeper = CallKeeper(rig.graph, 900.0, clock=clock)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await tg.start(keeper.run)
+                keeper.answered(handle.call_id, handle.tenant_id)
+                assert [held.answered_at for held in keeper.calls()] == [clock.now()]
+                clock.advance(900.0)
+                await keeper.wait_until(lambda calls: calls[0].keepalives == 1)
+                clock.advance(900.0)
+                await keeper.wait_until(lambda calls: calls[0].keepalives == 2)
+                tg.cancel_scope.cancel()
+    assert len(await handle.wait_requests(2, op="keepAlive")) == 2
 
 
 async def test_terminated_call_is_forgotten() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callflow.control.operations import OperationRegistry, ToneBuffer
+from callflow.control.digits import ToneBuffer
+from callflow.control.registry import OperationRegistry
 from callflow.engine.dedupe import event_key
 from callflow.errors import CallEndedError
 from callflow.events import (
@@ -15,19 +16,10 @@ from callflow.events import (
     ResultInfo,
     ToneReceived,
 )
+from callflow.testing import ManualClock
 
 CALL = "57dab8b1-894c-409a-b240-bd8beae78896"
 SHOUTED = "57DAB8B1894C409AB240BD8BEAE78896"
-
-
-class Clock:
-    """A settable clock."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_event_keys_normalise_ids() -> None:
@@ -115,14 +107,14 @@ def test_result_matched_by_client_context_before_the_reply() -> None:
 
 def test_early_results_are_bounded_in_number_and_time() -> None:
     """Unclaimed results are kept at most max_early of them and early_ttl seconds."""
-    clock = Clock()
+    clock = ManualClock()
     registry = OperationRegistry(max_early=2, early_ttl=5.0, clock=clock)
     for index in range(3):
         registry.on_events([OperationFinished(CALL, f"op-{index}")])
     waiter = registry.expect(CALL, "playPrompt", "ctx")
     registry.bind(waiter, "op-0")
     assert not waiter.done.is_set()  # the oldest was dropped
-    clock.now += 10
+    clock.advance(10)
     registry.on_events([OperationFinished(CALL, "op-9")])
     registry.bind(registry.expect(CALL, "playPrompt", "ctx-b"), "op-2")
     assert len(registry._early) == 1  # op-1 and op-2 expired, op-9 kept

@@ -30,7 +30,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from structlog.testing import capture_logs
 
 from callflow import _hosts
-from callflow.control import operations as _control
+from callflow.control import control as _control
 from callflow.decisions import Answer, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import (
     CallGoneError,

@@ -49,7 +49,7 @@ from callflow.errors import ActionError, CallControlError
 from callflow.events import TONES, ResultInfo, canonical_call_id
 
 if TYPE_CHECKING:
-    from callflow.control.operations import CallControl
+    from callflow.control.control import CallControl
 
 __all__ = ["Call", "Calls", "IoPort", "Recording", "SameLoopPort"]
 
@@ -135,7 +135,7 @@ class Recording:
 class Call:
     """A call the bot holds (answered or created): play, record, collect digits, transfer...
 
-    Built by the bot (or :class:`Calls`) with the :class:`~callflow.control.operations.CallControl`
+    Built by the bot (or :class:`Calls`) with the :class:`~callflow.control.control.CallControl`
     of the I/O loop and the :class:`IoPort` that reaches it. ``call_id`` is Graph's id;
     ``tenant_id`` picks the app token. Operations on one call may run concurrently, except
     one digit collection and one transfer at a time.
@@ -380,7 +380,7 @@ def _stop_tones(value: str | Iterable[str]) -> tuple[str, ...]:
 class Calls:
     """Places new calls and hands out :class:`Call` handles (``bot.calls``).
 
-    ``control`` is the I/O loop's :class:`~callflow.control.operations.CallControl`, ``port`` the
+    ``control`` is the I/O loop's :class:`~callflow.control.control.CallControl`, ``port`` the
     :class:`IoPort` that reaches it.
     """
 

@@ -11,6 +11,11 @@ A keepAlive that fails for any other reason (Graph unreachable or erring, no app
 because the identity provider is down or the tenant revoked consent, anything else) never
 ends the task or the worker: it is logged, counted in ``failures`` and retried after a
 jittered backoff (at most ``interval``) until it succeeds or the call ends.
+
+Loops: the keep-alive task (:meth:`CallKeeper.run`) runs on the I/O loop, which owns the
+Graph client, and keeps its schedule on the keeper's :class:`~callflow.clock.Clock`;
+:meth:`CallKeeper.answered` called from another thread hands the call over to that loop, and
+the held calls can be read (or waited on) from any loop.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import heapq
 import itertools
 import random
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -29,6 +33,7 @@ import anyio
 import attrs
 import structlog
 
+from callflow.clock import MONOTONIC, Clock
 from callflow.errors import CallGoneError
 
 if TYPE_CHECKING:
@@ -50,7 +55,8 @@ class HeldCall:
     call_id: str
     tenant_id: str | None
     answered_at: float
-    """``time.monotonic()`` when the answer was accepted by Graph."""
+    """The keeper's clock reading (``time.monotonic()`` by default) when the answer was
+    accepted by Graph."""
     keepalives: int = 0
     """keepAlive requests Graph accepted for this call."""
     failed: int = 0
@@ -61,7 +67,8 @@ class CallKeeper:
     """Holds answered calls and keeps them alive.
 
     ``on_gone(call_id)`` is told of a call Graph says is gone (keepAlive answered 404); it
-    should end the call for the worker, which then tells the keeper (:meth:`ended`).
+    should end the call for the worker, which then tells the keeper (:meth:`ended`). Times
+    are read, and keepAlive falls due, on ``clock`` (tests pass a ``ManualClock``).
     """
 
     def __init__(
@@ -73,11 +80,13 @@ class CallKeeper:
         on_gone: Callable[[str], object] | None = None,
         max_in_flight: int = 32,
         attempt_timeout: float | None = None,
+        clock: Clock = MONOTONIC,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be 1 or more requests, got {max_in_flight}")
         self._graph = graph
         self._on_gone = on_gone
+        self._clock = clock
         self.interval = interval
         self.retry_backoff = retry_backoff
         self.max_in_flight = max_in_flight
@@ -135,7 +144,7 @@ class CallKeeper:
         if self._loop is not None and threading.get_ident() != self._thread:
             self._loop.call_soon_threadsafe(self.answered, call_id, tenant_id)
             return
-        now = time.monotonic()
+        now = self._clock.now()
         self._calls[call_id] = HeldCall(call_id, tenant_id, now)
         self._touch()
         heapq.heappush(self._heap, (now + self.interval, next(self._seq), call_id))
@@ -160,8 +169,9 @@ class CallKeeper:
         ``max_in_flight`` calls, not one per call. The next keepAlive of a call is due an
         interval after this one was sent, however long the reply took.
         """
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+        clock = self._clock
         slots = anyio.Semaphore(self.max_in_flight)
 
         async def send(held: HeldCall) -> None:
@@ -173,8 +183,8 @@ class CallKeeper:
         async with anyio.create_task_group() as tg:  # cancelled with run(): requests too
             task_status.started()
             while True:
-                self._wake = anyio.Event()
-                now = time.monotonic()
+                wake = self._wake = anyio.Event()
+                now = clock.now()
                 while self._heap and self._heap[0][0] <= now:
                     _, _, call_id = heapq.heappop(self._heap)
                     if call_id not in self._calls:
@@ -185,16 +195,22 @@ class CallKeeper:
                         slots.release()
                         continue
                     tg.start_soon(send, held)
-                delay = self._heap[0][0] - time.monotonic() if self._heap else float("inf")
-                with anyio.move_on_after(max(delay, 0.0)):
-                    await self._wake.wait()
+                if not self._heap:
+                    await wake.wait()
+                    continue
+                timer = clock.call_at(loop, self._heap[0][0], wake.set)
+                try:
+                    await wake.wait()  # the next one falls due, or an earlier one was added
+                finally:
+                    timer.cancel()
 
     async def _keep_alive(self, held: HeldCall) -> None:
-        sent = time.monotonic()
+        sent = self._clock.now()
         try:
-            await self._graph.keep_alive(
-                held.call_id, tenant_id=held.tenant_id, deadline=sent + self.attempt_timeout
-            )
+            # The deadline is on the Graph client's time base (time.monotonic()), whatever
+            # clock the keeper schedules on.
+            deadline = MONOTONIC.now() + self.attempt_timeout
+            await self._graph.keep_alive(held.call_id, tenant_id=held.tenant_id, deadline=deadline)
         except CallGoneError:
             log.info("call.gone", call_id=held.call_id, reason="keepAlive answered 404")
             self.ended(held.call_id)
@@ -222,7 +238,7 @@ class CallKeeper:
             return
         # After a success, an interval from when it was sent: a slow reply does not push the
         # next one back.
-        at = (time.monotonic() if held.failed else sent) + wait
+        at = (self._clock.now() if held.failed else sent) + wait
         heapq.heappush(self._heap, (at, next(self._seq), held.call_id))
         if self._wake is not None and self._heap[0][2] == held.call_id:
             self._wake.set()  # run() may be sleeping until a later one
