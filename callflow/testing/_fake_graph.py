@@ -71,7 +71,7 @@ from collections.abc import (
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
 import anyio
@@ -82,8 +82,9 @@ from anyio.abc import TaskGroup
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+import callflow.testing._payloads as _payloads
 from callflow.settings import PREFIX, Settings
-from callflow.testing import _payloads
+from callflow.testing._call_handle import CallHandle
 from callflow.testing._keys import (
     DEFAULT_ISSUER,
     OPENID_CONFIG_PATH,
@@ -91,52 +92,31 @@ from callflow.testing._keys import (
     SigningKey,
     graph_claims,
 )
+from callflow.testing._records import (
+    ACTION_OPS,
+    CALLBACK_URL,
+    DECISION_OPS,
+    DEFAULT_APP_ID,
+    DEFAULT_TENANT_ID,
+    OPS,
+    FakeOperation,
+    GraphRequest,
+    WebhookReply,
+    decode_body,
+    op_matches,
+)
 from callflow.testing._token_server import TokenServer
 from callflow.testing._validators import VALIDATORS, check_content
 
 if TYPE_CHECKING:
     from callflow.bot import Bot, RunningBot
 
-__all__ = [
-    "ACTION_OPS",
-    "CALLBACK_URL",
-    "DECISION_OPS",
-    "DEFAULT_APP_ID",
-    "DEFAULT_TENANT_ID",
-    "OPS",
-    "CallHandle",
-    "FakeGraph",
-    "FakeOperation",
-    "GraphRequest",
-    "WebhookReply",
-]
+__all__ = ["FakeGraph"]
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_APP_ID: Final = "8e2d4c10-55aa-4f3b-b1c2-0d9e7f6a5b41"
-DEFAULT_TENANT_ID: Final = "3f1c9e2a-7b44-4c1d-9a0e-5d2f8b6c1a90"
-CALLBACK_URL: Final = "https://bot.invalid/api/calls"
-"""The ``callbackUri`` a bot wired by :meth:`FakeGraph.settings` puts in its decisions."""
-
 GRAPH_PATH: Final = "/v1.0"
 KEYS_PATH: Final = "/botframework"
-DECISION_OPS: Final = ("answer", "reject", "redirect")
-ACTION_OPS: Final = (
-    "playPrompt",
-    "recordResponse",
-    "cancelMediaProcessing",
-    "subscribeToTone",
-    "sendDtmfTones",
-    "mute",
-    "unmute",
-    "updateRecordingStatus",
-    "invite",
-    "transfer",
-)
-"""The actions on an established call (``invite`` is ``POST .../participants/invite``)."""
-OPS: Final = (*DECISION_OPS, "keepAlive", "delete", "get", *ACTION_OPS, "create", "recording")
-"""The requests the fake records; ``op`` of every :class:`GraphRequest` (``create`` is
-``POST /communications/calls``, ``recording`` a recording download)."""
 MEDIA_OPS: Final = ("playPrompt", "recordResponse")
 """The operations ``cancelMediaProcessing`` cancels."""
 _ASYNC_OPS: Final = ("playPrompt", "recordResponse", "sendDtmfTones", "invite")
@@ -189,87 +169,7 @@ _ACTIONS_LOWER: Final = {
     **{op.lower(): op for op in ACTION_OPS if op != "invite"},
 }
 
-_T = TypeVar("_T")
-
-
-# --- records ---------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class GraphRequest:
-    """One call-control request the fake received, and the status it answered.
-
-    ``op`` is one of :data:`OPS`; ``body`` the parsed JSON body (None when empty, the text
-    when it was not JSON); ``at`` the ``time.monotonic()`` of its arrival; ``injected`` is
-    true when :meth:`FakeGraph.fail_next` made the reply.
-    """
-
-    op: str
-    call_id: str
-    body: Any
-    headers: Mapping[str, str] = attrs.field(repr=False, eq=False)
-    at: float = 0.0
-    status: int = 0
-    injected: bool = False
-
-    @property
-    def is_decision(self) -> bool:
-        """True for an answer, reject or redirect."""
-        return self.op in DECISION_OPS
-
-    @property
-    def accepted(self) -> bool:
-        """True when the fake answered with a 2xx status."""
-        return 200 <= self.status < 300
-
-
-@attrs.frozen
-class WebhookReply:
-    """How a webhook answered one notification POST from the fake.
-
-    ``kind`` says why it was sent: ``incoming``, ``duplicate``, ``established`` (after an
-    answer), ``terminated`` (after a reject, redirect or hang-up, or :meth:`FakeGraph.end_call`),
-    ``timeout`` (the platform timeout), ``state`` (:meth:`FakeGraph.send_states`) or
-    ``custom`` (:meth:`FakeGraph.notify`). ``status`` is 0 and ``error`` says why when no
-    HTTP reply came back. ``body`` is the parsed JSON reply (the text when not JSON, None when
-    empty); ``sent`` is the body that was POSTed.
-    """
-
-    kind: str
-    status: int
-    body: Any
-    headers: Mapping[str, str] = attrs.field(repr=False, eq=False)
-    at: float = 0.0
-    sent: Any = attrs.field(default=None, repr=False, eq=False)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True for a 2xx reply."""
-        return 200 <= self.status < 300
-
-
-@attrs.define
-class FakeOperation:
-    """One operation the fake started for an action (``op`` is one of :data:`ACTION_OPS`).
-
-    ``status`` is ``running`` until it ends ``completed`` or ``failed``; ``result`` is the
-    (code, subcode, message) it ended with; ``notifications`` counts the completion
-    notifications sent for it.
-    """
-
-    id: str
-    op: str
-    call_id: str
-    client_context: str | None
-    status: str = "running"
-    result: tuple[int | None, int | None, str | None] | None = None
-    completion_reason: str | None = None
-    notifications: int = 0
-    started_at: float = 0.0
-    recording_location: str | None = None
-    recording_access_token: str | None = attrs.field(default=None, repr=False)
-    _scope: anyio.CancelScope | None = attrs.field(default=None, repr=False, alias="scope")
+# --- instructions ----------------------------------------------------------------------------
 
 
 @attrs.define
@@ -320,208 +220,6 @@ class _Fault:
         if self.call_id is not None and self.call_id != call_id:
             return False
         return self.op is None or self.op == op or (self.op == "decision" and op in DECISION_OPS)
-
-
-# --- calls -----------------------------------------------------------------------------------
-
-
-class CallHandle:
-    """One call placed by :meth:`FakeGraph.place_call`: what the bot did with it, and when.
-
-    ``state`` is ``incoming`` until decided, ``established`` once answered, ``terminated``
-    once rejected, redirected, hung up, ended or timed out. ``timed_out`` turns true when the
-    platform timeout ended the call. ``placed_at`` and ``deadline`` are ``time.monotonic()``
-    values (when the incoming-call notification was sent, and when the platform gives up).
-    """
-
-    def __init__(
-        self,
-        *,
-        call_id: str,
-        kind: str,
-        webhook_url: str,
-        tenant_id: str,
-        policy_recording: bool,
-        timeout: float,
-        payload: Any,
-    ) -> None:
-        self.call_id = call_id
-        self.kind = kind
-        self.webhook_url = webhook_url
-        self.tenant_id = tenant_id
-        self.policy_recording = policy_recording
-        self.timeout = timeout
-        self.payload = payload
-        self.scenario_id = str(uuid.uuid4())
-        self.chain_id = f"c4a1f0e2-{call_id}"
-        self.state = "incoming"
-        self.timed_out = False
-        self.gone = False
-        self.etag = 1
-        self.placed_at = time.monotonic()
-        self.deadline = self.placed_at + timeout
-        self.subscribed_to_tones = False
-        self.tone_sequence = 0
-        self.muted = False
-        self.recording_status: str | None = None
-        self._requests: list[GraphRequest] = []
-        self._deliveries: list[WebhookReply] = []
-        self._operations: list[FakeOperation] = []
-        self._changed = anyio.Event()
-        self._fake: FakeGraph | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"<CallHandle {self.call_id} kind={self.kind} state={self.state} "
-            f"timed_out={self.timed_out} requests={len(self._requests)}>"
-        )
-
-    # -- what happened ----------------------------------------------------------------------
-
-    @property
-    def webhook_status(self) -> int:
-        """The HTTP status the webhook answered the incoming-call notification with."""
-        first = self._first("incoming")
-        return first.status if first is not None else 0
-
-    @property
-    def webhook_body(self) -> Any:
-        """The webhook's reply body to the incoming-call notification (parsed JSON or text)."""
-        first = self._first("incoming")
-        return first.body if first is not None else None
-
-    @property
-    def replies(self) -> tuple[WebhookReply, ...]:
-        """The webhook's replies to the incoming-call notification and its duplicates."""
-        return tuple(r for r in self._deliveries if r.kind in ("incoming", "duplicate"))
-
-    @property
-    def deliveries(self) -> tuple[WebhookReply, ...]:
-        """Every notification POSTed for this call so far, in the order the replies came."""
-        return tuple(self._deliveries)
-
-    @property
-    def requests(self) -> tuple[GraphRequest, ...]:
-        """Every call-control request for this call so far, failed and injected ones included."""
-        return tuple(self._requests)
-
-    @property
-    def decisions(self) -> tuple[GraphRequest, ...]:
-        """Every answer, reject and redirect request for this call, whatever its status.
-
-        Exactly-once delivery means one of them (plus the retries of injected faults).
-        """
-        return tuple(r for r in self._requests if r.is_decision)
-
-    @property
-    def operations(self) -> tuple[FakeOperation, ...]:
-        """Every operation started for this call, in the order the actions arrived."""
-        return tuple(self._operations)
-
-    def _first(self, kind: str) -> WebhookReply | None:
-        return next((r for r in self._deliveries if r.kind == kind), None)
-
-    async def press(
-        self,
-        *keys: str,
-        order: Sequence[int] | None = None,
-        duplicates: int = 0,
-    ) -> tuple[WebhookReply, ...]:
-        """The caller presses ``keys`` (``"1"``, ``"#"``, ...): one ``toneInfo`` notification
-        each, with increasing ``sequenceId``, POSTed to the call's webhook.
-
-        ``order`` sends them in another order (a permutation of their indexes);
-        ``duplicates=N`` sends each one N more times. Graph reports tones only after
-        ``subscribeToTone``: pressing before it raises RuntimeError.
-        """
-        fake = self._fake
-        if fake is None:
-            raise RuntimeError(f"call {self.call_id} does not belong to a running FakeGraph")
-        return await fake._press(self, keys, order, duplicates)
-
-    # -- waiting ----------------------------------------------------------------------------
-    # The waiters take a timeout (ASYNC109) on purpose: a bot that never sends what a test
-    # waits for must fail that test with a message saying what did arrive, not hang it.
-
-    def _touch(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
-
-    async def _wait(
-        self,
-        ready: Callable[[], _T | None],
-        timeout: float,  # noqa: ASYNC109
-        what: str,
-    ) -> _T:
-        try:
-            with anyio.fail_after(timeout):
-                while (result := ready()) is None:
-                    await self._changed.wait()
-                return result
-        except TimeoutError:
-            raise TimeoutError(
-                f"call {self.call_id} ({self.kind}): no {what} within {timeout:g} s; "
-                f"state={self.state}, timed_out={self.timed_out}, "
-                f"webhook replied {self.webhook_status or 'nothing'}, requests so far: "
-                f"{[(r.op, r.status) for r in self._requests]}"
-            ) from None
-
-    async def decision(self, timeout: float = 10.0) -> GraphRequest:  # noqa: ASYNC109
-        """Return the first answer, reject or redirect for this call that the fake accepted.
-
-        Raises TimeoutError (saying what did arrive) when none comes within ``timeout`` s.
-        """
-        return await self._wait(
-            lambda: next((r for r in self._requests if r.is_decision and r.accepted), None),
-            timeout,
-            "accepted answer/reject/redirect",
-        )
-
-    async def wait_requests(
-        self,
-        count: int = 1,
-        *,
-        op: str | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109
-    ) -> tuple[GraphRequest, ...]:
-        """Return this call's requests (of ``op``, or ``"decision"``) once there are ``count``."""
-
-        def ready() -> tuple[GraphRequest, ...] | None:
-            found = tuple(r for r in self._requests if _op_matches(op, r.op))
-            return found if len(found) >= count else None
-
-        return await self._wait(ready, timeout, f"{count} {op or 'any'} request(s)")
-
-    async def wait_deliveries(
-        self,
-        kind: str,
-        count: int,
-        *,
-        timeout: float = 10.0,  # noqa: ASYNC109
-    ) -> tuple[WebhookReply, ...]:
-        """Return the webhook's replies to notifications of ``kind`` once there are ``count``."""
-
-        def ready() -> tuple[WebhookReply, ...] | None:
-            found = tuple(r for r in self._deliveries if r.kind == kind)
-            return found if len(found) >= count else None
-
-        return await self._wait(ready, timeout, f"{count} {kind} notification(s)")
-
-    async def wait_delivery(
-        self,
-        kind: str,
-        *,
-        timeout: float = 10.0,  # noqa: ASYNC109
-    ) -> WebhookReply:
-        """Return the webhook's reply to the first notification of ``kind`` for this call.
-
-        ``kind`` is a :class:`WebhookReply` kind, e.g. ``timeout`` or ``established``.
-        """
-        return await self._wait(lambda: self._first(kind), timeout, f"{kind} notification")
-
-
-def _op_matches(wanted: str | None, op: str) -> bool:
-    return wanted is None or wanted == op or (wanted == "decision" and op in DECISION_OPS)
 
 
 # --- the fake --------------------------------------------------------------------------------
@@ -591,6 +289,7 @@ class FakeGraph:
         self._routes: dict[str, str] = {}
         self._recordings: dict[str, tuple[str, str]] = {}
         self._operations: list[FakeOperation] = []
+        self._scopes: dict[str, anyio.CancelScope] = {}
         self._calls: dict[str, CallHandle] = {}
         self._requests: list[GraphRequest] = []
         self._by_call: dict[str, list[GraphRequest]] = {}
@@ -899,7 +598,7 @@ class FakeGraph:
 
         def found() -> tuple[GraphRequest, ...]:
             pool = self._requests if call_id is None else self._by_call.get(call_id, [])
-            return tuple(r for r in pool if _op_matches(op, r.op))
+            return tuple(r for r in pool if op_matches(op, r.op))
 
         try:
             with anyio.fail_after(timeout):
@@ -919,8 +618,7 @@ class FakeGraph:
         self._by_call.setdefault(request.call_id, []).append(request)
         call = self._calls.get(request.call_id)
         if call is not None:
-            call._requests.append(request)
-            call._touch()
+            call._recorded(request)
         assert self._changed is not None, "requests arrive only while the fake runs"
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
@@ -990,7 +688,7 @@ class FakeGraph:
                 GraphRequest(
                     f"unknown:{action}",
                     call_id,
-                    _decode(raw),
+                    decode_body(raw),
                     _headers(request),
                     time.monotonic(),
                     400,
@@ -1023,7 +721,7 @@ class FakeGraph:
     async def _serve(self, request: web.Request, op: str, call_id: str) -> web.StreamResponse:
         at = time.monotonic()
         raw = await request.read()
-        body = _decode(raw)
+        body = decode_body(raw)
         injected = False
         follow: Callable[[], None] | None = None
         auth_problem = self._auth_problem(request)
@@ -1280,9 +978,9 @@ class FakeGraph:
             str(uuid.uuid4()), op, call.call_id, context, started_at=time.monotonic()
         )
         self._operations.append(operation)
-        call._operations.append(operation)
+        call._started(operation)
         if op == "cancelMediaProcessing":
-            for running in call._operations:
+            for running in call.operations:
                 if running.op in MEDIA_OPS and running.status == "running":
                     self._cancel(call, running)
         immediate = op not in _ASYNC_OPS or (plan is not None and plan.immediate)
@@ -1312,7 +1010,7 @@ class FakeGraph:
         delay = self.operation_duration
         if plan is not None and plan.duration is not None:
             delay = plan.duration
-        operation._scope = anyio.CancelScope()
+        self._scopes[operation.id] = anyio.CancelScope()
         return response, lambda: self._spawn(self._complete_later, call, operation, plan, delay)
 
     def _finish(self, operation: FakeOperation, plan: _Plan | None) -> None:
@@ -1347,12 +1045,13 @@ class FakeGraph:
     async def _complete_later(
         self, call: CallHandle, operation: FakeOperation, plan: _Plan | None, delay: float
     ) -> None:
-        scope = operation._scope
-        assert scope is not None
+        scope = self._scopes.get(operation.id)
+        if scope is None:  # cancelled before it started
+            return
         with scope:
             await anyio.sleep(delay)
             self._finish(operation, plan)
-            operation._scope = None
+            self._scopes.pop(operation.id, None)
             await self._notify_operation(call, operation, plan)
 
     async def _notify_operation(
@@ -1375,9 +1074,9 @@ class FakeGraph:
 
     def _cancel(self, call: CallHandle, operation: FakeOperation) -> None:
         """Fail a running media operation with 400/8508 and notify it (cancelMediaProcessing)."""
-        if operation._scope is not None:
-            operation._scope.cancel()
-            operation._scope = None
+        scope = self._scopes.pop(operation.id, None)
+        if scope is not None:
+            scope.cancel()
         operation.status = "failed"
         operation.result = CANCELLED
         operation.completion_reason = "operationCanceled"
@@ -1385,11 +1084,11 @@ class FakeGraph:
 
     def _drop_operations(self, call: CallHandle) -> None:
         """The call ended: its running operations stop, and no notification reports them."""
-        for operation in call._operations:
+        for operation in call.operations:
             if operation.status == "running":
-                if operation._scope is not None:
-                    operation._scope.cancel()
-                    operation._scope = None
+                scope = self._scopes.pop(operation.id, None)
+                if scope is not None:
+                    scope.cancel()
                 operation.status = "dropped"
 
     def _transfer_flow(self, call: CallHandle, plan: _Plan | None) -> Callable[[], None] | None:
@@ -1452,8 +1151,8 @@ class FakeGraph:
             policy_recording=False,
             timeout=self.platform_timeout,
             payload=body,
+            press=self._press,
         )
-        call._fake = self
         call.state = "establishing"
         self._calls[call_id] = call
         plan = self._take_plan("create", call_id)
@@ -1690,8 +1389,8 @@ class FakeGraph:
             policy_recording=recording,
             timeout=self.recording_timeout if recording else self.platform_timeout,
             payload=body,
+            press=self._press,
         )
-        call._fake = self
         self._calls[call_id] = call
         self._schedule(call)
         try:
@@ -1868,7 +1567,7 @@ class FakeGraph:
                 reply = WebhookReply(
                     kind,
                     response.status,
-                    _decode(raw),
+                    decode_body(raw),
                     CIMultiDictProxy(CIMultiDict(response.headers)),
                     time.monotonic(),
                     body,
@@ -1892,8 +1591,7 @@ class FakeGraph:
                 f"{type(exc).__name__}: {exc}",
             )
         if call is not None:
-            call._deliveries.append(reply)
-            call._touch()
+            call._delivered(reply)
         return reply
 
 
@@ -1906,16 +1604,6 @@ def _env_value(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value)
     return str(value)
-
-
-def _decode(raw: bytes) -> Any:
-    if not raw:
-        return None
-    text = raw.decode("utf-8", "replace")
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _headers(request: web.Request) -> CIMultiDictProxy[str]:
