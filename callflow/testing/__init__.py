@@ -28,19 +28,8 @@ The pytest plugin :mod:`callflow.testing.plugin` (``pytest_plugins =
 from __future__ import annotations
 
 from callflow.clock import ManualClock
-from callflow.testing._fake_graph import (
-    ACTION_OPS,
-    CALLBACK_URL,
-    DECISION_OPS,
-    DEFAULT_APP_ID,
-    DEFAULT_TENANT_ID,
-    OPS,
-    CallHandle,
-    FakeGraph,
-    FakeOperation,
-    GraphRequest,
-    WebhookReply,
-)
+from callflow.testing._call_handle import CallHandle
+from callflow.testing._fake_graph import FakeGraph
 from callflow.testing._keys import KeyServer, SigningKey, graph_claims
 from callflow.testing._payloads import (
     KINDS,
@@ -52,6 +41,17 @@ from callflow.testing._payloads import (
     operation_result,
     participants,
     tone,
+)
+from callflow.testing._records import (
+    ACTION_OPS,
+    CALLBACK_URL,
+    DECISION_OPS,
+    DEFAULT_APP_ID,
+    DEFAULT_TENANT_ID,
+    OPS,
+    FakeOperation,
+    GraphRequest,
+    WebhookReply,
 )
 from callflow.testing._token_server import TokenServer
 

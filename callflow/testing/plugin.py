@@ -31,7 +31,8 @@ import pytest
 
 if TYPE_CHECKING:
     from callflow.bot import Bot, RunningBot
-    from callflow.testing import FakeGraph, SigningKey
+    from callflow.testing._fake_graph import FakeGraph
+    from callflow.testing._keys import SigningKey
 
 __all__ = [
     "callflow_signing_key",
@@ -54,7 +55,7 @@ def _require_asyncio(anyio_backend: Any) -> None:
 @pytest.fixture(scope="session")
 def callflow_signing_key() -> SigningKey:
     """One RSA key for every FakeGraph of the session (making a key takes tens of ms)."""
-    from callflow.testing import SigningKey
+    from callflow.testing._keys import SigningKey
 
     return SigningKey.generate()
 
@@ -73,7 +74,7 @@ async def fake_graph(
 ) -> AsyncIterator[FakeGraph]:
     """A running FakeGraph, stopped after the test."""
     _require_asyncio(anyio_backend)
-    from callflow.testing import FakeGraph
+    from callflow.testing._fake_graph import FakeGraph
 
     options = {"signing_key": callflow_signing_key, **fake_graph_options}
     async with FakeGraph(**options) as fake:
