@@ -11,8 +11,8 @@ against the same Graph stub (a process of its own on 127.0.0.1), in alternating 
   the webhook and intake, the operation registry, the metrics and the ``call.operation``
   log line (JSON, written to /dev/null, as a worker logs at ``info``).
 * **callflow, no hop**: the same operations on the same call, awaited on the I/O loop
-  through a :class:`~callflow.SameLoopPort`: what the hop between the loops costs is the
-  difference between these two rows.
+  through a :class:`~callflow.control.call.SameLoopPort`: what the hop between the loops
+  costs is the difference between these two rows.
 * **baseline**: what a bot author writes by hand on one loop: a ``ClientSession`` POST, and
   an aiohttp webhook that resolves the future registered under the ``clientContext`` in a
   dict of futures.
@@ -49,10 +49,11 @@ from aiohttp import web
 from anyio.abc import Process
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from callflow import Answer, Bot, Call, IncomingCall, MediaPrompt, SameLoopPort
+from callflow import Answer, Bot, Call, IncomingCall, MediaPrompt
 from callflow._log import configure_logging
 from callflow._runtime import tune_gc_for_worker
 from callflow.bench import percentile
+from callflow.control.call import SameLoopPort
 from callflow.engine.crossing import IoThread
 from callflow.graph.tokens import StaticTokenProvider
 from callflow.settings import Settings

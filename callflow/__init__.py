@@ -1,11 +1,15 @@
-"""callflow: Microsoft Graph calling bots that always decide in time."""
+"""callflow: Microsoft Graph calling bots that always decide in time.
+
+The names a bot author uses are importable from here (README's "API at a glance" lists
+them, and a test keeps the two in step). The testing kit is :mod:`callflow.testing`; every
+error class is also in :mod:`callflow.errors`.
+"""
 
 from __future__ import annotations
 
-from callflow.bot import Bot
-from callflow.control.call import Call, Calls, IoPort, Recording, SameLoopPort
+from callflow.bot import Bot, RunningBot
+from callflow.control.call import Call, Calls, Recording
 from callflow.decisions import Answer, Decision, MediaPrompt, Redirect, Reject, RejectReason, Target
-from callflow.engine.deadline import DecisionSink, RecordingSink
 from callflow.errors import (
     ActionError,
     CallControlError,
@@ -16,9 +20,7 @@ from callflow.errors import (
     DecisionError,
     GraphError,
     GraphResponseError,
-    InboundAuthError,
     MediaCancelledError,
-    NotificationFormatError,
     OperationError,
     OperationTimeoutError,
     RecordingTooLargeError,
@@ -43,6 +45,8 @@ from callflow.events import (
     ToneReceived,
     UnknownNotification,
 )
+from callflow.graph.client import GraphClient
+from callflow.graph.tokens import TokenProvider
 from callflow.routing import CallContext, Router
 from callflow.settings import Settings
 
@@ -63,18 +67,15 @@ __all__ = [
     "ConfigError",
     "Decision",
     "DecisionError",
-    "DecisionSink",
+    "GraphClient",
     "GraphError",
     "GraphResponseError",
     "Identity",
-    "InboundAuthError",
     "IncomingCall",
     "IncomingContext",
-    "IoPort",
     "JoinMeetingIdMeetingInfo",
     "MediaCancelledError",
     "MediaPrompt",
-    "NotificationFormatError",
     "OperationError",
     "OperationFinished",
     "OperationTimeoutError",
@@ -82,7 +83,6 @@ __all__ = [
     "Participant",
     "ParticipantsUpdated",
     "Recording",
-    "RecordingSink",
     "RecordingTooLargeError",
     "Redirect",
     "RegistrationError",
@@ -90,11 +90,12 @@ __all__ = [
     "RejectReason",
     "ResultInfo",
     "Router",
-    "SameLoopPort",
+    "RunningBot",
     "Settings",
     "Target",
     "TokenError",
     "TokenMeetingInfo",
+    "TokenProvider",
     "ToneReceived",
     "TransferError",
     "UnknownNotification",

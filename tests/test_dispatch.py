@@ -26,7 +26,6 @@ from callflow import (
     CallTerminated,
     IncomingCall,
     ParticipantsUpdated,
-    RecordingSink,
     Redirect,
     Reject,
     RejectReason,
@@ -41,7 +40,7 @@ from callflow.engine.core import Engine
 from callflow.engine.limits import Limits
 from callflow.metrics import Metrics
 from callflow.settings import Settings
-from callflow.testing import ManualClock
+from callflow.testing import ManualClock, RecordingSink
 
 from .helpers import incoming
 

@@ -792,8 +792,9 @@ async def test_calls_handed_over_together_keep_their_own_log_fields(
 ) -> None:
     """Two calls that cross to the app loop in one batch each log with their own call id
     and tenant; an update that names no tenant logs with none, not another call's."""
-    from callflow import CallStateChanged, RecordingSink
+    from callflow import CallStateChanged
     from callflow.settings import Settings
+    from callflow.testing import RecordingSink
 
     from .helpers import incoming
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ import callflow
 PUBLIC_NAMES = {
     "Bot", "Router", "IncomingCall", "CallStateChanged", "CallTerminated", "Answer", "Reject",
     "Redirect", "RejectReason", "Target", "CallContext", "ParticipantsUpdated",
-    "UnknownNotification", "NotificationFormatError", "ConfigError", "CallflowError",
+    "UnknownNotification", "ConfigError", "CallflowError",
 }  # fmt: skip
 
 
@@ -50,3 +52,21 @@ def test_phone_numbers_and_display_names_stay_out_of_repr() -> None:
     assert "+1425" in repr(phone)
     assert "Dana" not in repr(user)
     assert "u-1" in repr(user)
+
+
+def _documented_names() -> set[str]:
+    """The names README's "API at a glance" lists in its bullet points."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## API at a glance", 1)[1].split("\n## ", 1)[0]
+    start = section.index("\n- **")
+    bullets = section[start : section.index("\n\n", start)]  # the list, not the notes around it
+    return set(re.findall(r"`([A-Z][A-Za-z]+)`", bullets))
+
+
+def test_the_documented_surface_and_all_are_the_same_both_ways() -> None:
+    """Every name README's "API at a glance" lists is exported, and every export is listed:
+    nothing public goes undocumented, nothing documented is missing."""
+    documented = _documented_names()
+    exported = set(callflow.__all__)
+    assert documented - exported == set(), "documented but not exported"
+    assert exported - documented == set(), "exported but not documented"

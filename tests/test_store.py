@@ -28,7 +28,6 @@ from callflow import (
     ConfigError,
     IncomingCall,
     ParticipantsUpdated,
-    RecordingSink,
     Reject,
     RejectReason,
     Settings,
@@ -59,7 +58,14 @@ from callflow.fleet.store import (
     without_credentials,
 )
 from callflow.fleet.trust import FLEET_AUTH, FleetSigner, ForwardTargets
-from callflow.testing import CALLBACK_URL, FakeGraph, SigningKey, call_state, envelope
+from callflow.testing import (
+    CALLBACK_URL,
+    FakeGraph,
+    RecordingSink,
+    SigningKey,
+    call_state,
+    envelope,
+)
 from callflow.webhook.handler import FORWARDED_BY, Forwarder
 from tests.helpers import incoming
 from tests.redis_server import RedisServer, redis_server

@@ -18,10 +18,10 @@ from typing import Any
 import anyio
 import pytest
 
-from callflow import Answer, Bot, IncomingCall, RecordingSink, Reject
+from callflow import Answer, Bot, IncomingCall, Reject
 from callflow.engine.crossing import IoThread
 from callflow.settings import Settings
-from callflow.testing import CallHandle, FakeGraph, GraphRequest, SigningKey
+from callflow.testing import CallHandle, FakeGraph, GraphRequest, RecordingSink, SigningKey
 
 from .helpers import incoming
 

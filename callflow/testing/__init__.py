@@ -28,6 +28,7 @@ The pytest plugin :mod:`callflow.testing.plugin` (``pytest_plugins =
 from __future__ import annotations
 
 from callflow.clock import ManualClock
+from callflow.engine.deadline import RecordingSink
 from callflow.testing._call_handle import CallHandle
 from callflow.testing._fake_graph import FakeGraph
 from callflow.testing._keys import KeyServer, SigningKey, graph_claims
@@ -69,6 +70,7 @@ __all__ = [
     "GraphRequest",
     "KeyServer",
     "ManualClock",
+    "RecordingSink",
     "SigningKey",
     "TokenServer",
     "WebhookReply",
