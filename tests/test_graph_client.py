@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from structlog.testing import capture_logs
 
+from callflow import _hosts
 from callflow.control import operations as _control
 from callflow.decisions import Answer, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import (
@@ -40,7 +41,6 @@ from callflow.errors import (
 )
 from callflow.events import Identity, IncomingCall
 from callflow.graph import client as _client
-from callflow.graph import hosts as _hosts
 from callflow.graph.client import (
     GraphClient,
     GraphResult,
