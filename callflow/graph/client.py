@@ -54,14 +54,9 @@ from yarl import URL
 from callflow._hosts import DEFAULT_RECORDING_HOSTS, RecordingHosts, is_loopback, is_public_address
 from callflow._parse import read_call, read_operation
 from callflow.actions import (
-    Invite,
     JoinMeeting,
     OutgoingCall,
-    PlayPrompt,
-    RecordResponse,
-    SendTones,
     Transfer,
-    UpdateRecordingStatus,
     context_body,
 )
 from callflow.errors import (
@@ -76,7 +71,7 @@ from callflow.events import canonical_call_id
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from callflow.decisions import Answer, Decision, Redirect, Reject
+    from callflow.decisions import Decision
     from callflow.events import IncomingCall, ResultInfo
     from callflow.graph.tokens import TokenProvider
 
@@ -375,48 +370,6 @@ class GraphClient:
         bodies[decision] = body
         return body
 
-    async def answer(
-        self,
-        call_id: str,
-        answer: Answer,
-        *,
-        tenant_id: str | None = None,
-        deadline: float | None = None,
-        scenario_id: str | None = None,
-    ) -> GraphResult:
-        """Answer ``call_id``; see :meth:`decide`."""
-        return await self.decide(
-            call_id, answer, tenant_id=tenant_id, deadline=deadline, scenario_id=scenario_id
-        )
-
-    async def reject(
-        self,
-        call_id: str,
-        reject: Reject,
-        *,
-        tenant_id: str | None = None,
-        deadline: float | None = None,
-        scenario_id: str | None = None,
-    ) -> GraphResult:
-        """Reject ``call_id``; see :meth:`decide`."""
-        return await self.decide(
-            call_id, reject, tenant_id=tenant_id, deadline=deadline, scenario_id=scenario_id
-        )
-
-    async def redirect(
-        self,
-        call_id: str,
-        redirect: Redirect,
-        *,
-        tenant_id: str | None = None,
-        deadline: float | None = None,
-        scenario_id: str | None = None,
-    ) -> GraphResult:
-        """Redirect ``call_id``; see :meth:`decide`."""
-        return await self.decide(
-            call_id, redirect, tenant_id=tenant_id, deadline=deadline, scenario_id=scenario_id
-        )
-
     async def hang_up(
         self,
         call_id: str,
@@ -444,111 +397,6 @@ class GraphClient:
         )
 
     # -- actions after the answer ---------------------------------------------------------
-
-    async def play_prompt(
-        self,
-        call_id: str,
-        request: PlayPrompt,
-        *,
-        client_context: str | None = None,
-        tenant_id: str | None = None,
-        deadline: float | None = None,
-        scenario_id: str | None = None,
-    ) -> Operation:
-        """Play prompts to ``call_id`` (``POST .../playPrompt``); see :meth:`run_action`."""
-        return await self.run_action(
-            call_id,
-            request.action,
-            request.to_graph,
-            client_context=client_context,
-            tenant_id=tenant_id,
-            deadline=deadline,
-            scenario_id=scenario_id,
-        )
-
-    async def record_response(
-        self,
-        call_id: str,
-        request: RecordResponse,
-        *,
-        client_context: str | None = None,
-        tenant_id: str | None = None,
-        deadline: float | None = None,
-        scenario_id: str | None = None,
-    ) -> Operation:
-        """Record the caller (``POST .../recordResponse``); see :meth:`run_action`."""
-        return await self.run_action(
-            call_id,
-            request.action,
-            request.to_graph,
-            client_context=client_context,
-            tenant_id=tenant_id,
-            deadline=deadline,
-            scenario_id=scenario_id,
-        )
-
-    async def send_dtmf_tones(
-        self,
-        call_id: str,
-        request: SendTones,
-        *,
-        client_context: str | None = None,
-        tenant_id: str | None = None,
-        deadline: float | None = None,
-        scenario_id: str | None = None,
-    ) -> Operation:
-        """Send DTMF tones into ``call_id`` (``POST .../sendDtmfTones``)."""
-        return await self.run_action(
-            call_id,
-            request.action,
-            request.to_graph,
-            client_context=client_context,
-            tenant_id=tenant_id,
-            deadline=deadline,
-            scenario_id=scenario_id,
-        )
-
-    async def update_recording_status(
-        self,
-        call_id: str,
-        request: UpdateRecordingStatus,
-        *,
-        client_context: str | None = None,
-        tenant_id: str | None = None,
-        deadline: float | None = None,
-        scenario_id: str | None = None,
-    ) -> Operation:
-        """Tell Graph the bot's recording status (``POST .../updateRecordingStatus``)."""
-        return await self.run_action(
-            call_id,
-            request.action,
-            request.to_graph,
-            client_context=client_context,
-            tenant_id=tenant_id,
-            deadline=deadline,
-            scenario_id=scenario_id,
-        )
-
-    async def invite_participants(
-        self,
-        call_id: str,
-        request: Invite,
-        *,
-        client_context: str | None = None,
-        tenant_id: str | None = None,
-        deadline: float | None = None,
-        scenario_id: str | None = None,
-    ) -> Operation:
-        """Invite participants into a group call (``POST .../participants/invite``)."""
-        return await self.run_action(
-            call_id,
-            request.action,
-            request.to_graph,
-            client_context=client_context,
-            tenant_id=tenant_id,
-            deadline=deadline,
-            scenario_id=scenario_id,
-        )
 
     async def subscribe_to_tone(
         self,
