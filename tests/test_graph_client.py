@@ -40,15 +40,10 @@ from callflow.errors import (
     RecordingTooLargeError,
 )
 from callflow.events import Identity, IncomingCall
-from callflow.graph import client as _client
-from callflow.graph.client import (
-    GraphClient,
-    GraphResult,
-    _AttemptTimeout,
-    _new_uuid,
-    _parse_retry_after,
-)
+from callflow.graph import transport as _transport
+from callflow.graph.client import GraphClient, GraphResult
 from callflow.graph.tokens import StaticTokenProvider
+from callflow.graph.transport import _AttemptTimeout, _new_uuid, _parse_retry_after
 
 pytestmark = pytest.mark.anyio
 
@@ -865,7 +860,7 @@ async def test_an_allowed_recording_host_resolving_to_loopback_is_refused(
 ) -> None:
     """An allowed name whose address is loopback (or private, link-local) is refused when
     the connection is made: nothing reaches the server listening there."""
-    monkeypatch.setattr(_client, "_system_resolver", LoopbackResolver)
+    monkeypatch.setattr(_transport, "_system_resolver", LoopbackResolver)
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("rec.media.example.com").configure_cert(server_context)
@@ -892,7 +887,7 @@ async def test_graphs_own_host_may_resolve_to_a_private_address(
 ) -> None:
     """GRAPH_URL is configured, not named by a notification: its host may resolve to a
     private or loopback address (a proxy, a test Graph) and requests to it go through."""
-    monkeypatch.setattr(_client, "_system_resolver", LoopbackResolver)
+    monkeypatch.setattr(_transport, "_system_resolver", LoopbackResolver)
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("graph.internal.example").configure_cert(server_context)
@@ -1007,14 +1002,14 @@ async def test_client_contexts_do_not_follow_from_a_pseudo_random_state(
 ) -> None:
     """clientContext values come from the OS's cryptographic generator: replaying the state
     of the generator behind request ids does not repeat them."""
-    state = _client._ids.getstate()
+    state = _transport._ids.getstate()
     async with make_client(graph.base_url) as client:
         first = await client.subscribe_to_tone("c-1")
-        _client._ids.setstate(state)
+        _transport._ids.setstate(state)
         second = await client.subscribe_to_tone("c-1")
-    _client._ids.setstate(state)
+    _transport._ids.setstate(state)
     third = _control._new_context()
-    _client._ids.setstate(state)
+    _transport._ids.setstate(state)
     fourth = _control._new_context()
     contexts = [first.client_context, second.client_context, third, fourth]
     assert all(is_uuid(context) for context in contexts)
