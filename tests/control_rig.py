@@ -43,7 +43,7 @@ class Rig:
     async def answered_call(self, **place: Any) -> tuple[CallHandle, Call]:
         """Place a call on the webhook, answer it, and wait until it is established."""
         handle = await self.fake.place_call(self.webhook_url, **place)
-        await self.graph.answer(handle.call_id, Answer(), tenant_id=handle.tenant_id)
+        await self.graph.decide(handle.call_id, Answer(), tenant_id=handle.tenant_id)
         await handle.wait_delivery("established")
         return handle, self.calls.get(handle.call_id, tenant_id=handle.tenant_id)
 

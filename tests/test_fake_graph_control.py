@@ -164,12 +164,12 @@ async def test_cancel_fails_running_media_and_hang_up_drops_them(rig: Rig) -> No
     rig.fake.plan_operation("playPrompt", complete=False, count=2)
     request = PlayPrompt(MediaPrompt("https://x/a.wav"))
     with anyio.fail_after(GUARD):
-        first = await rig.graph.play_prompt(handle.call_id, request)
+        first = await rig.graph.run_action(handle.call_id, request.action, request.to_graph)
         cancel = await rig.graph.cancel_media_processing(handle.call_id)
         assert (first.status, cancel.status) == ("running", "completed")
         (delivery,) = await handle.wait_deliveries("operation", 1)
         data = delivery.sent["value"][0]["resourceData"]
         assert (data["status"], data["resultInfo"]["subcode"]) == ("failed", 8508)
-        await rig.graph.play_prompt(handle.call_id, request)
+        await rig.graph.run_action(handle.call_id, request.action, request.to_graph)
         await rig.graph.hang_up(handle.call_id)
     assert [op.status for op in handle.operations] == ["failed", "completed", "dropped"]

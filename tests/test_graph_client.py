@@ -40,15 +40,10 @@ from callflow.errors import (
     RecordingTooLargeError,
 )
 from callflow.events import Identity, IncomingCall
-from callflow.graph import client as _client
-from callflow.graph.client import (
-    GraphClient,
-    GraphResult,
-    _AttemptTimeout,
-    _new_uuid,
-    _parse_retry_after,
-)
+from callflow.graph import transport as _transport
+from callflow.graph.client import GraphClient, GraphResult
 from callflow.graph.tokens import StaticTokenProvider
+from callflow.graph.transport import _AttemptTimeout, _new_uuid, _parse_retry_after
 
 pytestmark = pytest.mark.anyio
 
@@ -182,7 +177,7 @@ async def test_reject_sends_path_body_and_headers(graph: GraphStub) -> None:
     """A reject POSTs the decision's body to .../reject with token, ids and JSON headers."""
     tokens = Tokens()
     async with make_client(graph.base_url, tokens=tokens) as client:
-        result = await client.reject("call-1", Reject(), tenant_id="tenant-1")
+        result = await client.decide("call-1", Reject(), tenant_id="tenant-1")
     (seen,) = graph.seen
     assert seen.method == "POST"
     assert seen.path == "/v1.0/communications/calls/call-1/reject"
@@ -201,8 +196,8 @@ async def test_answer_and_redirect_bodies_and_ids(graph: GraphStub) -> None:
     answer = Answer(prefetch=MediaPrompt("https://cdn.example.com/hello.wav", "hello"))
     redirect = Redirect(Target.user("user-9"), timeout=30)
     async with make_client(graph.base_url) as client:
-        await client.answer("c-a", answer, scenario_id="scn-1")
-        await client.redirect("c-r", redirect, scenario_id="scn-1")
+        await client.decide("c-a", answer, scenario_id="scn-1")
+        await client.decide("c-r", redirect, scenario_id="scn-1")
         await client.decide("c-d", Reject(RejectReason.FORBIDDEN, callback_uri=CALLBACK + "/x"))
     first, second, third = graph.seen
     assert first.path == "/v1.0/communications/calls/c-a/answer"
@@ -222,11 +217,11 @@ async def test_repeated_decisions_send_the_current_body(graph: GraphStub) -> Non
     async with make_client(graph.base_url) as client:
         for index in range(300):  # more distinct decisions than the client keeps encoded
             callback = f"{CALLBACK}/{index // 3}"
-            await client.reject(f"c-{index}", Reject(reasons[index % 3], callback_uri=callback))
-        await client.reject("c-busy-1", Reject())
-        await client.reject("c-busy-2", Reject())
+            await client.decide(f"c-{index}", Reject(reasons[index % 3], callback_uri=callback))
+        await client.decide("c-busy-1", Reject())
+        await client.decide("c-busy-2", Reject())
         client.callback_url = CALLBACK + "/moved"
-        await client.reject("c-busy-3", Reject())
+        await client.decide("c-busy-3", Reject())
     for index, seen in enumerate(graph.seen[:300]):
         reason = reasons[index % 3].value
         assert seen.body == {"reason": reason, "callbackUri": f"{CALLBACK}/{index // 3}"}
@@ -259,7 +254,7 @@ async def test_a_call_id_that_is_not_one_plain_path_segment_is_refused(
     them never reaches a URL: GraphError saying what was expected, and nothing is sent."""
     async with make_client(graph.base_url + "/") as client:
         for send in (
-            client.reject(call_id, Reject()),
+            client.decide(call_id, Reject()),
             client.hang_up(call_id),
             client.keep_alive(call_id),
         ):
@@ -271,7 +266,7 @@ async def test_a_call_id_that_is_not_one_plain_path_segment_is_refused(
 async def test_a_guid_call_id_is_the_path_segment_as_it_is(graph: GraphStub) -> None:
     """A Graph call id (a GUID) is put into the URL unchanged."""
     async with make_client(graph.base_url + "/") as client:
-        await client.reject("491f0b00-ffff-4bc9-a43e-b226498ec22a", Reject())
+        await client.decide("491f0b00-ffff-4bc9-a43e-b226498ec22a", Reject())
     (seen,) = graph.seen
     assert seen.raw_path == "/v1.0/communications/calls/491f0b00-ffff-4bc9-a43e-b226498ec22a/reject"
 
@@ -338,7 +333,7 @@ async def test_call_gone_is_raised_logged_and_not_retried(
     with capture_logs() as logs:
         async with make_client(graph.base_url) as client:
             with pytest.raises(CallGoneError) as info:
-                await client.reject("c-1", Reject())
+                await client.decide("c-1", Reject())
     assert (info.value.status, info.value.code) == (reply.status, code)
     assert len(graph.seen) == 1
     (gone,) = events(logs, "graph.call_gone")
@@ -359,7 +354,7 @@ async def test_error_response_is_parsed(graph: GraphStub) -> None:
     graph.script(Reply(500, body, headers={"request-id": ""}))
     async with make_client(graph.base_url) as client:
         with pytest.raises(GraphResponseError) as info:
-            await client.answer("c-1", Answer())
+            await client.decide("c-1", Answer())
     error = info.value
     assert not isinstance(error, CallGoneError)
     assert (error.status, error.code) == (500, "InternalServerError")
@@ -374,7 +369,7 @@ async def test_request_id_header_wins_over_inner_error(graph: GraphStub) -> None
     graph.script(Reply(403, body, headers={"request-id": "header-rid"}))
     async with make_client(graph.base_url) as client:
         with pytest.raises(GraphResponseError) as info:
-            await client.reject("c-1", Reject())
+            await client.decide("c-1", Reject())
     assert (info.value.code, info.value.request_id) == ("7504", "header-rid")
 
 
@@ -395,7 +390,7 @@ async def test_odd_error_bodies_are_tolerated(
     graph.script(Reply(502, body))
     async with make_client(graph.base_url) as client:
         with pytest.raises(GraphResponseError) as info:
-            await client.reject("c-1", Reject())
+            await client.decide("c-1", Reject())
     assert info.value.status == 502
     assert info.value.code is None
     assert info.value.message == (message or body.decode())
@@ -410,7 +405,7 @@ async def test_503_then_202_is_retried(graph: GraphStub) -> None:
     graph.script(Reply(503), Reply(202))
     with capture_logs() as logs:
         async with make_client(graph.base_url) as client:
-            result = await client.reject("c-1", Reject(), deadline=time.monotonic() + GUARD)
+            result = await client.decide("c-1", Reject(), deadline=time.monotonic() + GUARD)
     first, second = graph.seen
     assert result.attempts == 2
     assert result.client_request_id == second.headers["Client-Request-Id"]
@@ -433,7 +428,7 @@ async def test_retry_after_past_the_deadline_is_not_waited_for(graph: GraphStub)
     with capture_logs() as logs, anyio.fail_after(GUARD):
         async with make_client(graph.base_url) as client:
             with pytest.raises(GraphResponseError) as info:
-                await client.reject("c-1", Reject(), deadline=deadline)
+                await client.decide("c-1", Reject(), deadline=deadline)
             raised_at = time.monotonic()
     assert info.value.status == 429
     assert raised_at < deadline
@@ -447,7 +442,7 @@ async def test_small_retry_after_is_honoured(graph: GraphStub) -> None:
     graph.script(Reply(429, headers={"Retry-After": "0.05"}), Reply(202))
     with capture_logs() as logs, anyio.fail_after(GUARD):
         async with make_client(graph.base_url, backoff=(3.0, 3.0)) as client:
-            result = await client.reject("c-1", Reject(), deadline=time.monotonic() + GUARD)
+            result = await client.decide("c-1", Reject(), deadline=time.monotonic() + GUARD)
     first, second = graph.seen
     assert result.attempts == 2
     assert second.at - first.at >= 0.045
@@ -461,7 +456,7 @@ async def test_retry_after_as_http_date(graph: GraphStub) -> None:
     graph.script(Reply(503, headers={"Retry-After": past}), Reply(202))
     with capture_logs() as logs:
         async with make_client(graph.base_url, backoff=(3.0, 3.0)) as client:
-            result = await client.reject("c-1", Reject())
+            result = await client.decide("c-1", Reject())
     assert result.attempts == 2
     assert events(logs, "graph.retry")[0]["wait"] == 0.0
 
@@ -471,7 +466,7 @@ async def test_backoff_grows_and_stays_in_bounds(graph: GraphStub) -> None:
     graph.script(Reply(504), Reply(504), Reply(504, headers={"Retry-After": "soon"}), Reply(202))
     with capture_logs() as logs:
         async with make_client(graph.base_url, backoff=(0.002, 0.006)) as client:
-            result = await client.reject("c-1", Reject())
+            result = await client.decide("c-1", Reject())
     assert result.attempts == 4
     waits = [entry["wait"] for entry in events(logs, "graph.retry")]
     assert 0.002 <= waits[0] <= 0.004
@@ -485,7 +480,7 @@ async def test_max_attempts_then_the_last_error(graph: GraphStub) -> None:
     with capture_logs() as logs:
         async with make_client(graph.base_url, max_attempts=3) as client:
             with pytest.raises(GraphResponseError) as info:
-                await client.reject("c-1", Reject())
+                await client.decide("c-1", Reject())
     assert info.value.status == 429
     assert len(graph.seen) == 3
     (abandoned,) = events(logs, "graph.retry_abandoned")
@@ -499,7 +494,7 @@ async def test_graph_that_never_answers_fails_by_the_deadline(graph: GraphStub) 
     with anyio.fail_after(GUARD):
         async with make_client(graph.base_url, request_timeout=5.0) as client:
             with pytest.raises(GraphError) as info:
-                await client.reject("c-1", Reject(), deadline=deadline)
+                await client.decide("c-1", Reject(), deadline=deadline)
             late = time.monotonic() - deadline
     assert not isinstance(info.value, GraphResponseError)
     assert isinstance(info.value.__cause__, TimeoutError)
@@ -516,7 +511,7 @@ async def test_a_cancelled_request_stays_cancelled(graph: GraphStub) -> None:
             graph.base_url, request_timeout=5.0, on_request=lambda *args: seen.append(args)
         ) as client:
             with anyio.move_on_after(0.05) as scope:
-                await client.reject("c-1", Reject())
+                await client.decide("c-1", Reject())
     assert scope.cancelled_caught
     assert [seen.path for seen in graph.seen] == ["/v1.0/communications/calls/c-1/reject"]
     assert seen == []
@@ -576,7 +571,7 @@ async def test_connection_refused_is_retried_then_raised() -> None:
             on_request=lambda *args: seen.append(args),
         ) as client:
             with pytest.raises(GraphError) as info:
-                await client.reject("c-1", Reject(), deadline=time.monotonic() + GUARD)
+                await client.decide("c-1", Reject(), deadline=time.monotonic() + GUARD)
     assert isinstance(info.value.__cause__, aiohttp.ClientConnectionError)
     assert seen == [("reject", None, 1), ("reject", None, 2), ("reject", None, 3)]
     assert [entry["attempt"] for entry in events(logs, "graph.retry")] == [1, 2]
@@ -586,7 +581,7 @@ async def test_deadline_already_passed_sends_nothing(graph: GraphStub) -> None:
     """A deadline in the past raises GraphError without sending anything."""
     async with make_client(graph.base_url) as client:
         with pytest.raises(GraphError, match="deadline passed"):
-            await client.reject("c-1", Reject(), deadline=time.monotonic() - 1)
+            await client.decide("c-1", Reject(), deadline=time.monotonic() - 1)
     assert graph.seen == []
 
 
@@ -603,7 +598,7 @@ async def test_deadline_passed_while_waiting_raises_last_error(graph: GraphStub)
     with capture_logs() as logs:
         async with make_client(graph.base_url, on_request=stall_loop) as client:
             with pytest.raises(GraphResponseError) as info:
-                await client.reject("c-1", Reject(), deadline=deadline)
+                await client.decide("c-1", Reject(), deadline=deadline)
     assert info.value.status == 503
     assert len(graph.seen) == 1
     assert events(logs, "graph.retry_abandoned")[0]["reason"] == "deadline"
@@ -623,7 +618,7 @@ async def test_on_request_sees_every_attempt(graph: GraphStub) -> None:
     graph.script(Reply(503), Reply(202), Reply(204))
     with capture_logs() as logs:
         async with make_client(graph.base_url, on_request=hook) as client:
-            await client.answer("c-1", Answer())
+            await client.decide("c-1", Answer())
             await client.hang_up("c-1")
     assert seen == [("answer", 503, 1), ("answer", 202, 2), ("hang_up", 204, 1)]
     assert len(events(logs, "graph.on_request_failed")) == 3
@@ -635,7 +630,7 @@ async def test_token_is_never_logged_or_raised(graph: GraphStub) -> None:
     with capture_logs() as logs:
         async with make_client(graph.base_url) as client:
             with pytest.raises(GraphResponseError) as info:
-                await client.reject("c-1", Reject())
+                await client.decide("c-1", Reject())
     assert len(events(logs, "graph.retry")) == 2
     assert TOKEN not in repr(logs)
     assert TOKEN not in str(info.value)
@@ -649,14 +644,14 @@ async def test_client_in_a_second_threads_loop(graph: GraphStub) -> None:
         assert threading.current_thread() is not threading.main_thread()
         tokens = StaticTokenProvider(TOKEN)
         async with make_client(graph.base_url, tokens=tokens) as client:
-            results.append(await client.reject("c-thread", Reject()))
+            results.append(await client.decide("c-thread", Reject()))
 
     def run_in_thread() -> None:
         asyncio.run(in_thread())
 
     async with make_client(graph.base_url) as client, anyio.create_task_group() as tg:
         tg.start_soon(anyio.to_thread.run_sync, run_in_thread)
-        results.append(await client.reject("c-main", Reject()))
+        results.append(await client.decide("c-main", Reject()))
     assert [result.status for result in results] == [202, 202]
     assert sorted(seen.path.split("/")[-2] for seen in graph.seen) == ["c-main", "c-thread"]
     assert {seen.headers["Authorization"] for seen in graph.seen} == {f"Bearer {TOKEN}"}
@@ -671,10 +666,10 @@ async def test_ca_bundle_is_trusted_for_tls(tmp_path: Path) -> None:
     ca.cert_pem.write_to_path(str(bundle))
     async with serve_stub(server_context) as stub:
         async with make_client(stub.base_url, ca_bundle=str(bundle)) as client:
-            assert (await client.reject("c-1", Reject())).status == 202
+            assert (await client.decide("c-1", Reject())).status == 202
         async with make_client(stub.base_url, max_attempts=1) as client:
             with pytest.raises(GraphError) as info:
-                await client.reject("c-2", Reject())
+                await client.decide("c-2", Reject())
     assert isinstance(info.value.__cause__, aiohttp.ClientSSLError)
     assert len(stub.seen) == 1
 
@@ -686,12 +681,12 @@ async def test_client_must_be_open_once(graph: GraphStub) -> None:
     """Requests need an open client; entering twice fails; a closed client can be reopened."""
     client = make_client(graph.base_url)
     with pytest.raises(GraphError, match="not open"):
-        await client.reject("c-1", Reject())
+        await client.decide("c-1", Reject())
     async with client:
         with pytest.raises(GraphError, match="already open"):
             await client.__aenter__()
     async with client:
-        assert (await client.reject("c-1", Reject())).status == 202
+        assert (await client.decide("c-1", Reject())).status == 202
     await client.__aexit__(None, None, None)
 
 
@@ -865,7 +860,7 @@ async def test_an_allowed_recording_host_resolving_to_loopback_is_refused(
 ) -> None:
     """An allowed name whose address is loopback (or private, link-local) is refused when
     the connection is made: nothing reaches the server listening there."""
-    monkeypatch.setattr(_client, "_system_resolver", LoopbackResolver)
+    monkeypatch.setattr(_transport, "_system_resolver", LoopbackResolver)
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("rec.media.example.com").configure_cert(server_context)
@@ -892,7 +887,7 @@ async def test_graphs_own_host_may_resolve_to_a_private_address(
 ) -> None:
     """GRAPH_URL is configured, not named by a notification: its host may resolve to a
     private or loopback address (a proxy, a test Graph) and requests to it go through."""
-    monkeypatch.setattr(_client, "_system_resolver", LoopbackResolver)
+    monkeypatch.setattr(_transport, "_system_resolver", LoopbackResolver)
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("graph.internal.example").configure_cert(server_context)
@@ -902,7 +897,7 @@ async def test_graphs_own_host_may_resolve_to_a_private_address(
         port = stub.base_url.split(":")[2].split("/")[0]
         base = f"https://graph.internal.example:{port}/v1.0"
         async with make_client(base, ca_bundle=str(bundle)) as client:
-            assert (await client.reject("c-1", Reject())).status == 202
+            assert (await client.decide("c-1", Reject())).status == 202
     assert len(stub.seen) == 1
 
 
@@ -955,7 +950,7 @@ async def test_a_compressed_error_body_is_read_only_up_to_its_limit(graph: Graph
     with capture_logs() as logs:
         async with make_client(graph.base_url) as client:
             with anyio.fail_after(GUARD), pytest.raises(GraphResponseError) as info:
-                await client.reject("c-1", Reject())
+                await client.decide("c-1", Reject())
     error = info.value
     assert error.status == 500
     assert error.message.startswith('{"error": {"code": "InternalServerError"')
@@ -1007,14 +1002,14 @@ async def test_client_contexts_do_not_follow_from_a_pseudo_random_state(
 ) -> None:
     """clientContext values come from the OS's cryptographic generator: replaying the state
     of the generator behind request ids does not repeat them."""
-    state = _client._ids.getstate()
+    state = _transport._ids.getstate()
     async with make_client(graph.base_url) as client:
         first = await client.subscribe_to_tone("c-1")
-        _client._ids.setstate(state)
+        _transport._ids.setstate(state)
         second = await client.subscribe_to_tone("c-1")
-    _client._ids.setstate(state)
+    _transport._ids.setstate(state)
     third = _control._new_context()
-    _client._ids.setstate(state)
+    _transport._ids.setstate(state)
     fourth = _control._new_context()
     contexts = [first.client_context, second.client_context, third, fourth]
     assert all(is_uuid(context) for context in contexts)

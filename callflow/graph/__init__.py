@@ -1,1 +1,7 @@
-"""Outbound Microsoft Graph: app tokens and the calling API client."""
+"""Outbound Microsoft Graph: app tokens and the calling API client.
+
+:mod:`~callflow.graph.tokens` hands out app tokens, :mod:`~callflow.graph.client` is the
+calling API (each request built and each reply read there), :mod:`~callflow.graph.transport`
+sends every request (retries, deadlines, bounded bodies, the session) and
+:mod:`~callflow.graph.results` holds the values the client returns.
+"""
