@@ -176,9 +176,15 @@ def paired_ratio(
     """Median over rounds of ``runs[i] / others[i]`` (rounds interleave the variants, so a
     round's two runs shared the machine's conditions)."""
     ratios = [
-        median_of((a,), *path) / median_of((b,), *path) for a, b in zip(runs, others, strict=False)
+        _ratio(median_of((a,), *path), median_of((b,), *path))
+        for a, b in zip(runs, others, strict=False)
     ]
     return statistics.median(ratios) if ratios else math.nan
+
+
+def _ratio(a: float, b: float) -> float:
+    """``a / b``; NaN when ``b`` is 0 (a run that measured nothing, on a starved machine)."""
+    return a / b if b else math.nan
 
 
 def key_runs(

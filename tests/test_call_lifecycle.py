@@ -8,6 +8,7 @@ call is gone, whoever learned it first.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 
 import anyio
@@ -34,9 +35,23 @@ OTHER_TENANT = "0b0b0b0b-2222-4333-8444-555566667777"
 PROMPT = MediaPrompt("https://cdn.example.com/long-announcement.wav")
 
 
+def _records_cost(registry: OperationRegistry, prefix: str) -> float:
+    """CPU seconds 5,000 new records cost ``registry`` (no garbage collection meanwhile)."""
+    gc.collect()
+    gc.disable()  # what the records cost, not a collection of what earlier tests left
+    try:
+        began = time.thread_time()  # CPU time: what the work costs, whatever else runs
+        for index in range(5_000):
+            registry.record(f"{prefix}-{index}")
+        return time.thread_time() - began
+    finally:
+        gc.enable()
+
+
 def test_new_records_stay_cheap_after_ten_thousand_calls_ended() -> None:
-    """10,000 calls that came and went leave nothing behind: 5,000 new records then take
-    less than 50 ms in all (a table that kept them copied itself for every new one)."""
+    """10,000 calls that came and went leave nothing behind: 5,000 new records then cost
+    what they cost in a new registry (a table that kept the ended ones copied itself for
+    every new record: 1,000 times more), and under 50 ms in all (without a tracer)."""
     book = CallBook()
     registry = OperationRegistry(book=book)
     for index in range(10_000):
@@ -45,16 +60,11 @@ def test_new_records_stay_cheap_after_ten_thousand_calls_ended() -> None:
         registry.on_events([CallStateChanged(call_id, "established", 1)])
         book.end(call_id)
     assert len(registry._calls) == 0
-    gc.collect()
-    gc.disable()  # what the records cost, not a collection of what earlier tests left
-    try:
-        began = time.thread_time()  # CPU time: what the work costs, whatever else runs
-        for index in range(5_000):
-            registry.record(f"new-{index}")
-        spent = time.thread_time() - began
-    finally:
-        gc.enable()
-    assert spent < 0.050
+    fresh = _records_cost(OperationRegistry(book=CallBook()), "fresh")
+    after = _records_cost(registry, "new")
+    assert after < 3 * fresh + 0.005
+    if sys.gettrace() is None:  # coverage's tracer makes every line dearer
+        assert after < 0.050
 
 
 def test_the_registry_never_evicts_a_held_call() -> None:

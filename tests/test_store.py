@@ -1342,9 +1342,11 @@ async def test_the_store_talks_tls_to_redis_as_an_acl_user(redis_ca: trustme.CA)
     user = ("callflow", "acl-pass-0123")
     rules = (f"~callflow:{{{NS}}}:*", "+@all", "-@dangerous")  # as the README advises
     for server in redis_server(tls=redis_ca, user=user, rules=rules):
+        # Room for a TLS handshake on a loaded machine: the default bound (0.15 s) is for
+        # a warm connection, and a miss here would make the store decide on its own.
         async with (
-            store(server.url, "a", ca_bundle=server.ca_path) as a,
-            store(server.url, "gone", ca_bundle=server.ca_path) as gone,
+            store(server.url, "a", ca_bundle=server.ca_path, timeout=2.0) as a,
+            store(server.url, "gone", ca_bundle=server.ca_path, timeout=2.0) as gone,
         ):
             assert await a.ping()
             assert await gone.admit("orphan", "t", time.time() + 5)
@@ -1381,7 +1383,8 @@ async def test_a_served_bot_joins_a_fleet_over_tls_as_an_acl_user(
     fleet, decides calls through it, and logs the store URL without the password."""
     user = ("callflow", "acl-pass-0123")
     for server in redis_server(tls=short_fake.tokens.ca, user=user):
-        options = {**fleet_options(server, "tls-a"), "store": server.url}
+        # store_timeout: room for the first TLS handshake on a loaded machine.
+        options = {**fleet_options(server, "tls-a"), "store": server.url, "store_timeout": 2.0}
         async with short_fake.serve(fleet_bot([]), **options) as a:
             (joining,) = logs.find("fleet.joining")
             assert joining["reachable"] is True
