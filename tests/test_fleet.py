@@ -330,9 +330,10 @@ async def test_a_thousand_calls_on_three_workers_are_decided_exactly_once(
     fake: FakeGraph, fleet: Fleet
 ) -> None:
     """1 000 calls through the proxy, 100 of them redelivered to another worker: exactly
-    1 000 decisions reach Graph, one per call, each in time; the 100 redeliveries are
-    dropped as duplicates by the worker that lost the intake claim."""
+    1 000 decisions reach Graph, one per call, each in time; each of the 100 redeliveries is
+    dropped once, by the worker that lost the intake claim (or its decision's final claim)."""
     before = await total(fleet.workers, "callflow_duplicate_notifications_total")
+    before_final = await total(fleet.workers, "callflow_decisions_dropped_elsewhere_total")
 
     async def place(i: int) -> CallHandle:
         caller = {"kind": "user", "id": f"reject-{i}"} if i % 2 else None
@@ -365,8 +366,12 @@ async def test_a_thousand_calls_on_three_workers_are_decided_exactly_once(
     assert {r.op for r in decisions} == {"answer", "reject"}
     assert sorted(c.call_id for c in calls) == sorted(r.call_id for r in decisions)
     assert min(fleet.proxy.counts) > 250  # the load really was spread
+    # Each redelivery is stopped once: at intake (the worker that lost the intake claim
+    # drops it), or, when Redis was too slow to answer that claim in time on a loaded
+    # machine and the worker took the call on its own, at the final claim of its decision.
     dropped = await total(fleet.workers, "callflow_duplicate_notifications_total") - before
-    assert dropped == 100
+    final = await total(fleet.workers, "callflow_decisions_dropped_elsewhere_total") - before_final
+    assert dropped + final == 100
 
 
 async def test_later_notifications_are_forwarded_to_the_worker_that_decided(
