@@ -10,8 +10,9 @@ Three processes on 127.0.0.1:
   the same per notification whatever the run's length).
 * **Graph and the callers** (:class:`SoakGraph`, the per-operation benchmark's Graph stub
   with tones added): it answers the worker's requests (answer 202, playPrompt 200 running,
-  subscribeToTone 200 completed, keepAlive 200, hang-up 204) and POSTs back what Graph
-  would (established; the prompt's result; the caller's key press, ``1``; terminated).
+  subscribeToTone 200 completed, keepAlive 200, hang-up 204; reject 202, for a call the
+  worker sheds) and POSTs back what Graph would (established; the prompt's result; the
+  caller's key press, ``1``; terminated).
   Its load driver places the calls (incoming-call notifications), at most ``--concurrency``
   of them in flight (placed and not yet hung up): by default a new call as soon as one ends,
   so that the worker runs saturated throughout (see :data:`RATE`); ``--rate`` paces them.
@@ -74,9 +75,10 @@ from benchmarks.bench_operations import HOST, PROMPT, TOKEN, GraphStub, incoming
 from callflow import Answer, Bot, Call, IncomingCall
 from callflow._log import configure_logging
 from callflow._runtime import tune_worker, use_uvloop
+from callflow.deadline import DecisionSlot
 from callflow.graph._tokens import StaticTokenProvider
 from callflow.settings import Settings
-from callflow.testing import tone
+from callflow.testing import call_terminated, tone
 from callflow.testing._payloads import operation_resource
 
 CALLS: Final = 100_000
@@ -89,8 +91,10 @@ paced run slips between paced (the worker idles between calls) and saturated (it
 keep up) as the machine's other load varies, and the I/O loop's CPU time per notification
 differs by about a quarter between the two (a saturated loop handles several events per
 wake-up), which would be read as a change over the run."""
-CONCURRENCY: Final = 200
-"""Calls in flight at most (placed and not yet hung up)."""
+CONCURRENCY: Final = 100
+"""Calls in flight at most (placed and not yet ended): enough to keep the worker saturated,
+few enough that its I/O loop does not fall so far behind that it sheds new calls (it
+decides them with the default when it runs more than ``SHED_LAG`` late)."""
 TOLERANCE: Final = 0.10
 """How far the last tenth may be from the second and still be flat."""
 OP_TIMEOUT: Final = 30.0
@@ -118,18 +122,21 @@ RECORDS: Final = (
 
 class SoakGraph(GraphStub):
     """The Graph stub plus ``subscribeToTone`` (completed at once; the caller then presses
-    ``1``) and a load driver: ``POST /soak/start`` places the calls, ``GET /soak/status``
-    says how far it got, ``GET /soak/tenths?size=N`` gives each tenth's call durations."""
+    ``1``), ``reject`` (a call the worker shed: it ends) and a load driver: ``POST
+    /soak/start`` places the calls, ``GET /soak/status`` says how far it got, ``GET
+    /soak/tenths?size=N`` gives each tenth's call durations (of the calls answered)."""
 
     def __init__(self, tg: anyio.abc.TaskGroup, session: aiohttp.ClientSession) -> None:
         super().__init__(tg, session)
         calls = GRAPH_PATH + "/communications/calls/{call_id}"
         self.app.router.add_post(calls + "/subscribeToTone", self._subscribe)
+        self.app.router.add_post(calls + "/reject", self._reject)
         self.app.router.add_post("/soak/start", self._start)
         self.app.router.add_get("/soak/status", self._status)
         self.app.router.add_get("/soak/tenths", self._tenths)
         self.placed = 0
         self.ended = 0
+        self.rejected = 0
         self.done = False
         self.seconds: list[float] = []
         """Each call's duration (incoming call sent -> hang-up received), by call index."""
@@ -151,13 +158,28 @@ class SoakGraph(GraphStub):
 
     async def _hang_up(self, request: web.Request) -> web.Response:
         reply = await super()._hang_up(request)
-        flying = self._flying.pop(request.match_info["call_id"], None)
-        if flying is not None:
-            index, placed = flying
-            self.seconds[index] = time.monotonic() - placed
-            self.ended += 1
-            self._slots.release()
+        self._ended(request.match_info["call_id"], answered=True)
         return reply
+
+    async def _reject(self, request: web.Request) -> web.Response:
+        await request.read()
+        call = request.match_info["call_id"]
+        self._notify(call, call_terminated(call, etag=3))
+        self._ended(call, answered=False)
+        return web.Response(status=202)
+
+    def _ended(self, call: str, *, answered: bool) -> None:
+        """``call`` is over: free its slot; time it when it was answered."""
+        flying = self._flying.pop(call, None)
+        if flying is None:
+            return
+        index, placed = flying
+        if answered:
+            self.seconds[index] = time.monotonic() - placed
+        else:
+            self.rejected += 1
+        self.ended += 1
+        self._slots.release()
 
     async def _start(self, request: web.Request) -> web.Response:
         spec = await request.json()
@@ -189,6 +211,7 @@ class SoakGraph(GraphStub):
             {
                 "placed": self.placed,
                 "ended": self.ended,
+                "rejected": self.rejected,
                 "in_flight": len(self._flying),
                 "undelivered": self.undelivered,
                 "done": self.done and not self._flying,
@@ -243,7 +266,9 @@ class Probe:
         self.graph_pid = graph_pid
         self.completed = 0
         self.failed = 0
+        self.defaulted = 0
         self.notifications = 0
+        self._lock = threading.Lock()
         self.running: Any = None
         self._io_clock = 0
         self._app_clock = time.pthread_getcpuclockid(threading.get_ident())
@@ -274,14 +299,27 @@ class Probe:
             + (cpu_seconds(self.graph_pid) if self.graph_pid else 0),
         }
 
+    @property
+    def calls(self) -> int:
+        """Calls over so far: flows ended, and calls that never got one."""
+        return self.completed + self.failed + self.defaulted
+
     def ended(self, ok: bool) -> None:
         """A flow ended (``ok``: it played, collected ``1`` and hung up); on the app loop."""
-        if ok:
-            self.completed += 1
-        else:
-            self.failed += 1
-        if (self.completed + self.failed) % self.tenth == 0:
-            self.report()
+        self._count("completed" if ok else "failed")
+
+    def decided(self, slot: DecisionSlot, error: BaseException | None) -> None:
+        """A decision was sent (on the I/O loop): a call that gets no flow is over now."""
+        if error is not None:
+            self._count("failed")
+        elif not isinstance(slot.decision, Answer):
+            self._count("defaulted")  # shed: decided with the default at intake
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:  # from either loop: each count, and so each tenth, exactly once
+            setattr(self, outcome, getattr(self, outcome) + 1)
+            if self.calls % self.tenth == 0:
+                self.report()
 
     def records(self) -> dict[str, int]:
         """How many entries the worker's per-call tables hold right now (snapshot reads)."""
@@ -308,10 +346,11 @@ class Probe:
         seconds = now["at"] - last["at"]
         others = (now["busy"] - last["busy"]) - (now["ours"] - last["ours"])
         row = {
-            "tenth": (self.completed + self.failed) // self.tenth,
-            "calls": self.completed + self.failed,
+            "tenth": self.calls // self.tenth,
+            "calls": self.calls,
             "completed": self.completed,
             "failed": self.failed,
+            "defaulted": self.defaulted,
             "seconds": seconds,
             "notifications": notes,
             "io_us_per_notification": (now["io"] - last["io"]) / max(notes, 1) * 1e6,
@@ -355,7 +394,7 @@ async def serve_worker(settings: Settings, tenth: int, graph_pid: int) -> None:
     probe = Probe(tenth, print_line, graph_pid)
     bot = make_bot(probe)
     bot.configure(settings)
-    async with bot.serve(tokens=StaticTokenProvider(TOKEN)) as running:
+    async with bot.serve(tokens=StaticTokenProvider(TOKEN), on_decided=probe.decided) as running:
         probe.attach(running)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             announce(http=running.port, pid=os.getpid(), webhook=running.webhook_url)
@@ -486,8 +525,10 @@ def soak(calls: int, rate: float, concurrency: int, log: Callable[[str], None]) 
         "cpu_per_call_ms": {name: value / calls * 1e3 for name, value in spent.items()},
         "other_load_cores": other,
         "undelivered": status["undelivered"],
+        "rejected": status["rejected"],
         "completed": rows[-1]["completed"],
         "failed": rows[-1]["failed"],
+        "defaulted": rows[-1]["defaulted"],
         "rows": rows,
         "verdict": verdict(rows),
     }
@@ -513,7 +554,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['calls']:,} calls through one worker, {pace}at most "
         f"{report['concurrency']} in flight: {report['seconds']:.0f} s "
         f"({report['calls_per_second']:.0f} calls/s); {report['completed']:,} completed, "
-        f"{report['failed']} failed, {report['undelivered']} notifications undelivered. "
+        f"{report['failed']} failed, {report['defaulted']} shed (decided with the default), "
+        f"{report['undelivered']} notifications undelivered. "
         f"CPU per call: worker {load['worker']:.2f} ms, Graph stub {load['graph']:.2f} ms; "
         f"other load on the machine {report['other_load_cores']:.2f} cores.",
         "",
@@ -540,6 +582,11 @@ def render(report: dict[str, Any]) -> str:
         f"I/O-loop time per notification {changes['io_us_per_notification']:+.1%}, "
         f"RSS {changes['rss_mb']:+.1%}; flat within ±{v['tolerance']:.0%}).",
     ]
+    if report["failed"] or report["defaulted"]:
+        lines.append(
+            f"Not every call ran its flow ({report['failed']} failed, {report['defaulted']} "
+            "shed): the work per notification was not the same throughout."
+        )
     return "\n".join(lines)
 
 
