@@ -101,6 +101,8 @@ OP_TIMEOUT: Final = 30.0
 """Seconds one operation of a flow may take before the call counts as failed."""
 STALL: Final = 60.0
 """Seconds without a call ending before the run is given up."""
+STATUS_TIMEOUT: Final = 10.0
+"""Seconds the stub may take to say how far it got (it is busy)."""
 NOTIFICATIONS_PER_CALL: Final = 5
 """Incoming call, established, the prompt's result, the key press, terminated."""
 ROW_PREFIX: Final = "TENTH "
@@ -474,6 +476,7 @@ def soak(calls: int, rate: float, concurrency: int, log: Callable[[str], None]) 
         }
         post_json(graph_url + "/soak/start", spec)
         rows: list[dict[str, Any]] = []
+        status: dict[str, Any] = {}
         ended, moved = -1, started
         while True:
             fresh = read_rows(worker.out_path)
@@ -484,18 +487,18 @@ def soak(calls: int, rate: float, concurrency: int, log: Callable[[str], None]) 
                     f" RSS {row['rss_mb']:6.1f} MB; other load {row['other_load_cores']:.2f} cores"
                 )
             rows = fresh
-            code, body = http_get(graph_url + "/soak/status")
-            if code != 200:
-                raise RuntimeError(f"the Graph stub stopped answering:\n{graph.stderr_tail()}")
-            status = json.loads(body)
-            now = time.monotonic()
-            if status["ended"] != ended:
-                ended, moved = status["ended"], now
-            if status["done"] and len(rows) == 10:
-                break
-            if worker.popen.poll() is not None:
-                raise RuntimeError(f"the worker exited early:\n{worker.stderr_tail()}")
-            if now - moved > STALL:
+            # A busy stub may be slow to answer: no answer is no news (the stall check holds).
+            code, body = http_get(graph_url + "/soak/status", timeout=STATUS_TIMEOUT)
+            if code == 200:
+                status = json.loads(body)
+                if status["ended"] != ended:
+                    ended, moved = status["ended"], time.monotonic()
+                if status["done"] and len(rows) == 10:
+                    break
+            for proc in procs:
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"the {proc.name} process exited:\n{proc.stderr_tail()}")
+            if time.monotonic() - moved > STALL:
                 raise RuntimeError(
                     f"no call ended for {STALL:.0f} s ({status}); worker stderr:\n"
                     f"{worker.stderr_tail()}\nstub stderr:\n{graph.stderr_tail()}"
@@ -504,7 +507,9 @@ def soak(calls: int, rate: float, concurrency: int, log: Callable[[str], None]) 
         seconds = time.monotonic() - started
         spent = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
         other = (machine_busy_seconds() - busy - sum(spent.values())) / seconds
-        code, body = http_get(f"{graph_url}/soak/tenths?size={tenth}")
+        code, body = http_get(f"{graph_url}/soak/tenths?size={tenth}", timeout=STATUS_TIMEOUT)
+        if code != 200:
+            raise RuntimeError(f"the Graph stub did not report the durations:\n{body!r}")
         durations = json.loads(body)
     finally:
         for proc in reversed(procs):
