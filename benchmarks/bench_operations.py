@@ -110,8 +110,9 @@ class GraphStub:
         self._routes: dict[str, str] = {}
         self.webhook = ""
         """Where the notifications of a call with no route go."""
-        self.undelivered = 0
-        """Notifications the webhook did not accept (no 2xx, or no answer at all)."""
+        self.undelivered: dict[str, int] = {}
+        """Notifications the webhook did not accept, by its answer: the status, or the error
+        (the type of the exception) when it did not answer."""
         self.app = web.Application()
         calls = "/v1.0/communications/calls/{call_id}"
         self.app.router.add_post("/route", self._route)
@@ -123,15 +124,18 @@ class GraphStub:
     def _notify(self, call_id: str, item: dict[str, Any]) -> None:
         self._tg.start_soon(self._post, self._routes.get(call_id, self.webhook), envelope(item))
 
-    async def _post(self, url: str, body: dict[str, Any]) -> None:
+    async def _post(self, url: str, body: dict[str, Any]) -> bool:
+        """POST one notification; True when the webhook accepted it (2xx)."""
         try:
             async with self._session.post(url, json=body) as reply:
                 await reply.read()
                 if 200 <= reply.status < 300:
-                    return
-        except aiohttp.ClientError:
-            pass  # the bot has stopped: Graph would retry, the stub need not
-        self.undelivered += 1
+                    return True
+                answer = str(reply.status)
+        except aiohttp.ClientError as exc:  # the bot has stopped: Graph would retry, not we
+            answer = type(exc).__name__
+        self.undelivered[answer] = self.undelivered.get(answer, 0) + 1
+        return False
 
     async def _route(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -101,6 +101,10 @@ OP_TIMEOUT: Final = 30.0
 """Seconds one operation of a flow may take before the call counts as failed."""
 STALL: Final = 60.0
 """Seconds without a call ending before the run is given up."""
+RESENDS: Final = 5
+"""Times the stub sends again, a second later, a notification the worker did not accept (as
+Graph does after a 503 with ``Retry-After: 1``: a worker whose I/O loop ran far behind, the
+machine being busy, refuses new calls so)."""
 STATUS_TIMEOUT: Final = 10.0
 """Seconds the stub may take to say how far it got (it is busy)."""
 NOTIFICATIONS_PER_CALL: Final = 5
@@ -139,6 +143,7 @@ class SoakGraph(GraphStub):
         self.placed = 0
         self.ended = 0
         self.rejected = 0
+        self.lost = 0
         self.done = False
         self.seconds: list[float] = []
         """Each call's duration (incoming call sent -> hang-up received), by call index."""
@@ -167,21 +172,22 @@ class SoakGraph(GraphStub):
         await request.read()
         call = request.match_info["call_id"]
         self._notify(call, call_terminated(call, etag=3))
-        self._ended(call, answered=False)
+        if self._ended(call, answered=False):
+            self.rejected += 1
         return web.Response(status=202)
 
-    def _ended(self, call: str, *, answered: bool) -> None:
-        """``call`` is over: free its slot; time it when it was answered."""
+    def _ended(self, call: str, *, answered: bool) -> bool:
+        """``call`` is over: free its slot, time it when it was answered; False when it was
+        over already."""
         flying = self._flying.pop(call, None)
         if flying is None:
-            return
+            return False
         index, placed = flying
         if answered:
             self.seconds[index] = time.monotonic() - placed
-        else:
-            self.rejected += 1
         self.ended += 1
         self._slots.release()
+        return True
 
     async def _start(self, request: web.Request) -> web.Response:
         spec = await request.json()
@@ -205,8 +211,23 @@ class SoakGraph(GraphStub):
             cid = call_id(run, index)
             self._flying[cid] = (index, time.monotonic())
             self.placed += 1
-            self._tg.start_soon(self._post, self.webhook, incoming(cid))
+            self._tg.start_soon(self._place, cid)
         self.done = True
+
+    async def _place(self, call: str) -> None:
+        """Send the incoming-call notification of ``call`` (one never accepted: the call is
+        lost, and the run will stall for want of its end in the worker)."""
+        if not await self._post(self.webhook, incoming(call)) and self._ended(call, answered=False):
+            self.lost += 1
+
+    async def _post(self, url: str, body: dict[str, Any]) -> bool:
+        """POST one notification, again a second later while it is not accepted (at most
+        :data:`RESENDS` more times); True once accepted."""
+        for _ in range(RESENDS):
+            if await super()._post(url, body):
+                return True
+            await anyio.sleep(1.0)
+        return await super()._post(url, body)
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -214,8 +235,9 @@ class SoakGraph(GraphStub):
                 "placed": self.placed,
                 "ended": self.ended,
                 "rejected": self.rejected,
+                "lost": self.lost,
+                "refused": self.undelivered,
                 "in_flight": len(self._flying),
-                "undelivered": self.undelivered,
                 "done": self.done and not self._flying,
             }
         )
@@ -495,6 +517,11 @@ def soak(calls: int, rate: float, concurrency: int, log: Callable[[str], None]) 
                     ended, moved = status["ended"], time.monotonic()
                 if status["done"] and len(rows) == 10:
                     break
+                if status["done"] and status["lost"]:
+                    raise RuntimeError(
+                        f"{status['lost']} calls never reached the worker: it refused their "
+                        f"notification {RESENDS + 1} times (refusals: {status['refused']})"
+                    )
             for proc in procs:
                 if proc.popen.poll() is not None:
                     raise RuntimeError(f"the {proc.name} process exited:\n{proc.stderr_tail()}")
@@ -529,7 +556,7 @@ def soak(calls: int, rate: float, concurrency: int, log: Callable[[str], None]) 
         "calls_per_second": calls / seconds,
         "cpu_per_call_ms": {name: value / calls * 1e3 for name, value in spent.items()},
         "other_load_cores": other,
-        "undelivered": status["undelivered"],
+        "refused": status["refused"],
         "rejected": status["rejected"],
         "completed": rows[-1]["completed"],
         "failed": rows[-1]["failed"],
@@ -560,7 +587,7 @@ def render(report: dict[str, Any]) -> str:
         f"{report['concurrency']} in flight: {report['seconds']:.0f} s "
         f"({report['calls_per_second']:.0f} calls/s); {report['completed']:,} completed, "
         f"{report['failed']} failed, {report['defaulted']} shed (decided with the default), "
-        f"{report['undelivered']} notifications undelivered. "
+        f"notifications refused (each sent again): {report['refused'] or 'none'}. "
         f"CPU per call: worker {load['worker']:.2f} ms, Graph stub {load['graph']:.2f} ms; "
         f"other load on the machine {report['other_load_cores']:.2f} cores.",
         "",

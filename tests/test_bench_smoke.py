@@ -213,8 +213,8 @@ def test_soak_benchmark_reports_every_tenth(tmp_path: Path) -> None:
     assert took < 45, f"300 calls took {took:.0f} s; expected a few seconds"
     report = json.loads(out.read_text())
     assert (report["calls"], report["tenth"]) == (300, 30)
-    outcome = [report[name] for name in ("completed", "failed", "defaulted", "undelivered")]
-    assert outcome == [300, 0, 0, 0]
+    outcome = [report[name] for name in ("completed", "failed", "defaulted", "refused")]
+    assert outcome == [300, 0, 0, {}]
     rows = report["rows"]
     assert [row["tenth"] for row in rows] == list(range(1, 11))
     assert [row["calls"] for row in rows] == [30 * k for k in range(1, 11)]
