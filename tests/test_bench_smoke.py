@@ -206,15 +206,17 @@ def test_soak_benchmark_reports_every_tenth(tmp_path: Path) -> None:
     one worker and reports each tenth: I/O-loop time per notification, RSS, the calls, and
     per-call state freed once every call ended (the verdict needs a long run: not judged)."""
     out = tmp_path / "soak.json"
-    done, took = run_module(
-        "benchmarks.bench_soak", "--calls", "300", "--json", str(out), timeout=120
-    )
+    # 20 calls in flight: the worker stays busy without its loop falling behind enough to
+    # shed calls on a loaded machine (shed or failed calls would not run their flow).
+    args = ("--calls", "300", "--concurrency", "20", "--json", str(out))
+    done, took = run_module("benchmarks.bench_soak", *args, timeout=120)
     assert done.returncode in (0, 3), done.stdout[-3000:] + done.stderr[-3000:]  # 3: not flat
-    assert took < 45, f"300 calls took {took:.0f} s; expected a few seconds"
     report = json.loads(out.read_text())
+    summary = {name: report[name] for name in ("seconds", "failed", "defaulted", "refused")}
+    assert took < 45, f"300 calls took {took:.0f} s; expected a few seconds ({summary})"
     assert (report["calls"], report["tenth"]) == (300, 30)
-    outcome = [report[name] for name in ("completed", "failed", "defaulted", "refused")]
-    assert outcome == [300, 0, 0, {}]
+    outcome = [report[name] for name in ("completed", "failed", "defaulted")]
+    assert outcome == [300, 0, 0], summary  # refused notifications were sent again
     rows = report["rows"]
     assert [row["tenth"] for row in rows] == list(range(1, 11))
     assert [row["calls"] for row in rows] == [30 * k for k in range(1, 11)]
