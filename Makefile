@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint types pytest test demo bench bench-quick clean
+.PHONY: install lint types pytest test demo bench bench-quick bench-soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: install $(BENCH_STAMP)
 
 bench-quick: install $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.harness --quick
+
+# 100,000 calls with operations through one worker (several minutes; see benchmarks/SOAK.md).
+bench-soak: install
+	$(BIN)/python -m benchmarks.bench_soak
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache

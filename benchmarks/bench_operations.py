@@ -89,14 +89,31 @@ QUICK = {"ops": 150, "rounds": 2, "warmup": 50}
 # --- the Graph stub (its own process) --------------------------------------------------------
 
 
+def incoming(call_id: str) -> dict[str, Any]:
+    """The notification of a new p2p call ``call_id`` to the benchmark's bot."""
+    return incoming_call(
+        kind="p2p",
+        call_id=call_id,
+        tenant_id=TENANT_ID,
+        bot_app_id=APP_ID,
+        callback_uri=CALLBACK_URL,
+    )
+
+
 class GraphStub:
     """Just enough of Graph: answer, playPrompt (200 running, then the result notification),
-    keepAlive and hang-up. ``POST /route`` tells it where a call's notifications go."""
+    keepAlive and hang-up. ``POST /route`` tells it where a call's notifications go (those of
+    a call with no route go to :attr:`webhook`)."""
 
     def __init__(self, tg: anyio.abc.TaskGroup, session: aiohttp.ClientSession) -> None:
         self._tg = tg
         self._session = session
         self._routes: dict[str, str] = {}
+        self.webhook = ""
+        """Where the notifications of a call with no route go."""
+        self.undelivered: dict[str, int] = {}
+        """Notifications the webhook did not accept, by its answer: the status, or the error
+        (the type of the exception) when it did not answer."""
         self.app = web.Application()
         calls = "/v1.0/communications/calls/{call_id}"
         self.app.router.add_post("/route", self._route)
@@ -106,14 +123,20 @@ class GraphStub:
         self.app.router.add_delete(calls, self._hang_up)
 
     def _notify(self, call_id: str, item: dict[str, Any]) -> None:
-        self._tg.start_soon(self._post, self._routes[call_id], envelope(item))
+        self._tg.start_soon(self._post, self._routes.get(call_id, self.webhook), envelope(item))
 
-    async def _post(self, url: str, body: dict[str, Any]) -> None:
+    async def _post(self, url: str, body: dict[str, Any]) -> bool:
+        """POST one notification; True when the webhook accepted it (2xx)."""
         try:
             async with self._session.post(url, json=body) as reply:
                 await reply.read()
-        except aiohttp.ClientError:
-            pass  # the bot has stopped: Graph would retry, the stub need not
+                if 200 <= reply.status < 300:
+                    return True
+                answer = str(reply.status)
+        except aiohttp.ClientError as exc:  # the bot has stopped: Graph would retry, not we
+            answer = type(exc).__name__
+        self.undelivered[answer] = self.undelivered.get(answer, 0) + 1
+        return False
 
     async def _route(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -378,14 +401,7 @@ async def measure(ops: int, rounds: int, warmup: int) -> dict[str, Any]:
                 await web.TCPSite(runner, HOST, 0).start()
                 await route(base_call, f"http://{HOST}:{runner.addresses[0][1]}/hook")
                 await route(bot_call, running.webhook_url)
-                notification = incoming_call(
-                    kind="p2p",
-                    call_id=bot_call,
-                    tenant_id=TENANT_ID,
-                    bot_app_id=APP_ID,
-                    callback_uri=CALLBACK_URL,
-                )
-                async with http.post(running.webhook_url, json=notification) as reply:
+                async with http.post(running.webhook_url, json=incoming(bot_call)) as reply:
                     assert reply.status == 202, reply.status
                 plays: dict[str, Callable[[int], Awaitable[tuple[list[float], float]]]] = {
                     "callflow": side.round,

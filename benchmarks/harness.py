@@ -1242,8 +1242,8 @@ def _git(*args: str) -> str:
     return ""
 
 
-def machine_info(plan: Plan, variants: Sequence[str], only: Sequence[str] = ()) -> dict[str, Any]:
-    """nproc, CPU model, Python, package versions, date, commit, command."""
+def machine() -> dict[str, Any]:
+    """nproc, CPU model, Python, kernel, package versions, date, commit."""
     model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1265,9 +1265,16 @@ def machine_info(plan: Plan, variants: Sequence[str], only: Sequence[str] = ()) 
         "kernel": platform.release(),
         "versions": versions,
         "commit": commit,
+        "support_loop": "uvloop" if have_uvloop() else "asyncio",
+    }
+
+
+def machine_info(plan: Plan, variants: Sequence[str], only: Sequence[str] = ()) -> dict[str, Any]:
+    """:func:`machine`, and what was run: the plan's size, the variants, the command."""
+    return {
+        **machine(),
         "quick": plan.quick,
         "variants": list(variants),
-        "support_loop": "uvloop" if have_uvloop() else "asyncio",
         "command": "python -m benchmarks.harness"
         + (" --quick" if plan.quick else "")
         + (f" --only {','.join(only)}" if only else ""),

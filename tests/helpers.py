@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from callflow.events import ChatInfo, Identity, IncomingCall
 
+ROOT = Path(__file__).resolve().parent.parent
 _ids = itertools.count()
 
 
@@ -28,3 +33,18 @@ def incoming(
         is_policy_recording=recording,
         **fields,
     )
+
+
+def run_module(*args: str, timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``python -m ARGS`` from the repository root (a benchmark's command line): the
+    finished process (its output captured) and how many seconds it took."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done, time.monotonic() - started

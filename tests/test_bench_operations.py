@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import run_module
 
 
 def test_quick_operation_benchmark_reports_both_sides(tmp_path: Path) -> None:
     """``python -m benchmarks.bench_operations --quick`` finishes in seconds with figures for
     callflow (flow and I/O loop) and the aiohttp baseline, and their ratios."""
     out = tmp_path / "operations.json"
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_operations", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done, took = run_module(
+        "benchmarks.bench_operations", "--quick", "--json", str(out), timeout=120
     )
-    took = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert took < 60, f"the quick mode took {took:.0f} s; expected a few seconds"
     report = json.loads(out.read_text())

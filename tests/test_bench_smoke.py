@@ -1,12 +1,10 @@
-"""The benchmark harness's quick mode and ``callflow bench`` produce sane figures."""
+"""The benchmark harness's quick mode, the soak benchmark and ``callflow bench`` produce
+sane figures."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +12,13 @@ from typing import Any
 import pytest
 import structlog
 
+from benchmarks.bench_soak import NOTIFICATIONS_PER_CALL
 from callflow import Bot, IncomingCall, Reject, RejectReason
 from callflow.bench import BenchReport, bench_bot, percentile
 from callflow.cli import main
 from callflow.errors import CallflowError
 from callflow.testing import FakeGraph
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import run_module
 
 
 def _busy_bot() -> Bot:
@@ -53,16 +51,7 @@ def _consistent(outcome: dict[str, Any]) -> None:
 
 def test_quick_harness_writes_a_report_with_sane_figures(tmp_path: Path) -> None:
     """``python -m benchmarks.harness --quick`` runs every scenario small and reports figures."""
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.harness", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    took = time.monotonic() - started
+    done, took = run_module("benchmarks.harness", "--quick", "--out", str(tmp_path), timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert took < 150, f"the quick mode took {took:.0f} s; expected about a minute"
     report = (tmp_path / "RESULTS.md").read_text()
@@ -210,3 +199,42 @@ def test_cli_bench_prints_the_latency(capsys: pytest.CaptureFixture[str]) -> Non
     assert "callflow bench tests.test_bench_smoke:CLI_BOT: 10 p2p calls, 2 at a time" in out
     assert "p99" in out
     assert "max" in out
+
+
+def test_soak_benchmark_reports_every_tenth(tmp_path: Path) -> None:
+    """``python -m benchmarks.bench_soak --calls 300`` puts 300 calls with operations through
+    one worker and reports each tenth: I/O-loop time per notification, RSS, the calls, and
+    per-call state freed once every call ended (the verdict needs a long run: not judged)."""
+    out = tmp_path / "soak.json"
+    # 20 calls in flight: the worker stays busy without its loop falling behind enough to
+    # shed calls on a loaded machine (shed or failed calls would not run their flow).
+    args = ("--calls", "300", "--concurrency", "20", "--json", str(out))
+    done, took = run_module("benchmarks.bench_soak", *args, timeout=120)
+    assert done.returncode in (0, 3), done.stdout[-3000:] + done.stderr[-3000:]  # 3: not flat
+    report = json.loads(out.read_text())
+    summary = {name: report[name] for name in ("seconds", "failed", "defaulted", "refused")}
+    assert took < 45, f"300 calls took {took:.0f} s; expected a few seconds ({summary})"
+    assert (report["calls"], report["tenth"]) == (300, 30)
+    outcome = [report[name] for name in ("completed", "failed", "defaulted")]
+    assert outcome == [300, 0, 0], summary  # refused notifications were sent again
+    rows = report["rows"]
+    assert [row["tenth"] for row in rows] == list(range(1, 11))
+    assert [row["calls"] for row in rows] == [30 * k for k in range(1, 11)]
+    # The last calls' "terminated" may come after the last row.
+    per_call = NOTIFICATIONS_PER_CALL
+    assert (per_call - 1) * 300 <= sum(row["notifications"] for row in rows) <= per_call * 300
+    for row in rows:
+        assert _finite(row["io_us_per_notification"]), row
+        assert 0 < row["io_us_per_notification"] < 100_000, row
+        assert 0 < row["app_us_per_notification"] < 100_000, row
+        assert 10 < row["rss_mb"] < 2_000, row
+        assert 0 < row["call_p50_ms"] <= row["call_p99_ms"] < 30_000, row
+        assert all(isinstance(n, int) and n >= 0 for n in row["records"].values()), row
+    last = rows[-1]["records"]
+    assert (last["registry"], last["book_live"], last["keeper_held"]) == (0, 0, 0)
+    assert last["book_ended"] == 300
+    verdict = report["verdict"]
+    assert isinstance(verdict["flat"], bool)
+    assert all(_finite(change) for change in verdict["changes"].values())
+    assert "| tenth | calls |" in done.stdout
+    assert "Verdict: **" in done.stdout
