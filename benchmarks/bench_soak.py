@@ -75,8 +75,8 @@ from benchmarks.bench_operations import HOST, PROMPT, TOKEN, GraphStub, incoming
 from callflow import Answer, Bot, Call, IncomingCall
 from callflow._log import configure_logging
 from callflow._runtime import tune_worker, use_uvloop
-from callflow.deadline import DecisionSlot
-from callflow.graph._tokens import StaticTokenProvider
+from callflow.engine.deadline import DecisionSlot
+from callflow.graph.tokens import StaticTokenProvider
 from callflow.settings import Settings
 from callflow.testing import call_terminated, tone
 from callflow.testing._payloads import operation_resource
