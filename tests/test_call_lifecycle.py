@@ -19,14 +19,25 @@ from callflow import (
     Bot,
     Call,
     CallEndedError,
+    CallTerminated,
     IncomingCall,
     MediaPrompt,
+    Reject,
+    Settings,
     Target,
 )
 from callflow.control.book import CallBook
+from callflow.control.keeper import CallKeeper
 from callflow.control.registry import OperationRegistry
 from callflow.events import CallStateChanged
-from callflow.testing import CALLBACK_URL, FakeGraph, call_state, call_terminated
+from callflow.testing import (
+    CALLBACK_URL,
+    FakeGraph,
+    RecordingSink,
+    call_state,
+    call_terminated,
+)
+from tests.helpers import incoming
 
 pytestmark = pytest.mark.anyio
 
@@ -225,3 +236,37 @@ async def test_hanging_up_a_call_that_has_ended_sends_nothing(fake_graph: FakeGr
             await done.wait()
         await running.hang_up(handle.call_id)
     assert [r.op for r in handle.requests if r.op == "delete"] == []
+
+
+def test_the_keepalive_schedule_holds_the_held_calls_not_every_call_that_ended() -> None:
+    """1,000 calls answered and ended leave a schedule about as long as the calls still held
+    (each ended call's entry used to stay until it fell due an interval later)."""
+    keeper = CallKeeper(graph=None)  # type: ignore[arg-type]  # not running: sends nothing
+    keeper.answered("held", "tenant-a")
+    for index in range(1_000):
+        keeper.answered(f"came-and-went-{index}", "tenant-a")
+        keeper.ended(f"came-and-went-{index}")
+    assert [held.call_id for held in keeper.calls()] == ["held"]
+    assert len(keeper._heap) <= 2 * 1 + 64
+    assert "held" in [entry[2] for entry in keeper._heap]
+
+
+async def test_staleness_is_kept_only_for_calls_the_book_remembers() -> None:
+    """The intake's memory of each call's last state is bounded by the calls the book holds
+    or remembers as ended, not by the dedupe window (100,000 calls)."""
+    book = CallBook(ended_size=100)
+    bot = Bot(Settings(platform_timeout=15, safety_margin=3))
+
+    @bot.incoming_call
+    async def reject(call: IncomingCall) -> Reject:
+        return Reject()
+
+    async with bot.engine(RecordingSink(), calls=book).running() as engine:
+        for index in range(1_000):
+            call_id = f"brief-{index}"
+            engine.submit([incoming(call_id)])
+            engine.submit([CallStateChanged(call_id, "establishing", 1)])
+            engine.submit([CallTerminated(call_id, None)])
+        await engine.settle()
+        assert len(engine.intake._tracks) <= book.remembered
+    assert book.remembered <= 100 + len(book)

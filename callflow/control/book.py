@@ -107,6 +107,12 @@ class CallBook:
         ended = self._ended.get(call_id)
         return ended.tenant_id if ended is not None else None
 
+    @property
+    def remembered(self) -> int:
+        """How many calls the book may know at most right now: those live, and as many
+        ended ones as it keeps (per-call memory elsewhere is bounded by this)."""
+        return len(self._live) + self._ended_size
+
     def ended(self, call_id: str) -> Ended | None:
         """How ``call_id`` ended, when it ended recently; None otherwise."""
         return self._ended.get(call_id)

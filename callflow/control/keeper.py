@@ -152,9 +152,24 @@ class CallKeeper:
             self._wake.set()
 
     def ended(self, call_id: str, result: object = None) -> None:
-        """Forget ``call_id`` (it ended); its heap entry is discarded when due."""
-        if self._calls.pop(call_id, None) is not None:
-            self._touch()
+        """Forget ``call_id`` (it ended). Its keepAlive entry is dropped when due, or sooner:
+        once ended calls' entries outnumber the held calls', the schedule is rebuilt without
+        them (so it holds about the calls held, not every call of the last interval)."""
+        if self._calls.pop(call_id, None) is None:
+            return
+        self._touch()
+        if len(self._heap) > 2 * len(self._calls) + 64:
+            if self._loop is not None and threading.get_ident() != self._thread:
+                self._loop.call_soon_threadsafe(self._compact)
+            else:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the keepAlive schedule with the entries of held calls only (O(n), once
+        per n calls ended)."""
+        calls = self._calls
+        self._heap = [entry for entry in self._heap if entry[2] in calls]
+        heapq.heapify(self._heap)
 
     # -- the keep-alive task ---------------------------------------------------------------
 

@@ -110,7 +110,6 @@ class Intake:
         self._on_events = on_events
         self._recent = Recent(limits.recent_size, limits.recent_ttl)
         self._tracks: OrderedDict[str, Track] = OrderedDict()
-        self._tracks_max = limits.recent_size
         self._open: dict[str, DecisionSlot] = {}
         self._admitting: dict[str, list[tuple[CallEvent, DecisionSlot | None]]] = {}
         self._changed: asyncio.Event | None = None
@@ -463,6 +462,8 @@ class Intake:
             return True
         tracks[call_id] = current
         tracks.move_to_end(call_id)
-        if len(tracks) > self._tracks_max:
+        # The calls whose states still matter: those the book holds or remembers as ended
+        # (a notification about any other call is dropped before it gets here).
+        while len(tracks) > self.calls.remembered:
             tracks.popitem(last=False)
         return False
