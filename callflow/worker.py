@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from callflow.control.keeper import HeldCall
     from callflow.engine.core import Engine
     from callflow.engine.deadline import DecisionSink, DecisionSlot
-    from callflow.fleet.store import Fleet
+    from callflow.fleet.mode import Fleet
     from callflow.graph.client import GraphClient
     from callflow.graph.tokens import TokenProvider
     from callflow.settings import Settings
@@ -223,7 +223,7 @@ class _IoSide:
             default = Reject(RejectReason(s.default_reject_reason))
             fleet: Fleet | None = None
             if s.store != "memory":
-                from callflow.fleet.store import Fleet
+                from callflow.fleet.mode import Fleet
 
                 fleet = await stack.enter_async_context(Fleet(s))
                 metrics.attach_fleet(fleet.stats)
@@ -326,7 +326,7 @@ class _IoSide:
         self.running.metrics_url = runner.metrics_url
         bound = _bound_address(runner, host)
         if self.fleet is not None:
-            from callflow.fleet.store import internal_url
+            from callflow.fleet.mode import internal_url
 
             self.fleet.address = s.internal_url or internal_url(*bound)
             await self.fleet.announce()  # ready means addressable: the fleet knows the URL

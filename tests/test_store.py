@@ -35,32 +35,24 @@ from callflow import (
 )
 from callflow.decisions import Decision
 from callflow.errors import GraphError
+from callflow.fleet.breaker import Breaker
+from callflow.fleet.census import Census, Directory
+from callflow.fleet.claims import DROPPED, Dropped, FleetSink, SharedDedupe, dedupe_key
+from callflow.fleet.forwarding import FORWARDED_BY, Forwarder
+from callflow.fleet.mode import Fleet, epoch_of, instance_callback_url, internal_url
+from callflow.fleet.stats import FleetStats
 from callflow.fleet.store import (
     CLAIM_CAP,
-    DROPPED,
     KEY_GRACE,
-    Breaker,
-    Census,
-    Directory,
-    Dropped,
-    Fleet,
-    FleetSink,
-    FleetStats,
-    FleetWatch,
     MemoryStore,
     RedisStore,
-    SharedDedupe,
-    dedupe_key,
-    epoch_of,
     fleet_namespace,
-    instance_callback_url,
-    internal_url,
     open_store,
     without_credentials,
 )
 from callflow.fleet.trust import FLEET_AUTH, FleetSigner, ForwardTargets
+from callflow.fleet.watch import FleetWatch
 from callflow.testing import CALLBACK_URL, FakeGraph, SigningKey, call_state, envelope
-from callflow.webhook.handler import FORWARDED_BY, Forwarder
 from tests.helpers import incoming
 from tests.redis_server import RedisServer, redis_server
 

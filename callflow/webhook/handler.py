@@ -22,46 +22,35 @@ counts from its arrival), and then gets 503 with ``Retry-After`` (code ``overloa
 taken, it would only be decided after its deadline. State updates and terminations are
 always taken at once.
 
-In fleet mode a :class:`FleetHook` (:class:`Forwarder`) sees each authenticated body first: a
-notification whose URL names another live instance (``?instance=ID``, from the per-instance
-``callbackUri`` of that worker's decision) is forwarded there and that worker's reply is
-returned; after parsing, state updates and terminations another worker already took are
-dropped. A forwarded notification does not carry Graph's bearer token: the forwarding worker
-signs it with the fleet secret (``X-Callflow-Fleet-Auth``: the time, a nonce, the tenant it
-verified, the method, path and query, both workers' ids, the ``Content-Length`` and the
-body's digest; see :mod:`callflow.fleet.trust`), and the receiving worker checks that signature
-instead of a JWT, before reading the body: it must name this worker, be fresh and carry a
-nonce this worker has not taken yet. A forwarded request without ``Content-Length`` is
-refused.
+In fleet mode a :class:`FleetHook` (:class:`~callflow.fleet.forwarding.Forwarder`) sees each
+authenticated body first: a notification whose URL names another live instance
+(``?instance=ID``, from the per-instance ``callbackUri`` of that worker's decision) is
+forwarded there and that worker's reply is returned; after parsing, state updates and
+terminations another worker already took are dropped. A forwarded notification does not
+carry Graph's bearer token: the forwarding worker signs it with the fleet secret
+(``X-Callflow-Fleet-Auth``: the time, a nonce, the tenant it verified, the method, path and
+query, both workers' ids, the ``Content-Length`` and the body's digest; see
+:mod:`callflow.fleet.trust`), and the receiving worker checks that signature instead of a
+JWT, before reading the body: it must name this worker, be fresh and carry a nonce this
+worker has not taken yet. A forwarded request without ``Content-Length`` is refused.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, Self
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, Protocol
 
-import aiohttp
 import attrs
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
 from structlog.contextvars import bind_contextvars, reset_contextvars
-from yarl import URL
 
 from callflow._log import Throttle
 from callflow._parse import parse_notifications
 from callflow.errors import InboundAuthError, NotificationFormatError, NotificationLimitError
 from callflow.events import IncomingCall
-from callflow.fleet.trust import (
-    FLEET_AUTH,
-    FORWARD_SKEW,
-    FleetSigner,
-    Forward,
-    ForwardTargets,
-    ReplayGuard,
-)
+from callflow.fleet.trust import FLEET_AUTH, FORWARD_SKEW, Forward
 from callflow.webhook.auth import Caller
 from callflow.webhook.server import (
     BodyTimeoutError,
@@ -75,7 +64,7 @@ if TYPE_CHECKING:
     from callflow.engine.intake import Intake
     from callflow.events import CallEvent
 
-__all__ = ["FORWARDED_BY", "MAX_BODY", "FleetHook", "Forwarder", "WebhookHandler", "error_response"]
+__all__ = ["MAX_BODY", "FleetHook", "WebhookHandler", "error_response"]
 
 log = structlog.get_logger(__name__)
 
@@ -86,28 +75,6 @@ _ECHO: Final = ("client-request-id", "scenario-id")
 
 RETRY_AFTER: Final = "1"
 """Seconds a refused (503) notification is asked to wait before it is sent again."""
-
-FORWARDED_BY: Final = "X-Callflow-Forwarded-By"
-"""Header naming the worker that forwarded a notification; such a notification is never
-forwarded again."""
-
-_NOT_FORWARDED: Final = frozenset(
-    {
-        "connection",
-        "content-length",
-        "host",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "authorization",  # Graph's bearer token stays with the worker it was sent to
-        FORWARDED_BY.lower(),
-        FLEET_AUTH.lower(),
-    }
-)
 
 
 class Authenticator(Protocol):
@@ -146,154 +113,6 @@ class FleetHook(Protocol):
     async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
         """The events no worker of the fleet has taken yet."""
         ...
-
-
-class Forwarder:
-    """The fleet hook: forwards notifications to the instance their URL names.
-
-    ``lookup(instance_id)`` is the forwarding URL of a live instance (None when it is gone):
-    the address from its signed heartbeat; on a miss, ``refresh()`` (if given) reads the
-    fleet's directory again first. ``targets`` may restrict those further
-    (``FORWARD_ALLOW``). ``signer`` signs what is forwarded (Graph's bearer token is not
-    forwarded) and checks what was forwarded here, each forward once (``replays``: the
-    nonces taken, :class:`~callflow.fleet.trust.ReplayGuard`). ``dedupe`` filters the parsed events
-    (shared dedupe). A notification is handled here when its URL names no instance or this
-    one, when that instance is gone, when it was forwarded once already, when its target is
-    not allowed, or when forwarding fails (logged). Use it as an async context manager: it
-    owns an HTTP session of the loop that enters it.
-    """
-
-    def __init__(
-        self,
-        instance_id: str,
-        lookup: Callable[[str], str | None],
-        *,
-        signer: FleetSigner,
-        targets: ForwardTargets | None = None,
-        dedupe: Callable[[Sequence[CallEvent]], Awaitable[Sequence[CallEvent]]] | None = None,
-        timeout: float = 3.0,
-        on_forwarded: Callable[[], None] | None = None,
-        refresh: Callable[[], Awaitable[None]] | None = None,
-        replays: ReplayGuard | None = None,
-    ) -> None:
-        self.instance_id = instance_id
-        self._lookup = lookup
-        self._refresh = refresh
-        self._signer = signer
-        self._replays = replays if replays is not None else ReplayGuard()
-        self._targets = targets if targets is not None else ForwardTargets()
-        self._dedupe = dedupe
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
-        self._on_forwarded = on_forwarded
-        self._session: aiohttp.ClientSession | None = None
-        self._throttle = Throttle(5.0)
-
-    async def __aenter__(self) -> Self:
-        """Open the forwarding session in the running loop."""
-        self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the forwarding session."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
-        """See :meth:`FleetHook.fresh`."""
-        return events if self._dedupe is None else await self._dedupe(events)
-
-    def verify_forwarded(self, request: web.Request) -> Forward | None:
-        """See :meth:`FleetHook.verify_forwarded`."""
-        header = request.headers.get(FLEET_AUTH)
-        sender = request.headers.get(FORWARDED_BY)
-        if header is None or sender is None:
-            return None
-        forward = self._signer.open_forward(
-            header,
-            sender,
-            self.instance_id,
-            request.method,
-            str(request.rel_url),
-            request.content_length,
-        )
-        if forward is None or not forward.tenant_id:
-            return None
-        return forward if self._replays.first_use(forward) else None
-
-    async def forward(
-        self, request: web.Request, body: bytes, tenant_id: str | None = None
-    ) -> web.StreamResponse | None:
-        """See :meth:`FleetHook.forward`."""
-        target = request.query.get("instance")
-        if not target or target == self.instance_id:
-            return None
-        if FORWARDED_BY in request.headers:
-            log.info("notification.not_forwarded_again", instance=target[:200])
-            return None
-        base = self._lookup(target)
-        if base is None and self._refresh is not None:
-            # A worker that has just started is unknown here until the next heartbeat this
-            # worker reads: read the fleet's directory again before handling it here.
-            await self._refresh()
-            base = self._lookup(target)
-        if base is None:
-            log.info("notification.owner_gone", instance=target[:200])
-            return None
-        refusal = self._targets.refusal(base)
-        if refusal is not None:
-            suppressed = self._throttle.admit(("refused", target))
-            if suppressed is not None:
-                log.warning(
-                    "notification.forward_refused",
-                    instance=target[:200],
-                    reason=refusal,
-                    suppressed=suppressed,
-                    message="handled by this worker instead",
-                )
-            return None
-        session = self._session
-        if session is None:
-            raise RuntimeError("Forwarder is not open; expected `async with Forwarder(...)`")
-        headers = CIMultiDict(
-            (name, value)
-            for name, value in request.headers.items()
-            if name.lower() not in _NOT_FORWARDED
-        )
-        rel_url = str(request.rel_url)
-        headers[FORWARDED_BY] = self.instance_id
-        headers[FLEET_AUTH] = self._signer.sign_forward(
-            self.instance_id, target, tenant_id, request.method, rel_url, body
-        )
-        try:
-            url = URL(base.rstrip("/") + rel_url, encoded=True)
-            async with session.post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                reply_headers = {
-                    name: response.headers[name]
-                    for name in ("Content-Type", *_ECHO)
-                    if name in response.headers
-                }
-                status = response.status
-        except Exception as exc:  # ClientError, timeouts, a bad URL: never lose the call
-            log.warning(
-                "notification.forward_failed",
-                instance=target[:200],
-                error=f"{type(exc).__name__}: {exc}"[:300],
-                message="handled by this worker instead",
-            )
-            return None
-        if self._on_forwarded is not None:
-            self._on_forwarded()
-        log.debug("notification.forwarded", instance=target, status=status)
-        return web.Response(status=status, body=raw, headers=reply_headers)
 
 
 class WebhookHandler:
