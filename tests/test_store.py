@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +22,7 @@ import trustme
 from aiohttp import web
 from structlog.typing import EventDict, WrappedLogger
 
+import callflow
 from callflow import (
     Answer,
     Bot,
@@ -1310,6 +1313,23 @@ async def test_fleet_mode_needs_a_redis_url_and_an_open_fleet() -> None:
     assert fleet.callback_url is None
     with pytest.raises(RuntimeError, match="not open"):
         await fleet.admit(incoming("c"), None)  # type: ignore[arg-type]
+
+
+def test_the_webhook_and_the_fleet_import_nothing_of_each_other() -> None:
+    """The webhook asks fleet mode through its FleetHook alone, and the fleet answers in
+    aiohttp's terms: neither package imports the other, not even for types."""
+    root = Path(callflow.__file__).parent
+    for package, other in (("webhook", "callflow.fleet"), ("fleet", "callflow.webhook")):
+        for path in sorted((root / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                assert not [n for n in names if n.startswith(other)], f"{path.name} imports {other}"
 
 
 # --- Redis over TLS, with an ACL user ------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Forwarding: a notification about a call another worker of the fleet owns goes to that worker.
 
 Runs on the worker's I/O loop, inside the webhook's request handling, which asks it through
-the webhook's fleet hook (:class:`Forwarder` satisfies it). A notification whose URL names
-another live instance (``?instance=ID``, from the per-instance ``callbackUri`` of that
-worker's decision) is forwarded there and that worker's reply is returned; after parsing,
-state updates and terminations another worker already took are dropped (shared dedupe,
-:mod:`callflow.fleet.claims`).
+the webhook's fleet hook (:class:`Forwarder` satisfies it; the webhook knows nothing of the
+fleet). A notification whose URL names another live instance (``?instance=ID``, from the
+per-instance ``callbackUri`` of that worker's decision) is forwarded there and that worker's
+reply is returned; after parsing, state updates and terminations another worker already took
+are dropped (shared dedupe, :mod:`callflow.fleet.claims`).
 
 A forwarded notification does not carry Graph's bearer token: the forwarding worker signs it
 with the fleet secret (:data:`~callflow.fleet.trust.FLEET_AUTH`: the time, a nonce, the tenant
@@ -123,6 +123,12 @@ class Forwarder:
     async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
         """The events no worker of the fleet has taken yet (all of them without ``dedupe``)."""
         return events if self._dedupe is None else await self._dedupe(events)
+
+    def is_forward(self, request: web.Request) -> bool:
+        """True when ``request`` claims to be a notification a worker of the fleet forwarded
+        (it carries a fleet signature): the webhook then asks :meth:`verify_forwarded`
+        instead of checking a bearer token."""
+        return FLEET_AUTH in request.headers
 
     def verify_forwarded(self, request: web.Request) -> Forward | None:
         """The signature of a notification a worker of the fleet forwarded to this one,

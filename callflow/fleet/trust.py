@@ -271,6 +271,12 @@ class Forward:
     length: int
     digest: str
 
+    @property
+    def expires_at(self) -> float:
+        """Epoch seconds after which the signature is no longer valid (:data:`FORWARD_SKEW`
+        after it was made)."""
+        return self.at + FORWARD_SKEW
+
     def covers(self, body: bytes) -> bool:
         """True when ``body`` is the body that was signed."""
         return len(body) == self.length and hmac.compare_digest(

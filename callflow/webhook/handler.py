@@ -22,17 +22,17 @@ counts from its arrival), and then gets 503 with ``Retry-After`` (code ``overloa
 taken, it would only be decided after its deadline. State updates and terminations are
 always taken at once.
 
-In fleet mode a :class:`FleetHook` (:class:`~callflow.fleet.forwarding.Forwarder`) sees each
-authenticated body first: a notification whose URL names another live instance
-(``?instance=ID``, from the per-instance ``callbackUri`` of that worker's decision) is
-forwarded there and that worker's reply is returned; after parsing, state updates and
-terminations another worker already took are dropped. A forwarded notification does not
-carry Graph's bearer token: the forwarding worker signs it with the fleet secret
-(``X-Callflow-Fleet-Auth``: the time, a nonce, the tenant it verified, the method, path and
-query, both workers' ids, the ``Content-Length`` and the body's digest; see
-:mod:`callflow.fleet.trust`), and the receiving worker checks that signature instead of a
-JWT, before reading the body: it must name this worker, be fresh and carry a nonce this
-worker has not taken yet. A forwarded request without ``Content-Length`` is refused.
+In fleet mode a :class:`FleetHook` (the fleet's forwarder, which satisfies it: the webhook
+imports nothing of the fleet) sees each authenticated body first: a notification whose URL
+names another live instance (``?instance=ID``, from the per-instance ``callbackUri`` of that
+worker's decision) is forwarded there and that worker's reply is returned; after parsing,
+state updates and terminations another worker already took are dropped. A forwarded
+notification does not carry Graph's bearer token: the forwarding worker signs it with the
+fleet secret (the time, a nonce, the tenant it verified, the method, path and query, both
+workers' ids, the ``Content-Length`` and the body's digest), and the receiving worker checks
+that signature instead of a JWT, before reading the body (the hook says whether a request is
+a forward, and verifies it): it must name this worker, be fresh and carry a nonce this worker
+has not taken yet. A forwarded request without ``Content-Length`` is refused.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from callflow._log import Throttle
 from callflow._parse import parse_notifications
 from callflow.errors import InboundAuthError, NotificationFormatError, NotificationLimitError
 from callflow.events import IncomingCall
-from callflow.fleet.trust import FLEET_AUTH, FORWARD_SKEW, Forward
 from callflow.webhook.auth import Caller
 from callflow.webhook.server import (
     BodyTimeoutError,
@@ -64,7 +63,7 @@ if TYPE_CHECKING:
     from callflow.engine.intake import Intake
     from callflow.events import CallEvent
 
-__all__ = ["MAX_BODY", "FleetHook", "WebhookHandler", "error_response"]
+__all__ = ["MAX_BODY", "FleetHook", "Forwarded", "WebhookHandler", "error_response"]
 
 log = structlog.get_logger(__name__)
 
@@ -93,21 +92,50 @@ def error_response(
     )
 
 
+class Forwarded(Protocol):
+    """The checked fleet signature of a notification another worker forwarded here."""
+
+    @property
+    def sender(self) -> str:
+        """The id of the worker that forwarded it."""
+        ...
+
+    @property
+    def tenant_id(self) -> str:
+        """The tenant the forwarding worker verified."""
+        ...
+
+    @property
+    def expires_at(self) -> float:
+        """Epoch seconds after which the signature is no longer valid."""
+        ...
+
+    def covers(self, body: bytes) -> bool:
+        """True when ``body`` is the body that was signed."""
+        ...
+
+
 class FleetHook(Protocol):
-    """What the webhook asks of fleet mode, for each authenticated notification."""
+    """What the webhook asks of fleet mode, for each notification (the fleet's forwarder
+    satisfies it; the webhook knows nothing else of the fleet)."""
+
+    def is_forward(self, request: web.Request) -> bool:
+        """True when ``request`` claims to be a notification another worker of the fleet
+        forwarded: it is then authenticated with :meth:`verify_forwarded`, not a JWT."""
+        ...
+
+    def verify_forwarded(self, request: web.Request) -> Forwarded | None:
+        """The signature of a notification a worker of the fleet forwarded to this one,
+        checked on the request's head alone, before any body is read, and taken (its nonce
+        is not accepted again); None when it is missing, invalid, made for another worker,
+        expired or already used. The body is checked next, with :meth:`Forwarded.covers`."""
+        ...
 
     async def forward(
         self, request: web.Request, body: bytes, tenant_id: str | None
     ) -> web.StreamResponse | None:
         """The reply of the worker that owns the notification's call; None to handle it here.
         ``tenant_id`` is the tenant this worker verified (None without inbound auth)."""
-        ...
-
-    def verify_forwarded(self, request: web.Request) -> Forward | None:
-        """The signature of a notification a worker of the fleet forwarded to this one,
-        checked on the request's head alone, before any body is read, and taken (its nonce
-        is not accepted again); None when it is missing, invalid, made for another worker,
-        expired or already used. The body is checked next, with :meth:`Forward.covers`."""
         ...
 
     async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
@@ -232,9 +260,9 @@ class WebhookHandler:
         # A notification another worker of the fleet forwarded carries the fleet's signature
         # instead of Graph's token; like a token, it is checked before any body is read (its
         # head is signed, with the body's digest, which is checked once the body is in).
-        forward: Forward | None = None
+        forward: Forwarded | None = None
         caller: Caller | None = None
-        if fleet is not None and self._auth is not None and FLEET_AUTH in headers:
+        if fleet is not None and self._auth is not None and fleet.is_forward(request):
             forward = fleet.verify_forwarded(request)
             if forward is None:
                 return self._fleet_auth_failed(
@@ -249,7 +277,7 @@ class WebhookHandler:
                 tenant_id=forward.tenant_id,
                 app_id=None,
                 issuer=f"fleet:{forward.sender}",
-                expires_at=forward.at + FORWARD_SKEW,
+                expires_at=forward.expires_at,
             )
         elif self._auth is not None:
             try:
