@@ -37,12 +37,20 @@ from callflow import (
     Settings,
 )
 from callflow.decisions import Decision
+from callflow.engine.book import CallBook
 from callflow.errors import GraphError
 from callflow.fleet.breaker import Breaker
 from callflow.fleet.census import Census, Directory
 from callflow.fleet.claims import DROPPED, Dropped, FleetSink, SharedDedupe, dedupe_key
 from callflow.fleet.forwarding import FORWARDED_BY, Forwarder
-from callflow.fleet.mode import Fleet, epoch_of, instance_callback_url, internal_url
+from callflow.fleet.mode import (
+    Fleet,
+    Solo,
+    epoch_of,
+    instance_callback_url,
+    internal_url,
+    worker_mode,
+)
 from callflow.fleet.stats import FleetStats
 from callflow.fleet.store import (
     CLAIM_CAP,
@@ -1313,6 +1321,44 @@ async def test_fleet_mode_needs_a_redis_url_and_an_open_fleet() -> None:
     assert fleet.callback_url is None
     with pytest.raises(RuntimeError, match="not open"):
         await fleet.admit(incoming("c"), None)  # type: ignore[arg-type]
+
+
+async def test_the_worker_asks_one_mode_and_a_lone_workers_adds_nothing(
+    redis: RedisServer,
+) -> None:
+    """A lone worker's mode leaves the decision path as it is (the Graph client itself is the
+    sink, no intake hook, no webhook hook, CALLBACK_URL as set, nothing in the background);
+    fleet mode pins the callback URL to its instance, hooks intake and the webhook, claims
+    before sending, and publishes its forwarding URL once told where the webhook listens."""
+    inner = RecordingSink()
+    solo = worker_mode(Settings(callback_url=CALLBACK_URL))
+    assert isinstance(solo, Solo)
+    async with solo, anyio.create_task_group() as tg:
+        assert solo.sink(inner) is inner
+        assert solo.admission is None and solo.webhook is None
+        assert solo.callback_url == CALLBACK_URL
+        async with solo.watching(tg, Recorder(), Reject(), CallBook()):
+            await solo.listening("127.0.0.1", 8123)
+    fleet = worker_mode(
+        Settings(store=redis.url, fleet_secret=SECRET, instance_id="w1", callback_url=CALLBACK_URL)
+    )
+    assert isinstance(fleet, Fleet)
+    assert fleet.callback_url == instance_callback_url(CALLBACK_URL, "w1")
+    assert isinstance(fleet.webhook, Forwarder)  # wired when made, opened when entered
+    async with fleet, anyio.create_task_group() as tg:
+        assert isinstance(fleet.sink(inner), FleetSink)
+        assert fleet.admission == fleet.admit
+        async with fleet.watching(tg, Recorder(), Reject(), CallBook()):
+            assert fleet.directory.live() == {"w1": None}  # the first beat came before
+            await fleet.listening("127.0.0.1", 8123)
+            assert fleet.directory.url("w1") == "http://127.0.0.1:8123"
+            with pytest.raises(RuntimeError, match="known already"):
+                await fleet.listening("127.0.0.1", 8124)
+    async with RedisStore(
+        redis.url, instance_id="probe", secret=SECRET, namespace=fleet.namespace
+    ) as probe:
+        census = await probe.beat(None, 3.0)
+        assert census is not None and "w1" not in census.live  # retired on the way out
 
 
 def test_the_webhook_and_the_fleet_import_nothing_of_each_other() -> None:

@@ -1,20 +1,28 @@
-"""Fleet mode of one worker: what the worker wires in when ``CALLFLOW_STORE`` names Redis.
+"""A worker's mode: fleet mode (:class:`Fleet`), or a lone worker (:class:`Solo`).
 
-:class:`Fleet` brings together the store (:mod:`callflow.fleet.store`), the claims
-(:mod:`callflow.fleet.claims`), forwarding (:mod:`callflow.fleet.forwarding`) and the watch
-(:mod:`callflow.fleet.watch`). It lives on the worker's I/O loop (enter it there), which runs
-no user code, so a handler that blocks the app loop cannot stop the heartbeat.
+The worker asks its mode, and only its mode, for what differs between the two: the
+``callbackUri`` of its decisions, the engine's intake hook, the decision sink around the Graph
+client, the background heartbeat, the webhook's fleet hook, what to do once the webhook
+listens, and the counters for the metrics. :class:`Solo` adds nothing (the worker behaves as
+if there were no fleet); :class:`Fleet` wires in the store (:mod:`callflow.fleet.store`), the
+claims (:mod:`callflow.fleet.claims`), forwarding (:mod:`callflow.fleet.forwarding`) and the
+watch (:mod:`callflow.fleet.watch`).
+
+Both live on the worker's I/O loop (enter them there). The I/O loop runs no user code, so a
+handler that blocks the app loop cannot stop the heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -27,7 +35,12 @@ from callflow.fleet.census import Directory
 from callflow.fleet.claims import FleetSink, SharedDedupe
 from callflow.fleet.forwarding import Forwarder
 from callflow.fleet.stats import FleetStats
-from callflow.fleet.store import RedisStore, fleet_namespace, without_credentials
+from callflow.fleet.store import (
+    HEARTBEATS_TO_LIVE,
+    RedisStore,
+    fleet_namespace,
+    without_credentials,
+)
 from callflow.fleet.trust import FleetSigner, ForwardTargets
 from callflow.fleet.watch import Decider, FleetWatch
 from callflow.settings import plain_redis_problem
@@ -39,7 +52,16 @@ if TYPE_CHECKING:
     from callflow.events import IncomingCall
     from callflow.settings import Settings
 
-__all__ = ["REFRESH_EVERY", "Fleet", "epoch_of", "instance_callback_url", "internal_url"]
+__all__ = [
+    "REFRESH_EVERY",
+    "Fleet",
+    "FleetMetrics",
+    "Solo",
+    "epoch_of",
+    "instance_callback_url",
+    "internal_url",
+    "worker_mode",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -73,15 +95,78 @@ def internal_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+class FleetMetrics(Protocol):
+    """What a mode needs of the worker's metrics (a :class:`~callflow.metrics.Metrics`)."""
+
+    def attach_fleet(self, stats: FleetStats) -> None:
+        """Read the fleet-mode counters at scrape time."""
+
+
+def worker_mode(settings: Settings) -> Fleet | Solo:
+    """The mode ``CALLFLOW_STORE`` names: a lone worker for ``memory``, else fleet mode."""
+    return Solo(settings) if settings.store == "memory" else Fleet(settings)
+
+
+class Solo:
+    """A lone worker (``CALLFLOW_STORE=memory``): the mode that adds nothing.
+
+    Decisions name ``CALLBACK_URL`` as it is, the engine admits every call without asking
+    anyone, decisions go straight to the Graph client, nothing runs in the background, and the
+    webhook has no fleet hook.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.callback_url = settings.callback_url
+        """``CALLBACK_URL``: the callbackUri of decisions."""
+
+    @property
+    def admission(self) -> None:
+        """No intake hook: the deadline slot alone decides once per call."""
+        return None
+
+    @property
+    def webhook(self) -> None:
+        """No fleet hook for the webhook."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        """Nothing to open."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Nothing to close."""
+
+    def sink(self, inner: DecisionSink) -> DecisionSink:
+        """``inner`` itself: every decision is this worker's to send."""
+        return inner
+
+    @contextlib.asynccontextmanager
+    async def watching(
+        self, tasks: anyio.abc.TaskGroup, graph: Decider, default: Decision, calls: CallBook
+    ) -> AsyncIterator[None]:
+        """Nothing to watch."""
+        yield
+
+    async def listening(self, host: str, port: int) -> None:
+        """Nobody to tell."""
+
+    def report_to(self, metrics: FleetMetrics) -> None:
+        """No fleet counters."""
+
+
 class Fleet:
-    """Fleet mode of one worker (``CALLFLOW_STORE=redis://...``): what the bot wires in.
+    """Fleet mode of one worker (``CALLFLOW_STORE=redis://...``): what the worker wires in.
 
     Everything lives on the worker's I/O loop (enter it there): one Redis store for intake
     ownership (:meth:`admit`, the intake's hook), the final claims of every decision sent
     (:meth:`sink`), the webhook's forwarding and shared-dedupe hook (``webhook``), and the
-    :class:`~callflow.fleet.watch.FleetWatch` (:meth:`watch`). The I/O loop runs no user
-    code, so a handler that blocks the app loop cannot stop the heartbeat. The bot sets
-    ``address`` once its webhook listens.
+    :class:`~callflow.fleet.watch.FleetWatch` (:meth:`watching`). Once its webhook listens the
+    worker says where (:meth:`listening`), and the fleet learns its forwarding URL.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -90,27 +175,31 @@ class Fleet:
         problem = plain_redis_problem(settings.store, settings.allow_insecure_redis)
         if problem is not None:  # settings made in code skip Settings.from_env's checks
             raise ConfigError(problem)
-        self.settings = settings
-        self.stats = FleetStats()
+        s = self.settings = settings
+        stats = self.stats = FleetStats()
         self.breaker = Breaker()
         self.boot = os.urandom(8).hex()
         self.directory = Directory()
-        self.address: str | None = None
-        """This worker's forwarding URL, once its webhook listens."""
-        self.namespace = fleet_namespace(
-            settings.app_id, settings.fleet_secret or "", settings.fleet_name
-        )
+        self.namespace = fleet_namespace(s.app_id, s.fleet_secret or "", s.fleet_name)
         """The fleet's key namespace (see :func:`~callflow.fleet.store.fleet_namespace`)."""
         self.callback_url = (
-            instance_callback_url(settings.callback_url, settings.instance_id)
-            if settings.callback_url
-            else None
+            instance_callback_url(s.callback_url, s.instance_id) if s.callback_url else None
         )
         """``CALLBACK_URL`` with ``instance=INSTANCE_ID``: the callbackUri of decisions."""
-        self.webhook: Forwarder | None = None
-        self._store: RedisStore | None = None
-        self._watch: FleetWatch | None = None
-        self._watch_done: anyio.Event | None = None
+        self._store = self.open_store("loop")
+        self.webhook = Forwarder(
+            s.instance_id,
+            self.directory.url,
+            signer=FleetSigner(s.fleet_secret or ""),
+            targets=ForwardTargets(s.forward_allow),
+            dedupe=SharedDedupe(self._store, stats).fresh,
+            on_forwarded=lambda: stats.add("forwarded"),
+            refresh=self.refresh_directory,
+        )
+        """The webhook's fleet hook: forwarding, and shared dedupe of state updates."""
+        self._ttl = s.heartbeat_interval * HEARTBEATS_TO_LIVE
+        self._address: str | None = None
+        self._open = False
         self._refreshed = -1e9
         self._refreshing: asyncio.Future[None] | None = None
         self._stack = AsyncExitStack()
@@ -135,19 +224,8 @@ class Fleet:
         """Open the loop's store and the forwarding hook; log whether Redis answers."""
         s = self.settings
         async with AsyncExitStack() as stack:
-            store = await stack.enter_async_context(self.open_store("loop"))
-            stats = self.stats
-            self.webhook = await stack.enter_async_context(
-                Forwarder(
-                    s.instance_id,
-                    self.directory.url,
-                    signer=FleetSigner(s.fleet_secret or ""),
-                    targets=ForwardTargets(s.forward_allow),
-                    dedupe=SharedDedupe(store, stats).fresh,
-                    on_forwarded=lambda: stats.add("forwarded"),
-                    refresh=self.refresh_directory,
-                )
-            )
+            store = await stack.enter_async_context(self._store)
+            await stack.enter_async_context(self.webhook)
             reachable = await store.ping()
             log.info(
                 "fleet.joining",
@@ -156,7 +234,7 @@ class Fleet:
                 namespace=self.namespace,
                 reachable=reachable,
             )
-            self._store = store
+            self._open = True
             self._stack = stack.pop_all()
         return self
 
@@ -167,56 +245,86 @@ class Fleet:
         tb: TracebackType | None,
     ) -> None:
         """Close the forwarding session and the loop's store."""
+        self._open = False
         await self._stack.aclose()
 
     def _loop_store(self) -> RedisStore:
-        if self._store is None:
+        if not self._open:
             raise RuntimeError("Fleet is not open; expected `async with Fleet(settings)`")
         return self._store
+
+    @property
+    def admission(self) -> Callable[[IncomingCall, DecisionSlot], Awaitable[bool]]:
+        """The engine's intake hook: :meth:`admit`."""
+        return self.admit
 
     async def admit(self, call: IncomingCall, slot: DecisionSlot) -> bool:
         """The engine's intake hook: True when this worker owns the call."""
         return await self._loop_store().admit(call.call_id, call.tenant_id, epoch_of(slot.expires))
 
     def sink(self, inner: DecisionSink) -> DecisionSink:
-        """The bot loop's sink: claim the call's final decision, then send through ``inner``."""
+        """The worker's sink: claim the call's final decision, then send through ``inner``."""
         return FleetSink(inner, self._loop_store(), self.stats)
 
-    async def watch(
-        self,
-        graph: Decider,
-        default: Decision,
-        calls: CallBook | None = None,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Run the :class:`~callflow.fleet.watch.FleetWatch` (heartbeat, directory,
-        take-over) until cancelled; started after the first beat. On the way out the worker
-        retires from the fleet. ``calls`` (the worker's book) learns of the calls taken over
-        here."""
-        watch = self._watch = FleetWatch(
-            self._loop_store(),
+    @contextlib.asynccontextmanager
+    async def watching(
+        self, tasks: anyio.abc.TaskGroup, graph: Decider, default: Decision, calls: CallBook
+    ) -> AsyncIterator[None]:
+        """Run the :class:`~callflow.fleet.watch.FleetWatch` (heartbeat, directory, take-over)
+        in ``tasks`` for the duration of the block, which starts after the first beat.
+
+        ``graph`` sends the ``default`` decision of each call taken over; ``calls`` (the
+        worker's book) learns of them. Leaving the block ends the heartbeat and waits (at
+        most one platform timeout) for the take-over sends in flight and the retirement from
+        the fleet.
+        """
+        store = self._loop_store()
+        watch = FleetWatch(
+            store,
             graph,
             default=default,
             interval=self.settings.heartbeat_interval,
-            address=lambda: self.address,
+            address=self._forwarding_url,
             directory=self.directory,
             stats=self.stats,
-            on_taken=None if calls is None else calls.took,
+            on_taken=calls.took,
         )
-        self._watch_done = anyio.Event()
-        try:
-            await watch.run(task_status=task_status)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._loop_store().retire()
-            self._watch_done.set()
+        done = anyio.Event()
 
-    async def announce(self) -> None:
-        """Publish this worker's heartbeat with its forwarding ``address`` now, rather than at
-        the next beat: a worker is ready only once the fleet can reach it."""
-        if self._watch is not None:
-            await self._watch.beat_now()
+        async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            try:
+                await watch.run(task_status=task_status)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await store.retire()
+                done.set()
+
+        await tasks.start(run)
+        try:
+            yield
+        finally:
+            watch.stop()
+            with anyio.move_on_after(self.settings.platform_timeout):
+                await done.wait()
+
+    def _forwarding_url(self) -> str | None:
+        return self._address
+
+    async def listening(self, host: str, port: int) -> None:
+        """The webhook listens on ``host:port``: publish this worker's forwarding URL
+        (``INTERNAL_URL``, or ``http://HOST:PORT``) in a heartbeat now, rather than at the
+        next beat: a worker is ready only once the fleet can reach it."""
+        if self._address is not None:
+            raise RuntimeError("Fleet.listening: this worker's address is known already")
+        self._address = self.settings.internal_url or internal_url(host, port)
+        await self._beat_now()
+
+    async def _beat_now(self) -> None:
+        """One heartbeat (with the current address) and a fresh directory, now; take-over
+        stays with the watch's periodic beat."""
+        census = await self._loop_store().beat(self._address, self._ttl)
+        if census is not None:
+            self.directory.take(census)
 
     async def refresh_directory(self) -> None:
         """Read the fleet's directory from the store again (a forwarding lookup missed).
@@ -224,9 +332,6 @@ class Fleet:
         Concurrent calls share one read, and the store is read at most every
         ``REFRESH_EVERY`` seconds however many misses there are.
         """
-        watch = self._watch
-        if watch is None:
-            return
         now = time.monotonic()
         if now - self._refreshed < REFRESH_EVERY and self._refreshing is None:
             return
@@ -234,19 +339,13 @@ class Fleet:
             self._refreshed = now
             self._refreshing = asyncio.get_running_loop().create_future()
             try:
-                await watch.beat_now()
+                await self._beat_now()
             finally:
                 done, self._refreshing = self._refreshing, None
                 done.set_result(None)
         else:
             await asyncio.shield(self._refreshing)
 
-    async def stop_watch(self) -> None:
-        """End the heartbeat; wait (at most one platform timeout) for the take-over sends in
-        flight and the retirement."""
-        watch, done = self._watch, self._watch_done
-        if watch is None or done is None:
-            return
-        watch.stop()
-        with anyio.move_on_after(self.settings.platform_timeout):
-            await done.wait()
+    def report_to(self, metrics: FleetMetrics) -> None:
+        """Have ``metrics`` read the fleet counters (store failures, take-overs, ...)."""
+        metrics.attach_fleet(self.stats)

@@ -128,13 +128,6 @@ class FleetWatch:
         except Exception:  # the watch keeps the worker in the fleet: never let it stop
             log.exception("fleet.watch_failed", instance=self._store.instance_id)
 
-    async def beat_now(self) -> None:
-        """One heartbeat (with the current address) and a fresh directory, now; take-over
-        stays with the periodic beat."""
-        census = await self._store.beat(self._address(), self.interval * HEARTBEATS_TO_LIVE)
-        if census is not None:
-            self.directory.take(census)
-
     async def tick(self, sends: anyio.abc.TaskGroup) -> None:
         """One heartbeat; start a send in ``sends`` for every adopted call not yet sent."""
         store = self._store
