@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from callflow.engine.core import Engine
     from callflow.engine.deadline import DecisionSlot
-    from callflow.fleet.store import FleetStats
+    from callflow.fleet.stats import FleetStats
     from callflow.webhook.server import ServerStats
 
 __all__ = ["Metrics"]

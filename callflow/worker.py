@@ -1,11 +1,13 @@
 """Builds a serving bot out of its parts, on its two event loops.
 
-On the **I/O loop** (:class:`~callflow.engine.crossing.IoThread`): the app-token provider, fleet
-mode (Redis), the Graph client, inbound authentication, the keep-alive of answered calls,
-the engine's intake, deadlines and outbox, and the aiohttp servers (webhook, ``/healthz``,
-``/readyz``, forwarding; ``/metrics`` on a listener of its own). On the **app loop** (the
-caller's): the lanes that run handlers, observers, middleware and error hooks. :func:`serve`
-is what ``Bot.serve`` runs.
+On the **I/O loop** (:class:`~callflow.engine.crossing.IoThread`): the app-token provider, the
+worker's mode (:class:`WorkerMode`: fleet mode on Redis, or a lone worker), the Graph client,
+inbound authentication, the keep-alive of answered calls, the engine's intake, deadlines and
+outbox, and the aiohttp servers (webhook, ``/healthz``, ``/readyz``, forwarding; ``/metrics``
+on a listener of its own). On the **app loop** (the caller's): the lanes that run handlers,
+observers, middleware and error hooks. :func:`serve` is what ``Bot.serve`` runs. Whatever
+differs between fleet mode and a lone worker the worker asks of its mode, never of the
+settings.
 
 Start: the I/O side comes up first (token and keys fetched), then the lanes, then the server
 listens and the bot is ready. Stop: not ready; new calls get the default at once; pending
@@ -17,10 +19,13 @@ are cancelled; sessions close; the I/O thread ends.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import anyio
+import anyio.abc
 import structlog
 from aiohttp import web
 
@@ -34,22 +39,24 @@ from callflow.decisions import Answer, Reject, RejectReason
 from callflow.engine.crossing import IoThread
 from callflow.errors import ConfigError
 from callflow.events import canonical_call_id
+from callflow.fleet.mode import worker_mode
 from callflow.metrics import Metrics
 from callflow.webhook.server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
     from callflow.control.call import Call, Calls
     from callflow.control.keeper import HeldCall
+    from callflow.decisions import Decision
     from callflow.engine.core import Engine
     from callflow.engine.deadline import DecisionSink, DecisionSlot
-    from callflow.fleet.store import Fleet
+    from callflow.events import IncomingCall
     from callflow.graph.client import GraphClient
     from callflow.graph.tokens import TokenProvider
     from callflow.settings import Settings
     from callflow.webhook.auth import InboundAuthenticator
     from callflow.webhook.handler import FleetHook
 
-__all__ = ["AppServices", "RunningBot", "ServedBot", "serve"]
+__all__ = ["AppServices", "RunningBot", "ServedBot", "WorkerMode", "serve"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +76,55 @@ class ServedBot(Protocol):
     def attach_calls(self, calls: Calls | None) -> None:
         """Give the bot its ``bot.calls`` while it serves (None once stopped)."""
         ...
+
+
+class WorkerMode(Protocol):
+    """What differs between fleet mode and a lone worker, asked of one object: a
+    :class:`~callflow.fleet.mode.Fleet` (``CALLFLOW_STORE=redis://...``) or a
+    :class:`~callflow.fleet.mode.Solo` (``memory``). Entered on the I/O loop."""
+
+    @property
+    def callback_url(self) -> str | None:
+        """The callbackUri of decisions."""
+        ...
+
+    @property
+    def admission(self) -> Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None:
+        """The engine's intake hook (True: this worker owns the call); None for none."""
+        ...
+
+    @property
+    def webhook(self) -> FleetHook | None:
+        """The webhook's fleet hook; None for none."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        """Open what the mode needs on the I/O loop."""
+        ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close it."""
+
+    def sink(self, inner: DecisionSink) -> DecisionSink:
+        """The decision sink of the engine's outbox, around the Graph client ``inner``."""
+        ...
+
+    def watching(
+        self, tasks: anyio.abc.TaskGroup, graph: GraphClient, default: Decision, calls: CallBook
+    ) -> AbstractAsyncContextManager[None]:
+        """Run the mode's background work in ``tasks`` while the block runs."""
+        ...
+
+    async def listening(self, host: str, port: int) -> None:
+        """The webhook listens on ``host:port`` (the bot becomes ready after this)."""
+
+    def report_to(self, metrics: Metrics) -> None:
+        """Have ``metrics`` read the mode's counters."""
 
 
 class RunningBot:
@@ -192,7 +248,7 @@ class _IoSide:
         self.keeper: CallKeeper | None = None
         self.services: AppServices | None = None
         self.control: CallControl | None = None
-        self.fleet: Fleet | None = None
+        self.mode: WorkerMode | None = None
         self.auth: InboundAuthenticator | None = None
         self.running: RunningBot | None = None
         self._runner: WebhookServer | None = None
@@ -222,18 +278,14 @@ class _IoSide:
                     )
                 )
             default = Reject(RejectReason(s.default_reject_reason))
-            fleet: Fleet | None = None
-            if s.store != "memory":
-                from callflow.fleet.store import Fleet
-
-                fleet = await stack.enter_async_context(Fleet(s))
-                metrics.attach_fleet(fleet.stats)
-            self.fleet = fleet
+            mode: WorkerMode = await stack.enter_async_context(worker_mode(s))
+            mode.report_to(metrics)
+            self.mode = mode
             graph = await stack.enter_async_context(
                 GraphClient(
                     tokens=tokens,
                     base_url=s.graph_url,
-                    callback_url=fleet.callback_url if fleet is not None else s.callback_url,
+                    callback_url=mode.callback_url,
                     ca_bundle=s.ca_bundle,
                     request_timeout=s.request_timeout,
                     recording_hosts=s.recording_hosts,
@@ -289,7 +341,7 @@ class _IoSide:
                 on_decided=decided,
                 calls=book,
                 default_decision=default,
-                admit=None if fleet is None else fleet.admit,
+                admit=mode.admission,
                 on_events=control.registry.on_events,
             )
             metrics.attach(engine)
@@ -299,25 +351,17 @@ class _IoSide:
             background = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(background.cancel_scope.cancel)
             await background.start(keeper.run)
-            if fleet is not None:
-                await background.start(fleet.watch, graph, default, book)
-                stack.push_async_callback(fleet.stop_watch)  # before the cancel: sends finish
-            await stack.enter_async_context(
-                engine.io_side(graph if fleet is None else fleet.sink(graph))
-            )
+            # Left before the cancel: the take-over sends in flight finish.
+            await stack.enter_async_context(mode.watching(background, graph, default, book))
+            await stack.enter_async_context(engine.io_side(mode.sink(graph)))
             yield self
 
     async def start_server(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port``; return the bound address."""
-        assert self.engine is not None and self.running is not None
+        assert self.engine is not None and self.running is not None and self.mode is not None
         s = self.bot.settings
         app = make_app(
-            self.bot,
-            self.engine,
-            self.auth,
-            self.running,
-            self.metrics,
-            None if self.fleet is None else self.fleet.webhook,
+            self.bot, self.engine, self.auth, self.running, self.metrics, self.mode.webhook
         )
         # Connection limits, the body timeout, and /metrics on METRICS_HOST:METRICS_PORT.
         runner = self._runner = await start_server(
@@ -326,11 +370,7 @@ class _IoSide:
         self.metrics.attach_server(runner.stats)
         self.running.metrics_url = runner.metrics_url
         bound = _bound_address(runner, host)
-        if self.fleet is not None:
-            from callflow.fleet.store import internal_url
-
-            self.fleet.address = s.internal_url or internal_url(*bound)
-            await self.fleet.announce()  # ready means addressable: the fleet knows the URL
+        await self.mode.listening(*bound)  # ready means addressable: the fleet knows the URL
         return bound
 
     async def stop_server(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +22,7 @@ import trustme
 from aiohttp import web
 from structlog.typing import EventDict, WrappedLogger
 
+import callflow
 from callflow import (
     Answer,
     Bot,
@@ -32,32 +35,33 @@ from callflow import (
     RejectReason,
     Settings,
 )
+from callflow.control.book import CallBook
 from callflow.decisions import Decision
 from callflow.errors import GraphError
-from callflow.fleet.store import (
-    CLAIM_CAP,
-    DROPPED,
-    KEY_GRACE,
-    Breaker,
-    Census,
-    Directory,
-    Dropped,
+from callflow.fleet.breaker import Breaker
+from callflow.fleet.census import Census, Directory
+from callflow.fleet.claims import DROPPED, Dropped, FleetSink, SharedDedupe, dedupe_key
+from callflow.fleet.forwarding import FORWARDED_BY, Forwarder
+from callflow.fleet.mode import (
     Fleet,
-    FleetSink,
-    FleetStats,
-    FleetWatch,
-    MemoryStore,
-    RedisStore,
-    SharedDedupe,
-    dedupe_key,
+    Solo,
     epoch_of,
-    fleet_namespace,
     instance_callback_url,
     internal_url,
+    worker_mode,
+)
+from callflow.fleet.stats import FleetStats
+from callflow.fleet.store import (
+    CLAIM_CAP,
+    KEY_GRACE,
+    MemoryStore,
+    RedisStore,
+    fleet_namespace,
     open_store,
     without_credentials,
 )
 from callflow.fleet.trust import FLEET_AUTH, FleetSigner, ForwardTargets
+from callflow.fleet.watch import FleetWatch
 from callflow.testing import (
     CALLBACK_URL,
     FakeGraph,
@@ -66,7 +70,6 @@ from callflow.testing import (
     call_state,
     envelope,
 )
-from callflow.webhook.handler import FORWARDED_BY, Forwarder
 from tests.helpers import incoming
 from tests.redis_server import RedisServer, redis_server
 
@@ -1324,6 +1327,61 @@ async def test_fleet_mode_needs_a_redis_url_and_an_open_fleet() -> None:
     assert fleet.callback_url is None
     with pytest.raises(RuntimeError, match="not open"):
         await fleet.admit(incoming("c"), None)  # type: ignore[arg-type]
+
+
+async def test_the_worker_asks_one_mode_and_a_lone_workers_adds_nothing(
+    redis: RedisServer,
+) -> None:
+    """A lone worker's mode leaves the decision path as it is (the Graph client itself is the
+    sink, no intake hook, no webhook hook, CALLBACK_URL as set, nothing in the background);
+    fleet mode pins the callback URL to its instance, hooks intake and the webhook, claims
+    before sending, and publishes its forwarding URL once told where the webhook listens."""
+    inner = RecordingSink()
+    solo = worker_mode(Settings(callback_url=CALLBACK_URL))
+    assert isinstance(solo, Solo)
+    async with solo, anyio.create_task_group() as tg:
+        assert solo.sink(inner) is inner
+        assert solo.admission is None and solo.webhook is None
+        assert solo.callback_url == CALLBACK_URL
+        async with solo.watching(tg, Recorder(), Reject(), CallBook()):
+            await solo.listening("127.0.0.1", 8123)
+    fleet = worker_mode(
+        Settings(store=redis.url, fleet_secret=SECRET, instance_id="w1", callback_url=CALLBACK_URL)
+    )
+    assert isinstance(fleet, Fleet)
+    assert fleet.callback_url == instance_callback_url(CALLBACK_URL, "w1")
+    assert isinstance(fleet.webhook, Forwarder)  # wired when made, opened when entered
+    async with fleet, anyio.create_task_group() as tg:
+        assert isinstance(fleet.sink(inner), FleetSink)
+        assert fleet.admission == fleet.admit
+        async with fleet.watching(tg, Recorder(), Reject(), CallBook()):
+            assert fleet.directory.live() == {"w1": None}  # the first beat came before
+            await fleet.listening("127.0.0.1", 8123)
+            assert fleet.directory.url("w1") == "http://127.0.0.1:8123"
+            with pytest.raises(RuntimeError, match="known already"):
+                await fleet.listening("127.0.0.1", 8124)
+    async with RedisStore(
+        redis.url, instance_id="probe", secret=SECRET, namespace=fleet.namespace
+    ) as probe:
+        census = await probe.beat(None, 3.0)
+        assert census is not None and "w1" not in census.live  # retired on the way out
+
+
+def test_the_webhook_and_the_fleet_import_nothing_of_each_other() -> None:
+    """The webhook asks fleet mode through its FleetHook alone, and the fleet answers in
+    aiohttp's terms: neither package imports the other, not even for types."""
+    root = Path(callflow.__file__).parent
+    for package, other in (("webhook", "callflow.fleet"), ("fleet", "callflow.webhook")):
+        for path in sorted((root / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                assert not [n for n in names if n.startswith(other)], f"{path.name} imports {other}"
 
 
 # --- Redis over TLS, with an ACL user ------------------------------------------------------------

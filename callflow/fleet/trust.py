@@ -26,6 +26,10 @@ locally, the way it does when Redis is down.
 :class:`ForwardTargets` is the allow-list of hosts a notification may be forwarded to
 (``CALLFLOW_FORWARD_ALLOW``): on top of the signature, a stolen secret alone does not let a
 heartbeat send notifications elsewhere.
+
+Nothing here awaits or belongs to a loop: the signer and the checks are plain computations,
+used on the worker's I/O loop by the store (:mod:`callflow.fleet.signed`) and the forwarder
+(:mod:`callflow.fleet.forwarding`); :class:`ReplayGuard` is used there alone.
 """
 
 from __future__ import annotations
@@ -270,6 +274,12 @@ class Forward:
     at: float
     length: int
     digest: str
+
+    @property
+    def expires_at(self) -> float:
+        """Epoch seconds after which the signature is no longer valid (:data:`FORWARD_SKEW`
+        after it was made)."""
+        return self.at + FORWARD_SKEW
 
     def covers(self, body: bytes) -> bool:
         """True when ``body`` is the body that was signed."""

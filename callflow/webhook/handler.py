@@ -22,46 +22,34 @@ counts from its arrival), and then gets 503 with ``Retry-After`` (code ``overloa
 taken, it would only be decided after its deadline. State updates and terminations are
 always taken at once.
 
-In fleet mode a :class:`FleetHook` (:class:`Forwarder`) sees each authenticated body first: a
-notification whose URL names another live instance (``?instance=ID``, from the per-instance
-``callbackUri`` of that worker's decision) is forwarded there and that worker's reply is
-returned; after parsing, state updates and terminations another worker already took are
-dropped. A forwarded notification does not carry Graph's bearer token: the forwarding worker
-signs it with the fleet secret (``X-Callflow-Fleet-Auth``: the time, a nonce, the tenant it
-verified, the method, path and query, both workers' ids, the ``Content-Length`` and the
-body's digest; see :mod:`callflow.fleet.trust`), and the receiving worker checks that signature
-instead of a JWT, before reading the body: it must name this worker, be fresh and carry a
-nonce this worker has not taken yet. A forwarded request without ``Content-Length`` is
-refused.
+In fleet mode a :class:`FleetHook` (the fleet's forwarder, which satisfies it: the webhook
+imports nothing of the fleet) sees each authenticated body first: a notification whose URL
+names another live instance (``?instance=ID``, from the per-instance ``callbackUri`` of that
+worker's decision) is forwarded there and that worker's reply is returned; after parsing,
+state updates and terminations another worker already took are dropped. A forwarded
+notification does not carry Graph's bearer token: the forwarding worker signs it with the
+fleet secret (the time, a nonce, the tenant it verified, the method, path and query, both
+workers' ids, the ``Content-Length`` and the body's digest), and the receiving worker checks
+that signature instead of a JWT, before reading the body (the hook says whether a request is
+a forward, and verifies it): it must name this worker, be fresh and carry a nonce this worker
+has not taken yet. A forwarded request without ``Content-Length`` is refused.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, Self
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, Protocol
 
-import aiohttp
 import attrs
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
 from structlog.contextvars import bind_contextvars, reset_contextvars
-from yarl import URL
 
 from callflow._log import Throttle
 from callflow._parse import parse_notifications
 from callflow.errors import InboundAuthError, NotificationFormatError, NotificationLimitError
 from callflow.events import IncomingCall
-from callflow.fleet.trust import (
-    FLEET_AUTH,
-    FORWARD_SKEW,
-    FleetSigner,
-    Forward,
-    ForwardTargets,
-    ReplayGuard,
-)
 from callflow.webhook.auth import Caller
 from callflow.webhook.server import (
     BodyTimeoutError,
@@ -75,7 +63,7 @@ if TYPE_CHECKING:
     from callflow.engine.intake import Intake
     from callflow.events import CallEvent
 
-__all__ = ["FORWARDED_BY", "MAX_BODY", "FleetHook", "Forwarder", "WebhookHandler", "error_response"]
+__all__ = ["MAX_BODY", "FleetHook", "Forwarded", "WebhookHandler", "error_response"]
 
 log = structlog.get_logger(__name__)
 
@@ -86,28 +74,6 @@ _ECHO: Final = ("client-request-id", "scenario-id")
 
 RETRY_AFTER: Final = "1"
 """Seconds a refused (503) notification is asked to wait before it is sent again."""
-
-FORWARDED_BY: Final = "X-Callflow-Forwarded-By"
-"""Header naming the worker that forwarded a notification; such a notification is never
-forwarded again."""
-
-_NOT_FORWARDED: Final = frozenset(
-    {
-        "connection",
-        "content-length",
-        "host",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "authorization",  # Graph's bearer token stays with the worker it was sent to
-        FORWARDED_BY.lower(),
-        FLEET_AUTH.lower(),
-    }
-)
 
 
 class Authenticator(Protocol):
@@ -126,8 +92,44 @@ def error_response(
     )
 
 
+class Forwarded(Protocol):
+    """The checked fleet signature of a notification another worker forwarded here."""
+
+    @property
+    def sender(self) -> str:
+        """The id of the worker that forwarded it."""
+        ...
+
+    @property
+    def tenant_id(self) -> str:
+        """The tenant the forwarding worker verified."""
+        ...
+
+    @property
+    def expires_at(self) -> float:
+        """Epoch seconds after which the signature is no longer valid."""
+        ...
+
+    def covers(self, body: bytes) -> bool:
+        """True when ``body`` is the body that was signed."""
+        ...
+
+
 class FleetHook(Protocol):
-    """What the webhook asks of fleet mode, for each authenticated notification."""
+    """What the webhook asks of fleet mode, for each notification (the fleet's forwarder
+    satisfies it; the webhook knows nothing else of the fleet)."""
+
+    def is_forward(self, request: web.Request) -> bool:
+        """True when ``request`` claims to be a notification another worker of the fleet
+        forwarded: it is then authenticated with :meth:`verify_forwarded`, not a JWT."""
+        ...
+
+    def verify_forwarded(self, request: web.Request) -> Forwarded | None:
+        """The signature of a notification a worker of the fleet forwarded to this one,
+        checked on the request's head alone, before any body is read, and taken (its nonce
+        is not accepted again); None when it is missing, invalid, made for another worker,
+        expired or already used. The body is checked next, with :meth:`Forwarded.covers`."""
+        ...
 
     async def forward(
         self, request: web.Request, body: bytes, tenant_id: str | None
@@ -136,164 +138,9 @@ class FleetHook(Protocol):
         ``tenant_id`` is the tenant this worker verified (None without inbound auth)."""
         ...
 
-    def verify_forwarded(self, request: web.Request) -> Forward | None:
-        """The signature of a notification a worker of the fleet forwarded to this one,
-        checked on the request's head alone, before any body is read, and taken (its nonce
-        is not accepted again); None when it is missing, invalid, made for another worker,
-        expired or already used. The body is checked next, with :meth:`Forward.covers`."""
-        ...
-
     async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
         """The events no worker of the fleet has taken yet."""
         ...
-
-
-class Forwarder:
-    """The fleet hook: forwards notifications to the instance their URL names.
-
-    ``lookup(instance_id)`` is the forwarding URL of a live instance (None when it is gone):
-    the address from its signed heartbeat; on a miss, ``refresh()`` (if given) reads the
-    fleet's directory again first. ``targets`` may restrict those further
-    (``FORWARD_ALLOW``). ``signer`` signs what is forwarded (Graph's bearer token is not
-    forwarded) and checks what was forwarded here, each forward once (``replays``: the
-    nonces taken, :class:`~callflow.fleet.trust.ReplayGuard`). ``dedupe`` filters the parsed events
-    (shared dedupe). A notification is handled here when its URL names no instance or this
-    one, when that instance is gone, when it was forwarded once already, when its target is
-    not allowed, or when forwarding fails (logged). Use it as an async context manager: it
-    owns an HTTP session of the loop that enters it.
-    """
-
-    def __init__(
-        self,
-        instance_id: str,
-        lookup: Callable[[str], str | None],
-        *,
-        signer: FleetSigner,
-        targets: ForwardTargets | None = None,
-        dedupe: Callable[[Sequence[CallEvent]], Awaitable[Sequence[CallEvent]]] | None = None,
-        timeout: float = 3.0,
-        on_forwarded: Callable[[], None] | None = None,
-        refresh: Callable[[], Awaitable[None]] | None = None,
-        replays: ReplayGuard | None = None,
-    ) -> None:
-        self.instance_id = instance_id
-        self._lookup = lookup
-        self._refresh = refresh
-        self._signer = signer
-        self._replays = replays if replays is not None else ReplayGuard()
-        self._targets = targets if targets is not None else ForwardTargets()
-        self._dedupe = dedupe
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
-        self._on_forwarded = on_forwarded
-        self._session: aiohttp.ClientSession | None = None
-        self._throttle = Throttle(5.0)
-
-    async def __aenter__(self) -> Self:
-        """Open the forwarding session in the running loop."""
-        self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the forwarding session."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
-        """See :meth:`FleetHook.fresh`."""
-        return events if self._dedupe is None else await self._dedupe(events)
-
-    def verify_forwarded(self, request: web.Request) -> Forward | None:
-        """See :meth:`FleetHook.verify_forwarded`."""
-        header = request.headers.get(FLEET_AUTH)
-        sender = request.headers.get(FORWARDED_BY)
-        if header is None or sender is None:
-            return None
-        forward = self._signer.open_forward(
-            header,
-            sender,
-            self.instance_id,
-            request.method,
-            str(request.rel_url),
-            request.content_length,
-        )
-        if forward is None or not forward.tenant_id:
-            return None
-        return forward if self._replays.first_use(forward) else None
-
-    async def forward(
-        self, request: web.Request, body: bytes, tenant_id: str | None = None
-    ) -> web.StreamResponse | None:
-        """See :meth:`FleetHook.forward`."""
-        target = request.query.get("instance")
-        if not target or target == self.instance_id:
-            return None
-        if FORWARDED_BY in request.headers:
-            log.info("notification.not_forwarded_again", instance=target[:200])
-            return None
-        base = self._lookup(target)
-        if base is None and self._refresh is not None:
-            # A worker that has just started is unknown here until the next heartbeat this
-            # worker reads: read the fleet's directory again before handling it here.
-            await self._refresh()
-            base = self._lookup(target)
-        if base is None:
-            log.info("notification.owner_gone", instance=target[:200])
-            return None
-        refusal = self._targets.refusal(base)
-        if refusal is not None:
-            suppressed = self._throttle.admit(("refused", target))
-            if suppressed is not None:
-                log.warning(
-                    "notification.forward_refused",
-                    instance=target[:200],
-                    reason=refusal,
-                    suppressed=suppressed,
-                    message="handled by this worker instead",
-                )
-            return None
-        session = self._session
-        if session is None:
-            raise RuntimeError("Forwarder is not open; expected `async with Forwarder(...)`")
-        headers = CIMultiDict(
-            (name, value)
-            for name, value in request.headers.items()
-            if name.lower() not in _NOT_FORWARDED
-        )
-        rel_url = str(request.rel_url)
-        headers[FORWARDED_BY] = self.instance_id
-        headers[FLEET_AUTH] = self._signer.sign_forward(
-            self.instance_id, target, tenant_id, request.method, rel_url, body
-        )
-        try:
-            url = URL(base.rstrip("/") + rel_url, encoded=True)
-            async with session.post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                reply_headers = {
-                    name: response.headers[name]
-                    for name in ("Content-Type", *_ECHO)
-                    if name in response.headers
-                }
-                status = response.status
-        except Exception as exc:  # ClientError, timeouts, a bad URL: never lose the call
-            log.warning(
-                "notification.forward_failed",
-                instance=target[:200],
-                error=f"{type(exc).__name__}: {exc}"[:300],
-                message="handled by this worker instead",
-            )
-            return None
-        if self._on_forwarded is not None:
-            self._on_forwarded()
-        log.debug("notification.forwarded", instance=target, status=status)
-        return web.Response(status=status, body=raw, headers=reply_headers)
 
 
 class WebhookHandler:
@@ -413,9 +260,9 @@ class WebhookHandler:
         # A notification another worker of the fleet forwarded carries the fleet's signature
         # instead of Graph's token; like a token, it is checked before any body is read (its
         # head is signed, with the body's digest, which is checked once the body is in).
-        forward: Forward | None = None
+        forward: Forwarded | None = None
         caller: Caller | None = None
-        if fleet is not None and self._auth is not None and FLEET_AUTH in headers:
+        if fleet is not None and self._auth is not None and fleet.is_forward(request):
             forward = fleet.verify_forwarded(request)
             if forward is None:
                 return self._fleet_auth_failed(
@@ -430,7 +277,7 @@ class WebhookHandler:
                 tenant_id=forward.tenant_id,
                 app_id=None,
                 issuer=f"fleet:{forward.sender}",
-                expires_at=forward.at + FORWARD_SKEW,
+                expires_at=forward.expires_at,
             )
         elif self._auth is not None:
             try:

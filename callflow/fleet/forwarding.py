@@ -1,0 +1,222 @@
+"""Forwarding: a notification about a call another worker of the fleet owns goes to that worker.
+
+Runs on the worker's I/O loop, inside the webhook's request handling, which asks it through
+the webhook's fleet hook (:class:`Forwarder` satisfies it; the webhook knows nothing of the
+fleet). A notification whose URL names another live instance (``?instance=ID``, from the
+per-instance ``callbackUri`` of that worker's decision) is forwarded there and that worker's
+reply is returned; after parsing, state updates and terminations another worker already took
+are dropped (shared dedupe, :mod:`callflow.fleet.claims`).
+
+A forwarded notification does not carry Graph's bearer token: the forwarding worker signs it
+with the fleet secret (:data:`~callflow.fleet.trust.FLEET_AUTH`: the time, a nonce, the tenant
+it verified, the method, path and query, both workers' ids, the ``Content-Length`` and the
+body's digest; see :mod:`callflow.fleet.trust`), and the receiving worker checks that
+signature instead of a JWT, before reading the body (:meth:`Forwarder.verify_forwarded`): it
+must name this worker, be fresh and carry a nonce this worker has not taken yet. A forwarded
+request without ``Content-Length`` is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from callflow._log import Throttle
+from callflow.fleet.trust import FLEET_AUTH, FleetSigner, Forward, ForwardTargets, ReplayGuard
+
+if TYPE_CHECKING:
+    from callflow.events import CallEvent
+
+__all__ = ["FORWARDED_BY", "Forwarder"]
+
+log = structlog.get_logger(__name__)
+
+FORWARDED_BY: Final = "X-Callflow-Forwarded-By"
+"""Header naming the worker that forwarded a notification; such a notification is never
+forwarded again."""
+
+_REPLY_HEADERS: Final = ("Content-Type", "client-request-id", "scenario-id")
+"""The headers of the owner's reply that go back to the sender."""
+
+_NOT_FORWARDED: Final = frozenset(
+    {
+        "connection",
+        "content-length",
+        "host",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "authorization",  # Graph's bearer token stays with the worker it was sent to
+        FORWARDED_BY.lower(),
+        FLEET_AUTH.lower(),
+    }
+)
+
+
+class Forwarder:
+    """The webhook's fleet hook: forwards notifications to the instance their URL names.
+
+    ``lookup(instance_id)`` is the forwarding URL of a live instance (None when it is gone):
+    the address from its signed heartbeat; on a miss, ``refresh()`` (if given) reads the
+    fleet's directory again first. ``targets`` may restrict those further
+    (``FORWARD_ALLOW``). ``signer`` signs what is forwarded (Graph's bearer token is not
+    forwarded) and checks what was forwarded here, each forward once (``replays``: the
+    nonces taken, :class:`~callflow.fleet.trust.ReplayGuard`). ``dedupe`` filters the parsed events
+    (shared dedupe). A notification is handled here when its URL names no instance or this
+    one, when that instance is gone, when it was forwarded once already, when its target is
+    not allowed, or when forwarding fails (logged). Use it as an async context manager: it
+    owns an HTTP session of the loop that enters it.
+    """
+
+    def __init__(
+        self,
+        instance_id: str,
+        lookup: Callable[[str], str | None],
+        *,
+        signer: FleetSigner,
+        targets: ForwardTargets | None = None,
+        dedupe: Callable[[Sequence[CallEvent]], Awaitable[Sequence[CallEvent]]] | None = None,
+        timeout: float = 3.0,
+        on_forwarded: Callable[[], None] | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+        replays: ReplayGuard | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self._lookup = lookup
+        self._refresh = refresh
+        self._signer = signer
+        self._replays = replays if replays is not None else ReplayGuard()
+        self._targets = targets if targets is not None else ForwardTargets()
+        self._dedupe = dedupe
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
+        self._on_forwarded = on_forwarded
+        self._session: aiohttp.ClientSession | None = None
+        self._throttle = Throttle(5.0)
+
+    async def __aenter__(self) -> Self:
+        """Open the forwarding session in the running loop."""
+        self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the forwarding session."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def fresh(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
+        """The events no worker of the fleet has taken yet (all of them without ``dedupe``)."""
+        return events if self._dedupe is None else await self._dedupe(events)
+
+    def is_forward(self, request: web.Request) -> bool:
+        """True when ``request`` claims to be a notification a worker of the fleet forwarded
+        (it carries a fleet signature): the webhook then asks :meth:`verify_forwarded`
+        instead of checking a bearer token."""
+        return FLEET_AUTH in request.headers
+
+    def verify_forwarded(self, request: web.Request) -> Forward | None:
+        """The signature of a notification a worker of the fleet forwarded to this one,
+        checked on the request's head alone, before any body is read, and taken (its nonce
+        is not accepted again); None when it is missing, invalid, made for another worker,
+        expired or already used. The body is checked next, with :meth:`Forward.covers`."""
+        header = request.headers.get(FLEET_AUTH)
+        sender = request.headers.get(FORWARDED_BY)
+        if header is None or sender is None:
+            return None
+        forward = self._signer.open_forward(
+            header,
+            sender,
+            self.instance_id,
+            request.method,
+            str(request.rel_url),
+            request.content_length,
+        )
+        if forward is None or not forward.tenant_id:
+            return None
+        return forward if self._replays.first_use(forward) else None
+
+    async def forward(
+        self, request: web.Request, body: bytes, tenant_id: str | None = None
+    ) -> web.StreamResponse | None:
+        """The reply of the worker that owns the notification's call; None to handle it here.
+        ``tenant_id`` is the tenant this worker verified (None without inbound auth)."""
+        target = request.query.get("instance")
+        if not target or target == self.instance_id:
+            return None
+        if FORWARDED_BY in request.headers:
+            log.info("notification.not_forwarded_again", instance=target[:200])
+            return None
+        base = self._lookup(target)
+        if base is None and self._refresh is not None:
+            # A worker that has just started is unknown here until the next heartbeat this
+            # worker reads: read the fleet's directory again before handling it here.
+            await self._refresh()
+            base = self._lookup(target)
+        if base is None:
+            log.info("notification.owner_gone", instance=target[:200])
+            return None
+        refusal = self._targets.refusal(base)
+        if refusal is not None:
+            suppressed = self._throttle.admit(("refused", target))
+            if suppressed is not None:
+                log.warning(
+                    "notification.forward_refused",
+                    instance=target[:200],
+                    reason=refusal,
+                    suppressed=suppressed,
+                    message="handled by this worker instead",
+                )
+            return None
+        session = self._session
+        if session is None:
+            raise RuntimeError("Forwarder is not open; expected `async with Forwarder(...)`")
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() not in _NOT_FORWARDED
+        )
+        rel_url = str(request.rel_url)
+        headers[FORWARDED_BY] = self.instance_id
+        headers[FLEET_AUTH] = self._signer.sign_forward(
+            self.instance_id, target, tenant_id, request.method, rel_url, body
+        )
+        try:
+            url = URL(base.rstrip("/") + rel_url, encoded=True)
+            async with session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                raw = await response.read()
+                reply_headers = {
+                    name: response.headers[name]
+                    for name in _REPLY_HEADERS
+                    if name in response.headers
+                }
+                status = response.status
+        except Exception as exc:  # ClientError, timeouts, a bad URL: never lose the call
+            log.warning(
+                "notification.forward_failed",
+                instance=target[:200],
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                message="handled by this worker instead",
+            )
+            return None
+        if self._on_forwarded is not None:
+            self._on_forwarded()
+        log.debug("notification.forwarded", instance=target, status=status)
+        return web.Response(status=status, body=raw, headers=reply_headers)

@@ -1,0 +1,213 @@
+"""The heartbeat, the directory of live workers, and the take-over of dead workers' calls.
+
+:class:`FleetWatch` runs on the worker's I/O loop, which runs no user code and stays
+responsive when a handler blocks the app loop, so a busy worker keeps its heartbeat. When an
+instance's heartbeat is gone, one script moves its pending (and adopted) calls into this
+worker's adopted set and drops it from the instances set: only one survivor gets each call,
+and if it dies too the next survivor finds the calls in *its* sets. For each call still
+inside its platform timeout the watch claims ``final`` (taking the claim over when its holder
+is no longer alive: the holder's POST may never have left) and sends the default decision at
+once, since no handler can decide a dead worker's call any more. At start a worker also
+adopts the calls its previous life (same ``INSTANCE_ID``) left pending.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import anyio
+import anyio.abc
+import structlog
+
+from callflow.errors import ConfigError
+from callflow.fleet.census import Directory, PendingCall
+from callflow.fleet.stats import FleetStats
+from callflow.fleet.store import HEARTBEATS_TO_LIVE, DecisionStore
+
+if TYPE_CHECKING:
+    from callflow.decisions import Decision
+
+__all__ = ["SEND_ALLOWANCE", "Decider", "FleetWatch"]
+
+log = structlog.get_logger(__name__)
+
+SEND_ALLOWANCE: Final = 0.05
+"""A taken-over call with less time than this before its platform timeout is not sent."""
+
+
+class Decider(Protocol):
+    """What take-over needs to send a decision (a :class:`~callflow.graph.GraphClient`)."""
+
+    async def decide(
+        self,
+        call_id: str,
+        decision: Decision,
+        *,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> Any:
+        """Send ``decision`` for ``call_id`` before ``deadline`` (monotonic)."""
+        ...
+
+
+class FleetWatch:
+    """Heartbeat, directory, and the take-over of dead workers' calls; one per worker.
+
+    :meth:`run` beats every ``interval`` seconds (a heartbeat lives three intervals),
+    refreshes ``directory``, takes over the calls of every dead instance (and, once at start,
+    those its own previous life left), and sends the ``default`` decision through ``graph``
+    for each adopted call still inside its platform timeout. ``address()`` is this worker's
+    forwarding URL (None until its webhook listens). :meth:`stop` ends the beating and lets
+    the sends in flight finish. The first beat must come before the worker admits calls (its
+    pending set then holds only what a previous life left). ``on_taken(call_id, tenant_id)``
+    is told of every call this worker sent the default for (its later notifications are
+    then this worker's to take).
+    """
+
+    def __init__(
+        self,
+        store: DecisionStore,
+        graph: Decider,
+        *,
+        default: Decision,
+        interval: float = 1.0,
+        address: Callable[[], str | None] = lambda: None,
+        directory: Directory | None = None,
+        stats: FleetStats | None = None,
+        max_sends: int = 64,
+        on_taken: Callable[[str, str | None], None] | None = None,
+    ) -> None:
+        if not interval > 0:
+            raise ConfigError(f"FleetWatch interval={interval!r}: expected seconds > 0")
+        self._store = store
+        self._graph = graph
+        self._default = default
+        self.interval = float(interval)
+        self._address = address
+        self.directory = directory if directory is not None else Directory()
+        self.stats = stats if stats is not None else FleetStats()
+        self._limit = anyio.Semaphore(max_sends)
+        self._on_taken = on_taken
+        self._busy: set[str] = set()
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._beating: anyio.CancelScope | None = None
+        self._stopped = False
+        self._adopted_own = False
+        self.beats = 0
+        """Heartbeats the store accepted."""
+
+    def stop(self) -> None:
+        """End the beating; :meth:`run` returns once the take-over sends in flight are done."""
+        self._stopped = True
+        if self._beating is not None:
+            self._beating.cancel()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Beat and watch until :meth:`stop` (or cancelled); started after the first beat."""
+        if self._stopped:
+            task_status.started()
+            return
+        async with anyio.create_task_group() as sends:
+            with anyio.CancelScope() as beating:
+                self._beating = beating
+                await self._tick_safely(sends)
+                task_status.started()
+                while True:
+                    await anyio.sleep(self.interval)
+                    await self._tick_safely(sends)
+
+    async def _tick_safely(self, sends: anyio.abc.TaskGroup) -> None:
+        try:
+            await self.tick(sends)
+        except Exception:  # the watch keeps the worker in the fleet: never let it stop
+            log.exception("fleet.watch_failed", instance=self._store.instance_id)
+
+    async def tick(self, sends: anyio.abc.TaskGroup) -> None:
+        """One heartbeat; start a send in ``sends`` for every adopted call not yet sent."""
+        store = self._store
+        census = await store.beat(self._address(), self.interval * HEARTBEATS_TO_LIVE)
+        if census is None:
+            return  # the store is down: keep the last directory
+        self.beats += 1
+        self.directory.take(census)
+        adopted = list(census.adopted)
+        if not self._adopted_own:
+            self._adopted_own = True
+            left = await store.take_over(store.instance_id, force=True)
+            if left:
+                log.warning("instance.previous_life_adopted", calls=len(left))
+                adopted += left
+        for dead in census.dead:
+            if dead == store.instance_id:  # pragma: no cover - its key was set in this beat
+                continue
+            calls = await store.take_over(dead)
+            if calls:
+                log.warning("instance.taken_over", instance=dead, calls=len(calls))
+                adopted += calls
+        for call in adopted:
+            if call.call_id in self._busy or call.call_id in self._done:
+                continue
+            self._busy.add(call.call_id)
+            sends.start_soon(self._decide, call)
+
+    async def _decide(self, call: PendingCall) -> None:
+        store = self._store
+        try:
+            async with self._limit:
+                left = call.expires_at - time.time()
+                if left <= SEND_ALLOWANCE:
+                    log.warning(
+                        "call.takeover_expired", call_id=call.call_id, late_by=round(-left, 3)
+                    )
+                    return
+                if not await store.claim_orphan(call.call_id, left=left):
+                    self.stats.add("dropped_elsewhere")
+                    log.info(
+                        "decision.dropped_elsewhere",
+                        call_id=call.call_id,
+                        decided_by="takeover",
+                        message="another worker of the fleet already sent this call's decision",
+                    )
+                    return
+                started = time.monotonic()
+                try:
+                    result = await self._graph.decide(
+                        call.call_id,
+                        self._default,
+                        tenant_id=call.tenant_id,
+                        deadline=started + left,
+                    )
+                except Exception as exc:  # GraphError, TokenError: logged like the engine's
+                    log.error(
+                        "call.decision_failed",
+                        call_id=call.call_id,
+                        decision=self._default.kind,
+                        decided_by="takeover",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    return
+                self.stats.add("taken_over")
+                if self._on_taken is not None:
+                    self._on_taken(call.call_id, call.tenant_id)
+                log.info(
+                    "call.decided",
+                    call_id=call.call_id,
+                    decision=self._default.kind,
+                    reason=getattr(self._default, "reason", None),
+                    decided_by="takeover",
+                    latency_ms=round((time.monotonic() - started) * 1000.0, 3),
+                    attempts=getattr(result, "attempts", 1),
+                )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.release(call.call_id, call.tenant_id)
+            self._busy.discard(call.call_id)
+            self._done[call.call_id] = None
+            if len(self._done) > 10_000:
+                self._done.popitem(last=False)
