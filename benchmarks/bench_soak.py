@@ -26,6 +26,12 @@ records it holds (call control's registry, the book of calls live and recently e
 keeper's held calls and keepAlive schedule, intake's staleness and dedupe tables).
 The stub adds each tenth's call duration (incoming call sent -> hang-up received, p50/p99).
 
+A shared machine's cores do not run at one speed all day: throughout the run a thread of the
+worker times a fixed piece of reference work every 20 ms (parsing one incoming-call
+notification, under the same load as the loops), and each tenth gives the I/O loop's time per
+notification against that tenth's reference time too (``I/O / ref``): a figure a slower or
+faster machine leaves alone.
+
 The verdict is **flat** when the last tenth's I/O-loop time per notification and RSS are
 each within 10 % of the second tenth's (the first is the warm-up).
 
@@ -284,8 +290,15 @@ class Probe:
     the machine is shared, and what runs beside the worker shows in its CPU times.
     """
 
-    def __init__(self, tenth: int, out: Callable[[str], None], graph_pid: int = 0) -> None:
+    def __init__(
+        self,
+        tenth: int,
+        out: Callable[[str], None],
+        graph_pid: int = 0,
+        reference: Reference | None = None,
+    ) -> None:
         self.tenth = tenth
+        self.reference = reference
         self.out = out
         self.graph_pid = graph_pid
         self.completed = 0
@@ -311,6 +324,8 @@ class Probe:
         intake.submit = counted
         self._io_clock = time.pthread_getcpuclockid(running.io.ident)
         self._last = self._sample()
+        if self.reference is not None:
+            self.reference.take()  # start the first tenth's reference with it
 
     def _sample(self) -> dict[str, float]:
         return {
@@ -359,7 +374,7 @@ class Probe:
             "keeper_held": len(keeper._calls),
             "keeper_schedule": len(keeper._heap),
             "intake_tracks": len(intake._tracks),
-            "intake_recent": len(intake._recent._items),
+            "intake_recent": len(intake._recent),
         }
 
     def report(self) -> None:
@@ -383,7 +398,51 @@ class Probe:
             "records": self.records(),
             "other_load_cores": others / max(seconds, 1e-9),
         }
+        reference = self.reference.take() if self.reference is not None else math.nan
+        row["reference_us"] = reference
+        row["io_per_reference"] = row["io_us_per_notification"] / reference
         self.out(ROW_PREFIX + json.dumps(row))
+
+
+REFERENCE_BODY: Final = json.dumps(incoming("reference-call")).encode()
+
+
+class Reference:
+    """Times the reference work every ``every`` seconds on a thread of its own, for as long
+    as it runs (``with Reference():``); :meth:`take` gives the mean µs since the last take."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        self.every = every
+        self._spent = 0.0
+        self._count = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-reference", daemon=True)
+
+    def __enter__(self) -> Reference:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from callflow._parse import parse_notifications
+
+        while not self._stop.wait(self.every):
+            began = time.thread_time()
+            parse_notifications(REFERENCE_BODY)
+            spent = time.thread_time() - began
+            with self._lock:
+                self._spent += spent
+                self._count += 1
+
+    def take(self) -> float:
+        """Mean µs of the reference work since the last take (NaN if it never ran)."""
+        with self._lock:
+            spent, count, self._spent, self._count = self._spent, self._count, 0.0, 0
+        return spent / count * 1e6 if count else math.nan
 
 
 def make_bot(probe: Probe) -> Bot:
@@ -415,9 +474,15 @@ def print_line(line: str) -> None:
 
 async def serve_worker(settings: Settings, tenth: int, graph_pid: int) -> None:
     """Serve the bot until SIGTERM; print ``READY`` once serving, then a row every tenth."""
-    probe = Probe(tenth, print_line, graph_pid)
+    reference = Reference()
+    probe = Probe(tenth, print_line, graph_pid, reference)
     bot = make_bot(probe)
     bot.configure(settings)
+    with reference:
+        await _serve(bot, probe)
+
+
+async def _serve(bot: Bot, probe: Probe) -> None:
     async with bot.serve(tokens=StaticTokenProvider(TOKEN), on_decided=probe.decided) as running:
         probe.attach(running)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -567,12 +632,16 @@ def soak(calls: int, rate: float, concurrency: int, log: Callable[[str], None]) 
 
 
 def verdict(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Flat when the last tenth's I/O time per notification and RSS are each within
-    ``tolerance`` of the second tenth's (the first is the warm-up)."""
+    """Flat when the last tenth's I/O time per notification (against the reference work of
+    the same tenth: the machine's speed moves) and RSS are each within ``tolerance`` of the
+    second tenth's (the first is the warm-up)."""
     second, last = rows[1], rows[-1]
-    changes = {name: last[name] / second[name] - 1 for name in ("io_us_per_notification", "rss_mb")}
+    changes = {name: last[name] / second[name] - 1 for name in ("io_per_reference", "rss_mb")}
+    changes["io_us_per_notification"] = (
+        last["io_us_per_notification"] / second["io_us_per_notification"] - 1
+    )
     return {
-        "flat": all(abs(change) <= tolerance for change in changes.values()),
+        "flat": all(abs(changes[name]) <= tolerance for name in ("io_per_reference", "rss_mb")),
         "changes": changes,
         "tolerance": tolerance,
     }
@@ -591,16 +660,18 @@ def render(report: dict[str, Any]) -> str:
         f"CPU per call: worker {load['worker']:.2f} ms, Graph stub {load['graph']:.2f} ms; "
         f"other load on the machine {report['other_load_cores']:.2f} cores.",
         "",
-        "| tenth | calls | s | other load | I/O µs/notif. | app µs/notif. | RSS MB "
+        "| tenth | calls | s | other load | I/O µs/notif. | ref µs | I/O / ref "
+        "| app µs/notif. | RSS MB "
         "| call p50 ms | p99 ms | registry | book live | book ended | keeper held "
         "| keepAlive schedule | intake tracks | intake dedupe |",
-        "|" + "---:|" * 16,
+        "|" + "---:|" * 18,
     ]
     for row in report["rows"]:
         held = row["records"]
         lines.append(
             f"| {row['tenth']} | {row['calls']:,} | {row['seconds']:.1f} "
             f"| {row['other_load_cores']:.2f} | {row['io_us_per_notification']:.1f} "
+            f"| {row['reference_us']:,.0f} | {row['io_per_reference']:.4f} "
             f"| {row['app_us_per_notification']:.1f} "
             f"| {row['rss_mb']:.1f} | {row['call_p50_ms']:.1f} | {row['call_p99_ms']:.1f} | "
             + " | ".join(f"{held[name]:,}" for name in RECORDS)
@@ -611,7 +682,8 @@ def render(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Verdict: **{'flat' if v['flat'] else 'not flat'}** (last tenth against the second: "
-        f"I/O-loop time per notification {changes['io_us_per_notification']:+.1%}, "
+        f"I/O-loop time per notification against the reference work "
+        f"{changes['io_per_reference']:+.1%} ({changes['io_us_per_notification']:+.1%} in µs), "
         f"RSS {changes['rss_mb']:+.1%}; flat within ±{v['tolerance']:.0%}).",
     ]
     if report["failed"] or report["defaulted"]:

@@ -226,6 +226,8 @@ def test_soak_benchmark_reports_every_tenth(tmp_path: Path) -> None:
     for row in rows:
         assert _finite(row["io_us_per_notification"]), row
         assert 0 < row["io_us_per_notification"] < 100_000, row
+        assert _finite(row["reference_us"]) and row["reference_us"] > 0, row
+        assert _finite(row["io_per_reference"]) and row["io_per_reference"] > 0, row
         assert 0 < row["app_us_per_notification"] < 100_000, row
         assert 10 < row["rss_mb"] < 2_000, row
         assert 0 < row["call_p50_ms"] <= row["call_p99_ms"] < 30_000, row

@@ -36,6 +36,7 @@ from callflow import (
     UnknownNotification,
 )
 from callflow.engine.admission import Admission
+from callflow.engine.dedupe import Recent
 from callflow.engine.core import Engine
 from callflow.engine.limits import Limits
 from callflow.metrics import Metrics
@@ -1072,3 +1073,16 @@ def test_queue_bounds_below_one_are_refused(name: str) -> None:
     """A queue bound must let at least one event wait."""
     with pytest.raises(ValueError, match=f"{name} must be 1 or more, got 0"):
         Limits(**{name: 0})
+
+
+def test_the_dedupe_memory_forgets_after_its_ttl_and_holds_at_most_its_size() -> None:
+    """A key seen within the TTL is a repeat, after it is new again; the memory never holds
+    more keys than its size and always remembers at least the last half of them."""
+    recent = Recent(maxlen=100, ttl=10.0)
+    assert recent.first("a", 0.0)
+    assert not recent.first("a", 5.0)
+    assert recent.first("a", 20.0)  # past the TTL: new again
+    for index in range(1_000):
+        assert recent.first(f"k{index}", 30.0)
+        assert len(recent) <= 100
+    assert all(not recent.first(f"k{index}", 31.0) for index in range(950, 1_000))
