@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint types pytest test demo bench bench-quick bench-soak clean
+.PHONY: install lint types pytest test test-fast demo bench bench-quick bench-soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,7 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 types: install
 	$(BIN)/mypy --strict callflow
@@ -27,6 +28,10 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint types pytest
+
+# The inner loop: every test not marked slow, without coverage (about a minute).
+test-fast: install
+	$(BIN)/pytest -m "not slow" --no-cov -q
 
 demo: install
 	$(BIN)/callflow demo
