@@ -212,6 +212,7 @@ async def test_check_reads_the_process_environment_through_main(
     assert "graph.token_acquire_failed" not in out + err  # a warning, not an error
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_check_as_a_command(fake_graph: FakeGraph) -> None:
     """`python -m callflow check` exits 0 with good settings and 1 with a wrong secret."""
@@ -409,6 +410,7 @@ def check_demo_output(output: str) -> None:
     assert summary in output
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_the_demo_decides_every_scripted_call(restore_logging: None) -> None:
     """`run_demo` plays the script in-process: every call decided once, exit code 0."""
@@ -419,6 +421,7 @@ async def test_the_demo_decides_every_scripted_call(restore_logging: None) -> No
     check_demo_output(out.getvalue())
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_the_demo_as_a_command() -> None:
     """`python -m callflow demo` needs no settings, prints the table and exits 0."""
@@ -453,6 +456,7 @@ async def test_a_worker_refuses_to_serve_without_auth_on_a_public_interface(
 _WITHOUT_TRUSTME = "import sys; sys.modules['trustme'] = None; "
 
 
+@pytest.mark.slow
 def test_the_testing_kit_says_how_to_install_it_when_trustme_is_missing() -> None:
     """Without trustme (not a runtime dependency any more) importing callflow.testing raises an
     ImportError naming the extra, and ``callflow demo`` exits 1 with that message."""

@@ -434,6 +434,7 @@ async def test_a_call_gone_from_graph_is_not_retried(
     assert logs.find("graph.retry", call_id=call.call_id) == []
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_graph_that_never_answers_times_out_inside_the_deadline(
     short_fake: FakeGraph, logs: LogWatcher
@@ -451,6 +452,7 @@ async def test_a_graph_that_never_answers_times_out_inside_the_deadline(
     assert failed["at"] < deadline + SLACK
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_hanging_handler_gets_the_default_before_the_platform_gives_up(
     short_fake: FakeGraph,
@@ -474,6 +476,7 @@ async def test_a_hanging_handler_gets_the_default_before_the_platform_gives_up(
         assert running.engine.pending == 0
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_retries_stop_when_the_platform_gives_up(
     short_fake: FakeGraph, logs: LogWatcher

@@ -614,6 +614,7 @@ async def test_health_readiness_and_every_metric_family_are_served(
         assert families.get(name) == kind, name
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_metrics_count_what_happened_to_the_calls(
     callflow_signing_key: SigningKey, http: aiohttp.ClientSession, json_logs: LogStream
@@ -795,8 +796,7 @@ async def test_calls_handed_over_together_keep_their_own_log_fields(
     from callflow import CallStateChanged
     from callflow.settings import Settings
     from callflow.testing import RecordingSink
-
-    from .helpers import incoming
+    from tests.helpers import incoming
 
     bot = Bot(Settings(platform_timeout=15, safety_margin=3))
     plain = structlog.get_logger("tests.handler")

@@ -29,6 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from callflow.testing import CALLBACK_URL, CallHandle, FakeGraph, SigningKey
 
+pytestmark = pytest.mark.slow  # worker processes
+
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = 15.0  # no single wait in these tests should come near this
 SECRET = "s3cret-0f-the-front-desk-7c1e"

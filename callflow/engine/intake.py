@@ -409,11 +409,6 @@ class Intake:
     # -- overload ---------------------------------------------------------------------------
 
     @property
-    def send_backlog(self) -> int:
-        """Decisions made and not yet sent (or failed)."""
-        return self.outbox.backlog
-
-    @property
     def max_send_backlog(self) -> int:
         """Decisions waiting to be sent at which a new call waits for room or gets 503."""
         return self.limits.max_send_backlog

@@ -659,6 +659,7 @@ async def test_deliveries_to_a_dead_webhook_are_recorded_not_raised(
     assert reply.error is not None
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_thousand_calls_time_out_on_schedule(
     callflow_signing_key: SigningKey, hook: Receiver

@@ -172,6 +172,7 @@ async def test_a_body_that_stalls_gets_408_and_the_connection_is_closed(
     assert 'callflow_rejected_notifications_total{code="body_timeout"} 1.0' in rejected
 
 
+@pytest.mark.slow
 async def test_five_thousand_idle_connections_are_bounded_and_real_calls_still_land(
     fake: FakeGraph,
 ) -> None:
@@ -351,6 +352,7 @@ def test_server_limits_are_settings_checked_by_name() -> None:
         ConnectionGuard(0)
 
 
+@pytest.mark.slow
 async def test_stopping_does_not_wait_for_a_client_that_stalls(fake: FakeGraph) -> None:
     """A client that sent its head and part of its body, then stalls, does not hold up a stop:
     the bot stops within SHUTDOWN_TIMEOUT, not when BODY_TIMEOUT (here 30 s) or aiohttp's own

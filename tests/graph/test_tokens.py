@@ -173,6 +173,7 @@ async def test_failed_refresh_is_retried_and_old_token_served(ca: trustme.CA) ->
     assert not any(token in repr(logs) for token in server.issued)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_refresh_answered_with_a_nonsense_token_is_a_failure_like_any_other(
     ca: trustme.CA,

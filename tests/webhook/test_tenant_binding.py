@@ -53,6 +53,7 @@ async def _all_refused(fake: FakeGraph, url: str, call_id: str) -> None:
         assert DEFAULT_TENANT_ID not in error["message"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spelling", sorted(SPELLINGS))
 async def test_another_tenant_cannot_reach_a_call_under_any_spelling(
     fake_graph: FakeGraph, spelling: str

@@ -6,7 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import run_module
+
+pytestmark = pytest.mark.slow  # a benchmark run in processes of its own
 
 
 def test_quick_operation_benchmark_reports_both_sides(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from callflow.errors import CallflowError
 from callflow.testing import FakeGraph
 from tests.helpers import run_module
 
+pytestmark = pytest.mark.slow  # benchmark runs in processes of their own
+
 
 def _busy_bot() -> Bot:
     bot = Bot()

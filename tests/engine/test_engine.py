@@ -36,14 +36,13 @@ from callflow import (
     UnknownNotification,
 )
 from callflow.engine.admission import Admission
-from callflow.engine.dedupe import Recent
 from callflow.engine.core import Engine
+from callflow.engine.dedupe import Recent
 from callflow.engine.limits import Limits
 from callflow.metrics import Metrics
 from callflow.settings import Settings
 from callflow.testing import ManualClock, RecordingSink
-
-from .helpers import incoming
+from tests.helpers import incoming
 
 pytestmark = pytest.mark.anyio
 
@@ -577,6 +576,7 @@ BEHAVIOURS = st.sampled_from(["answer", "none", "raise", "hang", "block", "spin"
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.slow
 @given(plan=st.lists(st.tuples(BEHAVIOURS, st.floats(0, 0.05)), min_size=1, max_size=6))
 def test_every_call_gets_exactly_one_decision_on_time(plan: list[tuple[str, float]]) -> None:
     """Whatever handlers do (decide, pass, raise, hang, block or spin the loop, decide after
@@ -686,6 +686,7 @@ async def test_calls_beyond_a_full_deadline_wave_get_the_default_at_once() -> No
     assert all(got[cid] == [Answer()] for cid in ("held-0", "held-1", "held-2", "next"))
 
 
+@pytest.mark.slow
 async def test_engine_is_overloaded_while_decisions_wait_to_be_sent() -> None:
     """Once MAX_SEND_BACKLOG decisions wait on Graph the engine says so (the webhook then
     refuses new calls); it stops saying so when they are sent."""

@@ -93,6 +93,7 @@ async def test_observer_can_hang_up_through_its_context() -> None:
         assert running.calls() == []
 
 
+@pytest.mark.slow
 async def test_a_keepalive_without_an_app_token_does_not_stop_the_worker() -> None:
     """The identity provider down while a call is held (its token expired, every refresh
     failing): each keepAlive fails with a TokenError that is logged, counted and retried with
@@ -122,6 +123,7 @@ async def test_a_keepalive_without_an_app_token_does_not_stop_the_worker() -> No
     assert running.keeper.failures >= 2
 
 
+@pytest.mark.slow
 async def test_fifty_held_calls_each_get_a_keepalive_every_interval_while_graph_is_slow() -> None:
     """With Graph taking a second to answer each keepAlive, 50 held calls still each get one
     in every 2 s interval over three intervals: they go out concurrently (a bounded number at

@@ -36,7 +36,7 @@ from callflow.testing import CallHandle, FakeGraph, SigningKey, call_state, enve
 from tests.fleet_proxy import AVOID, UPSTREAM, FleetProxy
 from tests.redis_server import RedisServer, redis_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 5.0  # the platform timeout of every call in this module
 MARGIN = 2.0  # the workers' safety margin: defaults go out 3 s after receipt
 BEAT = 0.5  # heartbeat interval: a worker silent for 1.5 s is taken over
@@ -44,7 +44,7 @@ START = 30.0  # guard for starting workers (several Python processes on 2 cores)
 GUARD = 20.0
 FLEET_SECRET = "fleet-test-secret-0123456789abcdef"
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # fleets of worker processes and a redis-server
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ from callflow import Answer, Bot, IncomingCall, Reject
 from callflow.engine.crossing import IoThread
 from callflow.settings import Settings
 from callflow.testing import CallHandle, FakeGraph, GraphRequest, RecordingSink, SigningKey
-
-from .helpers import incoming
+from tests.helpers import incoming
 
 pytestmark = pytest.mark.anyio
 

@@ -1069,6 +1069,7 @@ def test_random_bytes_give_events_or_format_error(body: bytes) -> None:
     check_outcome(body)
 
 
+@pytest.mark.slow
 @BOUNDED
 @given(JSON_VALUES)
 def test_arbitrary_json_gives_events_or_format_error(value: Any) -> None:
@@ -1113,6 +1114,7 @@ def _deep(depth: int, leaf: Any) -> Any:
     return value
 
 
+@pytest.mark.slow
 @BOUNDED
 @given(st.sampled_from(FIXTURE_NAMES), st.data())
 def test_mutated_fixtures_give_events_or_format_error(name: str, data: st.DataObject) -> None:

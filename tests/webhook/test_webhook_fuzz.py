@@ -53,7 +53,9 @@ from callflow.testing import (
 from callflow.webhook.handler import MAX_BODY
 from tests.conftest import load_fixture
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # thousands of fuzzed cases
+
+ROOT = Path(__file__).resolve().parents[2]
 RSS_GROWTH_LIMIT = 32 * 1024 * 1024
 """How much the worker's resident memory may grow over the whole fuzz run."""
 

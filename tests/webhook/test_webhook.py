@@ -110,6 +110,7 @@ async def test_batch_with_two_calls_reaches_both() -> None:
             await fake.wait_requests(1, op="answer", call_id=cid)
 
 
+@pytest.mark.slow
 async def test_new_call_gets_503_with_retry_after_while_decisions_wait_to_be_sent() -> None:
     """With MAX_SEND_BACKLOG decisions stuck on a slow Graph and no OVERLOAD_WAIT, a new call
     is refused with 503, Retry-After and a JSON error instead of being taken and decided too
@@ -141,6 +142,7 @@ async def test_new_call_gets_503_with_retry_after_while_decisions_wait_to_be_sen
     assert fake.requests_for("refused") == ()
 
 
+@pytest.mark.slow
 async def test_new_call_waits_for_room_in_the_send_backlog_then_is_taken() -> None:
     """Within OVERLOAD_WAIT, a new call's notification waits until a decision has been sent,
     then gets its 202 and its own decision: a later reply instead of a lost call."""

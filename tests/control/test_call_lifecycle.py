@@ -91,6 +91,7 @@ def test_the_registry_never_evicts_a_held_call() -> None:
     assert len(registry._calls) <= 101
 
 
+@pytest.mark.slow
 async def test_a_held_calls_state_survives_a_flood_of_unknown_call_ids(
     fake_graph: FakeGraph,
 ) -> None:

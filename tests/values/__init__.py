@@ -1,0 +1,1 @@
+"""Tests of the values: events, decisions, actions, the parser, settings."""
