@@ -142,6 +142,7 @@ class RunningBot:
         metrics: Metrics,
         keeper: CallKeeper,
         io: IoThread,
+        services: AppServices,
     ) -> None:
         self.bot = bot
         self.engine = engine
@@ -149,7 +150,7 @@ class RunningBot:
         self.metrics = metrics
         self.keeper = keeper
         self.io = io
-        self.services: AppServices | None = None
+        self.services = services
         self.host = ""
         self.port = 0
         self.metrics_url: str | None = None
@@ -165,12 +166,10 @@ class RunningBot:
 
     async def hang_up(self, call_id: str) -> None:
         """Hang up the bot's leg of a call it holds (its pending operations fail at once)."""
-        assert self.services is not None
         await self.services.hang_up(call_id)
 
     def call(self, call_id: str, tenant_id: str | None = None) -> Call:
         """The :class:`~callflow.Call` handle of a call the bot holds."""
-        assert self.services is not None
         return self.services.call(call_id, tenant_id)
 
     @property
@@ -457,8 +456,9 @@ async def serve(
             assert engine is not None and graph is not None and keeper is not None
             services = side.services
             assert services is not None
-            running = side.running = RunningBot(bot, engine, graph, side.metrics, keeper, io)
-            running.services = services
+            running = side.running = RunningBot(
+                bot, engine, graph, side.metrics, keeper, io, services
+            )
             async with engine.app_side(io):
                 running.host, running.port = await io.run(lambda: side.start_server(host, port))
                 try:

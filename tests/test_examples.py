@@ -222,7 +222,10 @@ async def test_front_desk_gives_up_a_slow_directory_before_the_deadline(
             fired = running.engine.scheduler.fired
     elapsed = request.at - call.placed_at
     assert (request.op, request.body) == ("reject", busy())
-    assert 2.0 - example.SEND_ALLOWANCE - 0.05 <= elapsed < 2.0  # before the 2 s deadline
+    # Before the 2 s deadline, and not long before the handler's own budget ran out (the
+    # budget counts from when the notification was sent: a loaded machine's ingress lag
+    # takes a little of it).
+    assert 2.0 - example.SEND_ALLOWANCE - 0.3 <= elapsed < 2.0
     assert fired == 0  # the handler gave up by itself; the deadline did not have to decide
     assert [e["call_id"] for e in logs if e["event"] == "front_desk.directory_too_slow"] == [
         call.call_id

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DecisionSink",
     "DecisionSlot",
+    "Delivery",
     "DeadlineScheduler",
     "RecordingSink",
     "SlotState",
@@ -55,13 +56,25 @@ log = structlog.get_logger(__name__)
 _LOCK: Final = threading.Lock()
 
 
+class Delivery(Protocol):
+    """What a sink says of a decision it delivered."""
+
+    @property
+    def attempts(self) -> int:
+        """How many requests it took; 0 when nothing was sent because another worker of the
+        fleet had sent this call's decision already."""
+        ...
+
+
 class DecisionSink(Protocol):
     """Where decisions leave the process: the Graph client in production, a recorder in tests."""
 
-    async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> object:
+    async def deliver(
+        self, call: IncomingCall, decision: Decision, deadline: float
+    ) -> Delivery | None:
         """Send ``decision`` for ``call``; give up (raise) rather than run past ``deadline``.
 
-        The result may carry ``attempts`` (how many requests it took), shown in the logs.
+        Returns what happened (None: sent, in one request), shown in the call's log line.
         """
 
 

@@ -154,7 +154,7 @@ class Outbox:
             error: BaseException | None = None
             try:
                 result = await sink.deliver(call, decision, slot.expires)
-                slot.attempts = getattr(result, "attempts", 1)
+                slot.attempts = 1 if result is None else result.attempts
             except Exception as exc:
                 error = exc
             finally:

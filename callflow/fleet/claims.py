@@ -24,7 +24,7 @@ from callflow.fleet.store import DecisionStore
 
 if TYPE_CHECKING:
     from callflow.decisions import Decision
-    from callflow.engine.deadline import DecisionSink
+    from callflow.engine.deadline import DecisionSink, Delivery
     from callflow.events import CallEvent, IncomingCall
 
 __all__ = ["DROPPED", "Dropped", "FleetSink", "SharedDedupe", "dedupe_key"]
@@ -56,7 +56,9 @@ class FleetSink:
         self._store = store
         self._stats = stats
 
-    async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> object:
+    async def deliver(
+        self, call: IncomingCall, decision: Decision, deadline: float
+    ) -> Delivery | None:
         """Claim, then send through the inner sink; see the class docstring."""
         if not await self._store.claim(call.call_id, left=deadline - time.monotonic()):
             self._stats.add("dropped_elsewhere")

@@ -34,7 +34,7 @@ def _busy_bot() -> Bot:
 
 
 CLI_BOT = _busy_bot()
-"""Served once, by the CLI test (``tests.test_bench_smoke:CLI_BOT``)."""
+"""Served once, by the CLI test (``tests.bench.test_bench_smoke:CLI_BOT``)."""
 
 
 def _finite(value: Any) -> bool:
@@ -195,10 +195,12 @@ def restore_structlog() -> Iterator[None]:
 @pytest.mark.usefixtures("restore_structlog")
 def test_cli_bench_prints_the_latency(capsys: pytest.CaptureFixture[str]) -> None:
     """``callflow bench module:attr`` serves the bot, measures it and prints p50/p99/max."""
-    code = main(["bench", "tests.test_bench_smoke:CLI_BOT", "--calls", "10", "--concurrency", "2"])
+    code = main(
+        ["bench", "tests.bench.test_bench_smoke:CLI_BOT", "--calls", "10", "--concurrency", "2"]
+    )
     out = capsys.readouterr().out
     assert code == 0
-    assert "callflow bench tests.test_bench_smoke:CLI_BOT: 10 p2p calls, 2 at a time" in out
+    assert "callflow bench tests.bench.test_bench_smoke:CLI_BOT: 10 p2p calls, 2 at a time" in out
     assert "p99" in out
     assert "max" in out
 
