@@ -574,6 +574,7 @@ class RedisStore:
             self.key("adopted", instance_id),
             self.key("adopted", self.instance_id),
             self.key("instances"),
+            self.key("holds", instance_id),
         )
         args = (instance_id, "1" if force else "0", self._suspects.get(instance_id, ""))
 
@@ -592,6 +593,36 @@ class RedisStore:
             await self._redis().delete(self.key("instance", self.instance_id))
 
         await self._run("retire", run, None)
+
+    # -- for the other parts of the fleet's store (held calls) -------------------------------
+
+    @property
+    def signed(self) -> SignedValues:
+        """The signer and checker of this client's values."""
+        return self._signed
+
+    @property
+    def holder(self) -> str:
+        """This worker's claim value: ``instance#boot``."""
+        return self._holder
+
+    def suspect(self, instance_id: str) -> str:
+        """The forged heartbeat the last beat found for ``instance_id`` ('' for none)."""
+        return self._suspects.get(instance_id, "")
+
+    async def eval_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the script ``name`` of :data:`~callflow.fleet.scripts.SCRIPTS`."""
+        return await self._eval(name, keys, args)
+
+    async def run(
+        self,
+        op: str,
+        action: Callable[[], Awaitable[_T]],
+        fallback: _T,
+        within: float | None = None,
+    ) -> _T:
+        """Run one Redis operation like the store's own (bounded, counted, breaker)."""
+        return await self._run(op, action, fallback, within)
 
 
 def _ms(seconds: float) -> int:
