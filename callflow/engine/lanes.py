@@ -43,6 +43,7 @@ __all__ = ["Lanes"]
 
 log = structlog.get_logger(__name__)
 
+
 class Lanes:
     """Runs a router's handlers and observers on the app loop, per call in arrival order.
 

@@ -29,6 +29,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from callflow._log import Throttle
+from callflow.events import IncomingCall
 from callflow.fleet.trust import FLEET_AUTH, FleetSigner, Forward, ForwardTargets, ReplayGuard
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class Forwarder:
         on_forwarded: Callable[[], None] | None = None,
         refresh: Callable[[], Awaitable[None]] | None = None,
         replays: ReplayGuard | None = None,
+        owner_of: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.instance_id = instance_id
         self._lookup = lookup
@@ -101,6 +103,7 @@ class Forwarder:
         self._dedupe = dedupe
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
         self._on_forwarded = on_forwarded
+        self._owner_of = owner_of
         self._session: aiohttp.ClientSession | None = None
         self._throttle = Throttle(5.0)
 
@@ -162,6 +165,42 @@ class Forwarder:
         if FORWARDED_BY in request.headers:
             log.info("notification.not_forwarded_again", instance=target[:200])
             return None
+        return await self._send(request, body, tenant_id, target)
+
+    async def reroute(
+        self,
+        request: web.Request,
+        body: bytes,
+        events: Sequence[CallEvent],
+        tenant_id: str | None,
+        holds: Callable[[str], bool],
+    ) -> web.StreamResponse | None:
+        """Forward a parsed notification about a call this worker does not hold (``holds``
+        says which it does) to the worker that owns it by the fleet's held calls: one that
+        adopted it from the instance the URL names. None to handle it here."""
+        owner_of = self._owner_of
+        if owner_of is None or not events:
+            return None
+        if any(type(event) is IncomingCall for event in events):
+            return None
+        call_ids = {event.call_id for event in events if event.call_id}
+        if len(call_ids) != 1:
+            return None
+        (call_id,) = call_ids
+        if holds(call_id):
+            return None
+        owner = await owner_of(call_id)
+        sender = request.headers.get(FORWARDED_BY)
+        if owner is None or owner == self.instance_id or owner == sender:
+            return None
+        log.info("notification.rerouted", call_id=call_id, owner=owner[:200])
+        return await self._send(request, body, tenant_id, owner)
+
+    async def _send(
+        self, request: web.Request, body: bytes, tenant_id: str | None, target: str
+    ) -> web.StreamResponse | None:
+        """Forward ``request`` to the live instance ``target``; its reply, or None when it
+        is gone, not allowed or unreachable (handled here then)."""
         base = self._lookup(target)
         if base is None and self._refresh is not None:
             # A worker that has just started is unknown here until the next heartbeat this

@@ -255,7 +255,7 @@ class HeldCalls:
         self,
         store: HeldStore,
         *,
-        on_lost: Callable[[str, str], None] | None = None,
+        on_lost: Callable[[str, str], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
