@@ -31,6 +31,7 @@ from typing import Final
 import attrs
 import structlog
 
+from callflow.fleet.stats import FleetStats
 from callflow.fleet.store import RedisStore
 
 __all__ = ["HANDED_TTL", "Adoption", "HeldCalls", "HeldRecord", "HeldStore"]
@@ -256,9 +257,11 @@ class HeldCalls:
         store: HeldStore,
         *,
         on_lost: Callable[[str, str], object] | None = None,
+        stats: FleetStats | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.stats = stats if stats is not None else FleetStats()
         self.on_lost = on_lost
         self._clock = clock
         self._calls: dict[str, _Held] = {}
@@ -280,6 +283,7 @@ class HeldCalls:
         held = self._calls.get(call_id)
         if held is None:
             self._calls[call_id] = _Held(tenant_id, self._clock(), memo)
+            self.stats.held_calls = len(self._calls)
         else:
             held.memo = memo
             held.version += 1
@@ -314,6 +318,7 @@ class HeldCalls:
         held = self._calls.pop(call_id, None)
         self._dirty.discard(call_id)
         if held is not None:
+            self.stats.held_calls = len(self._calls)
             for _, waiter in held.waiters:
                 if not waiter.done():
                     waiter.set_result(None)

@@ -212,7 +212,9 @@ class Fleet:
         self._store = self.open_store("loop")
         self.held_store = HeldStore(self._store)
         book = calls if calls is not None else CallBook()
-        self.held = HeldCalls(self.held_store, on_lost=lambda call_id, owner: book.end(call_id))
+        self.held = HeldCalls(
+            self.held_store, on_lost=lambda call_id, owner: book.end(call_id), stats=stats
+        )
         """The calls this worker holds, written behind to the store (adopted when it is lost)."""
         self.memory: Memory = self.held
         """Memos of held calls (``call.remember``): written to the store with their call."""

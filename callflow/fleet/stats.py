@@ -22,6 +22,7 @@ class FleetStats:
         "dropped_elsewhere",
         "forged",
         "forwarded",
+        "held_calls",
         "shared_duplicates",
         "store_failures",
         "taken_over",
@@ -41,6 +42,8 @@ class FleetStats:
         """State updates and terminations another worker had already taken."""
         self.forged = 0
         """Values found in Redis without a valid fleet signature (ignored or replaced)."""
+        self.held_calls = 0
+        """Answered calls this worker holds right now (a gauge)."""
         self.adopted_lost = 0
         """Answered calls this worker adopted from a worker the fleet lost."""
         self.adopted_handed_off = 0
