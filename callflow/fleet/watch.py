@@ -118,6 +118,7 @@ class FleetWatch:
         self._adoptions = adoptions
         self._settle = float(settle)
         self._settled_at: float | None = None
+        self._settled = False
         self._seen: dict[str, float] = {}
         self.beats = 0
         """Heartbeats the store accepted."""
@@ -158,10 +159,14 @@ class FleetWatch:
         now = time.monotonic()
         if census is None:
             self._settled_at = None  # the store is down: keep the last directory
+            self._settled = False
             return
         if self._settled_at is None:
             self._settled_at = now + ttl + self._settle
         settled = now >= self._settled_at
+        if settled and not self._settled:
+            log.info("fleet.settled", instance=store.instance_id, live=len(census.live))
+        self._settled = settled
         self.beats += 1
         self.directory.take(census)
         wall = time.time()
