@@ -31,6 +31,7 @@ from typing import Final
 import attrs
 import structlog
 
+from callflow.errors import ActionError
 from callflow.fleet.stats import FleetStats
 from callflow.fleet.store import RedisStore
 
@@ -45,6 +46,8 @@ WRITE_RETRY: Final = 0.5
 RECORD_LIMIT: Final = 32_768
 """Characters a signed record may have (a 4 KiB memo, escaped, and the rest)."""
 MAX_WRITES: Final = 32
+RECONCILE_BATCH: Final = 1000
+"""Held calls checked against the store per heartbeat (the next ones at the next beat)."""
 """Record writes in flight at once."""
 
 
@@ -269,6 +272,7 @@ class HeldCalls:
         self._dropped: set[str] = set()
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(MAX_WRITES)
+        self._cursor = 0
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -293,13 +297,14 @@ class HeldCalls:
     async def remember(self, call_id: str, tenant_id: str | None, memo: str) -> None:
         """Keep ``memo`` for ``call_id`` and wait (at most 2 s) until the store has it."""
         held = self._calls.get(call_id)
-        if held is None:  # a call this worker does not hold (yet): hold it with the memo
-            self.hold(call_id, tenant_id, memo)
-            held = self._calls[call_id]
-        else:
-            held.memo = memo
-            held.version += 1
-            self._changed(call_id)
+        if held is None:
+            raise ActionError(
+                f"call {call_id} is not held by this worker (answered, created, joined or "
+                "adopted here): its memo is kept by the worker that holds it"
+            )
+        held.memo = memo
+        held.version += 1
+        self._changed(call_id)
         if not await self.stored(call_id, within=2.0):
             log.warning(
                 "call.memo_not_stored",
@@ -419,11 +424,15 @@ class HeldCalls:
             self.on_lost(call_id, owner)
 
     async def reconcile(self) -> None:
-        """Check the calls held here against the store (at every heartbeat): write again
-        what it lost, let go of what another worker owns now."""
-        ids = [call_id for call_id in self._calls if call_id not in self._dirty]
-        if not ids:
+        """Check the calls held here against the store (at every heartbeat, at most
+        :data:`RECONCILE_BATCH` of them, the next ones at the next beat): write again what
+        it lost, let go of what another worker owns now."""
+        every = [call_id for call_id in self._calls if call_id not in self._dirty]
+        if not every:
             return
+        start = self._cursor % len(every)
+        ids = every[start : start + RECONCILE_BATCH]
+        self._cursor = start + len(ids)
         owners = await self.store.owners(ids)
         if owners is None:
             return

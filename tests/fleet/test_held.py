@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from callflow.decisions import Reject, RejectReason
-from callflow.errors import CallGoneError
+from callflow.errors import ActionError, CallGoneError
 from callflow.events import CallAdopted
 from callflow.fleet.adoption import Adoptions
 from callflow.fleet.held import HeldCalls, HeldRecord, HeldStore
@@ -301,3 +301,29 @@ async def test_an_adopted_call_that_ended_meanwhile_is_forgotten_without_an_even
         assert sorted(graph.asked) == ["alive", "gone", "over"]
         assert await raw.exists(key("held", "over"), key("held", "gone")) == 0
         assert "alive" in held
+
+
+async def test_a_memo_is_kept_only_for_a_call_this_worker_holds(redis: RedisServer) -> None:
+    async with store(redis.url, "a") as a:
+        held = HeldCalls(HeldStore(a))
+        with pytest.raises(ActionError, match="not held by this worker"):
+            await held.remember("someone-elses", "t", "{}")
+        assert "someone-elses" not in held
+
+
+async def test_reconcile_checks_a_bounded_batch_per_beat(
+    redis: RedisServer, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many held calls are checked a batch per heartbeat, all of them over a few beats."""
+    monkeypatch.setattr("callflow.fleet.held.RECONCILE_BATCH", 10)
+    async with store(redis.url, "a") as a:
+        held = HeldCalls(HeldStore(a))
+        for i in range(25):
+            held.hold(f"c{i}", "t")
+        assert await held.flush()
+        await raw.delete(*(key("held", f"c{i}") for i in range(25)))
+        for beat in range(3):
+            await held.reconcile()
+            assert await held.flush()
+            rewritten = await raw.exists(*(key("held", f"c{i}") for i in range(25)))
+            assert rewritten == min(25, 10 * (beat + 1))
