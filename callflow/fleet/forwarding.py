@@ -18,6 +18,8 @@ request without ``Content-Length`` is refused.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
@@ -35,13 +37,16 @@ from callflow.fleet.trust import FLEET_AUTH, FleetSigner, Forward, ForwardTarget
 if TYPE_CHECKING:
     from callflow.events import CallEvent
 
-__all__ = ["FORWARDED_BY", "Forwarder"]
+__all__ = ["FORWARDED_BY", "REROUTE_EVERY", "Forwarder"]
 
 log = structlog.get_logger(__name__)
 
 FORWARDED_BY: Final = "X-Callflow-Forwarded-By"
 """Header naming the worker that forwarded a notification; such a notification is never
 forwarded again."""
+
+REROUTE_EVERY: Final = 0.1
+"""Seconds between two reads of a call's owner while its adoption is awaited."""
 
 _REPLY_HEADERS: Final = ("Content-Type", "client-request-id", "scenario-id")
 """The headers of the owner's reply that go back to the sender."""
@@ -93,6 +98,7 @@ class Forwarder:
         refresh: Callable[[], Awaitable[None]] | None = None,
         replays: ReplayGuard | None = None,
         owner_of: Callable[[str], Awaitable[str | None]] | None = None,
+        adoption_wait: float = 3.0,
     ) -> None:
         self.instance_id = instance_id
         self._lookup = lookup
@@ -104,6 +110,7 @@ class Forwarder:
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
         self._on_forwarded = on_forwarded
         self._owner_of = owner_of
+        self._adoption_wait = adoption_wait
         self._session: aiohttp.ClientSession | None = None
         self._throttle = Throttle(5.0)
 
@@ -177,7 +184,13 @@ class Forwarder:
     ) -> web.StreamResponse | None:
         """Forward a parsed notification about a call this worker does not hold (``holds``
         says which it does) to the worker that owns it by the fleet's held calls: one that
-        adopted it from the instance the URL names. None to handle it here."""
+        adopted it from the instance the URL names. None to handle it here.
+
+        A call whose owner is gone and not adopted yet (a worker handing off, or lost a
+        moment ago) is waited for, at most ``adoption_wait`` seconds, rereading its owner
+        every :data:`REROUTE_EVERY` seconds: the caller's key pressed during a hand-off
+        reaches the adopter instead of being dropped.
+        """
         owner_of = self._owner_of
         if owner_of is None or not events:
             return None
@@ -189,12 +202,32 @@ class Forwarder:
         (call_id,) = call_ids
         if holds(call_id):
             return None
-        owner = await owner_of(call_id)
         sender = request.headers.get(FORWARDED_BY)
-        if owner is None or owner == self.instance_id or owner == sender:
-            return None
-        log.info("notification.rerouted", call_id=call_id, owner=owner[:200])
-        return await self._send(request, body, tenant_id, owner)
+        give_up = time.monotonic() + self._adoption_wait
+        while True:
+            owner = await owner_of(call_id)
+            if owner is None or owner == sender:
+                return None
+            if owner == self.instance_id:
+                if holds(call_id):
+                    return None  # adopted here meanwhile
+            elif await self._live(owner):
+                log.info("notification.rerouted", call_id=call_id, owner=owner[:200])
+                reply = await self._send(request, body, tenant_id, owner)
+                if reply is not None:
+                    return reply  # else the owner is unreachable: lost, to be adopted
+            if time.monotonic() >= give_up:
+                return None
+            await asyncio.sleep(REROUTE_EVERY)
+
+    async def _live(self, instance: str) -> bool:
+        """True when ``instance`` is a live worker of the fleet (the directory read again
+        once on a miss)."""
+        if self._lookup(instance) is not None:
+            return True
+        if self._refresh is not None:
+            await self._refresh()
+        return self._lookup(instance) is not None
 
     async def _send(
         self, request: web.Request, body: bytes, tenant_id: str | None, target: str

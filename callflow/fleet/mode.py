@@ -227,6 +227,8 @@ class Fleet:
             on_forwarded=lambda: stats.add("forwarded"),
             refresh=self.refresh_directory,
             owner_of=self.held_store.owner_of,
+            # a hand-off is adopted within a beat; a lost owner within its heartbeat's life
+            adoption_wait=s.heartbeat_interval * (HEARTBEATS_TO_LIVE + 1) + 1.0,
         )
         """The webhook's fleet hook: forwarding, and shared dedupe of state updates."""
         self._ttl = s.heartbeat_interval * HEARTBEATS_TO_LIVE

@@ -200,12 +200,16 @@ async def test_a_killed_owners_calls_are_adopted_once_with_their_memo_and_carry_
         killed_at = time.monotonic()
         victim.kill()
         ended_meanwhile = mine[0]
-        await fake.end_call(ended_meanwhile)  # Graph tells a worker that does not hold it
         carried = mine[1:]
-        with anyio.fail_after(GUARD):
-            adopted = await fleet.wait_logged("durable_bot.adopted", len(carried))
-            await fleet.wait_logged("call.adoption_gone", 1, call_id=ended_meanwhile)
-        took = time.monotonic() - killed_at
+        early = carried[-1]
+        async with anyio.create_task_group() as tg:
+            # a key pressed before anyone adopted the call waits for the adopter
+            tg.start_soon(fake.call(early).press, "9")
+            await fake.end_call(ended_meanwhile)  # Graph tells a worker that does not hold it
+            with anyio.fail_after(GUARD):
+                adopted = await fleet.wait_logged("durable_bot.adopted", len(carried))
+                await fleet.wait_logged("call.adoption_gone", 1, call_id=ended_meanwhile)
+            took = time.monotonic() - killed_at
         assert took < DETECTION + SLACK + 1.0, took
         assert sorted(line["call_id"] for line in adopted) == carried
         assert {line["reason"] for line in adopted} == {"owner_lost"}
@@ -233,6 +237,11 @@ async def test_a_killed_owners_calls_are_adopted_once_with_their_memo_and_carry_
                 await fleet.workers[adopter[call_id]].wait_log(
                     "durable_bot.digits", call_id=call_id, digits="5", instance=adopter[call_id]
                 )
+
+        with anyio.fail_after(GUARD):
+            await fleet.workers[adopter[early]].wait_log(
+                "durable_bot.digits", call_id=early, digits="9", instance=adopter[early]
+            )
 
         # the caller hanging up reaches the adopter: the call ends there
         hung_up = carried[3]
