@@ -25,6 +25,7 @@ checks, the worker's client name, and ``CA_BUNDLE`` as the CA for TLS unless the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +46,7 @@ class StoreClient:
         errors: tuple[type[BaseException], ...],
         no_script: type[BaseException],
         closers: Sequence[Callable[[], Awaitable[None]]] = (),
+        opener: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.client = client
         """A ``redis.asyncio`` ``Redis`` or ``RedisCluster`` (``decode_responses`` on)."""
@@ -53,6 +55,20 @@ class StoreClient:
         self.no_script = no_script
         """What ``EVALSHA`` raises when the server does not know the script."""
         self._closers = (client.aclose, *closers)
+        self._opener = opener
+
+    async def open(self, within: float) -> None:
+        """Make the first contact a cluster client needs before it routes any command (the
+        slot map, the command table), waiting at most ``within`` seconds: done later, it would
+        have to fit in the budget of one operation, and start over whenever that ran out.
+        Redis down or slow: the first operations try again."""
+        if self._opener is None:
+            return
+        try:
+            async with asyncio.timeout(within):
+                await self._opener()
+        except self.errors:
+            pass
 
     async def aclose(self) -> None:
         """Close the client's connections (and the sentinels' clients)."""
@@ -127,7 +143,7 @@ def _cluster(
     node.pop("db", None)  # a cluster has database 0 only (the URL was checked)
     startup = [ClusterNode(host, port) for host, port in target.hosts]
     client = RedisCluster(startup_nodes=startup, **node)
-    return StoreClient(client, errors=errors, no_script=no_script)
+    return StoreClient(client, errors=errors, no_script=no_script, opener=client.initialize)
 
 
 def _sentinel(

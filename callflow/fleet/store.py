@@ -305,7 +305,8 @@ class RedisStore:
         return f"{self._prefix}{kind}:{name}" if name else f"{self._prefix}{kind}"
 
     async def __aenter__(self) -> Self:
-        """Create the client (connections open on first use) and register the scripts."""
+        """Create the client and register the scripts; connections open on first use (a
+        cluster client learns the cluster's slots here, waiting at most :data:`CLAIM_CAP`)."""
         connection = connect(
             self.url,
             # Operations are bounded by their own budget (see _run), which may exceed timeout.
@@ -319,6 +320,7 @@ class RedisStore:
         self._client = connection.client
         for name, source in SCRIPTS.items():
             self._scripts[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
+        await connection.open(max(self._timeout, CLAIM_CAP))
         return self
 
     async def __aexit__(
