@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import redis
+from redis.crc import key_slot
 
 from tests.redis_server import RedisServer, _free_port, require_redis_server
 
@@ -113,6 +114,37 @@ class LocalCluster:
         if self.user is not None:
             options.update(username=ADMIN[0], password=ADMIN[1])
         return redis.Redis(**options)
+
+    def owner(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot."""
+        with self.admin(self.nodes[0]) as client:
+            for start, end, (_host, port, *_), *_replicas in client.execute_command(
+                "CLUSTER", "SLOTS"
+            ):
+                if start <= key_slot(key.encode()) <= end:
+                    return next(node for node in self.nodes if node.port == port)
+        raise AssertionError(f"no node serves the slot of {key!r}")  # pragma: no cover
+
+    def move_slot(self, key: str, to: RedisServer) -> None:
+        """Move ``key``'s slot, with its keys, to the node ``to`` (as a resharding does:
+        IMPORTING/MIGRATING, MIGRATE, then SETSLOT NODE on every node)."""
+        slot = key_slot(key.encode())
+        source = self.owner(key)
+        with self.admin(source) as src, self.admin(to) as dst:
+            src_id, dst_id = (
+                src.execute_command("CLUSTER MYID"),
+                dst.execute_command("CLUSTER MYID"),
+            )
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+            login = ["AUTH2", *ADMIN] if self.user is not None else []
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", to.port, "", 0, 5000, *login, "KEYS", *keys
+                )
+        for node in self.nodes:
+            with self.admin(node) as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
 
     def flush(self) -> None:
         """Delete every key on every node."""
