@@ -71,9 +71,16 @@ class StoreClient:
             pass
 
     async def aclose(self) -> None:
-        """Close the client's connections (and the sentinels' clients)."""
+        """Close the client's connections (and the sentinels' clients), all of them even
+        when one fails; the first failure is raised."""
+        failures: list[Exception] = []
         for close in self._closers:
-            await close()
+            try:
+                await close()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 def connect(

@@ -76,11 +76,12 @@ async def test_a_cluster_url_makes_a_cluster_client_with_every_node_to_start_fro
 
 async def test_a_sentinel_url_follows_the_master_of_its_service() -> None:
     """``rediss+sentinel://`` asks the sentinels named for the service's master: the URL's
-    credentials and database are the master's, ``sentinel_password`` the sentinels'; both
+    credentials and database are the master's, ``sentinel_username`` and
+    ``sentinel_password`` the sentinels' (none without them); both
     speak TLS with CA_BUNDLE, and closing the store closes the sentinels' clients too."""
     made = client_of(
         "rediss+sentinel://app:m-pass@10.0.0.1:26379,10.0.0.2/fleet-master/3"
-        "?sentinel_password=s-pass&ssl_check_hostname=false"
+        "?sentinel_username=watcher&sentinel_password=s-pass&ssl_check_hostname=false"
     )
     client = made.client
     pool = client.connection_pool
@@ -95,7 +96,7 @@ async def test_a_sentinel_url_follows_the_master_of_its_service() -> None:
     asked = [s.connection_pool.connection_kwargs for s in sentinels]
     assert [(k["host"], k["port"]) for k in asked] == [("10.0.0.1", 26379), ("10.0.0.2", 26379)]
     for kwargs in asked:
-        assert kwargs["password"] == "s-pass" and kwargs.get("username") is None
+        assert (kwargs["username"], kwargs["password"]) == ("watcher", "s-pass")
         assert kwargs["ssl_ca_certs"] == "/etc/fleet-ca.pem"
         assert kwargs["socket_timeout"] == 2.0
     closed: list[str] = []
@@ -111,7 +112,8 @@ async def test_a_sentinel_url_follows_the_master_of_its_service() -> None:
     assert closed == ["sentinel", "sentinel"]
     anonymous = client_of("redis+sentinel://127.0.0.1/fleet-master")
     asked_plain = anonymous.client.connection_pool.sentinel_manager.sentinels[0]
-    assert asked_plain.connection_pool.connection_kwargs.get("password") is None
+    plain_kwargs = asked_plain.connection_pool.connection_kwargs
+    assert (plain_kwargs.get("username"), plain_kwargs.get("password")) == (None, None)
     await anonymous.aclose()
 
 
@@ -153,3 +155,22 @@ def test_credentials_stay_out_of_logged_cluster_and_sentinel_urls() -> None:
     assert without_credentials("redis+sentinel://s1/svc?password=pw") == (
         "redis+sentinel://s1/svc?password=***"
     )
+
+
+async def test_closing_closes_everything_even_when_one_part_fails() -> None:
+    """A client that fails to close still lets the sentinels' clients close; the failure is
+    raised afterwards."""
+    closed: list[str] = []
+
+    class Broken:
+        async def aclose(self) -> None:
+            closed.append("client")
+            raise OSError("already gone")
+
+    async def sentinels() -> None:
+        closed.append("sentinels")
+
+    made = StoreClient(Broken(), errors=(OSError,), no_script=OSError, closers=(sentinels,))
+    with pytest.raises(OSError, match="already gone"):
+        await made.aclose()
+    assert closed == ["client", "sentinels"]

@@ -343,6 +343,7 @@ def test_sentinel_credentials_are_apart_from_the_masters() -> None:
         ("redis+cluster://[::1:7000", "does not parse"),
         ("redis+cluster://[::1]x:7000", "bad host"),
         ("redis+cluster://h1:7000/2", "database 0 only"),
+        ("redis+cluster://h1:7000/0/1", "hosts[/0]"),
         ("redis+cluster://h1:7000?sentinel_password=x", "redis[s]+sentinel:// only"),
         ("redis+shard://h1:7000", "redis[s]+cluster://"),
         ("postgres://x", "redis[s]+sentinel://"),
