@@ -1,4 +1,7 @@
-"""The decision store against a real redis-server, and fleet mode wired into served bots."""
+"""The decision store against a real redis-server, and fleet mode wired into served bots.
+
+The tests that take ``backend`` run on one server, a three-master cluster and through Sentinel
+(tests/fleet/conftest.py)."""
 
 from __future__ import annotations
 
