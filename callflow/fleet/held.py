@@ -197,7 +197,8 @@ class HeldStore:
         store = self.store
 
         async def run() -> list[str]:
-            result = await store.eval_script("owners", (), (self._prefix, *call_ids))
+            routing = (store.key("holds", self.instance_id),)  # the fleet's slot, for a cluster
+            result = await store.eval_script("owners", routing, (self._prefix, *call_ids))
             return [str(owner) for owner in result]
 
         if not call_ids:

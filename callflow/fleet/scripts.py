@@ -167,7 +167,8 @@ redis.call('DEL', KEYS[4])
 return out
 """
 
-# The owners of held records: ARGV = the prefix of held records, then call ids.
+# The owners of held records: ARGV = the prefix of held records, then call ids. KEYS[1] (the
+# worker's held set, in the fleet's slot) is not read: it routes the script on a cluster.
 _OWNERS: Final = """
 local out = {}
 for i = 2, #ARGV do

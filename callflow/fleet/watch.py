@@ -16,8 +16,10 @@ judges a peer lost only once its own view has settled: after it starts, and afte
 the store did not take, it waits three intervals and the breaker's longest back-off (the time a
 live peer needs to beat again) before adopting the answered calls of instances whose
 heartbeat is gone; so when Redis comes back from an outage longer than a heartbeat lives,
-live workers do not adopt each other's calls. A worker that handed its calls off (a graceful
-stop) is adopted from at once.
+live workers do not adopt each other's calls. After such an outage (not at start: a peer
+whose heartbeat is missing then is gone) the same wait holds back the take-over of undecided
+calls too, since a call its owner decided while Redis was away is still in its pending set. A
+worker that handed its calls off (a graceful stop) is adopted from at once.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ class FleetWatch:
         self._settle = float(settle)
         self._settled_at: float | None = None
         self._settled = False
+        self._failed = False
+        self._quiet_until = 0.0
         self._seen: dict[str, float] = {}
         self.beats = 0
         """Heartbeats the store accepted."""
@@ -160,10 +164,15 @@ class FleetWatch:
         if census is None:
             self._settled_at = None  # the store is down: keep the last directory
             self._settled = False
+            self._failed = True
             return
         if self._settled_at is None:
             self._settled_at = now + ttl + self._settle
+            if self._failed:  # back from an outage: the heartbeats may all have expired
+                self._quiet_until = self._settled_at
+                self._failed = False
         settled = now >= self._settled_at
+        quiet = now < self._quiet_until
         if settled and not self._settled:
             log.info("fleet.settled", instance=store.instance_id, live=len(census.live))
         self._settled = settled
@@ -184,6 +193,8 @@ class FleetWatch:
             if dead == store.instance_id:  # pragma: no cover - its key was set in this beat
                 continue
             await self._adopt(sends, dead, handed_off_only=not settled)
+            if quiet:
+                continue  # a live peer may not have beaten again yet: take nothing over
             calls = await store.take_over(dead)
             if calls:
                 log.warning("instance.taken_over", instance=dead, calls=len(calls))

@@ -1,27 +1,28 @@
-"""Held calls in the fleet's store (a real redis-server): records, adoption, hand-off, and the
-writer and reconciliation of a worker's held calls."""
+"""Held calls in the fleet's store: records, adoption, hand-off, and the writer and
+reconciliation of a worker's held calls; each test on one redis-server, a three-master
+cluster and through Sentinel (``backend``, tests/fleet/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from callflow.decisions import Reject, RejectReason
 from callflow.errors import ActionError, CallGoneError
 from callflow.events import CallAdopted
 from callflow.fleet.adoption import Adoptions
+from callflow.fleet.connect import connect
 from callflow.fleet.held import HeldCalls, HeldRecord, HeldStore
 from callflow.fleet.stats import FleetStats
 from callflow.fleet.store import RedisStore
 from callflow.fleet.trust import FleetSigner
 from callflow.fleet.watch import FleetWatch
-from tests.redis_server import RedisServer, redis_server
+from tests.fleet.conftest import Backend
 
 NS = "held-ns"
 SECRET = "held-fleet-secret-0123456789abcdef"
@@ -35,17 +36,13 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    yield from redis_server()
-
-
-@pytest.fixture
-async def raw(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+async def raw(backend: Backend) -> AsyncIterator[Any]:
+    """A plain client of the backend, to look at and tamper with the keys."""
+    connection = connect(backend.url, timeout=5.0, client_name="test-raw")
     try:
-        yield client
+        yield connection.client
     finally:
-        await client.aclose()
+        await connection.aclose()
 
 
 def key(kind: str, name: str = "") -> str:
@@ -61,9 +58,9 @@ def record(s: RedisStore, call_id: str, memo: str = "{}") -> HeldRecord:
 
 
 async def test_a_held_call_is_written_signed_read_back_and_dropped_by_its_owner_only(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: Any
 ) -> None:
-    async with store(redis.url, "a") as a, store(redis.url, "b") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b") as b:
         ha, hb = HeldStore(a), HeldStore(b)
         assert await ha.put(record(a, "c1", '{"step":"pin"}')) is True
         assert await raw.smembers(key("holds", "a")) == {"c1"}
@@ -83,9 +80,9 @@ async def test_a_held_call_is_written_signed_read_back_and_dropped_by_its_owner_
 
 
 async def test_a_forged_record_names_no_owner_and_is_never_adopted(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: Any
 ) -> None:
-    async with store(redis.url, "a") as a, store(redis.url, "dead") as dead:
+    async with store(backend.url, "a") as a, store(backend.url, "dead") as dead:
         ha = HeldStore(a)
         await raw.hset(key("held", "c9"), mapping={"owner": "dead#x", "v": "forged"})
         await raw.sadd(key("holds", "dead"), "c9")
@@ -97,12 +94,12 @@ async def test_a_forged_record_names_no_owner_and_is_never_adopted(
 
 
 async def test_two_survivors_race_for_a_lost_workers_calls_and_each_is_adopted_once(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: Any
 ) -> None:
     async with (
-        store(redis.url, "a") as a,
-        store(redis.url, "b") as b,
-        store(redis.url, "dead") as dead,
+        store(backend.url, "a") as a,
+        store(backend.url, "b") as b,
+        store(backend.url, "dead") as dead,
     ):
         hd = HeldStore(dead)
         for i in range(30):
@@ -126,11 +123,11 @@ async def test_two_survivors_race_for_a_lost_workers_calls_and_each_is_adopted_o
 
 
 async def test_take_over_keeps_an_instance_with_held_calls_in_the_fleet(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: Any
 ) -> None:
     """Undecided calls are taken over at once, but the lost instance stays a member while it
     holds answered calls, so a survivor that may not adopt yet finds it at a later beat."""
-    async with store(redis.url, "a") as a, store(redis.url, "dead") as dead:
+    async with store(backend.url, "a") as a, store(backend.url, "dead") as dead:
         await HeldStore(dead).put(record(dead, "c1"))
         await dead.beat(None, 5.0)
         await raw.delete(key("instance", "dead"))
@@ -141,10 +138,8 @@ async def test_take_over_keeps_an_instance_with_held_calls_in_the_fleet(
         assert "dead" not in await raw.smembers(key("instances"))
 
 
-async def test_a_hand_off_is_adopted_at_once_as_handed_off(
-    redis: RedisServer, raw: aioredis.Redis
-) -> None:
-    async with store(redis.url, "a") as a, store(redis.url, "leaving") as leaving:
+async def test_a_hand_off_is_adopted_at_once_as_handed_off(backend: Backend, raw: Any) -> None:
+    async with store(backend.url, "a") as a, store(backend.url, "leaving") as leaving:
         hl = HeldStore(leaving)
         await hl.put(record(leaving, "c1"))
         await leaving.beat(None, 5.0)
@@ -159,11 +154,11 @@ async def test_a_hand_off_is_adopted_at_once_as_handed_off(
 
 
 async def test_a_new_life_adopts_what_its_previous_life_held_but_not_its_own(
-    redis: RedisServer,
+    backend: Backend,
 ) -> None:
-    async with store(redis.url, "w") as old:
+    async with store(backend.url, "w") as old:
         await HeldStore(old).put(record(old, "c-old"))
-    async with store(redis.url, "w") as new:
+    async with store(backend.url, "w") as new:
         hn = HeldStore(new)
         await hn.put(record(new, "c-new"))
         adoption = await hn.adopt("w", force=True)
@@ -173,9 +168,9 @@ async def test_a_new_life_adopts_what_its_previous_life_held_but_not_its_own(
 
 
 async def test_the_writer_writes_behind_waits_for_memos_and_drops_ended_calls(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: Any
 ) -> None:
-    async with store(redis.url, "a") as a, anyio.create_task_group() as tg:
+    async with store(backend.url, "a") as a, anyio.create_task_group() as tg:
         held = HeldCalls(HeldStore(a))
         tg.start_soon(held.run)
         held.hold("c1", "t")
@@ -193,10 +188,10 @@ async def test_the_writer_writes_behind_waits_for_memos_and_drops_ended_calls(
 
 
 async def test_reconcile_writes_again_what_redis_lost_and_lets_go_of_adopted_calls(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: Any
 ) -> None:
     lost: list[tuple[str, str]] = []
-    async with store(redis.url, "a") as a, store(redis.url, "b") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b") as b:
         held = HeldCalls(HeldStore(a), on_lost=lambda call_id, owner: lost.append((call_id, owner)))
         held.hold("c1", "t")
         held.hold("c2", "t")
@@ -239,7 +234,7 @@ class Graph:
 
 
 async def test_after_an_outage_longer_than_a_heartbeat_live_workers_do_not_adopt_each_other(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: Any
 ) -> None:
     """Every heartbeat expired (Redis was away longer than three intervals): the first beats
     after it see every peer dead, but a worker adopts only once its view has settled, by
@@ -247,9 +242,9 @@ async def test_after_an_outage_longer_than_a_heartbeat_live_workers_do_not_adopt
     taken: list[CallAdopted] = []
     graph = Graph({"c-b": "established", "c-gone": "established"})
     async with (
-        store(redis.url, "a") as a,
-        store(redis.url, "b") as b,
-        store(redis.url, "gone") as gone,
+        store(backend.url, "a") as a,
+        store(backend.url, "b") as b,
+        store(backend.url, "gone") as gone,
     ):
         for s, call in ((b, "c-b"), (gone, "c-gone")):
             await HeldStore(s).put(record(s, call, '{"at":"x"}'))
@@ -281,11 +276,11 @@ async def test_after_an_outage_longer_than_a_heartbeat_live_workers_do_not_adopt
 
 
 async def test_an_adopted_call_that_ended_meanwhile_is_forgotten_without_an_event(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: Any
 ) -> None:
     taken: list[CallAdopted] = []
     graph = Graph({"alive": "established", "over": "terminated"})
-    async with store(redis.url, "a") as a, store(redis.url, "dead") as dead:
+    async with store(backend.url, "a") as a, store(backend.url, "dead") as dead:
         hd = HeldStore(dead)
         for call in ("alive", "over", "gone"):
             await hd.put(record(dead, call))
@@ -303,8 +298,8 @@ async def test_an_adopted_call_that_ended_meanwhile_is_forgotten_without_an_even
         assert "alive" in held
 
 
-async def test_a_memo_is_kept_only_for_a_call_this_worker_holds(redis: RedisServer) -> None:
-    async with store(redis.url, "a") as a:
+async def test_a_memo_is_kept_only_for_a_call_this_worker_holds(backend: Backend) -> None:
+    async with store(backend.url, "a") as a:
         held = HeldCalls(HeldStore(a))
         with pytest.raises(ActionError, match="not held by this worker"):
             await held.remember("someone-elses", "t", "{}")
@@ -312,11 +307,11 @@ async def test_a_memo_is_kept_only_for_a_call_this_worker_holds(redis: RedisServ
 
 
 async def test_reconcile_checks_a_bounded_batch_per_beat(
-    redis: RedisServer, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, raw: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Many held calls are checked a batch per heartbeat, all of them over a few beats."""
     monkeypatch.setattr("callflow.fleet.held.RECONCILE_BATCH", 10)
-    async with store(redis.url, "a") as a:
+    async with store(backend.url, "a") as a:
         held = HeldCalls(HeldStore(a))
         for i in range(25):
             held.hold(f"c{i}", "t")
