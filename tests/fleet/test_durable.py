@@ -24,6 +24,7 @@ import anyio.abc
 import pytest
 
 from callflow.testing import FakeGraph, SigningKey
+from tests.fleet.conftest import Backend
 from tests.fleet.test_fleet import Worker, _members, scrape, worker_env
 from tests.fleet_proxy import FleetProxy
 from tests.redis_server import RedisServer, _free_port, redis_server
@@ -181,14 +182,15 @@ async def kept_alive_after(fake: FakeGraph, call_ids: Iterable[str], after: floa
 
 
 async def test_a_killed_owners_calls_are_adopted_once_with_their_memo_and_carry_on(
-    fake: FakeGraph, redis: RedisServer
+    fake: FakeGraph, backend: Backend
 ) -> None:
     """SIGKILL one of three workers holding 60 answered calls in flows: each of its calls is
     adopted by exactly one survivor within three heartbeats and a Graph round trip, with the
     last memo; keepAlive resumes from the adopter (no gap longer than the interval plus the
     detection time); a key pressed afterwards reaches the adopter's collect_digits; a hang-up
-    reaches the adopter; a call that ended while its owner was dead is forgotten, no hook."""
-    async with fleet_of(fake, redis.url, 3) as fleet:
+    reaches the adopter; a call that ended while its owner was dead is forgotten, no hook.
+    On one redis-server, a three-master cluster and through Sentinel."""
+    async with fleet_of(fake, backend.url, 3) as fleet:
         owners = await answered_in_flows(fleet, 60)
         counts = Counter(owners.values())
         victim_name = counts.most_common(1)[0][0]
@@ -253,16 +255,16 @@ async def test_a_killed_owners_calls_are_adopted_once_with_their_memo_and_carry_
         assert sum(t["callflow_calls_adopted_total"] for t in totals) == len(carried)
         assert sum(t["callflow_held_calls"] for t in totals) == 60 - 2
         print(
-            f"\nadoption of {len(carried)} calls: {took:.2f} s after SIGKILL; "
+            f"\n{backend.kind}: adoption of {len(carried)} calls: {took:.2f} s after SIGKILL; "
             f"largest keepAlive gap {worst:.2f} s (interval {KEEPALIVE} s)"
         )
 
 
-async def test_a_rolling_restart_drops_no_call(fake: FakeGraph, redis: RedisServer) -> None:
+async def test_a_rolling_restart_drops_no_call(fake: FakeGraph, backend: Backend) -> None:
     """SIGTERM each of three workers in turn and start it again: each hands its calls off
     at once (reason handed_off), a survivor adopts each once, no call ends, and every call
-    is kept alive throughout."""
-    async with fleet_of(fake, redis.url, 3) as fleet:
+    is kept alive throughout. On one redis-server, a cluster and through Sentinel."""
+    async with fleet_of(fake, backend.url, 3) as fleet:
         owners = await answered_in_flows(fleet, 30)
         started = time.monotonic()
         handoffs: list[float] = []
@@ -290,9 +292,9 @@ async def test_a_rolling_restart_drops_no_call(fake: FakeGraph, redis: RedisServ
         worst = max(gaps.values())
         assert worst <= KEEPALIVE + SLACK, gaps
         print(
-            f"\nrolling restart over {time.monotonic() - started:.1f} s: hand-offs resumed "
-            f"in {', '.join(f'{h:.2f}' for h in handoffs)} s after SIGTERM; largest "
-            f"keepAlive gap {worst:.2f} s (interval {KEEPALIVE} s)"
+            f"\n{backend.kind}: rolling restart over {time.monotonic() - started:.1f} s: "
+            f"hand-offs resumed in {', '.join(f'{h:.2f}' for h in handoffs)} s after "
+            f"SIGTERM; largest keepAlive gap {worst:.2f} s (interval {KEEPALIVE} s)"
         )
 
 
