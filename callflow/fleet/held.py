@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 
 HANDED_TTL: Final = 600.0
 """Seconds a hand-off mark lives when nobody adopts the calls (a fleet of one stopping)."""
+WRITE_WAIT: Final = 2.0
+"""Seconds a held-call operation may wait for the store: none is on a decision's path, and
+giving up early only means doing it again."""
 WRITE_RETRY: Final = 0.5
 """Seconds before writes the store failed are tried again."""
 RECORD_LIMIT: Final = 32_768
@@ -139,7 +142,7 @@ class HeldStore:
             )
             return result if isinstance(result, str) else True
 
-        return await store.run("hold", run, None)
+        return await store.run("hold", run, None, WRITE_WAIT)
 
     async def drop(self, call_id: str) -> bool:
         """Forget a call this worker held (it ended); False when the store is in trouble."""
@@ -150,7 +153,7 @@ class HeldStore:
             await store.eval_script("drop_held", keys, (self.owner, call_id))
             return True
 
-        return await store.run("drop_held", run, False)
+        return await store.run("drop_held", run, False, WRITE_WAIT)
 
     async def adopt(
         self, instance: str, *, force: bool = False, handed_off_only: bool = False
@@ -189,7 +192,7 @@ class HeldStore:
             handed_at = _float(mark)
             return Adoption(instance, reason, tuple(records), handed_at)
 
-        return await store.run("adopt_held", run, None, max(store.wait_for(None), 2.0))
+        return await store.run("adopt_held", run, None, WRITE_WAIT)
 
     async def owners(self, call_ids: Sequence[str]) -> list[str] | None:
         """The owner value of each call's record ('' when the store has none); None when
@@ -203,7 +206,7 @@ class HeldStore:
 
         if not call_ids:
             return []
-        return await store.run("owners", run, None)
+        return await store.run("owners", run, None, WRITE_WAIT)
 
     async def owner_of(self, call_id: str) -> str | None:
         """The instance that holds ``call_id`` by its signed record; None when none does
@@ -216,7 +219,7 @@ class HeldStore:
                 return None
             return str(owner).rpartition("#")[0] or None
 
-        return await store.run("owner_of", run, None)
+        return await store.run("owner_of", run, None, 0.5)
 
     async def hand_off(self) -> bool:
         """Mark this worker's calls handed off and drop its heartbeat: the fleet adopts them

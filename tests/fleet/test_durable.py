@@ -143,8 +143,8 @@ async def fleet_of(fake: FakeGraph, store: str, count: int) -> AsyncIterator[Fle
 
 
 async def answered_in_flows(fleet: Fleet, count: int) -> dict[str, str]:
-    """Place ``count`` calls through the proxy; once every flow remembered its memo, the
-    owner's name of each call, by call id."""
+    """Place ``count`` calls through the proxy; once every flow remembered its memo and
+    waits for keys, the owner's name of each call, by call id."""
     limit = anyio.Semaphore(16)
     owners: dict[str, str] = {}
 
@@ -159,6 +159,8 @@ async def answered_in_flows(fleet: Fleet, count: int) -> dict[str, str]:
             for _ in range(count):
                 tg.start_soon(one)
         await fleet.wait_logged("durable_bot.remembered", count)
+        for call_id in owners:  # every flow waits for the caller's keys
+            await fleet.fake.call(call_id).wait_requests(1, op="subscribeToTone", timeout=GUARD)
     return owners
 
 
