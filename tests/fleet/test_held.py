@@ -50,6 +50,7 @@ def key(kind: str, name: str = "") -> str:
 
 
 def store(url: str, instance: str, **options: Any) -> RedisStore:
+    options.setdefault("timeout", 1.0)  # a loaded test machine, not a worker's bound
     return RedisStore(url, instance_id=instance, namespace=NS, secret=SECRET, **options)
 
 

@@ -104,8 +104,10 @@ async def raw(backend: Backend) -> AsyncIterator[Any]:
 
 
 def store(url: str, instance: str, **options: Any) -> RedisStore:
-    """A RedisStore of the test namespace, with the test fleet secret."""
+    """A RedisStore of the test namespace, with the test fleet secret; operations may wait
+    1 s unless told (the default 0.15 s is for a worker, not for a loaded test machine)."""
     options.setdefault("secret", SECRET)
+    options.setdefault("timeout", 1.0)
     return RedisStore(url, instance_id=instance, namespace=NS, **options)
 
 
