@@ -29,6 +29,7 @@ from callflow.errors import (
     TransferError,
 )
 from callflow.events import (
+    CallAdopted,
     CallStateChanged,
     CallTerminated,
     ChatInfo,
@@ -55,6 +56,7 @@ __all__ = [
     "Answer",
     "Bot",
     "Call",
+    "CallAdopted",
     "CallContext",
     "CallControlError",
     "CallEndedError",

@@ -13,6 +13,7 @@ from typing import Any, Final, TypeAlias
 import attrs
 
 __all__ = [
+    "CallAdopted",
     "CallEvent",
     "mask_phone",
     "canonical_call_id",
@@ -307,6 +308,31 @@ class UnknownNotification:
     raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
 
 
+@attrs.frozen
+class CallAdopted:
+    """This worker took over a call another worker of the fleet answered and lost.
+
+    Delivered once per adoption, fleet-wide, to ``@bot.on(CallAdopted)`` observers, which
+    run like flows (see ``Answer(then=...)``): they may await operations on ``ctx.call``
+    for the rest of the call. ``memo`` is the last mapping the call's flow remembered
+    (``await call.remember({...})``; empty when it remembered nothing), ``previous_owner``
+    the instance id of the worker that held the call, ``reason`` ``"owner_lost"`` (its
+    heartbeat lapsed) or ``"handed_off"`` (it stopped gracefully and handed its calls to the
+    fleet), and ``lost_for`` how many seconds passed since the owner was lost (None when
+    this worker cannot tell). Operations that were in flight on the lost worker are not
+    resumed; their late results reach ``OperationFinished`` observers here.
+    """
+
+    call_id: str
+    tenant_id: str | None
+    memo: Mapping[str, Any] = attrs.field(factory=dict)
+    previous_owner: str = ""
+    reason: str = "owner_lost"
+    lost_for: float | None = None
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False, factory=dict)
+    """Empty: no notification carries an adoption (there for uniformity with the others)."""
+
+
 CallEvent: TypeAlias = (
     IncomingCall
     | CallStateChanged
@@ -315,4 +341,5 @@ CallEvent: TypeAlias = (
     | ToneReceived
     | OperationFinished
     | UnknownNotification
+    | CallAdopted
 )

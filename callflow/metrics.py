@@ -289,3 +289,17 @@ class _EngineCollector(Collector):
                  "CALLFLOW_FLEET_SECRET signature (ignored or replaced)", fleet.forged),
             ):  # fmt: skip
                 yield CounterMetricFamily(name, doc, value=value)
+            adopted = CounterMetricFamily(
+                "callflow_calls_adopted",
+                "Answered calls this worker adopted from another worker of the fleet, by why "
+                "(owner_lost: its heartbeat lapsed; handed_off: it stopped gracefully)",
+                labels=["reason"],
+            )
+            adopted.add_metric(["owner_lost"], fleet.adopted_lost)
+            adopted.add_metric(["handed_off"], fleet.adopted_handed_off)
+            yield adopted
+            yield GaugeMetricFamily(
+                "callflow_held_calls",
+                "Answered calls this worker holds (recorded in the fleet's store)",
+                value=fleet.held_calls,
+            )

@@ -32,6 +32,7 @@ from callflow._signatures import is_async as _is_async
 from callflow.clock import MONOTONIC, Clock
 from callflow.errors import RegistrationError
 from callflow.events import (
+    CallAdopted,
     CallEvent,
     CallStateChanged,
     CallTerminated,
@@ -64,7 +65,7 @@ ErrorHook = Callable[[BaseException, CallEvent], Awaitable[None] | None]
 
 _SEQ = itertools.count()
 _EVENT_TYPES = (IncomingCall, CallStateChanged, CallTerminated, ParticipantsUpdated,
-                ToneReceived, OperationFinished, UnknownNotification)  # fmt: skip
+                ToneReceived, OperationFinished, UnknownNotification, CallAdopted)  # fmt: skip
 
 
 class CallContext:
@@ -282,6 +283,11 @@ class Router:
         ``ToneReceived``, ``OperationFinished`` and ``UnknownNotification`` (use
         ``incoming_call`` to decide calls). Their results are ignored; every matching observer
         runs, in registration order, per call in arrival order.
+
+        ``CallAdopted`` observers (fleet mode: this worker took over a call another worker
+        answered) run like flows instead: each is a task of its own that may await
+        operations on ``ctx.call`` for the rest of the call while the call's other events
+        reach their observers; one that raises has its call hung up, as a flow does.
         """
         if event_type is IncomingCall:
             raise RegistrationError(

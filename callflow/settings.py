@@ -22,6 +22,7 @@ from callflow._hosts import (
     is_loopback,
     recording_hosts,
 )
+from callflow._store_url import mask_query, parse_store_url
 from callflow.errors import ConfigError
 
 __all__ = [
@@ -117,9 +118,9 @@ def _recording_hosts(raw: str) -> tuple[str, ...]:
 
 def _store(raw: str) -> str:
     value = raw.strip()
-    if value == "memory" or value.startswith(("redis://", "rediss://", "unix://")):
-        return value
-    raise ValueError(f"expected 'memory' or a redis:// URL, got {raw!r}")
+    if value != "memory":
+        parse_store_url(value)  # a ValueError says which form was expected
+    return value
 
 
 def _instance_id(raw: str) -> str:
@@ -159,7 +160,8 @@ def _file(raw: str) -> str:
 
 
 def masked_url(url: object) -> str:
-    """``url`` as shown in reprs and logs: any password replaced by ``***``."""
+    """``url`` as shown in reprs and logs: any password replaced by ``***`` (the URL's own
+    and those of ``*password=`` query options, such as ``sentinel_password=``)."""
     if not isinstance(url, str):
         return repr(url)
     try:
@@ -168,10 +170,10 @@ def masked_url(url: object) -> str:
     except ValueError:
         return repr("<unparsable URL>")
     if password is None:
-        return repr(url)
+        return repr(mask_query(url))
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
-    return repr(parts._replace(netloc=f"{user}:***@{host}").geturl())
+    return repr(mask_query(parts._replace(netloc=f"{user}:***@{host}").geturl()))
 
 
 def _plain_http_problem(name: str, url: str | None, allowed: bool) -> str | None:
@@ -188,19 +190,27 @@ def _plain_http_problem(name: str, url: str | None, allowed: bool) -> str | None
 
 
 def plain_redis_problem(url: str, allowed: bool) -> str | None:
-    """Why the store ``url`` may not be used: plain ``redis://`` to a host that is not
-    loopback (claims and the fleet's values would cross the network in clear text)."""
-    if allowed or not url.startswith("redis://"):
+    """Why the store ``url`` may not be used: plain ``redis://`` (``redis+cluster://``,
+    ``redis+sentinel://``) to a host that is not loopback (claims and the fleet's values
+    would cross the network in clear text)."""
+    scheme = url.partition("://")[0].lower()
+    if allowed or scheme not in ("redis", "redis+cluster", "redis+sentinel"):
         return None
+    hosts: list[str | None]
     try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        host = None
-    if host is None or is_loopback(host):  # no host: redis-py connects to localhost
+        if scheme == "redis":
+            hosts = [urlsplit(url).hostname]
+        else:
+            hosts = [host for host, _ in parse_store_url(url).hosts]
+    except ValueError:  # a URL that does not parse is reported by its own check
+        return None
+    # No host: redis-py connects to localhost.
+    if all(host is None or is_loopback(host) for host in hosts):
         return None
     return (
-        f"{PREFIX}STORE: {masked_url(url)} is plain redis:// to a host that is not loopback; "
-        f"expected rediss:// (or {PREFIX}ALLOW_INSECURE_REDIS=on for a private network)"
+        f"{PREFIX}STORE: {masked_url(url)} is plain {scheme}:// to a host that is not "
+        f"loopback; expected {scheme.replace('redis', 'rediss', 1)}:// (or "
+        f"{PREFIX}ALLOW_INSECURE_REDIS=on for a private network)"
     )
 
 
@@ -231,8 +241,9 @@ class Settings:
     """Allow plain-http ``GRAPH_URL``, ``OPENID_CONFIG_URL`` and ``INTERNAL_URL`` to hosts that
     are not loopback (a test network); loopback http is always allowed."""
     allow_insecure_redis: bool = False
-    """Allow a plain ``redis://`` ``STORE`` on a host that is not loopback (a private
-    network); ``rediss://``, ``unix://`` and loopback ``redis://`` are always allowed."""
+    """Allow a plain ``redis://`` (``redis+cluster://``, ``redis+sentinel://``) ``STORE`` on a
+    host that is not loopback (a private network); the ``rediss`` forms, ``unix://`` and
+    loopback hosts are always allowed."""
     ca_bundle: str | None = None
     recording_hosts: tuple[str, ...] = DEFAULT_RECORDING_HOSTS
     """The hosts recordings are downloaded from (``*.`` for subdomains): a ``recordingLocation``

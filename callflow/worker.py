@@ -38,7 +38,7 @@ from callflow.control.registry import OperationRegistry
 from callflow.decisions import Answer, Reject, RejectReason
 from callflow.engine.crossing import IoThread
 from callflow.errors import ConfigError
-from callflow.events import canonical_call_id
+from callflow.events import CallAdopted, CallStateChanged, canonical_call_id
 from callflow.fleet.mode import worker_mode
 from callflow.metrics import Metrics
 from callflow.webhook.server import ServerLimits, WebhookServer, start_server
@@ -46,6 +46,7 @@ from callflow.webhook.server import ServerLimits, WebhookServer, start_server
 if TYPE_CHECKING:
     from callflow.control.call import Call, Calls
     from callflow.control.keeper import HeldCall
+    from callflow.control.memory import Memory
     from callflow.decisions import Decision
     from callflow.engine.core import Engine
     from callflow.engine.deadline import DecisionSink, DecisionSlot
@@ -98,6 +99,17 @@ class WorkerMode(Protocol):
         """The webhook's fleet hook; None for none."""
         ...
 
+    @property
+    def memory(self) -> Memory:
+        """Where ``call.remember()`` keeps memos."""
+        ...
+
+    def holding(self, call_id: str, tenant_id: str | None) -> None:
+        """The worker holds ``call_id`` now (answered, created or joined)."""
+
+    def ended(self, call_id: str, result: object = None) -> None:
+        """A call the worker knew ended."""
+
     async def __aenter__(self) -> Self:
         """Open what the mode needs on the I/O loop."""
         ...
@@ -115,9 +127,15 @@ class WorkerMode(Protocol):
         ...
 
     def watching(
-        self, tasks: anyio.abc.TaskGroup, graph: GraphClient, default: Decision, calls: CallBook
+        self,
+        tasks: anyio.abc.TaskGroup,
+        graph: GraphClient,
+        default: Decision,
+        calls: CallBook,
+        take: Callable[[str, str | None, str, CallAdopted], None],
     ) -> AbstractAsyncContextManager[None]:
-        """Run the mode's background work in ``tasks`` while the block runs."""
+        """Run the mode's background work in ``tasks`` while the block runs; ``take`` hands
+        the worker a call it adopted (fleet mode)."""
         ...
 
     async def listening(self, host: str, port: int) -> None:
@@ -277,7 +295,10 @@ class _IoSide:
                     )
                 )
             default = Reject(RejectReason(s.default_reject_reason))
-            mode: WorkerMode = await stack.enter_async_context(worker_mode(s))
+            # Every call the worker knows, bound to its tenant from admission (or creation)
+            # to its end; whoever learns that a call ended ends it here, for everyone.
+            book = CallBook()
+            mode: WorkerMode = await stack.enter_async_context(worker_mode(s, book))
             mode.report_to(metrics)
             self.mode = mode
             graph = await stack.enter_async_context(
@@ -309,17 +330,21 @@ class _IoSide:
                     message="CALLFLOW_INBOUND_AUTH=off: notifications are NOT authenticated; "
                     "use this for local development only",
                 )
-            # Every call the worker knows, bound to its tenant from admission (or creation)
-            # to its end; whoever learns that a call ended ends it here, for everyone.
-            book = CallBook()
             keeper = self.keeper = CallKeeper(graph, s.keepalive_interval, on_gone=book.end)
             book.on_end(keeper.ended)
+            book.on_end(mode.ended)
             metrics.attach_background(keeper, self.auth)
+
+            def holding(call_id: str, tenant_id: str | None) -> None:
+                keeper.answered(call_id, tenant_id)
+                mode.holding(call_id, tenant_id)
+
             control = self.control = CallControl(
                 graph,
                 OperationRegistry(book=book),
                 on_operation=metrics.on_operation,
-                on_created=keeper.answered,
+                on_created=holding,
+                memory=mode.memory,
             )
             self.services = AppServices(self.io, control)
             user_on_decided = self.user_on_decided
@@ -328,7 +353,7 @@ class _IoSide:
                 metrics.on_decided(slot, error)
                 decision, call = slot.decision, slot.call
                 if error is None and isinstance(decision, Answer) and call is not None:
-                    keeper.answered(slot.call_id, call.tenant_id)
+                    holding(slot.call_id, call.tenant_id)
                     if decision.then is not None:
                         engine.post_app(engine.lanes.start_flow, call, decision.then)
                 if user_on_decided is not None:
@@ -350,8 +375,17 @@ class _IoSide:
             background = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(background.cancel_scope.cancel)
             await background.start(keeper.run)
-            # Left before the cancel: the take-over sends in flight finish.
-            await stack.enter_async_context(mode.watching(background, graph, default, book))
+
+            def take(call_id: str, tenant_id: str | None, state: str, event: CallAdopted) -> None:
+                """A call adopted from a lost worker of the fleet is this worker's now."""
+                book.hold(call_id, tenant_id)
+                control.registry.on_events((CallStateChanged(call_id, state),))
+                keeper.answered(call_id, tenant_id, due=0.0)
+                engine.post_app(engine.lanes.adopted, event)
+
+            # Left before the cancel: the take-over sends in flight finish, and the calls
+            # held are handed off to the fleet.
+            await stack.enter_async_context(mode.watching(background, graph, default, book, take))
             await stack.enter_async_context(engine.io_side(mode.sink(graph)))
             yield self
 
@@ -402,6 +436,7 @@ def make_app(
         limits=ServerLimits.from_settings(settings),
         on_suppressed_log=metrics.on_suppressed_log,
         tenant_of=engine.calls.tenant_of,
+        holds=engine.calls.__contains__,
     )
     app = web.Application(client_max_size=2 * 1024 * 1024)
 

@@ -14,6 +14,9 @@ Every one-to-one call is answered; once it is established ``ivr(call)`` runs:
 * A caller who hangs up ends the flow wherever it is: the operation being awaited raises
   :class:`~callflow.CallEndedError`. When Graph refuses or fails a step (``GraphError``,
   ``OperationError``) the bot hangs up rather than leave the caller in silence.
+* In a fleet, each step is remembered (``call.remember``): when the worker running the call
+  stops or is lost, the worker that adopts the call apologises and carries on from the
+  step the caller was at (:func:`resume`), the PIN attempts already used included.
 
 Prompts are WAV files (mono, 16-bit, 16 kHz) under ``CALLFLOW_IVR_PROMPTS``, an https URL.
 
@@ -32,6 +35,8 @@ from callflow import (
     Answer,
     Bot,
     Call,
+    CallAdopted,
+    CallContext,
     CallEndedError,
     GraphError,
     IncomingCall,
@@ -80,13 +85,34 @@ async def answer(call: IncomingCall) -> Answer:
 
 async def ivr(call: Call) -> None:
     """The whole call: the menu, then sales, a voicemail or the PIN line."""
+    await carry_on(call, "menu")
+
+
+@bot.on(CallAdopted)
+async def resume(event: CallAdopted, ctx: CallContext) -> None:
+    """This worker took the call over from one that stopped or was lost (fleet mode):
+    apologise, then carry on from the step the caller was at."""
+    step = str(event.memo.get("step", "menu"))
+    tries = int(event.memo.get("pin_tries", 0))
+    log.info("ivr.resumed", call_id=event.call_id, step=step, reason=event.reason)
+    call = ctx.call
     try:
-        choice = await menu(call)
+        await call.play(prompt("sorry-where-were-we"))
+    except CallEndedError:
+        return
+    await carry_on(call, step, pin_tries=tries)
+
+
+async def carry_on(call: Call, step: str, *, pin_tries: int = 0) -> None:
+    """Run the call from ``step``: the menu, then sales, a voicemail or the PIN line."""
+    try:
+        choice = await menu(call) if step == "menu" else step
+        await call.remember({"step": choice})
         if choice == "sales" and await transfer_to_sales(call):
             return  # the agent has the call now
         if choice in ("sales", "voicemail"):
             await take_voicemail(call)
-        elif choice == "pin" and not await check_pin(call):
+        elif choice == "pin" and not await check_pin(call, pin_tries):
             log.info("ivr.pin_refused", call_id=call.call_id)
         await call.play(prompt("goodbye"))
         await call.hang_up()
@@ -126,9 +152,11 @@ async def take_voicemail(call: Call) -> None:
     await call.play(prompt("message-saved"))
 
 
-async def check_pin(call: Call) -> bool:
-    """Collect a PIN ending with ``#``; True once the caller typed the right one."""
-    for _ in range(PIN_TRIES):
+async def check_pin(call: Call, used: int = 0) -> bool:
+    """Collect a PIN ending with ``#``; True once the caller typed the right one (``used``
+    attempts were made before this worker had the call)."""
+    for attempt in range(used, PIN_TRIES):
+        await call.remember({"step": "pin", "pin_tries": attempt})
         typed = await call.collect_digits(
             len(PIN) + 1, prompt=prompt("enter-pin"), timeout=KEY_TIMEOUT
         )

@@ -5,6 +5,9 @@ and returns once it logged that it accepts connections; ``stop()`` ends it, ``re
 starts it again on the same port (empty: nothing is persisted). ``tls=ca`` (a trustme CA)
 serves TLS only, with a certificate for ``tls_names``; ``user=(name, password)`` adds an ACL
 user with ``rules`` (every right by default) and turns the passwordless default user off.
+``options`` are more command-line options (``--cluster-enabled yes``, ``--replicaof ...``),
+``config`` the text of a configuration file passed first (a sentinel's, with ``ready`` the
+log line it prints once it runs); :meth:`RedisServer.wait_output` waits for a log line.
 The ``redis_server`` fixture of a test module is one line::
 
     @pytest.fixture
@@ -69,6 +72,9 @@ class RedisServer:
         tls_names: Sequence[str] = ("127.0.0.1", "localhost"),
         user: tuple[str, str] | None = None,
         rules: Sequence[str] = ("~*", "&*", "+@all"),
+        options: Sequence[str] = (),
+        config: str = "",
+        ready: bytes = _READY,
     ) -> None:
         self.executable = executable
         self.port = port if port is not None else _free_port()
@@ -77,12 +83,24 @@ class RedisServer:
         self.output = bytearray()
         self.user = user
         self.rules = tuple(rules)
+        self.options = tuple(options)
+        self.config = config
+        self.ready = ready
         self.tls = tls is not None
         if tls is not None:
             cert = tls.issue_cert(*tls_names)
             cert.private_key_pem.write_to_path(os.path.join(self.dir, "key.pem"))
             cert.cert_chain_pems[0].write_to_path(os.path.join(self.dir, "cert.pem"))
             tls.cert_pem.write_to_path(self.ca_path)
+
+    @property
+    def cert_paths(self) -> tuple[str, str, str]:
+        """The server's certificate, its key and the CA's certificate (with ``tls``)."""
+        return (
+            os.path.join(self.dir, "cert.pem"),
+            os.path.join(self.dir, "key.pem"),
+            self.ca_path,
+        )
 
     @property
     def ca_path(self) -> str:
@@ -132,9 +150,16 @@ class RedisServer:
             name, password = self.user
             options += ["--user", "default", "off"]
             options += ["--user", name, "on", f">{password}", *self.rules]
+        first: list[str] = []
+        if self.config:
+            path = os.path.join(self.dir, "redis.conf")
+            with open(path, "w") as file:  # written anew: a sentinel rewrites its own
+                file.write(self.config)
+            first.append(path)
         self.process = subprocess.Popen(
             [
                 self.executable,
+                *first,
                 *options,
                 "--bind", "127.0.0.1",
                 "--save", "",
@@ -142,27 +167,40 @@ class RedisServer:
                 "--dir", self.dir,
                 "--protected-mode", "no",
                 "--loglevel", "notice",
+                *self.options,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         assert self.process.stdout is not None
+        try:
+            self.wait_output(self.ready)
+        except RuntimeError:
+            self.stop()
+            raise
+        # The pipe is read only when a test waits for a line: the server logs little, but
+        # never let it block.
+        os.set_blocking(self.process.stdout.fileno(), False)
+        return self
+
+    def wait_output(self, line: bytes, count: int = 1, timeout: float = _START_TIMEOUT) -> None:
+        """Wait until the server has logged ``line`` ``count`` times (since it started)."""
+        assert self.process is not None and self.process.stdout is not None
         fd = self.process.stdout.fileno()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while _READY not in self.output:
+        deadline = time.monotonic() + timeout
+        while self.output.count(line) < count:
             left = deadline - time.monotonic()
             readable, _, _ = select.select([fd], [], [], max(left, 0.0))
-            chunk = os.read(fd, 65536) if readable else b""
+            try:
+                chunk = os.read(fd, 65536) if readable else b""
+            except BlockingIOError:  # pragma: no cover - select said readable
+                continue
             if not chunk:
-                self.stop()
                 raise RuntimeError(
-                    f"redis-server on port {self.port} did not become ready within "
-                    f"{_START_TIMEOUT:g} s; its output:\n{self.output.decode(errors='replace')}"
+                    f"redis-server on port {self.port} did not log {line!r} within "
+                    f"{timeout:g} s; its output:\n{self.output.decode(errors='replace')}"
                 )
             self.output += chunk
-        # Nobody reads the pipe from now on: the server logs little, but never let it block.
-        os.set_blocking(fd, False)
-        return self
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s) and wait for it."""

@@ -6,6 +6,7 @@ of the example's module (under a name of its own) after setting the environment 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import uuid
@@ -606,3 +607,64 @@ def test_every_example_is_tested() -> None:
     assert names == ["busy_bot", "front_desk", "ivr", "meeting_policy", "slow_lookup"]
     for name in names:
         assert f'load_example("{name}")' in source
+
+
+@pytest.mark.anyio
+async def test_ivr_carries_on_with_the_pin_on_another_worker_when_its_own_stops(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two IVR workers in a fleet: the caller presses 3 and types a wrong PIN on one; that
+    worker stops (a rolling deploy) and the other adopts the call, apologises, and asks for
+    the PIN a last time (one attempt was used); the right PIN is accepted there."""
+    from tests.fleet_proxy import FleetProxy
+    from tests.redis_server import redis_server
+
+    copies = [load_ivr(monkeypatch), load_ivr(monkeypatch)]
+    servers = redis_server()
+    redis = next(servers)
+    stacks = [contextlib.AsyncExitStack() for _ in copies]
+    try:
+        served = [
+            await stack.enter_async_context(
+                fake_graph.serve(
+                    copy.bot,
+                    store=redis.url,
+                    instance_id=f"ivr{i}",
+                    heartbeat_interval=0.1,
+                    drain_timeout=0.5,
+                    fleet_secret="ivr-fleet-secret-0123456789abcdef01",
+                )
+            )
+            for i, (copy, stack) in enumerate(zip(copies, stacks, strict=True))
+        ]
+        async with FleetProxy([running.url for running in served]) as proxy:
+            handle = await fake_graph.place_call(
+                proxy.url + "/api/calls", caller=user(DANA, name="Dana")
+            )
+            answer = await handle.decision()
+            owner = int(answer.body["callbackUri"].rsplit("instance=ivr", 1)[1])
+            with anyio.fail_after(GUARD):
+                await handle.wait_requests(op="subscribeToTone", timeout=GUARD)
+                await handle.press("3")
+                await prompt_played(handle, "enter-pin")
+                await handle.press("1", "3", "5", "7", "#")
+                await prompt_played(handle, "wrong-pin")
+                await prompt_played(handle, "enter-pin", times=2)
+                await stacks[owner].aclose()  # the owner stops gracefully: it hands off
+                await prompt_played(handle, "sorry-where-were-we")
+                await prompt_played(handle, "enter-pin", times=3)
+                await handle.press(*PIN, "#")
+                await prompt_played(handle, "goodbye")
+                await handle.wait_requests(op="delete", timeout=GUARD)
+    finally:
+        for stack in stacks:
+            await stack.aclose()
+        with contextlib.suppress(StopIteration):
+            next(servers)
+    played = prompts(handle.requests)
+    assert played[played.index("sorry-where-were-we") :] == [
+        "sorry-where-were-we",
+        "enter-pin",
+        "pin-accepted",
+        "goodbye",
+    ]

@@ -29,8 +29,8 @@ last recorded, read without a hop.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 
@@ -44,6 +44,7 @@ from callflow.actions import (
     Transfer,
     UpdateRecordingStatus,
 )
+from callflow.control.memory import encode_memo
 from callflow.decisions import MediaPrompt, Target
 from callflow.errors import ActionError, CallControlError
 from callflow.events import TONES, ResultInfo, canonical_call_id
@@ -183,6 +184,22 @@ class Call:
         _check_timeout("timeout", timeout)
         control, call_id = self._control, self.call_id
         await self._port.run(lambda: control.wait_established(call_id, timeout))
+
+    async def remember(self, memo: Mapping[str, Any]) -> None:
+        """Remember ``memo`` as where this call's flow is, for whoever carries the call on.
+
+        ``memo`` is a JSON object (a mapping with string keys and JSON values) of at most
+        4 KiB serialised; anything else raises :class:`~callflow.errors.ActionError` before
+        anything is kept. Each call replaces the previous memo. In fleet mode the memo is
+        written to the fleet's store before this returns (within a couple of seconds; a
+        store in trouble gets it once it answers again): when this worker is lost or stops,
+        the worker that adopts the call gets the last memo in ``CallAdopted.memo``. A lone
+        worker keeps it in the process. Raises :class:`~callflow.errors.CallEndedError`
+        once the call ended.
+        """
+        text = encode_memo(memo)
+        control, call_id, tenant = self._control, self.call_id, self.tenant_id
+        await self._port.run(lambda: control.remember(call_id, tenant, text))
 
     async def play(
         self, prompts: MediaPrompt | Iterable[MediaPrompt], *, timeout: float | None = 120.0

@@ -25,6 +25,7 @@ import structlog
 from callflow.actions import Invite, JoinMeeting, PlayPrompt
 from callflow.clock import MONOTONIC
 from callflow.control.digits import DigitRequest, collect
+from callflow.control.memory import LocalMemory, Memory
 from callflow.control.registry import (
     CallRecord,
     OperationRegistry,
@@ -181,8 +182,11 @@ class CallControl:
         cancel_timeout: float = 5.0,
         on_operation: OnOperation | None = None,
         on_created: Callable[[str, str | None], None] | None = None,
+        memory: Memory | None = None,
     ) -> None:
         self.graph = graph
+        self.memory: Memory = memory if memory is not None else LocalMemory()
+        """Where ``call.remember()`` keeps memos (the fleet's store in fleet mode)."""
         self.registry = registry if registry is not None else OperationRegistry()
         self.book = self.registry.book
         self.cancel_timeout = cancel_timeout
@@ -207,6 +211,11 @@ class CallControl:
                 kind="establish",
                 call_id=call_id,
             ) from exc
+
+    async def remember(self, call_id: str, tenant_id: str | None, memo: str) -> None:
+        """Keep ``memo`` (JSON, checked) as the call's memo; CallEndedError once it ended."""
+        self._check_open(call_id)
+        await self.memory.remember(call_id, tenant_id, memo)
 
     # -- one operation -----------------------------------------------------------------------
 

@@ -139,15 +139,18 @@ class CallKeeper:
 
     # -- events (any thread) -------------------------------------------------------------
 
-    def answered(self, call_id: str, tenant_id: str | None) -> None:
-        """Start holding ``call_id`` (its answer was accepted)."""
+    def answered(self, call_id: str, tenant_id: str | None, *, due: float | None = None) -> None:
+        """Start holding ``call_id`` (its answer was accepted); its first keepAlive is due
+        ``due`` seconds from now (an interval by default; 0 for a call adopted from another
+        worker, whose last keepAlive is unknown)."""
         if self._loop is not None and threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self.answered, call_id, tenant_id)
+            self._loop.call_soon_threadsafe(lambda: self.answered(call_id, tenant_id, due=due))
             return
         now = self._clock.now()
         self._calls[call_id] = HeldCall(call_id, tenant_id, now)
         self._touch()
-        heapq.heappush(self._heap, (now + self.interval, next(self._seq), call_id))
+        first = self.interval if due is None else due
+        heapq.heappush(self._heap, (now + first, next(self._seq), call_id))
         if self._wake is not None and self._heap[0][2] == call_id:
             self._wake.set()
 

@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -31,8 +31,8 @@ from structlog.contextvars import bind_contextvars
 from callflow.clock import MONOTONIC, Clock
 from callflow.decisions import Decision, is_decision
 from callflow.engine.deadline import DecisionSlot, SlotState
-from callflow.errors import CallEndedError
-from callflow.events import CallEvent, IncomingCall, canonical_call_id
+from callflow.engine.flows import Flows
+from callflow.events import CallAdopted, CallEvent, IncomingCall
 from callflow.routing import _DIRECT, CallContext, CompiledRoutes, Router
 
 if TYPE_CHECKING:
@@ -42,13 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Lanes"]
 
 log = structlog.get_logger(__name__)
-
-_HANDED_OVER: Final = frozenset({"transferring", "transferAccepted"})
-"""Call states in which a failed flow's call is left alone: a transfer is under way."""
-
-
-def _same_call(a: str, b: str) -> bool:
-    return canonical_call_id(a) == canonical_call_id(b)
 
 
 class Lanes:
@@ -83,10 +76,13 @@ class Lanes:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._forget = self._tasks.discard  # one bound method for every task's done callback
-        self.flows = 0
-        """``Answer(then=...)`` flows running."""
-        self.establish_timeout = establish_timeout
-        """Seconds a flow waits for its call to be established before it is given up."""
+        self._flows = Flows(
+            self._spawn,
+            self._handler_failed,
+            services,
+            lambda: self.routes,
+            establish_timeout=establish_timeout,
+        )
         self.max_queued = max_queued
         """Events a call's lane holds behind the running one; past it the oldest observer
         event goes (``lane_full``)."""
@@ -188,76 +184,22 @@ class Lanes:
         return len(self._lanes.get(call_id) or ())
 
     def start_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
-        """Run ``flow(call handle)`` (an ``Answer(then=...)``) once the call is established.
+        """Run ``flow(call handle)`` (an ``Answer(then=...)``) once the call is established,
+        as a task of its own (see :mod:`callflow.engine.flows`); cancelled when the bot
+        stops."""
+        if self._loop is not None:
+            self._flows.start(call, flow)
 
-        The flow is a task of its own, not part of the call's lane: the call's later events
-        (key presses, state updates) still reach their observers while it runs. It is not
-        cancelled when the call ends (every operation it awaits then raises
-        :class:`~callflow.errors.CallEndedError`); it is cancelled when the bot stops. A flow
-        that raises has its call hung up after the error hooks (see :meth:`_run_flow`).
-        """
-        if self._loop is None:
-            return
-        self.flows += 1
-        bound = {"call_id": call.call_id, "tenant_id": call.tenant_id}
-        self._spawn(self._run_flow(call, flow), call.call_id, bound)
+    def adopted(self, event: CallAdopted) -> None:
+        """Run the ``CallAdopted`` observers of a call this worker took over, each as a flow
+        (see :mod:`callflow.engine.flows`)."""
+        if self._loop is not None:
+            self._flows.adopted(event)
 
-    async def _run_flow(self, call: IncomingCall, flow: Callable[[Call], Awaitable[None]]) -> None:
-        """Run one flow; when it raises, do not leave the caller connected in silence.
-
-        A flow ended by its own call ending (:class:`~callflow.errors.CallEndedError` for
-        this call) ends quietly. Any other exception is reported (log, error hooks); once
-        the hooks returned the call is hung up, unless by then it has ended or is being
-        transferred (:attr:`Call.state` ``transferring`` or ``transferAccepted``): that is
-        how a hook takes the call over, e.g. by awaiting ``call.transfer(...)``.
-        """
-        name = getattr(flow, "__name__", repr(flow))
-        handle: Call | None = None
-        try:
-            services = self._services
-            if services is None:
-                raise RuntimeError("Answer(then=...) needs a serving bot (no Graph client here)")
-            opened: Call = services.call(call.call_id, call.tenant_id)
-            handle = opened
-            await opened.established(timeout=self.establish_timeout)
-            await flow(opened)
-        except Exception as exc:
-            if isinstance(exc, CallEndedError) and (
-                handle is None or handle.ended or _same_call(exc.call_id, call.call_id)
-            ):
-                log.info("call.flow_ended", call_id=call.call_id, flow=name, result=str(exc))
-            else:
-                await self._handler_failed(exc, call, name)
-                if handle is not None:
-                    await self._flow_failed(handle, exc, name)
-        finally:
-            self.flows -= 1
-
-    async def _flow_failed(self, handle: Call, exc: Exception, name: str) -> None:
-        """After the error hooks of a failed flow: hang its call up unless it has ended or
-        is being transferred; log what was done (``call.flow_failed``)."""
-        state = handle.state
-        action = "none"
-        if not handle.ended and state not in _HANDED_OVER:
-            action = "hung_up"
-            try:
-                await handle.hang_up()
-            except Exception as hang_up_exc:
-                action = "hang_up_failed"
-                log.error(
-                    "call.flow_hang_up_failed",
-                    call_id=handle.call_id,
-                    flow=name,
-                    error=f"{type(hang_up_exc).__name__}: {hang_up_exc}",
-                )
-        log.warning(
-            "call.flow_failed",
-            call_id=handle.call_id,
-            flow=name,
-            error=f"{type(exc).__name__}: {exc}",
-            state=state,
-            action=action,
-        )
+    @property
+    def flows(self) -> int:
+        """Flows running (``Answer(then=...)`` flows and ``CallAdopted`` observers)."""
+        return self._flows.running
 
     def stop_handlers(self, slot: DecisionSlot) -> None:
         """Cancel the handlers still running for ``slot`` (its call was decided elsewhere).

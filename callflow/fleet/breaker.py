@@ -64,6 +64,11 @@ class Breaker:
         self._suppressed = 0
 
     @property
+    def longest_backoff(self) -> float:
+        """The longest the store is skipped after a failure (the back-off's cap), seconds."""
+        return self._backoff[1]
+
+    @property
     def closed(self) -> bool:
         """True while the circuit is closed (operations try the store)."""
         return self.trips == 0

@@ -18,6 +18,8 @@ request without ``Content-Length`` is refused.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
@@ -29,18 +31,22 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from callflow._log import Throttle
+from callflow.events import IncomingCall
 from callflow.fleet.trust import FLEET_AUTH, FleetSigner, Forward, ForwardTargets, ReplayGuard
 
 if TYPE_CHECKING:
     from callflow.events import CallEvent
 
-__all__ = ["FORWARDED_BY", "Forwarder"]
+__all__ = ["FORWARDED_BY", "REROUTE_EVERY", "Forwarder"]
 
 log = structlog.get_logger(__name__)
 
 FORWARDED_BY: Final = "X-Callflow-Forwarded-By"
 """Header naming the worker that forwarded a notification; such a notification is never
 forwarded again."""
+
+REROUTE_EVERY: Final = 0.1
+"""Seconds between two reads of a call's owner while its adoption is awaited."""
 
 _REPLY_HEADERS: Final = ("Content-Type", "client-request-id", "scenario-id")
 """The headers of the owner's reply that go back to the sender."""
@@ -91,6 +97,8 @@ class Forwarder:
         on_forwarded: Callable[[], None] | None = None,
         refresh: Callable[[], Awaitable[None]] | None = None,
         replays: ReplayGuard | None = None,
+        owner_of: Callable[[str], Awaitable[str | None]] | None = None,
+        adoption_wait: float = 3.0,
     ) -> None:
         self.instance_id = instance_id
         self._lookup = lookup
@@ -101,6 +109,8 @@ class Forwarder:
         self._dedupe = dedupe
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 0.5))
         self._on_forwarded = on_forwarded
+        self._owner_of = owner_of
+        self._adoption_wait = adoption_wait
         self._session: aiohttp.ClientSession | None = None
         self._throttle = Throttle(5.0)
 
@@ -162,6 +172,68 @@ class Forwarder:
         if FORWARDED_BY in request.headers:
             log.info("notification.not_forwarded_again", instance=target[:200])
             return None
+        return await self._send(request, body, tenant_id, target)
+
+    async def reroute(
+        self,
+        request: web.Request,
+        body: bytes,
+        events: Sequence[CallEvent],
+        tenant_id: str | None,
+        holds: Callable[[str], bool],
+    ) -> web.StreamResponse | None:
+        """Forward a parsed notification about a call this worker does not hold (``holds``
+        says which it does) to the worker that owns it by the fleet's held calls: one that
+        adopted it from the instance the URL names. None to handle it here.
+
+        A call whose owner is gone and not adopted yet (a worker handing off, or lost a
+        moment ago) is waited for, at most ``adoption_wait`` seconds, rereading its owner
+        every :data:`REROUTE_EVERY` seconds: the caller's key pressed during a hand-off
+        reaches the adopter instead of being dropped.
+        """
+        owner_of = self._owner_of
+        if owner_of is None or not events:
+            return None
+        if any(type(event) is IncomingCall for event in events):
+            return None
+        call_ids = {event.call_id for event in events if event.call_id}
+        if len(call_ids) != 1:
+            return None
+        (call_id,) = call_ids
+        if holds(call_id):
+            return None
+        sender = request.headers.get(FORWARDED_BY)
+        give_up = time.monotonic() + self._adoption_wait
+        while True:
+            owner = await owner_of(call_id)
+            if owner is None or owner == sender:
+                return None
+            if owner == self.instance_id:
+                if holds(call_id):
+                    return None  # adopted here meanwhile
+            elif await self._live(owner):
+                log.info("notification.rerouted", call_id=call_id, owner=owner[:200])
+                reply = await self._send(request, body, tenant_id, owner)
+                if reply is not None:
+                    return reply  # else the owner is unreachable: lost, to be adopted
+            if time.monotonic() >= give_up:
+                return None
+            await asyncio.sleep(REROUTE_EVERY)
+
+    async def _live(self, instance: str) -> bool:
+        """True when ``instance`` is a live worker of the fleet (the directory read again
+        once on a miss)."""
+        if self._lookup(instance) is not None:
+            return True
+        if self._refresh is not None:
+            await self._refresh()
+        return self._lookup(instance) is not None
+
+    async def _send(
+        self, request: web.Request, body: bytes, tenant_id: str | None, target: str
+    ) -> web.StreamResponse | None:
+        """Forward ``request`` to the live instance ``target``; its reply, or None when it
+        is gone, not allowed or unreachable (handled here then)."""
         base = self._lookup(target)
         if base is None and self._refresh is not None:
             # A worker that has just started is unknown here until the next heartbeat this

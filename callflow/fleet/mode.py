@@ -29,11 +29,15 @@ import anyio
 import anyio.abc
 import structlog
 
+from callflow.control.book import CallBook
+from callflow.control.memory import LocalMemory, Memory
 from callflow.errors import ConfigError
+from callflow.fleet.adoption import Adoptions, CallReader, Taker
 from callflow.fleet.breaker import Breaker
 from callflow.fleet.census import Directory
 from callflow.fleet.claims import FleetSink, SharedDedupe
 from callflow.fleet.forwarding import Forwarder
+from callflow.fleet.held import HeldCalls, HeldStore
 from callflow.fleet.stats import FleetStats
 from callflow.fleet.store import (
     HEARTBEATS_TO_LIVE,
@@ -46,7 +50,6 @@ from callflow.fleet.watch import Decider, FleetWatch
 from callflow.settings import plain_redis_problem
 
 if TYPE_CHECKING:
-    from callflow.control.book import CallBook
     from callflow.decisions import Decision
     from callflow.engine.deadline import DecisionSink, DecisionSlot
     from callflow.events import IncomingCall
@@ -95,6 +98,11 @@ def internal_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+class FleetGraph(Decider, CallReader, Protocol):
+    """What fleet mode asks of Graph (a :class:`~callflow.graph.GraphClient`): send a taken
+    over call's default decision, confirm an adopted call."""
+
+
 class FleetMetrics(Protocol):
     """What a mode needs of the worker's metrics (a :class:`~callflow.metrics.Metrics`)."""
 
@@ -102,9 +110,10 @@ class FleetMetrics(Protocol):
         """Read the fleet-mode counters at scrape time."""
 
 
-def worker_mode(settings: Settings) -> Fleet | Solo:
-    """The mode ``CALLFLOW_STORE`` names: a lone worker for ``memory``, else fleet mode."""
-    return Solo(settings) if settings.store == "memory" else Fleet(settings)
+def worker_mode(settings: Settings, calls: CallBook | None = None) -> Fleet | Solo:
+    """The mode ``CALLFLOW_STORE`` names: a lone worker for ``memory``, else fleet mode.
+    ``calls`` is the worker's book of calls."""
+    return Solo(settings) if settings.store == "memory" else Fleet(settings, calls)
 
 
 class Solo:
@@ -118,6 +127,8 @@ class Solo:
     def __init__(self, settings: Settings) -> None:
         self.callback_url = settings.callback_url
         """``CALLBACK_URL``: the callbackUri of decisions."""
+        self.memory = LocalMemory()
+        """Memos of held calls (``call.remember``), kept in the process."""
 
     @property
     def admission(self) -> None:
@@ -145,9 +156,21 @@ class Solo:
         """``inner`` itself: every decision is this worker's to send."""
         return inner
 
+    def holding(self, call_id: str, tenant_id: str | None) -> None:
+        """The worker holds a call now: nothing to share."""
+
+    def ended(self, call_id: str, result: object = None) -> None:
+        """A call ended: forget its memo."""
+        self.memory.ended(call_id)
+
     @contextlib.asynccontextmanager
     async def watching(
-        self, tasks: anyio.abc.TaskGroup, graph: Decider, default: Decision, calls: CallBook
+        self,
+        tasks: anyio.abc.TaskGroup,
+        graph: FleetGraph,
+        default: Decision,
+        calls: CallBook,
+        take: Taker,
     ) -> AsyncIterator[None]:
         """Nothing to watch."""
         yield
@@ -169,7 +192,7 @@ class Fleet:
     worker says where (:meth:`listening`), and the fleet learns its forwarding URL.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, calls: CallBook | None = None) -> None:
         if settings.store == "memory":
             raise ConfigError("Fleet needs CALLFLOW_STORE=redis://...; got 'memory'")
         problem = plain_redis_problem(settings.store, settings.allow_insecure_redis)
@@ -187,6 +210,14 @@ class Fleet:
         )
         """``CALLBACK_URL`` with ``instance=INSTANCE_ID``: the callbackUri of decisions."""
         self._store = self.open_store("loop")
+        self.held_store = HeldStore(self._store)
+        book = calls if calls is not None else CallBook()
+        self.held = HeldCalls(
+            self.held_store, on_lost=lambda call_id, owner: book.end(call_id), stats=stats
+        )
+        """The calls this worker holds, written behind to the store (adopted when it is lost)."""
+        self.memory: Memory = self.held
+        """Memos of held calls (``call.remember``): written to the store with their call."""
         self.webhook = Forwarder(
             s.instance_id,
             self.directory.url,
@@ -195,6 +226,9 @@ class Fleet:
             dedupe=SharedDedupe(self._store, stats).fresh,
             on_forwarded=lambda: stats.add("forwarded"),
             refresh=self.refresh_directory,
+            owner_of=self.held_store.owner_of,
+            # a hand-off is adopted within a beat; a lost owner within its heartbeat's life
+            adoption_wait=s.heartbeat_interval * (HEARTBEATS_TO_LIVE + 1) + 1.0,
         )
         """The webhook's fleet hook: forwarding, and shared dedupe of state updates."""
         self._ttl = s.heartbeat_interval * HEARTBEATS_TO_LIVE
@@ -266,19 +300,36 @@ class Fleet:
         """The worker's sink: claim the call's final decision, then send through ``inner``."""
         return FleetSink(inner, self._loop_store(), self.stats)
 
+    def holding(self, call_id: str, tenant_id: str | None) -> None:
+        """The worker holds ``call_id`` now (answered, created or joined): record it in the
+        store (written behind), so the fleet adopts it if this worker is lost."""
+        self.held.hold(call_id, tenant_id)
+
+    def ended(self, call_id: str, result: object = None) -> None:
+        """A call ended: drop it from the store."""
+        self.held.ended(call_id)
+
     @contextlib.asynccontextmanager
     async def watching(
-        self, tasks: anyio.abc.TaskGroup, graph: Decider, default: Decision, calls: CallBook
+        self,
+        tasks: anyio.abc.TaskGroup,
+        graph: FleetGraph,
+        default: Decision,
+        calls: CallBook,
+        take: Taker,
     ) -> AsyncIterator[None]:
-        """Run the :class:`~callflow.fleet.watch.FleetWatch` (heartbeat, directory, take-over)
-        in ``tasks`` for the duration of the block, which starts after the first beat.
+        """Run the :class:`~callflow.fleet.watch.FleetWatch` (heartbeat, directory, take-over,
+        adoption) and the writer of held calls in ``tasks`` for the duration of the block,
+        which starts after the first beat.
 
-        ``graph`` sends the ``default`` decision of each call taken over; ``calls`` (the
-        worker's book) learns of them. Leaving the block ends the heartbeat and waits (at
-        most one platform timeout) for the take-over sends in flight and the retirement from
-        the fleet.
+        ``graph`` sends the ``default`` decision of each call taken over (``calls``, the
+        worker's book, learns of them) and confirms each answered call adopted, which
+        ``take`` then hands to the worker. Leaving the block ends the heartbeat, waits (at
+        most one platform timeout) for the take-over sends in flight, and leaves the fleet:
+        a worker that holds calls hands them off (:meth:`hand_off`), others just retire.
         """
         store = self._loop_store()
+        held = self.held
         watch = FleetWatch(
             store,
             graph,
@@ -288,6 +339,9 @@ class Fleet:
             directory=self.directory,
             stats=self.stats,
             on_taken=calls.took,
+            held=held,
+            adoptions=Adoptions(graph, held, take, self.stats),
+            settle=self.breaker.longest_backoff,
         )
         done = anyio.Event()
 
@@ -296,9 +350,16 @@ class Fleet:
                 await watch.run(task_status=task_status)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await store.retire()
+                    await self.hand_off()
                 done.set()
 
+        writer = anyio.CancelScope()
+
+        async def write() -> None:
+            with writer:
+                await held.run()
+
+        tasks.start_soon(write)
         await tasks.start(run)
         try:
             yield
@@ -306,6 +367,33 @@ class Fleet:
             watch.stop()
             with anyio.move_on_after(self.settings.platform_timeout):
                 await done.wait()
+            writer.cancel()
+
+    async def hand_off(self) -> None:
+        """Leave the fleet. With calls held: write what is queued, mark them handed off and
+        drop the heartbeat, so that a survivor adopts them at its next beat (reason
+        ``handed_off``), and wait (at most three heartbeat intervals) until one did."""
+        store, held = self._loop_store(), self.held
+        if not len(held):
+            await store.retire()
+            return
+        count = len(held)
+        await held.drain(2.0)
+        if not await self.held_store.hand_off():
+            log.warning("fleet.hand_off_failed", calls=count)
+            return
+        started = time.monotonic()
+        adopted = False
+        with anyio.move_on_after(self.settings.heartbeat_interval * HEARTBEATS_TO_LIVE):
+            while not adopted:
+                await anyio.sleep(0.05)
+                adopted = not await self.held_store.handed()
+        log.info(
+            "fleet.handed_off",
+            calls=count,
+            adopted=adopted,
+            waited=round(time.monotonic() - started, 3),
+        )
 
     def _forwarding_url(self) -> str | None:
         return self._address

@@ -110,8 +110,71 @@ for _, key in ipairs({KEYS[2], KEYS[3]}) do
     redis.call('DEL', key)
   end
 end
-if ARGV[2] ~= '1' then redis.call('SREM', KEYS[5], ARGV[1]) end
+-- An instance that still holds answered calls (KEYS[6]) stays a member until they are adopted.
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[6]) == 0 then
+  redis.call('SREM', KEYS[5], ARGV[1])
+end
 return moved
+"""
+
+# Held calls: KEYS[1] is the call's record (a hash: the plain ``owner`` for the scripts to
+# compare, ``v`` the signed record), KEYS[2] the owner's set of held call ids.
+# ARGV = owner (instance#boot), signed record, call id. Written unless another owner holds it
+# (then that owner is returned: the call was adopted elsewhere).
+_HOLD: Final = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= ARGV[1] then return owner end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'v', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1
+"""
+
+# ARGV = owner, call id: dropped only by its owner; the id leaves the owner's set anyway.
+_DROP_HELD: Final = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner == ARGV[1] or not owner then redis.call('DEL', KEYS[1]) end
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# Adoption of a lost instance's held calls. KEYS = its heartbeat, its held set, this worker's
+# held set, its hand-off mark. ARGV = this worker's owner value, force ('1': skip the liveness
+# check: this worker's own previous life), the prefix of held records, the lost instance's id,
+# the heartbeat value the client found forged ('' for none), handed-off only ('1': adopt only
+# an instance that handed its calls off). Each record still owned by the lost instance (any
+# boot but this worker's) becomes this worker's; returns {reason, mark, id, record, ...}.
+_ADOPT_HELD: Final = """
+if ARGV[2] ~= '1' then
+  local beat = redis.call('GET', KEYS[1])
+  if beat and beat ~= ARGV[5] then return {} end
+end
+local mark = redis.call('GET', KEYS[4])
+if ARGV[6] == '1' and not mark then return {} end
+local out = {mark and 'handed_off' or 'owner_lost', mark or ''}
+local lost = ARGV[4] .. '#'
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local key = ARGV[3] .. id
+  local owner = redis.call('HGET', key, 'owner')
+  if owner and owner ~= ARGV[1] and string.sub(owner, 1, #lost) == lost then
+    redis.call('HSET', key, 'owner', ARGV[1])
+    redis.call('SADD', KEYS[3], id)
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGET', key, 'v') or ''
+  end
+  if KEYS[2] ~= KEYS[3] then redis.call('SREM', KEYS[2], id) end
+end
+redis.call('DEL', KEYS[4])
+return out
+"""
+
+# The owners of held records: ARGV = the prefix of held records, then call ids. KEYS[1] (the
+# worker's held set, in the fleet's slot) is not read: it routes the script on a cluster.
+_OWNERS: Final = """
+local out = {}
+for i = 2, #ARGV do
+  out[i - 1] = redis.call('HGET', ARGV[1] .. ARGV[i], 'owner') or ''
+end
+return out
 """
 
 
@@ -123,5 +186,9 @@ SCRIPTS: Final[Mapping[str, str]] = {
     "seen": _SEEN,
     "replace_seen": _REPLACE_SEEN,
     "take_over": _TAKE_OVER,
+    "hold": _HOLD,
+    "drop_held": _DROP_HELD,
+    "adopt_held": _ADOPT_HELD,
+    "owners": _OWNERS,
 }
 """The scripts by the name :class:`~callflow.fleet.store.RedisStore` runs them under."""

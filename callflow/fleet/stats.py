@@ -17,9 +17,12 @@ class FleetStats:
 
     __slots__ = (
         "_lock",
+        "adopted_handed_off",
+        "adopted_lost",
         "dropped_elsewhere",
         "forged",
         "forwarded",
+        "held_calls",
         "shared_duplicates",
         "store_failures",
         "taken_over",
@@ -39,6 +42,12 @@ class FleetStats:
         """State updates and terminations another worker had already taken."""
         self.forged = 0
         """Values found in Redis without a valid fleet signature (ignored or replaced)."""
+        self.held_calls = 0
+        """Answered calls this worker holds right now (a gauge)."""
+        self.adopted_lost = 0
+        """Answered calls this worker adopted from a worker the fleet lost."""
+        self.adopted_handed_off = 0
+        """Answered calls this worker adopted from a worker that stopped and handed them off."""
 
     def add(self, name: str, count: int = 1) -> None:
         """Add ``count`` to the counter ``name`` (thread-safe)."""

@@ -1,7 +1,8 @@
 """The decision store: exactly one decision per call across a fleet of workers.
 
 One worker needs nothing but its in-process :class:`~callflow.engine.deadline.DecisionSlot`. Several
-workers behind a load balancer share a :class:`RedisStore` (``CALLFLOW_STORE=redis://...``);
+workers behind a load balancer share a :class:`RedisStore` (``CALLFLOW_STORE=redis://...``, or a
+Redis Cluster or Sentinel: :mod:`callflow.fleet.connect`);
 ``memory`` (the default) keeps a single worker's behaviour and never imports Redis. A store
 client lives on the event loop that enters it: the worker's I/O loop, which runs no user code.
 
@@ -67,9 +68,11 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
+from callflow._store_url import mask_query, parse_store_url
 from callflow.errors import ConfigError
 from callflow.fleet.breaker import Breaker
 from callflow.fleet.census import Census, PendingCall
+from callflow.fleet.connect import StoreClient, connect
 from callflow.fleet.scripts import SCRIPTS
 from callflow.fleet.signed import SignedValues
 from callflow.fleet.stats import FleetStats
@@ -250,9 +253,10 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         problems: list[str] = []
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            problems.append(f"url={without_credentials(url)!r}: expected a redis://, rediss:// "
-                            "or unix:// URL")  # fmt: skip
+        try:
+            parse_store_url(url)
+        except ValueError as exc:
+            problems.append(f"url={without_credentials(url)!r}: {exc}")
         if not instance_id or "#" in instance_id or "|" in instance_id:
             problems.append(
                 f"instance_id={instance_id!r}: expected a non-empty name without '#' or '|'"
@@ -284,6 +288,7 @@ class RedisStore:
         self._ca_bundle = ca_bundle
         self._prefix = f"callflow:{{{namespace}}}:"
         self._client: Any = None
+        self._connection: StoreClient | None = None
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._scripts: dict[str, tuple[str, str]] = {}
         self._no_script: type[BaseException] = OSError
@@ -300,35 +305,22 @@ class RedisStore:
         return f"{self._prefix}{kind}:{name}" if name else f"{self._prefix}{kind}"
 
     async def __aenter__(self) -> Self:
-        """Create the client (connections open on first use) and register the scripts."""
-        try:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import NoScriptError, RedisError
-        except ImportError as exc:  # pragma: no cover - redis is a dev dependency
-            raise ConfigError(
-                "CALLFLOW_STORE names Redis, which needs the redis package "
-                "(pip install 'callflow[redis]'); expected it to be importable"
-            ) from exc
-        self._errors = (RedisError, OSError, TimeoutError)
-        self._no_script = NoScriptError
-        options: dict[str, Any] = {}
-        if self.url.startswith("rediss://") and self._ca_bundle and "ssl_ca_certs=" not in self.url:
-            options["ssl_ca_certs"] = self._ca_bundle
-        self._client = aioredis.Redis.from_url(
+        """Create the client and register the scripts; connections open on first use (a
+        cluster client learns the cluster's slots here, waiting at most :data:`CLAIM_CAP`)."""
+        connection = connect(
             self.url,
-            decode_responses=True,
             # Operations are bounded by their own budget (see _run), which may exceed timeout.
-            socket_timeout=max(self._timeout, CLAIM_CAP),
-            socket_connect_timeout=max(self._timeout, CLAIM_CAP),
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
+            timeout=max(self._timeout, CLAIM_CAP),
             client_name=f"callflow-{self.instance_id}-{self.label}",
-            **options,
+            ca_bundle=self._ca_bundle,
         )
+        self._errors = connection.errors
+        self._no_script = connection.no_script
+        self._connection = connection
+        self._client = connection.client
         for name, source in SCRIPTS.items():
             self._scripts[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
+        await connection.open(max(self._timeout, CLAIM_CAP))
         return self
 
     async def __aexit__(
@@ -338,10 +330,10 @@ class RedisStore:
         tb: TracebackType | None,
     ) -> None:
         """Close the client and its connections."""
-        client, self._client = self._client, None
-        if client is not None:
+        connection, self._connection, self._client = self._connection, None, None
+        if connection is not None:
             with anyio.CancelScope(shield=True):
-                await client.aclose()
+                await connection.aclose()
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -351,14 +343,15 @@ class RedisStore:
         return self._client
 
     async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a script by its hash, loading it first when Redis does not know it (yet)."""
+        """Run a script by its hash, or by its source when Redis does not know it (yet): a new
+        or restarted server, a promoted replica, the node now owning the fleet's slot. EVAL
+        caches the script there, so the next EVALSHA finds it."""
         client = self._redis()
         sha, source = self._scripts[name]
         try:
             return await client.evalsha(sha, len(keys), *keys, *args)
-        except self._no_script:  # a new or restarted Redis
-            await client.script_load(source)
-            return await client.evalsha(sha, len(keys), *keys, *args)
+        except self._no_script:
+            return await client.eval(source, len(keys), *keys, *args)
 
     def wait_for(self, left: float | None) -> float:
         """How long a claim may wait for Redis when ``left`` seconds remain before the platform
@@ -574,6 +567,7 @@ class RedisStore:
             self.key("adopted", instance_id),
             self.key("adopted", self.instance_id),
             self.key("instances"),
+            self.key("holds", instance_id),
         )
         args = (instance_id, "1" if force else "0", self._suspects.get(instance_id, ""))
 
@@ -592,6 +586,36 @@ class RedisStore:
             await self._redis().delete(self.key("instance", self.instance_id))
 
         await self._run("retire", run, None)
+
+    # -- for the other parts of the fleet's store (held calls) -------------------------------
+
+    @property
+    def signed(self) -> SignedValues:
+        """The signer and checker of this client's values."""
+        return self._signed
+
+    @property
+    def holder(self) -> str:
+        """This worker's claim value: ``instance#boot``."""
+        return self._holder
+
+    def suspect(self, instance_id: str) -> str:
+        """The forged heartbeat the last beat found for ``instance_id`` ('' for none)."""
+        return self._suspects.get(instance_id, "")
+
+    async def eval_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the script ``name`` of :data:`~callflow.fleet.scripts.SCRIPTS`."""
+        return await self._eval(name, keys, args)
+
+    async def run(
+        self,
+        op: str,
+        action: Callable[[], Awaitable[_T]],
+        fallback: _T,
+        within: float | None = None,
+    ) -> _T:
+        """Run one Redis operation like the store's own (bounded, counted, breaker)."""
+        return await self._run(op, action, fallback, within)
 
 
 def _ms(seconds: float) -> int:
@@ -643,8 +667,9 @@ def open_store(
 
 
 def without_credentials(url: str) -> str:
-    """``url`` without its user name and password (for logs)."""
+    """``url`` without its user name and password, and with ``***`` for the value of any
+    ``*password=`` query option such as ``sentinel_password=`` (for logs)."""
     parts = urlsplit(url)
     if parts.password is None and parts.username is None:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        return mask_query(url)
+    return mask_query(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())

@@ -129,9 +129,10 @@ class FleetSigner:
         """``value#mac``: ``value`` signed for the key ``kind``/``name``."""
         return f"{value}#{self.mac(kind, name, value)}"
 
-    def opened(self, kind: str, name: str, sealed: object) -> str | None:
-        """The value of a string :meth:`seal` made for ``kind``/``name``; None if forged."""
-        if not isinstance(sealed, str) or len(sealed) > 4096:
+    def opened(self, kind: str, name: str, sealed: object, *, limit: int = 4096) -> str | None:
+        """The value of a string :meth:`seal` made for ``kind``/``name``; None if forged (or
+        longer than ``limit`` characters)."""
+        if not isinstance(sealed, str) or len(sealed) > limit:
             return None
         value, sep, mac = sealed.rpartition("#")
         if not sep or len(mac) != _MAC_HEX or not self.check(mac, kind, name, value):

@@ -9,6 +9,17 @@ inside its platform timeout the watch claims ``final`` (taking the claim over wh
 is no longer alive: the holder's POST may never have left) and sends the default decision at
 once, since no handler can decide a dead worker's call any more. At start a worker also
 adopts the calls its previous life (same ``INSTANCE_ID``) left pending.
+
+Answered calls (:mod:`callflow.fleet.held`) are adopted from a dead instance the same way, by
+one script, and confirmed and taken by :class:`~callflow.fleet.adoption.Adoptions`. A worker
+judges a peer lost only once its own view has settled: after it starts, and after every beat
+the store did not take, it waits three intervals and the breaker's longest back-off (the time a
+live peer needs to beat again) before adopting the answered calls of instances whose
+heartbeat is gone; so when Redis comes back from an outage longer than a heartbeat lives,
+live workers do not adopt each other's calls. After such an outage (not at start: a peer
+whose heartbeat is missing then is gone) the same wait holds back the take-over of undecided
+calls too, since a call its owner decided while Redis was away is still in its pending set. A
+worker that handed its calls off (a graceful stop) is adopted from at once.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from callflow.fleet.store import HEARTBEATS_TO_LIVE, DecisionStore
 
 if TYPE_CHECKING:
     from callflow.decisions import Decision
+    from callflow.fleet.adoption import Adoptions
+    from callflow.fleet.held import Adoption, HeldCalls, HeldRecord
 
 __all__ = ["SEND_ALLOWANCE", "Decider", "FleetWatch"]
 
@@ -65,7 +78,10 @@ class FleetWatch:
     the sends in flight finish. The first beat must come before the worker admits calls (its
     pending set then holds only what a previous life left). ``on_taken(call_id, tenant_id)``
     is told of every call this worker sent the default for (its later notifications are
-    then this worker's to take).
+    then this worker's to take). With ``held`` and ``adoptions`` it also adopts the answered
+    calls of lost instances (judged lost only ``settle`` seconds, plus three intervals,
+    after this worker's last beat that failed, or its first) and checks its own held calls
+    against the store at every beat.
     """
 
     def __init__(
@@ -80,6 +96,9 @@ class FleetWatch:
         stats: FleetStats | None = None,
         max_sends: int = 64,
         on_taken: Callable[[str, str | None], None] | None = None,
+        held: HeldCalls | None = None,
+        adoptions: Adoptions | None = None,
+        settle: float = 2.0,
     ) -> None:
         if not interval > 0:
             raise ConfigError(f"FleetWatch interval={interval!r}: expected seconds > 0")
@@ -97,6 +116,14 @@ class FleetWatch:
         self._beating: anyio.CancelScope | None = None
         self._stopped = False
         self._adopted_own = False
+        self._held = held
+        self._adoptions = adoptions
+        self._settle = float(settle)
+        self._settled_at: float | None = None
+        self._settled = False
+        self._failed = False
+        self._quiet_until = 0.0
+        self._seen: dict[str, float] = {}
         self.beats = 0
         """Heartbeats the store accepted."""
 
@@ -131,11 +158,29 @@ class FleetWatch:
     async def tick(self, sends: anyio.abc.TaskGroup) -> None:
         """One heartbeat; start a send in ``sends`` for every adopted call not yet sent."""
         store = self._store
-        census = await store.beat(self._address(), self.interval * HEARTBEATS_TO_LIVE)
+        ttl = self.interval * HEARTBEATS_TO_LIVE
+        census = await store.beat(self._address(), ttl)
+        now = time.monotonic()
         if census is None:
-            return  # the store is down: keep the last directory
+            self._settled_at = None  # the store is down: keep the last directory
+            self._settled = False
+            self._failed = True
+            return
+        if self._settled_at is None:
+            self._settled_at = now + ttl + self._settle
+            if self._failed:  # back from an outage: the heartbeats may all have expired
+                self._quiet_until = self._settled_at
+                self._failed = False
+        settled = now >= self._settled_at
+        quiet = now < self._quiet_until
+        if settled and not self._settled:
+            log.info("fleet.settled", instance=store.instance_id, live=len(census.live))
+        self._settled = settled
         self.beats += 1
         self.directory.take(census)
+        wall = time.time()
+        for instance in census.live:
+            self._seen[instance] = wall
         adopted = list(census.adopted)
         if not self._adopted_own:
             self._adopted_own = True
@@ -143,9 +188,13 @@ class FleetWatch:
             if left:
                 log.warning("instance.previous_life_adopted", calls=len(left))
                 adopted += left
+            await self._adopt(sends, store.instance_id, force=True)
         for dead in census.dead:
             if dead == store.instance_id:  # pragma: no cover - its key was set in this beat
                 continue
+            await self._adopt(sends, dead, handed_off_only=not settled)
+            if quiet:
+                continue  # a live peer may not have beaten again yet: take nothing over
             calls = await store.take_over(dead)
             if calls:
                 log.warning("instance.taken_over", instance=dead, calls=len(calls))
@@ -155,6 +204,47 @@ class FleetWatch:
                 continue
             self._busy.add(call.call_id)
             sends.start_soon(self._decide, call)
+        if self._held is not None:
+            await self._held.reconcile()
+
+    async def _adopt(
+        self,
+        sends: anyio.abc.TaskGroup,
+        instance: str,
+        *,
+        force: bool = False,
+        handed_off_only: bool = False,
+    ) -> None:
+        """Adopt the answered calls ``instance`` held; start their confirmations."""
+        held, adoptions = self._held, self._adoptions
+        if held is None or adoptions is None:
+            return
+        adoption = await held.store.adopt(instance, force=force, handed_off_only=handed_off_only)
+        if adoption is None:
+            return
+        seen = self._seen.pop(instance, None)
+        lost_since = adoption.handed_at or seen
+        log.warning(
+            "instance.calls_adopted",
+            instance=instance,
+            reason=adoption.reason,
+            calls=len(adoption.records),
+        )
+        for record in adoption.records:
+            sends.start_soon(self._confirm, adoptions, adoption, record, lost_since)
+
+    async def _confirm(
+        self,
+        adoptions: Adoptions,
+        adoption: Adoption,
+        record: HeldRecord,
+        lost_since: float | None,
+    ) -> None:
+        try:
+            async with self._limit:
+                await adoptions.adopt(adoption, record, lost_since)
+        except Exception:  # one call's trouble never stops the watch
+            log.exception("call.adoption_failed", call_id=record.call_id)
 
     async def _decide(self, call: PendingCall) -> None:
         store = self._store

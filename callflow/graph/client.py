@@ -1,5 +1,6 @@
-"""Call control against Microsoft Graph: answer, reject, redirect, hang up, keep alive, and
-the actions after the answer (prompts, recording, tones, mute, invite, transfer, new calls).
+"""Call control against Microsoft Graph: answer, reject, redirect, hang up, keep alive, a
+call's current state, and the actions after the answer (prompts, recording, tones, mute,
+invite, transfer, new calls).
 
 Actions that Graph runs as an operation (``playPrompt``, ``recordResponse``, ...) answer 200
 with the operation; each method returns it as an :class:`Operation` (its ``status`` says
@@ -37,7 +38,7 @@ from callflow._parse import read_call, read_operation
 from callflow.actions import JoinMeeting, OutgoingCall, Transfer, context_body
 from callflow.errors import ConfigError, GraphError
 from callflow.events import canonical_call_id
-from callflow.graph.results import CreatedCall, GraphResult, Operation
+from callflow.graph.results import CallStatus, CreatedCall, GraphResult, Operation
 from callflow.graph.transport import OnRequest, Transport, host_of, transport_problems
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from callflow.events import IncomingCall
     from callflow.graph.tokens import TokenProvider
 
-__all__ = ["CreatedCall", "GraphClient", "GraphResult", "Operation"]
+__all__ = ["CallStatus", "CreatedCall", "GraphClient", "GraphResult", "Operation"]
 
 _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}").fullmatch
@@ -100,10 +101,8 @@ class GraphClient:
             on_request=on_request,
         )
         self._calls_url = URL(str(url).rstrip("/") + "/communications/calls/", encoded=True)
-        self._calls_path = self._calls_url.raw_path
         self._recordings = _RecordingLocations(hosts, url, graph_host)
-        self._bodies: dict[Decision, bytes] = {}
-        self._bodies_callback: str | None = callback_url
+        self._bodies = _DecisionBodies()
 
     @property
     def recording_hosts(self) -> tuple[str, ...]:
@@ -145,27 +144,11 @@ class GraphClient:
             "POST",
             call_id,
             "/" + kind,
-            self._body(decision),
+            self._bodies.encoded(decision, self.callback_url),
             tenant_id,
             deadline,
             scenario_id,
         )
-
-    def _body(self, decision: Decision) -> bytes:
-        """The JSON body of ``decision``, encoded once per distinct decision and callback URL."""
-        callback = self.callback_url
-        bodies = self._bodies
-        if callback != self._bodies_callback:  # the default callbackUri was changed
-            bodies.clear()
-            self._bodies_callback = callback
-        body = bodies.get(decision)  # decisions are frozen and validated: always hashable
-        if body is not None:
-            return body
-        body = _encode_json(decision.to_graph(callback)).encode()
-        if len(bodies) >= _BODY_CACHE_SIZE:
-            bodies.clear()
-        bodies[decision] = body
-        return body
 
     async def hang_up(
         self,
@@ -192,6 +175,25 @@ class GraphClient:
         return await self._request(
             "keep_alive", "POST", call_id, "/keepAlive", None, tenant_id, deadline, scenario_id
         )
+
+    async def get_call(
+        self,
+        call_id: str,
+        *,
+        tenant_id: str | None = None,
+        deadline: float | None = None,
+        scenario_id: str | None = None,
+    ) -> CallStatus:
+        """Graph's current state of ``call_id`` (``GET``), to tell whether it is still alive.
+
+        Raises :class:`CallGoneError` once Graph no longer knows the call, :class:`GraphError`
+        when the reply names no state, and like :meth:`run_action` otherwise.
+        """
+        url = _call_url(self._calls_url, call_id, "", "get_call")
+        result, raw, _ = await self._transport.exchange(
+            "get_call", "GET", url, call_id, None, tenant_id, deadline, scenario_id
+        )
+        return _call_status(call_id, _json_or_none(raw), result)
 
     # -- actions after the answer ---------------------------------------------------------
 
@@ -299,7 +301,7 @@ class GraphClient:
         result, raw, location = await self._transport.exchange(
             action,
             "POST",
-            self._call_url(call_id, "/" + action, action),
+            _call_url(self._calls_url, call_id, "/" + action, action),
             call_id,
             body,
             tenant_id,
@@ -366,7 +368,7 @@ class GraphClient:
         result, raw, location = await self._transport.exchange(
             "create_call",
             "POST",
-            self._calls_url.with_path(self._calls_path.rstrip("/"), encoded=True),
+            self._calls_url.with_path(self._calls_url.raw_path.rstrip("/"), encoded=True),
             "(new)",
             body,
             tenant_id,
@@ -381,10 +383,8 @@ class GraphClient:
                 f"Graph answered {result.status} to create a call but named no call id; "
                 "expected a call resource with an id or a Location header"
             )
-        named = data.get("tenantId") if isinstance(data, dict) else None
-        if isinstance(named, str) and named:
-            owner: str | None = named
-        else:
+        owner = _named_tenant(data)
+        if owner is None:
             owner = _token_tenant(await self._tokens.get_token(tenant_id)) or tenant_id
         return CreatedCall(
             canonical_call_id(call_id), state, participant_id, chain_id, location, result, owner
@@ -423,17 +423,6 @@ class GraphClient:
         )
         return raw
 
-    def _call_url(self, call_id: str, suffix: str, op: str = "request") -> URL:
-        """The URL of ``suffix`` on ``call_id``; GraphError (nothing sent) for an id that is
-        not a Graph call id (a path segment like ``..`` or ``a/b`` never reaches a URL)."""
-        if not isinstance(call_id, str) or not _SEGMENT(call_id):
-            raise GraphError(
-                f"{op}: call id {str(call_id)[:40]!r} ({len(str(call_id))} characters) is not "
-                "a Graph call id; expected at most 128 characters of A-Z a-z 0-9 - _ ~ . "
-                "(not starting with a dot). Nothing was sent."
-            )
-        return self._calls_url.with_path(self._calls_path + call_id + suffix, encoded=True)
-
     async def deliver(self, call: IncomingCall, decision: Decision, deadline: float) -> GraphResult:
         """Send ``decision`` for ``call`` before ``deadline`` (the decision-sink interface)."""
         return await self.decide(
@@ -453,11 +442,67 @@ class GraphClient:
         *,
         gone_ok: bool = False,
     ) -> GraphResult:
-        url = self._call_url(call_id, suffix, op)
+        url = _call_url(self._calls_url, call_id, suffix, op)
         reply = await self._transport.exchange(
             op, method, url, call_id, body, tenant_id, deadline, scenario_id, gone_ok=gone_ok
         )
         return reply[0]
+
+
+def _call_url(calls: URL, call_id: str, suffix: str, op: str) -> URL:
+    """The URL of ``suffix`` on ``call_id`` under ``calls`` (``.../communications/calls/``);
+    GraphError (nothing sent) for an id that is not a Graph call id (a path segment like
+    ``..`` or ``a/b`` never reaches a URL)."""
+    if not isinstance(call_id, str) or not _SEGMENT(call_id):
+        raise GraphError(
+            f"{op}: call id {str(call_id)[:40]!r} ({len(str(call_id))} characters) is not "
+            "a Graph call id; expected at most 128 characters of A-Z a-z 0-9 - _ ~ . "
+            "(not starting with a dot). Nothing was sent."
+        )
+    return calls.with_path(calls.raw_path + call_id + suffix, encoded=True)
+
+
+class _DecisionBodies:
+    """The JSON bodies of decisions, each encoded once per distinct decision and default
+    ``callbackUri``: a bot sends the same few decisions again and again."""
+
+    __slots__ = ("_bodies", "_callback")
+
+    def __init__(self) -> None:
+        self._bodies: dict[Decision, bytes] = {}
+        self._callback: str | None = None
+
+    def encoded(self, decision: Decision, callback: str | None) -> bytes:
+        """The body of ``decision`` with ``callback`` as its default ``callbackUri``."""
+        bodies = self._bodies
+        if callback != self._callback:  # the default callbackUri was changed
+            bodies.clear()
+            self._callback = callback
+        body = bodies.get(decision)  # decisions are frozen and validated: always hashable
+        if body is not None:
+            return body
+        body = _encode_json(decision.to_graph(callback)).encode()
+        if len(bodies) >= _BODY_CACHE_SIZE:
+            bodies.clear()
+        bodies[decision] = body
+        return body
+
+
+def _call_status(call_id: str, data: Any, request: GraphResult) -> CallStatus:
+    """The status of ``call_id`` from Graph's reply to its GET; GraphError without a state."""
+    _, state, _, _ = read_call(data)
+    if state is None:
+        raise GraphError(
+            f"Graph answered {request.status} to get_call for call {call_id} but named no "
+            "state; expected a call resource with a state"
+        )
+    return CallStatus(canonical_call_id(call_id), state, _named_tenant(data), request)
+
+
+def _named_tenant(data: Any) -> str | None:
+    """The ``tenantId`` a call resource names, if it names one."""
+    named = data.get("tenantId") if isinstance(data, dict) else None
+    return named if isinstance(named, str) and named else None
 
 
 def _checked(

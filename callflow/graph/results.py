@@ -1,4 +1,5 @@
-"""The values the Graph client returns: a request's outcome, an operation, a created call.
+"""The values the Graph client returns: a request's outcome, an operation, a created call,
+a call's current state.
 
 Frozen values, no I/O: built on the loop that sent the request (the I/O loop) and safe to hand
 to any other.
@@ -13,7 +14,7 @@ import attrs
 if TYPE_CHECKING:
     from callflow.events import ResultInfo
 
-__all__ = ["CreatedCall", "GraphResult", "Operation"]
+__all__ = ["CallStatus", "CreatedCall", "GraphResult", "Operation"]
 
 
 @attrs.frozen
@@ -74,3 +75,27 @@ class CreatedCall:
     location: str | None
     request: GraphResult
     tenant_id: str | None = None
+
+
+@attrs.frozen
+class CallStatus:
+    """A call as Graph described it to ``GET /communications/calls/{id}``: it still exists.
+
+    ``call_id`` is the id asked about, in canonical form (see
+    :func:`~callflow.events.canonical_call_id`); ``state`` is Graph's call state
+    (``incoming``, ``establishing``, ``established``, ``hold``, ``transferring``,
+    ``transferAccepted``, ``redirecting``, ``terminating``, ``terminated``, or a newer one);
+    ``tenant_id`` is the reply's ``tenantId``, None when it names none. A call Graph no longer
+    knows has no status: :meth:`~callflow.graph.client.GraphClient.get_call` raises
+    :class:`~callflow.errors.CallGoneError` for it.
+    """
+
+    call_id: str
+    state: str
+    tenant_id: str | None
+    request: GraphResult
+
+    @property
+    def ended(self) -> bool:
+        """True when Graph says ``terminated``: the call is over, nobody should take it over."""
+        return self.state == "terminated"

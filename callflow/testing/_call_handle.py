@@ -39,6 +39,10 @@ class CallHandle:
     once rejected, redirected, hung up, ended or timed out. ``timed_out`` turns true when the
     platform timeout ended the call. ``placed_at`` and ``deadline`` are ``time.monotonic()``
     values (when the incoming-call notification was sent, and when the platform gives up).
+    ``resource`` is the call resource Graph first described the call with: the incoming call's
+    ``resourceData`` (None for a custom incoming body without one), or for a call the bot
+    created, what it asked for and what the 201 assigned; ``GET /communications/calls/{id}``
+    answers with it in the call's current state.
     The fake builds the handles; ``press`` is how :meth:`press` sends key presses.
     """
 
@@ -73,6 +77,7 @@ class CallHandle:
         self.tone_sequence = 0
         self.muted = False
         self.recording_status: str | None = None
+        self.resource: dict[str, Any] | None = None
         self._requests: list[GraphRequest] = []
         self._deliveries: list[WebhookReply] = []
         self._operations: list[FakeOperation] = []

@@ -6,7 +6,8 @@ One :class:`FakeGraph` runs, while entered (``async with FakeGraph() as fake:``)
 - the OpenID configuration and key set of the key it signs notifications with
   (``/botframework/.well-known/openid-configuration``, plain http);
 - Graph call control under ``/v1.0`` (:mod:`~callflow.testing._graph_api`): the decisions,
-  keepAlive, hang-up, the actions after the answer, new calls, recordings.
+  keepAlive, a call's state (GET), hang-up, the actions after the answer, new calls,
+  recordings.
 
 :meth:`FakeGraph.place_call` POSTs a signed incoming-call notification to a webhook and
 returns a :class:`~callflow.testing.CallHandle`; a call not decided within the platform

@@ -10,14 +10,22 @@ meeting joins); recordings are served under ``/recordings/{id}`` to their access
 Every call-control request is checked the way Graph checks it (the bearer token must be one
 the token endpoint issued, else 401; the JSON body must have Graph's shape, else 400),
 recorded as a :class:`~callflow.testing.GraphRequest`, and answered like Graph (202 without a
-body for a decision, 200 for keepAlive, 204 for DELETE). A call is decided once: the first
-accepted answer, reject or redirect consumes the incoming-call offer, and any later decision
-for that call gets 404 with error code ``"8522"`` (call not found), as do requests for calls
-that were never placed, that ended, or that :meth:`FakeGraph.gone
-<callflow.testing.FakeGraph.gone>` marked gone. An answered call can still be kept alive and
-hung up (DELETE). A fault planned with :meth:`FakeGraph.fail_next
-<callflow.testing.FakeGraph.fail_next>` answers instead (the request is still authenticated
-and recorded); ``latency`` delays every reply.
+body for a decision, 200 for keepAlive, 204 for DELETE, 200 and the call resource for GET). A
+call is decided once: the first accepted answer, reject or redirect consumes the incoming-call
+offer, and any later decision for that call gets 404 with error code ``"8522"`` (call not
+found), as do requests for calls that were never placed, that ended, or that
+:meth:`FakeGraph.gone <callflow.testing.FakeGraph.gone>` marked gone. An answered call can
+still be kept alive, read (GET) and hung up (DELETE). A fault planned with
+:meth:`FakeGraph.fail_next <callflow.testing.FakeGraph.fail_next>` answers instead (the
+request is still authenticated and recorded); ``latency`` delays every reply.
+
+``GET /communications/calls/{id}`` answers with the call as Graph describes it (see
+:func:`~callflow.testing._payloads.call_resource`): what Graph announced it with, its current
+``state`` (``incoming``, ``establishing``, ``established``, ``transferring``, ...), the
+``callbackUri`` of its answer. The fake forgets a call as soon as it ends: a GET of a
+terminated, timed-out or gone call gets the same 404/8522 as every other request for it, never
+a ``terminated`` state. Like every endpoint, it takes the call id in the spelling the call was
+placed or created with.
 
 Runs on the test's event loop, in the fake's aiohttp server: it reads and changes the fake's
 state, starts operations through the operations engine, and hands follow-up notifications
@@ -47,7 +55,7 @@ from callflow.testing._graph_http import (
 from callflow.testing._keys import KeyServer
 from callflow.testing._notifier import Notifier
 from callflow.testing._operations import OperationsEngine
-from callflow.testing._payloads import CALL
+from callflow.testing._payloads import call_resource
 from callflow.testing._records import ACTION_OPS, DECISION_OPS, GraphRequest, decode_body
 from callflow.testing._runtime import Runtime
 from callflow.testing._state import GraphState
@@ -63,6 +71,8 @@ _ACTIONS: Final = {
     "redirect": "redirect",
     **{op: op for op in ACTION_OPS if op != "invite"},
 }
+_CREATED_KINDS: Final = ("outgoing", "join")
+"""The kinds of the calls the bot created (``POST /communications/calls``); the rest were placed."""
 _ACTION_NAMES: Final = ", ".join(op for op in ACTION_OPS if op != "invite")
 _ACTIONS_LOWER: Final = {
     "keepalive": "keepAlive",
@@ -297,16 +307,29 @@ class GraphApi:
             self._operations.drop(call)
             follow = self._notifier.follow_terminated(call, op)
         elif op == "get":
-            resource = {
-                "@odata.type": CALL,
-                "id": call.call_id,
-                "state": call.state,
-                "direction": "incoming",
-                "callbackUri": self._config.callback_url,
-                "tenantId": call.tenant_id,
-            }
-            return Outcome(web.json_response(resource, headers=reply_ids(request)))
+            return Outcome(web.json_response(self._resource(call), headers=reply_ids(request)))
         return Outcome(web.Response(status=_SUCCESS[op], headers=reply_ids(request)), after=follow)
+
+    def _resource(self, call: CallHandle) -> dict[str, Any]:
+        """The call resource a GET answers: as announced, in its current state, with the
+        ``callbackUri`` its answer named (else the announced one, else the default)."""
+        announced = call.resource or {}
+        callback = announced.get("callbackUri")
+        for done in call.requests:
+            if done.op == "answer" and done.status < 300 and isinstance(done.body, dict):
+                callback = done.body.get("callbackUri", callback)
+        if not isinstance(callback, str):
+            callback = self._config.callback_url
+        created = call.kind in _CREATED_KINDS
+        return call_resource(
+            announced,
+            call_id=call.call_id,
+            state=call.state,
+            direction="outgoing" if created else "incoming",
+            callback_uri=callback,
+            tenant_id=call.tenant_id,
+            call_chain_id=call.chain_id,
+        )
 
     def _missing(self, call_id: str, call: CallHandle | None, op: str) -> str | None:
         if call is None:

@@ -170,6 +170,7 @@ class Notifier:
             payload=body,
             press=self.press,
         )
+        call.resource = _resource_of(body)
         self._state.add_call(call)
         return call, body
 
@@ -467,6 +468,14 @@ def _call_id_of(payload: Mapping[str, Any]) -> str:
         "cannot tell the call id of this payload; expected value[0].resourceData.id or a "
         "resourceUrl '/communications/calls/{id}', or pass call_id="
     )
+
+
+def _resource_of(body: Any) -> dict[str, Any] | None:
+    """The call resource an incoming-call body describes (``value[0].resourceData``), if any."""
+    items = body.get("value") if isinstance(body, Mapping) else None
+    item = items[0] if isinstance(items, list) and items else None
+    data = item.get("resourceData") if isinstance(item, Mapping) else None
+    return dict(data) if isinstance(data, Mapping) else None
 
 
 def _has_bot_data(payload: Mapping[str, Any]) -> bool:

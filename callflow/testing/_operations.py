@@ -296,6 +296,7 @@ class OperationsEngine:
             "callChainId": call.chain_id,
             "requestedModalities": body["requestedModalities"],
         }
+        call.resource = {**body, **resource}  # what was asked for, and what Graph assigned
         headers = {**reply_ids(request), "Location": f"{self._calls_url}/{call_id}"}
         response = web.json_response(resource, status=201, headers=headers)
         if plan is not None and not plan.complete:

@@ -1,9 +1,11 @@
-"""Graph ``commsNotifications`` bodies built in code, shaped like the ones Graph sends.
+"""Graph ``commsNotifications`` bodies built in code, shaped like the ones Graph sends, and
+the call resource Graph answers ``GET /communications/calls/{id}`` with.
 
 Every builder returns plain JSON-ready dicts (lists, not tuples) in Graph's camelCase, with
 ``@odata.type`` on polymorphic objects. :func:`incoming_call` builds the whole POST body of an
-incoming call of one of :data:`KINDS`; the other builders return one notification *item*, to
-be wrapped with :func:`envelope` (several items make one batched POST).
+incoming call of one of :data:`KINDS`; :func:`call_resource` a call as a GET reads it; the
+other builders return one notification *item*, to be wrapped with :func:`envelope` (several
+items make one batched POST).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = [
     "BOT_INSTANCE_ID",
     "KINDS",
     "CallerSpec",
+    "call_resource",
     "call_state",
     "call_terminated",
     "default_caller",
@@ -252,6 +255,47 @@ def incoming_call(
             "resource": f"/app/calls/{call_id}",
         }
     )
+
+
+_NOTIFICATION_ONLY: Final = frozenset({"@odata.id", "@odata.etag"})
+_NOT_YET_ACTIVE: Final = frozenset({"incoming", "establishing"})
+
+
+def call_resource(
+    announced: Mapping[str, Any] | None,
+    *,
+    call_id: str,
+    state: str,
+    direction: str,
+    callback_uri: str,
+    tenant_id: str,
+    call_chain_id: str,
+) -> dict[str, Any]:
+    """Return the call resource a GET of ``call_id`` answers with, in its current ``state``.
+
+    ``announced`` is the resource Graph first described the call with (the incoming call's
+    ``resourceData``, or its reply to the POST that created the call): its parties, modalities,
+    meeting and ids are kept, the notification-only ``@odata.id`` and ``@odata.etag`` are not.
+    ``state``, ``direction``, ``callbackUri`` and ``tenantId`` are the given ones, and
+    ``callChainId`` unless the announced resource names one. ``activeModalities`` are the
+    requested ones once the call is past establishing, none before.
+    """
+    resource: dict[str, Any] = {
+        "@odata.type": CALL,
+        "id": call_id,
+        "state": state,
+        "direction": direction,
+        "callbackUri": callback_uri,
+        "tenantId": tenant_id,
+    }
+    for key, value in (announced or {}).items():
+        if key not in resource and key not in _NOTIFICATION_ONLY:
+            resource[key] = value
+    resource.setdefault("callChainId", call_chain_id)
+    requested = resource.get("requestedModalities")
+    active = requested if isinstance(requested, list) and state not in _NOT_YET_ACTIVE else []
+    resource["activeModalities"] = list(active)
+    return resource
 
 
 def _chat_info(thread_id: str, message_id: str) -> dict[str, Any]:

@@ -142,6 +142,18 @@ class FleetHook(Protocol):
         """The events no worker of the fleet has taken yet."""
         ...
 
+    async def reroute(
+        self,
+        request: web.Request,
+        body: bytes,
+        events: Sequence[CallEvent],
+        tenant_id: str | None,
+        holds: Callable[[str], bool],
+    ) -> web.StreamResponse | None:
+        """The reply of the worker that owns the call of a parsed notification this worker
+        does not hold (``holds``); None to handle it here."""
+        ...
+
 
 class WebhookHandler:
     """Handles ``POST`` notifications; ``auth=None`` turns inbound authentication off.
@@ -164,9 +176,11 @@ class WebhookHandler:
         fleet: FleetHook | None = None,
         overload_wait: float = 1.0,
         tenant_of: Callable[[str], str | None] | None = None,
+        holds: Callable[[str], bool] | None = None,
     ) -> None:
         self._engine = engine
         self._tenant_of = tenant_of
+        self._holds = holds
         self._overload_wait = overload_wait
         self._auth = auth
         self._max_body = max_body
@@ -350,6 +364,11 @@ class WebhookHandler:
                 )
             events = _with_tenant(events, token_tenant)
         if fleet is not None:
+            if self._holds is not None:
+                # A call adopted by another worker: its notifications still name the lost one.
+                reply = await fleet.reroute(request, body, events, token_tenant, self._holds)
+                if reply is not None:
+                    return reply
             events = await fleet.fresh(events)
 
         if (

@@ -1,4 +1,7 @@
-"""The decision store against a real redis-server, and fleet mode wired into served bots."""
+"""The decision store against a real redis-server, and fleet mode wired into served bots.
+
+The tests that take ``backend`` run on one server, a three-master cluster and through Sentinel
+(tests/fleet/conftest.py)."""
 
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from callflow.errors import GraphError
 from callflow.fleet.breaker import Breaker
 from callflow.fleet.census import Census, Directory
 from callflow.fleet.claims import DROPPED, Dropped, FleetSink, SharedDedupe, dedupe_key
+from callflow.fleet.connect import connect
 from callflow.fleet.forwarding import FORWARDED_BY, Forwarder
 from callflow.fleet.mode import (
     Fleet,
@@ -70,6 +74,7 @@ from callflow.testing import (
     call_state,
     envelope,
 )
+from tests.fleet.conftest import Backend
 from tests.helpers import incoming
 from tests.redis_server import RedisServer, redis_server
 
@@ -88,18 +93,21 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def raw(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain Redis client, to look at and tamper with the keys."""
-    client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+async def raw(backend: Backend) -> AsyncIterator[Any]:
+    """A plain client of the backend (a ``Redis`` or a ``RedisCluster``), to look at and
+    tamper with the keys."""
+    connection = connect(backend.url, timeout=5.0, client_name="test-raw")
     try:
-        yield client
+        yield connection.client
     finally:
-        await client.aclose()
+        await connection.aclose()
 
 
 def store(url: str, instance: str, **options: Any) -> RedisStore:
-    """A RedisStore of the test namespace, with the test fleet secret."""
+    """A RedisStore of the test namespace, with the test fleet secret; operations may wait
+    1 s unless told (the default 0.15 s is for a worker, not for a loaded test machine)."""
     options.setdefault("secret", SECRET)
+    options.setdefault("timeout", 1.0)
     return RedisStore(url, instance_id=instance, namespace=NS, **options)
 
 
@@ -281,12 +289,12 @@ async def test_a_store_that_is_not_open_says_so() -> None:
 
 
 async def test_intake_ownership_is_claimed_once_and_registers_the_call(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: aioredis.Redis
 ) -> None:
     """The first worker to admit a call owns it (again: still True) and has it pending; a
     second worker is refused and keeps nothing; the key outlives the platform timeout."""
     expires = time.time() + 5.0
-    async with store(redis.url, "a") as a, store(redis.url, "b") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b") as b:
         assert await a.admit("call-1", "tenant-1", expires)
         assert await a.admit("call-1", "tenant-1", expires)
         assert not await b.admit("call-1", "tenant-1", expires)
@@ -302,24 +310,24 @@ async def test_intake_ownership_is_claimed_once_and_registers_the_call(
         assert a.stats.store_failures == 0
 
 
-async def test_the_final_claim_is_won_once(redis: RedisServer) -> None:
+async def test_the_final_claim_is_won_once(backend: Backend) -> None:
     """The final claim is this worker's (repeatable) and no other worker's."""
-    async with store(redis.url, "a") as a, store(redis.url, "b") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b") as b:
         assert await a.claim("c")
         assert await a.claim("c")
         assert not await b.claim("c")
 
 
 async def test_an_orphans_claim_is_taken_over_only_from_a_dead_holder(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: aioredis.Redis
 ) -> None:
     """claim_orphan wins an unclaimed call, a call held by a worker without a heartbeat or by
     a previous life of a live one, and a call held by unsigned data (counted as forged); never
     a call held by a live worker."""
     async with (
-        store(redis.url, "a") as a,
-        store(redis.url, "b", boot="b1") as b1,
-        store(redis.url, "b", boot="b2") as b2,
+        store(backend.url, "a") as a,
+        store(backend.url, "b", boot="b1") as b1,
+        store(backend.url, "b", boot="b2") as b2,
     ):
         assert await a.claim_orphan("free")
         assert await b1.claim("held")
@@ -336,22 +344,22 @@ async def test_an_orphans_claim_is_taken_over_only_from_a_dead_holder(
         assert await raw.get(key("final", "gone")) == SIGNER.seal("final", "gone", f"a#{a.boot}")
 
 
-async def test_state_updates_are_shared_once(redis: RedisServer) -> None:
+async def test_state_updates_are_shared_once(backend: Backend) -> None:
     """first_seen is True for the first worker to take a key (repeatably), False for others."""
-    async with store(redis.url, "a") as a, store(redis.url, "b") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b") as b:
         assert await a.first_seen(["k1", "k2"]) == (True, True)
         assert await b.first_seen(["k1", "k3"]) == (False, True)
         assert await a.first_seen([]) == ()
 
 
 async def test_values_forged_in_redis_are_replaced_or_ignored(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: aioredis.Redis
 ) -> None:
     """Claims and dedupe marks written without the fleet secret are replaced (the claim is
     won), a heartbeat that names a holder's boot without a signature does not keep that
     holder alive, and a forged member of this worker's adopted set is dropped, never
     decided; each one is counted."""
-    async with store(redis.url, "a") as a, store(redis.url, "b", boot="b-boot") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b", boot="b-boot") as b:
         await raw.set(key("final", "c1"), "b#b-boot")
         assert await a.claim("c1")
         assert await raw.get(key("final", "c1")) == SIGNER.seal("final", "c1", f"a#{a.boot}")
@@ -377,13 +385,13 @@ async def test_values_forged_in_redis_are_replaced_or_ignored(
 
 
 async def test_a_replayed_heartbeat_does_not_keep_a_dead_worker_alive(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: aioredis.Redis
 ) -> None:
     """A real heartbeat copied before its worker died and written back later (without expiry)
     is too old to count: the worker is dead and its calls are taken over."""
     clock = Clock()
     clock.now = time.time()
-    async with store(redis.url, "a") as a, store(redis.url, "old", clock=clock) as old:
+    async with store(backend.url, "a") as a, store(backend.url, "old", clock=clock) as old:
         await old.admit("left", "t", time.time() + 60)
         assert await old.beat("http://old:1", 3.0) is not None
         captured = await raw.get(key("instance", "old"))
@@ -404,12 +412,12 @@ async def test_a_replayed_heartbeat_does_not_keep_a_dead_worker_alive(
 
 
 async def test_the_census_lists_live_and_dead_instances(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: aioredis.Redis
 ) -> None:
     """A heartbeat publishes the worker's URL, signed; an instance whose key expired is dead,
     and so is one whose heartbeat is not signed by the fleet; long-expired pending entries are
     trimmed."""
-    async with store(redis.url, "a") as a, store(redis.url, "b") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b") as b:
         await b.admit("stale", None, time.time() - 120)
         await b.admit("fresh", None, time.time() + 5)
         census = await b.beat("http://b:1", 5.0)
@@ -430,15 +438,15 @@ async def test_the_census_lists_live_and_dead_instances(
 
 
 async def test_a_dead_instances_calls_are_taken_over_by_exactly_one_survivor(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: aioredis.Redis
 ) -> None:
     """Two survivors race for a dead worker's calls: each call moves once, into the winner's
     adopted set, and the dead worker leaves the instances set; a live one is left alone."""
     expires = time.time() + 5
     async with (
-        store(redis.url, "a") as a,
-        store(redis.url, "b") as b,
-        store(redis.url, "dead") as dead,
+        store(backend.url, "a") as a,
+        store(backend.url, "b") as b,
+        store(backend.url, "dead") as dead,
     ):
         for i in range(20):
             assert await dead.admit(f"c{i}", "t", expires + i)
@@ -470,10 +478,10 @@ async def test_a_dead_instances_calls_are_taken_over_by_exactly_one_survivor(
 
 
 async def test_a_worker_adopts_what_its_previous_life_left(
-    redis: RedisServer, raw: aioredis.Redis
+    backend: Backend, raw: aioredis.Redis
 ) -> None:
     """take_over(own id, force=True) moves the worker's own pending calls to its adopted set."""
-    async with store(redis.url, "a", boot="old") as old, store(redis.url, "a") as new:
+    async with store(backend.url, "a", boot="old") as old, store(backend.url, "a") as new:
         await old.admit("left-behind", "t", time.time() + 5)
         await new.beat(None, 5.0)
         (call,) = await new.take_over("a", force=True)
@@ -483,10 +491,10 @@ async def test_a_worker_adopts_what_its_previous_life_left(
 
 
 async def test_a_second_worker_with_the_same_instance_id_is_reported(
-    redis: RedisServer, raw: aioredis.Redis, logs: LogWatcher
+    backend: Backend, raw: aioredis.Redis, logs: LogWatcher
 ) -> None:
     """Two live workers with one INSTANCE_ID: the heartbeat notices the other boot id."""
-    async with store(redis.url, "twin", boot="one") as one, store(redis.url, "twin") as two:
+    async with store(backend.url, "twin", boot="one") as one, store(backend.url, "twin") as two:
         await raw.set(key("instance", "twin"), "not json")  # an unreadable previous value
         await one.beat(None, 5.0)
         await one.beat(None, 5.0)
@@ -499,9 +507,9 @@ async def test_a_second_worker_with_the_same_instance_id_is_reported(
         await one.retire()
 
 
-async def test_retiring_removes_the_heartbeat(redis: RedisServer, raw: aioredis.Redis) -> None:
+async def test_retiring_removes_the_heartbeat(backend: Backend, raw: aioredis.Redis) -> None:
     """retire() drops the worker's heartbeat, so survivors take over whatever it left."""
-    async with store(redis.url, "a") as a:
+    async with store(backend.url, "a") as a:
         await a.beat(None, 5.0)
         await a.retire()
         assert await raw.exists(key("instance", "a")) == 0
@@ -580,7 +588,7 @@ async def test_warnings_are_rate_limited_and_the_backoff_grows(
 
 
 async def test_a_hung_redis_costs_a_bounded_wait_and_trips_after_three_long_timeouts(
-    redis: RedisServer, raw: aioredis.Redis, logs: LogWatcher
+    redis: RedisServer, logs: LogWatcher
 ) -> None:
     """A hung Redis (SIGSTOP): a claim with time left waits a quarter of it, other operations
     STORE_TIMEOUT, then fall back; short timeouts never open the circuit, the third long one
@@ -634,14 +642,14 @@ class FailingSink:
 
 
 async def test_only_the_worker_that_wins_the_final_claim_sends(
-    redis: RedisServer, raw: aioredis.Redis, logs: LogWatcher
+    backend: Backend, raw: aioredis.Redis, logs: LogWatcher
 ) -> None:
     """Two workers deliver the same call: one sends, the other returns DROPPED, logs it and
     counts it; the sender takes the call out of its pending set, even when the send fails."""
     stats = FleetStats()
     call = incoming("shared-call", tenant_id="t")
     inner_a, inner_b = RecordingSink(), RecordingSink()
-    async with store(redis.url, "a") as a, store(redis.url, "b") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b") as b:
         await a.admit(call.call_id, "t", time.time() + 5)
         first = await FleetSink(inner_a, a, stats).deliver(call, Answer(), time.monotonic() + 5)
         second = await FleetSink(inner_b, b, stats).deliver(call, Reject(), time.monotonic() + 5)
@@ -661,7 +669,7 @@ async def test_only_the_worker_that_wins_the_final_claim_sends(
         assert await raw.zcard(key("pending", "a")) == 0
 
 
-async def test_shared_dedupe_drops_what_another_worker_took(redis: RedisServer) -> None:
+async def test_shared_dedupe_drops_what_another_worker_took(backend: Backend) -> None:
     """State updates and terminations go to one worker only; incoming calls and rosters pass."""
     events: list[Any] = [
         incoming("c1"),
@@ -670,7 +678,7 @@ async def test_shared_dedupe_drops_what_another_worker_took(redis: RedisServer) 
         ParticipantsUpdated("c1"),
     ]
     stats = FleetStats()
-    async with store(redis.url, "a") as a, store(redis.url, "b") as b:
+    async with store(backend.url, "a") as a, store(backend.url, "b") as b:
         assert await SharedDedupe(a, stats).fresh(events) == events
         assert await SharedDedupe(b, stats).fresh(events) == [events[0], events[3]]
         only_calls = [incoming("c2")]
@@ -712,7 +720,7 @@ class Recorder:
 
 
 async def test_the_watch_takes_over_a_dead_workers_calls(
-    redis: RedisServer, raw: aioredis.Redis, logs: LogWatcher
+    backend: Backend, raw: aioredis.Redis, logs: LogWatcher
 ) -> None:
     """The watch sends the default for each of a dead worker's calls still in time, skips
     expired ones and ones a live worker holds, takes the claim of ones the dead worker held,
@@ -722,9 +730,9 @@ async def test_the_watch_takes_over_a_dead_workers_calls(
     stats = FleetStats()
     default = Reject(RejectReason.BUSY)
     async with (
-        store(redis.url, "a") as a,
-        store(redis.url, "live") as live,
-        store(redis.url, "dead") as dead,
+        store(backend.url, "a") as a,
+        store(backend.url, "live") as live,
+        store(backend.url, "dead") as dead,
     ):
         await live.beat(None, 30.0)
         for call_id, expires in (
@@ -769,11 +777,11 @@ async def test_the_watch_takes_over_a_dead_workers_calls(
 
 
 async def test_the_watch_adopts_its_previous_lifes_calls_at_its_first_beat(
-    redis: RedisServer, logs: LogWatcher
+    backend: Backend, logs: LogWatcher
 ) -> None:
     """Calls left pending by an earlier process with the same INSTANCE_ID get the default."""
     graph = Recorder()
-    async with store(redis.url, "a", boot="before") as before, store(redis.url, "a") as after:
+    async with store(backend.url, "a", boot="before") as before, store(backend.url, "a") as after:
         await before.admit("left", "t", time.time() + 5)
         await before.claim("left")
         watch = FleetWatch(after, graph, default=Reject(), interval=0.05)
@@ -1062,7 +1070,7 @@ async def short_fake(callflow_signing_key: SigningKey) -> AsyncIterator[FakeGrap
         yield fake
 
 
-def fleet_options(redis: RedisServer, name: str) -> dict[str, Any]:
+def fleet_options(redis: RedisServer | Backend, name: str) -> dict[str, Any]:
     """Settings overrides of a fleet worker."""
     return {
         "store": redis.url,
@@ -1075,7 +1083,7 @@ def fleet_options(redis: RedisServer, name: str) -> dict[str, Any]:
 
 
 async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
-    short_fake: FakeGraph, redis: RedisServer, raw: aioredis.Redis, logs: LogWatcher
+    short_fake: FakeGraph, backend: Backend, raw: aioredis.Redis, logs: LogWatcher
 ) -> None:
     """Two bots on one Redis: a redelivery to the other is dropped, the decision names its
     worker, a pinned notification is forwarded, a state update sent to both is seen once, a
@@ -1084,8 +1092,8 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
     seen_a, seen_b = Seen(), Seen()
     fake = short_fake
     async with (
-        fake.serve(fleet_bot(seen_a), **fleet_options(redis, "a")) as a,
-        fake.serve(fleet_bot(seen_b), **fleet_options(redis, "b")) as b,
+        fake.serve(fleet_bot(seen_a), **fleet_options(backend, "a")) as a,
+        fake.serve(fleet_bot(seen_b), **fleet_options(backend, "b")) as b,
     ):
         with anyio.fail_after(GUARD):
             await logs.wait_for("fleet.members", count=2, live=["a", "b"])
@@ -1117,8 +1125,18 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
         ]
         assert [s for s in seen_b if s[2] and s[2] >= 10] == []
         b_metrics = b.metrics.render().decode()
-        assert "callflow_notifications_forwarded_total 1.0" in b_metrics
-        assert "callflow_shared_duplicate_notifications_total 1.0" in b_metrics
+        # b holds nothing of the call: the copy sent to b without an instance follows the
+        # call's owner too (forwarding by ownership), and one of a's two copies is dropped.
+        assert "callflow_notifications_forwarded_total 2.0" in b_metrics
+        shared = [
+            line
+            for bot in (a, b)
+            for line in bot.metrics.render().decode().splitlines()
+            if line.startswith("callflow_shared_duplicate_notifications_total")
+        ]
+        assert (
+            sorted(shared)[-1].endswith(" 1.0") and sum(float(x.split()[-1]) for x in shared) == 1
+        )
 
         slow = await fake.place_call(a.webhook_url, caller={"kind": "user", "id": "slow-1"})
         with anyio.fail_after(GUARD):
@@ -1142,7 +1160,7 @@ async def test_two_served_bots_share_calls_forward_notifications_and_dedupe(
 
 
 async def test_a_captured_forward_is_taken_once_and_only_by_the_worker_it_was_sent_to(
-    short_fake: FakeGraph, redis: RedisServer, target: Target
+    short_fake: FakeGraph, backend: Backend, target: Target
 ) -> None:
     """A forwarded notification captured on its way (worker b forwarding to worker a) is
     taken by a once: replayed to a it gets 403, and so it does at worker c, though c shares
@@ -1182,8 +1200,8 @@ async def test_a_captured_forward_is_taken_once_and_only_by_the_worker_it_was_se
     }
     statuses: dict[str, list[int]] = {}
     async with (
-        fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a,
-        fake.serve(fleet_bot([]), **fleet_options(redis, "c")) as c,
+        fake.serve(fleet_bot([]), **fleet_options(backend, "a")) as a,
+        fake.serve(fleet_bot([]), **fleet_options(backend, "c")) as c,
         aiohttp.ClientSession() as session,
     ):
         for name, bot in (("a", a), ("a", a), ("c", c)):
@@ -1196,7 +1214,7 @@ async def test_a_captured_forward_is_taken_once_and_only_by_the_worker_it_was_se
 
 
 async def test_a_forward_whose_body_is_not_the_signed_one_is_refused(
-    short_fake: FakeGraph, redis: RedisServer
+    short_fake: FakeGraph, backend: Backend
 ) -> None:
     """A forward signed for worker a whose body was swapped for another of the same length
     gets 403 once the body is in; with the signed body it gets 202."""
@@ -1204,7 +1222,7 @@ async def test_a_forward_whose_body_is_not_the_signed_one_is_refused(
     swapped = json.dumps(envelope(call_state("c-8", "established", etag=4))).encode()
     assert len(signed) == len(swapped)
     async with (
-        short_fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a,
+        short_fake.serve(fleet_bot([]), **fleet_options(backend, "a")) as a,
         aiohttp.ClientSession() as session,
     ):
         url = a.webhook_url + "?instance=a"
@@ -1223,7 +1241,7 @@ async def test_a_forward_whose_body_is_not_the_signed_one_is_refused(
 
 
 async def test_a_notification_naming_a_stopped_bot_is_handled_here(
-    short_fake: FakeGraph, redis: RedisServer, logs: LogWatcher
+    short_fake: FakeGraph, backend: Backend, logs: LogWatcher
 ) -> None:
     """After a bot leaves the fleet, the other one handles notifications that name it (here:
     about a call it holds itself)."""
@@ -1236,8 +1254,8 @@ async def test_a_notification_naming_a_stopped_bot_is_handled_here(
         observed.set()
 
     fake = short_fake
-    async with fake.serve(bot, **fleet_options(redis, "b")) as b:
-        async with fake.serve(fleet_bot([]), **fleet_options(redis, "a")):
+    async with fake.serve(bot, **fleet_options(backend, "b")) as b:
+        async with fake.serve(fleet_bot([]), **fleet_options(backend, "a")):
             with anyio.fail_after(GUARD):  # both bots see both
                 await logs.wait_for("fleet.members", count=2, live=["a", "b"])
         with anyio.fail_after(GUARD):
@@ -1273,15 +1291,15 @@ async def test_a_bot_in_fleet_mode_starts_and_decides_while_redis_is_down(
 
 
 async def test_two_deployments_of_one_app_on_one_redis_leave_each_other_alone(
-    short_fake: FakeGraph, redis: RedisServer, raw: aioredis.Redis, logs: LogWatcher
+    short_fake: FakeGraph, backend: Backend, raw: aioredis.Redis, logs: LogWatcher
 ) -> None:
     """Two fleets of the same APP_ID (say staging and production) on one Redis, each with its
     own FLEET_SECRET: neither sees the other's heartbeats as forged, takes over its calls or
     deletes its keys; each fleet's keys share one hash slot. A FLEET_NAME names the
     namespace instead of the secret's digest."""
     other_secret = "other-fleet-secret-0123456789abcdef"
-    staging = {**fleet_options(redis, "b"), "fleet_secret": other_secret}
-    async with short_fake.serve(fleet_bot([]), **fleet_options(redis, "a")) as a:
+    staging = {**fleet_options(backend, "b"), "fleet_secret": other_secret}
+    async with short_fake.serve(fleet_bot([]), **fleet_options(backend, "a")) as a:
         slow = await short_fake.place_call(a.webhook_url, caller={"kind": "user", "id": "slow-2"})
         async with short_fake.serve(fleet_bot([]), **staging) as b:
             with anyio.fail_after(GUARD):  # dozens of beats of both while a's call is pending
@@ -1302,7 +1320,7 @@ async def test_two_deployments_of_one_app_on_one_redis_leave_each_other_alone(
     assert all(line["live"] in (["a"], ["b"]) for line in logs.find("fleet.members"))
     named = Settings(app_id="app", fleet_secret=SECRET, fleet_name="prod-eu")
     assert fleet_namespace(named.app_id, SECRET, named.fleet_name) == "app:prod-eu"
-    assert Fleet(Settings(store=redis.url, app_id="app", fleet_secret=SECRET)).namespace == (
+    assert Fleet(Settings(store=backend.url, app_id="app", fleet_secret=SECRET)).namespace == (
         fleet_namespace("app", SECRET)
     )
 
@@ -1330,7 +1348,7 @@ async def test_fleet_mode_needs_a_redis_url_and_an_open_fleet() -> None:
 
 
 async def test_the_worker_asks_one_mode_and_a_lone_workers_adds_nothing(
-    redis: RedisServer,
+    backend: Backend,
 ) -> None:
     """A lone worker's mode leaves the decision path as it is (the Graph client itself is the
     sink, no intake hook, no webhook hook, CALLBACK_URL as set, nothing in the background);
@@ -1343,10 +1361,12 @@ async def test_the_worker_asks_one_mode_and_a_lone_workers_adds_nothing(
         assert solo.sink(inner) is inner
         assert solo.admission is None and solo.webhook is None
         assert solo.callback_url == CALLBACK_URL
-        async with solo.watching(tg, Recorder(), Reject(), CallBook()):
+        async with solo.watching(tg, Recorder(), Reject(), CallBook(), lambda *taken: None):
             await solo.listening("127.0.0.1", 8123)
     fleet = worker_mode(
-        Settings(store=redis.url, fleet_secret=SECRET, instance_id="w1", callback_url=CALLBACK_URL)
+        Settings(
+            store=backend.url, fleet_secret=SECRET, instance_id="w1", callback_url=CALLBACK_URL
+        )
     )
     assert isinstance(fleet, Fleet)
     assert fleet.callback_url == instance_callback_url(CALLBACK_URL, "w1")
@@ -1354,14 +1374,14 @@ async def test_the_worker_asks_one_mode_and_a_lone_workers_adds_nothing(
     async with fleet, anyio.create_task_group() as tg:
         assert isinstance(fleet.sink(inner), FleetSink)
         assert fleet.admission == fleet.admit
-        async with fleet.watching(tg, Recorder(), Reject(), CallBook()):
+        async with fleet.watching(tg, Recorder(), Reject(), CallBook(), lambda *taken: None):
             assert fleet.directory.live() == {"w1": None}  # the first beat came before
             await fleet.listening("127.0.0.1", 8123)
             assert fleet.directory.url("w1") == "http://127.0.0.1:8123"
             with pytest.raises(RuntimeError, match="known already"):
                 await fleet.listening("127.0.0.1", 8124)
     async with RedisStore(
-        redis.url, instance_id="probe", secret=SECRET, namespace=fleet.namespace
+        backend.url, instance_id="probe", secret=SECRET, namespace=fleet.namespace
     ) as probe:
         census = await probe.beat(None, 3.0)
         assert census is not None and "w1" not in census.live  # retired on the way out

@@ -7,6 +7,7 @@ import contextlib
 import email.utils
 import json
 import random
+import re
 import socket
 import ssl
 import struct
@@ -313,6 +314,54 @@ async def test_keep_alive_of_a_gone_call_raises(graph: GraphStub) -> None:
             await client.keep_alive("c-1")
     assert info.value.status == 404
     assert len(graph.seen) == 1
+
+
+async def test_get_call_request_and_reply(graph: GraphStub) -> None:
+    """get_call GETs the call with no body and the tenant's token, and reads the reply: the
+    state as Graph's enumeration spells it, the tenant only when the reply names one."""
+    graph.script(
+        Reply(200, {"id": "C-1", "state": "Terminated", "tenantId": "t-9"}),
+        Reply(200, {"state": "establishing", "tenantId": ""}),
+    )
+    tokens = Tokens()
+    async with make_client(graph.base_url, tokens=tokens) as client:
+        ended = await client.get_call("C-1", tenant_id="t-1", scenario_id="s")
+        establishing = await client.get_call("c-2")
+    first, second = graph.seen
+    assert second.path == "/v1.0/communications/calls/c-2"
+    assert (first.method, first.path, first.body) == ("GET", "/v1.0/communications/calls/C-1", None)
+    assert first.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert first.headers["Scenario-Id"] == "s"
+    assert tokens.tenants == ["t-1", None]
+    assert (ended.call_id, ended.state, ended.tenant_id, ended.ended) == (
+        "c-1",
+        "terminated",
+        "t-9",
+        True,
+    )
+    assert (ended.request.status, ended.request.request_id) == (200, "rid-1")
+    assert (establishing.state, establishing.tenant_id, establishing.ended) == (
+        "establishing",
+        None,
+        False,
+    )
+
+
+@pytest.mark.parametrize("body", [None, b"not json", b'["x"]', {"id": "c-1"}, {"state": 7}])
+async def test_get_call_reply_without_a_state_is_an_error(graph: GraphStub, body: Any) -> None:
+    """A 200 that names no state is a GraphError saying so, not a status."""
+    graph.script(Reply(200, body))
+    async with make_client(graph.base_url) as client:
+        with pytest.raises(GraphError, match="get_call for call c-1 but named no state"):
+            await client.get_call("c-1")
+
+
+async def test_get_call_refuses_an_id_that_is_not_a_path_segment(graph: GraphStub) -> None:
+    """An id that could leave its path segment is refused before anything is sent."""
+    async with make_client(graph.base_url) as client:
+        with pytest.raises(GraphError, match=re.escape("get_call: call id '../x'")):
+            await client.get_call("../x")
+    assert graph.seen == []
 
 
 # --- errors -------------------------------------------------------------------------------

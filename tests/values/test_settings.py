@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from callflow import ConfigError, Settings
+from callflow._store_url import parse_store_url
+from callflow.settings import masked_url, plain_redis_problem
 
 
 def test_defaults_need_no_environment() -> None:
@@ -250,3 +252,157 @@ def test_plain_redis_off_loopback_is_refused_unless_allowed() -> None:
         }
     )
     assert allowed.allow_insecure_redis is True
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "tls", "hosts", "service", "db"),
+    [
+        (
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,[::1]:7002",
+            "cluster",
+            False,
+            (("127.0.0.1", 7000), ("127.0.0.1", 7001), ("::1", 7002)),
+            None,
+            0,
+        ),
+        (
+            "rediss+cluster://callflow:pw@cache.redis.azure.net:10000/0?ssl_ca_certs=/ca.pem",
+            "cluster",
+            True,
+            (("cache.redis.azure.net", 10000),),
+            None,
+            0,
+        ),
+        ("redis+cluster://localhost", "cluster", False, (("localhost", 6379),), None, 0),
+        (
+            "redis+sentinel://127.0.0.1:26379,localhost/mymaster",
+            "sentinel",
+            False,
+            (("127.0.0.1", 26379), ("localhost", 26379)),
+            "mymaster",
+            0,
+        ),
+        (
+            "rediss+sentinel://u:p@s1.internal:26380,s2.internal:26380/my-master/3/"
+            "?sentinel_password=sp",
+            "sentinel",
+            True,
+            (("s1.internal", 26380), ("s2.internal", 26380)),
+            "my-master",
+            3,
+        ),
+    ],
+)
+def test_cluster_and_sentinel_store_urls_are_read(
+    url: str, kind: str, tls: bool, hosts: tuple[tuple[str, int], ...], service: str | None, db: int
+) -> None:
+    """STORE takes a Redis Cluster (its nodes) and Sentinel (the sentinels and the master's
+    service name, a database after it): kept as written, taken apart as they say."""
+    secret = {"CALLFLOW_FLEET_SECRET": "x" * 32}
+    assert Settings.from_env({"CALLFLOW_STORE": url, **secret}).store == url
+    found = parse_store_url(url)
+    assert (found.kind, found.tls, found.hosts, found.service, found.db) == (
+        kind,
+        tls,
+        hosts,
+        service,
+        db,
+    )
+
+
+def test_sentinel_credentials_are_apart_from_the_masters() -> None:
+    """The URL's user and password log in to the master; ``sentinel_username`` and
+    ``sentinel_password`` to the sentinels, and are not passed on as redis-py options."""
+    found = parse_store_url(
+        "rediss+sentinel://app:m%40ster@s1:26379/svc?sentinel_username=watch"
+        "&sentinel_password=s3nt&ssl_cert_reqs=required"
+    )
+    assert (found.sentinel_username, found.sentinel_password) == ("watch", "s3nt")
+    assert found.query == (("ssl_cert_reqs", "required"),)
+    assert found.node_url("10.0.0.9", 6380) == (
+        "rediss://app:m%40ster@10.0.0.9:6380/0?ssl_cert_reqs=required"
+    )
+    assert "s3nt" not in repr(found) and "m%40ster" not in repr(found)
+    plain = parse_store_url("redis+sentinel://s1/svc")
+    assert (plain.sentinel_username, plain.sentinel_password, plain.login) == (None, None, "")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis+sentinel://127.0.0.1:26379", "needs the master's service name"),
+        ("redis+sentinel://127.0.0.1:26379/", "needs the master's service name"),
+        ("rediss+sentinel://h1/svc/0/extra", "hosts/SERVICE[/db]"),
+        ("redis+sentinel://h1/svc/zero", "bad database 'zero'"),
+        ("redis+cluster://", "needs at least one host:port"),
+        ("redis+cluster://u:p@", "needs at least one host:port"),
+        ("redis+cluster://h1:7000,,h2:7001", "needs at least one host:port"),
+        ("redis+cluster://h1:70000", "bad port '70000'"),
+        ("redis+cluster://h1:0", "bad port '0'"),
+        ("rediss+cluster://h1:port", "bad port 'port'"),
+        ("redis+cluster://[::1:7000", "does not parse"),
+        ("redis+cluster://[::1]x:7000", "bad host"),
+        ("redis+cluster://h1:7000/2", "database 0 only"),
+        ("redis+cluster://h1:7000/0/1", "hosts[/0]"),
+        ("redis+cluster://h1:7000?sentinel_password=x", "redis[s]+sentinel:// only"),
+        ("redis+shard://h1:7000", "redis[s]+cluster://"),
+        ("postgres://x", "redis[s]+sentinel://"),
+    ],
+)
+def test_bad_cluster_and_sentinel_urls_are_named(url: str, expected: str) -> None:
+    """A store URL without hosts, with a bad port, without the service name Sentinel needs,
+    or of an unknown form is refused, naming STORE and what was expected."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"CALLFLOW_STORE": url, "CALLFLOW_FLEET_SECRET": "x" * 32})
+    line = next(ln for ln in str(info.value).splitlines() if "CALLFLOW_STORE" in ln)
+    assert expected in line
+
+
+def test_plain_cluster_and_sentinel_off_loopback_are_refused_unless_allowed() -> None:
+    """``redis+cluster://`` and ``redis+sentinel://`` are plain text like ``redis://``: refused
+    when any host named is not loopback (unless ALLOW_INSECURE_REDIS=on), naming the TLS form
+    to use instead; the ``rediss+`` forms and loopback hosts are accepted."""
+    secret = {"CALLFLOW_FLEET_SECRET": "x" * 32}
+    for url, scheme in (
+        ("redis+cluster://127.0.0.1:7000,10.0.0.5:7001", "redis+cluster"),
+        ("redis+cluster://user:pw@cache.internal:7000", "redis+cluster"),
+        ("redis+sentinel://localhost:26379,s2.internal:26379/svc", "redis+sentinel"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"CALLFLOW_STORE": url, **secret})
+        line = next(ln for ln in str(info.value).splitlines() if "CALLFLOW_STORE" in ln)
+        assert f"plain {scheme}://" in line, line
+        assert f"expected {scheme.replace('redis', 'rediss', 1)}://" in line
+        assert "CALLFLOW_ALLOW_INSECURE_REDIS=on" in line and ":pw@" not in line
+        allowed = Settings.from_env(
+            {"CALLFLOW_STORE": url, "CALLFLOW_ALLOW_INSECURE_REDIS": "on", **secret}
+        )
+        assert allowed.store == url
+    for url in (
+        "redis+cluster://127.0.0.1:7000,localhost:7001,[::1]:7002",
+        "redis+sentinel://127.0.0.1:26379/svc",
+        "rediss+cluster://cache.internal:7000,10.0.0.5:7001",
+        "rediss+sentinel://s1.internal,s2.internal/svc",
+    ):
+        assert Settings.from_env({"CALLFLOW_STORE": url, **secret}).store == url
+    assert plain_redis_problem("redis+cluster://", False) is None  # reported as malformed
+
+
+def test_passwords_in_cluster_and_sentinel_urls_are_masked() -> None:
+    """The settings' repr masks the password of a cluster or Sentinel URL and the value of
+    any ``*password=`` query option (``sentinel_password=``), keeping the rest."""
+    s = Settings(
+        store="rediss+sentinel://app:m-hunter2@s1:26379,s2:26379/svc/1"
+        "?sentinel_password=s-hunter2&ssl_ca_certs=/ca.pem",
+        fleet_secret="x" * 32,
+    )
+    text = repr(s)
+    assert "hunter2" not in text
+    assert (
+        "rediss+sentinel://app:***@s1:26379,s2:26379/svc/1"
+        "?sentinel_password=***&ssl_ca_certs=/ca.pem" in text
+    )
+    assert masked_url("redis+cluster://:k-hunter2@a:1,b:2") == "'redis+cluster://:***@a:1,b:2'"
+    assert masked_url("redis+sentinel://a/svc?password=x&sentinel_password=") == (
+        "'redis+sentinel://a/svc?password=***&sentinel_password='"
+    )
