@@ -21,6 +21,7 @@ from callflow import (
     CallStateChanged,
     IncomingCall,
     MediaPrompt,
+    OperationFinished,
 )
 from callflow.bot import RunningBot
 from callflow.testing import FakeGraph, SigningKey
@@ -221,3 +222,55 @@ async def test_remember_takes_small_json_objects_only_and_nothing_once_the_call_
     assert any("4096 bytes" in o for o in refused)
     assert any("mapping" in o for o in refused)
     assert outcomes[-2:] == ["kept", "ended"]
+
+
+async def test_an_operation_in_flight_on_the_old_owner_reports_to_the_adopters_observers(
+    fake: FakeGraph, redis: RedisServer
+) -> None:
+    """The owner stops while its flow's prompt is playing: the prompt is not resumed, and
+    its result, which still names the old owner, reaches the adopter's OperationFinished
+    observers."""
+    notes = Notes()
+    bots: list[Bot] = []
+    for _ in range(2):
+        bot = Bot()
+
+        async def long_prompt(call: Call) -> None:
+            notes.add("playing", call.call_id)
+            await call.play(PROMPT, timeout=60.0)
+
+        @bot.incoming_call
+        async def decide(call: IncomingCall) -> Answer:
+            return Answer(then=long_prompt)
+
+        @bot.on(CallAdopted)
+        async def adopted(event: CallAdopted) -> None:
+            notes.add("adopted", event.call_id)
+
+        @bot.on(OperationFinished)
+        async def finished(event: OperationFinished) -> None:
+            notes.add("finished", (event.call_id, event.kind))
+
+        bots.append(bot)
+    fake.plan_operation("playPrompt", duration=1.5)
+    stacks = {name: contextlib.AsyncExitStack() for name in ("a", "b")}
+    try:
+        served = {
+            name: await stacks[name].enter_async_context(
+                fake.serve(bot, **fleet_options(redis, name))
+            )
+            for name, bot in zip(stacks, bots, strict=True)
+        }
+        async with FleetProxy([served["a"].url, served["b"].url]) as proxy:
+            call = await fake.place_call(proxy.url + "/api/calls")
+            answer = await call.decision()
+            owner = answer.body["callbackUri"].rsplit("instance=", 1)[1]
+            await notes.wait("playing")
+            await call.wait_requests(1, op="playPrompt", timeout=GUARD)
+            await stacks[owner].aclose()
+            await notes.wait("adopted")
+            (done,) = await notes.wait("finished")
+            assert done == (call.call_id, "playPrompt")
+    finally:
+        for stack in stacks.values():
+            await stack.aclose()
