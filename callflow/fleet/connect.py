@@ -18,7 +18,10 @@ checks, the worker's client name, and ``CA_BUNDLE`` as the CA for TLS unless the
     one node owning that slot (and follows it when the slot moves).
 ``redis[s]+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/db]``
     ``Sentinel(...).master_for(SERVICE)``: each new connection asks the sentinels where the
-    master is, so once a failover is over the store reaches the promoted replica. The URL's
+    master is, so once a failover is over the store reaches the promoted replica; and every
+    heartbeat asks them again (:meth:`StoreClient.master_moved`), so connections to a master
+    that was cut off (still a master, still taking writes, or refusing them with
+    ``min-replicas-to-write``) do not outlive the failover by more than a beat. The URL's
     credentials log in to the master; ``sentinel_username=`` / ``sentinel_password=`` in the
     query to the sentinels (no credentials without them). TLS applies to both.
 """
@@ -47,6 +50,7 @@ class StoreClient:
         no_script: type[BaseException],
         closers: Sequence[Callable[[], Awaitable[None]]] = (),
         opener: Callable[[], Awaitable[object]] | None = None,
+        master: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.client = client
         """A ``redis.asyncio`` ``Redis`` or ``RedisCluster`` (``decode_responses`` on)."""
@@ -56,6 +60,20 @@ class StoreClient:
         """What ``EVALSHA`` raises when the server does not know the script."""
         self._closers = (client.aclose, *closers)
         self._opener = opener
+        self._master = master
+
+    async def master_moved(self) -> bool:
+        """Through Sentinel: ask the sentinels where the master is; True when it is no longer
+        where this client's connections go (a failover). Those connections are then dropped
+        (idle ones at once, busy ones when they come back), so that the next commands reach
+        the master the sentinels name, not a demoted or cut-off one. False otherwise, for the
+        other forms, and when the sentinels do not answer."""
+        if self._master is None:
+            return False
+        try:
+            return await self._master()
+        except self.errors:
+            return False
 
     async def open(self, within: float) -> None:
         """Make the first contact a cluster client needs before it routes any command (the
@@ -171,4 +189,13 @@ def _sentinel(
         asking["password"] = target.sentinel_password
     sentinel = Sentinel(target.hosts, sentinel_kwargs=asking, **master)
     client = sentinel.master_for(target.service)
-    return StoreClient(client, errors=errors, no_script=no_script, closers=(sentinel.aclose,))
+    pool = client.connection_pool
+
+    async def moved() -> bool:
+        # The pool drops its connections to a master the sentinels no longer name.
+        before = pool.master_address
+        return before is not None and await pool.get_master_address() != before
+
+    return StoreClient(
+        client, errors=errors, no_script=no_script, closers=(sentinel.aclose,), master=moved
+    )

@@ -500,8 +500,12 @@ class RedisStore:
         """See :meth:`DecisionStore.beat` (a pipeline, then ``MGET`` of the members' keys).
 
         Only heartbeats signed by the fleet count: an instance whose key holds anything else
-        is dead (its calls are taken over) and has no forwarding URL.
+        is dead (its calls are taken over) and has no forwarding URL. Through Sentinel, the
+        sentinels are asked first whether the master moved: a beat that finds it moved
+        counts as failed (the heartbeats the new master has may be stale; see the watch).
         """
+        if await self._master_moved():
+            return None
         now = self._clock()
         payload = self._signer.seal_beat(self.instance_id, address, self.boot, os.getpid(), now)
         trim_before = now - TRIM_AFTER
@@ -544,6 +548,24 @@ class RedisStore:
             return Census(live, tuple(dead), calls)
 
         return await self._run("beat", run, None, max(self._timeout, ttl / HEARTBEATS_TO_LIVE))
+
+    async def _master_moved(self) -> bool:
+        connection = self._connection
+        if connection is None:
+            return False
+        try:
+            async with asyncio.timeout(max(self._timeout, LONG_WAIT)):
+                moved = await connection.master_moved()
+        except TimeoutError:
+            return False
+        if moved:
+            log.warning(
+                "store.master_moved",
+                store=self.label,
+                message="the sentinels name another master: this worker's connections to the "
+                "old one are dropped, and this beat counts as failed",
+            )
+        return moved
 
     def _check_clash(self, previous: str | None, ttl: float) -> None:
         self._beats += 1

@@ -8,6 +8,8 @@ the workers are ``python -m callflow run tests.fleet_bot:bot`` as in test_fleet.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -16,6 +18,7 @@ import pytest
 import structlog.testing
 import trustme
 
+from callflow.fleet.held import HeldCalls, HeldStore
 from callflow.fleet.store import RedisStore
 from callflow.testing import CallHandle, FakeGraph, SigningKey
 from tests.fleet.test_fleet import (
@@ -162,3 +165,42 @@ async def test_the_store_talks_tls_to_the_master_and_the_sentinels_with_their_ow
             (warning,) = [line for line in logs if line["event"] == "store.unavailable"]
             assert expected in warning["error"], warning["error"]
             assert "pass-0123" not in str(logs)
+
+
+async def test_a_master_that_comes_back_after_a_failover_is_left_at_the_next_beat(
+    sentinel: LocalSentinel,
+) -> None:
+    """The master freezes, the sentinels promote the replica, and the old master comes back,
+    still a master and still taking writes until the sentinels demote it. A store client
+    that had connections to it leaves it at its next heartbeat (the beat counts as failed:
+    ``store.master_moved``) and works on the new master from then on; a held call whose
+    record was written to the old master only is written again on the new one by the next
+    reconcile, so nothing written only to the demoted master is relied upon."""
+    store = RedisStore(sentinel.url, instance_id="a", namespace="ns", secret=SECRET, timeout=1.0)
+    async with store:
+        held = HeldCalls(HeldStore(store))
+        held.hold("before", "t")
+        assert await held.flush()
+        assert await store.beat(None, 3.0) is not None
+        assert sentinel.master.process is not None
+        os.kill(sentinel.master.process.pid, signal.SIGSTOP)
+        try:
+            await anyio.to_thread.run_sync(sentinel.wait_failover)
+        finally:
+            os.kill(sentinel.master.process.pid, signal.SIGCONT)
+        held.hold("during", "t")  # its connection still reaches the old master
+        assert await held.flush()
+        with structlog.testing.capture_logs() as logs:
+            assert await store.beat(None, 3.0) is None  # the master moved
+        assert [e["event"] for e in logs if e["event"].startswith("store.")] == [
+            "store.master_moved"
+        ]
+        assert await store.beat(None, 3.0) is not None
+        await held.reconcile()
+        assert await held.flush()
+        with sentinel.client(sentinel.replica) as promoted:
+            role = promoted.execute_command("ROLE")[0]
+            assert role in (b"master", "master")
+            keys = {k.decode() for k in promoted.keys("*")}
+        prefix = "callflow:{ns}:"
+        assert {prefix + "held:before", prefix + "held:during", prefix + "instance:a"} <= keys
