@@ -504,7 +504,7 @@ class RedisStore:
         sentinels are asked first whether the master moved: a beat that finds it moved
         counts as failed (the heartbeats the new master has may be stale; see the watch).
         """
-        if await self._master_moved():
+        if await _master_moved(self._connection, self.label, max(self._timeout, LONG_WAIT)):
             return None
         now = self._clock()
         payload = self._signer.seal_beat(self.instance_id, address, self.boot, os.getpid(), now)
@@ -548,24 +548,6 @@ class RedisStore:
             return Census(live, tuple(dead), calls)
 
         return await self._run("beat", run, None, max(self._timeout, ttl / HEARTBEATS_TO_LIVE))
-
-    async def _master_moved(self) -> bool:
-        connection = self._connection
-        if connection is None:
-            return False
-        try:
-            async with asyncio.timeout(max(self._timeout, LONG_WAIT)):
-                moved = await connection.master_moved()
-        except TimeoutError:
-            return False
-        if moved:
-            log.warning(
-                "store.master_moved",
-                store=self.label,
-                message="the sentinels name another master: this worker's connections to the "
-                "old one are dropped, and this beat counts as failed",
-            )
-        return moved
 
     def _check_clash(self, previous: str | None, ttl: float) -> None:
         self._beats += 1
@@ -638,6 +620,26 @@ class RedisStore:
     ) -> _T:
         """Run one Redis operation like the store's own (bounded, counted, breaker)."""
         return await self._run(op, action, fallback, within)
+
+
+async def _master_moved(connection: StoreClient | None, label: str, within: float) -> bool:
+    """Through Sentinel: True (logged) when the sentinels name another master than the one
+    the store's connections reach, which are then dropped; see :meth:`StoreClient.master_moved`."""
+    if connection is None:
+        return False
+    try:
+        async with asyncio.timeout(within):
+            moved = await connection.master_moved()
+    except TimeoutError:
+        return False
+    if moved:
+        log.warning(
+            "store.master_moved",
+            store=label,
+            message="the sentinels name another master: this worker's connections to the old "
+            "one are dropped, and this beat counts as failed",
+        )
+    return moved
 
 
 def _ms(seconds: float) -> int:
