@@ -335,10 +335,9 @@ class HeldCalls:
             self._wake.set()
 
     def let_go(self, call_id: str) -> None:
-        """Forget ``call_id`` here only (another worker owns it now)."""
-        self._dropped.discard(call_id)
+        """Forget ``call_id`` here only: another worker owns it now, so its record stays."""
         self.ended(call_id)
-        self._dropped.discard(call_id)
+        self._dropped.discard(call_id)  # queued by ended(): not this worker's to drop
 
     async def stored(self, call_id: str, within: float) -> bool:
         """True once the store has the current version of ``call_id``'s record (or the call
