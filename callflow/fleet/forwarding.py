@@ -211,7 +211,7 @@ class Forwarder:
             if owner == self.instance_id:
                 if holds(call_id):
                     return None  # adopted here meanwhile
-            elif await self._live(owner):
+            elif await self._base(owner) is not None:
                 log.info("notification.rerouted", call_id=call_id, owner=owner[:200])
                 reply = await self._send(request, body, tenant_id, owner)
                 if reply is not None:
@@ -220,26 +220,22 @@ class Forwarder:
                 return None
             await asyncio.sleep(REROUTE_EVERY)
 
-    async def _live(self, instance: str) -> bool:
-        """True when ``instance`` is a live worker of the fleet (the directory read again
-        once on a miss)."""
-        if self._lookup(instance) is not None:
-            return True
-        if self._refresh is not None:
+    async def _base(self, instance: str) -> str | None:
+        """The forwarding URL of a live ``instance``; None when it is gone. A worker that has
+        just started is unknown here until the next heartbeat this worker reads: on a miss
+        the fleet's directory is read again first."""
+        base = self._lookup(instance)
+        if base is None and self._refresh is not None:
             await self._refresh()
-        return self._lookup(instance) is not None
+            base = self._lookup(instance)
+        return base
 
     async def _send(
         self, request: web.Request, body: bytes, tenant_id: str | None, target: str
     ) -> web.StreamResponse | None:
         """Forward ``request`` to the live instance ``target``; its reply, or None when it
         is gone, not allowed or unreachable (handled here then)."""
-        base = self._lookup(target)
-        if base is None and self._refresh is not None:
-            # A worker that has just started is unknown here until the next heartbeat this
-            # worker reads: read the fleet's directory again before handling it here.
-            await self._refresh()
-            base = self._lookup(target)
+        base = await self._base(target)
         if base is None:
             log.info("notification.owner_gone", instance=target[:200])
             return None

@@ -214,7 +214,7 @@ class HeldStore:
         store = self.store
 
         async def run() -> str | None:
-            owner, sealed = await store._redis().hmget(store.key("held", call_id), "owner", "v")
+            owner, sealed = await store.redis().hmget(store.key("held", call_id), "owner", "v")
             if owner is None or self._open(call_id, sealed) is None:
                 return None
             return str(owner).rpartition("#")[0] or None
@@ -227,8 +227,12 @@ class HeldStore:
         store = self.store
 
         async def run() -> bool:
-            pipe = store._redis().pipeline(transaction=False)
-            pipe.set(store.key("handed", self.instance_id), repr(time.time()), px=_ms(HANDED_TTL))
+            pipe = store.redis().pipeline(transaction=False)
+            pipe.set(
+                store.key("handed", self.instance_id),
+                repr(time.time()),
+                px=round(HANDED_TTL * 1000),
+            )
             pipe.delete(store.key("instance", self.instance_id))
             await pipe.execute()
             return True
@@ -240,7 +244,7 @@ class HeldStore:
         store = self.store
 
         async def run() -> bool:
-            return bool(await store._redis().exists(store.key("handed", self.instance_id)))
+            return bool(await store.redis().exists(store.key("handed", self.instance_id)))
 
         return await store.run("handed", run, False)
 
@@ -300,15 +304,12 @@ class HeldCalls:
 
     async def remember(self, call_id: str, tenant_id: str | None, memo: str) -> None:
         """Keep ``memo`` for ``call_id`` and wait (at most 2 s) until the store has it."""
-        held = self._calls.get(call_id)
-        if held is None:
+        if call_id not in self._calls:
             raise ActionError(
                 f"call {call_id} is not held by this worker (answered, created, joined or "
                 "adopted here): its memo is kept by the worker that holds it"
             )
-        held.memo = memo
-        held.version += 1
-        self._changed(call_id)
+        self.hold(call_id, tenant_id, memo)
         if not await self.stored(call_id, within=2.0):
             log.warning(
                 "call.memo_not_stored",
@@ -464,7 +465,3 @@ def _float(text: str) -> float | None:
         return float(text) if text else None
     except ValueError:
         return None
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))

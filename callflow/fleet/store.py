@@ -309,7 +309,7 @@ class RedisStore:
         cluster client learns the cluster's slots here, waiting at most :data:`CLAIM_CAP`)."""
         connection = connect(
             self.url,
-            # Operations are bounded by their own budget (see _run), which may exceed timeout.
+            # Operations are bounded by their own budget (see run), which may exceed timeout.
             timeout=max(self._timeout, CLAIM_CAP),
             client_name=f"callflow-{self.instance_id}-{self.label}",
             ca_bundle=self._ca_bundle,
@@ -335,18 +335,19 @@ class RedisStore:
             with anyio.CancelScope(shield=True):
                 await connection.aclose()
 
-    def _redis(self) -> Any:
+    def redis(self) -> Any:
+        """The open client (RuntimeError when the store is not open)."""
         if self._client is None:
             raise RuntimeError(
                 f"{self!r} is not open; expected `async with RedisStore(...)` around its use"
             )
         return self._client
 
-    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def eval_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script by its hash, or by its source when Redis does not know it (yet): a new
         or restarted server, a promoted replica, the node now owning the fleet's slot. EVAL
         caches the script there, so the next EVALSHA finds it."""
-        client = self._redis()
+        client = self.redis()
         sha, source = self._scripts[name]
         try:
             return await client.evalsha(sha, len(keys), *keys, *args)
@@ -360,7 +361,7 @@ class RedisStore:
             return self._timeout
         return max(self._timeout, min(left * CLAIM_SHARE, CLAIM_CAP))
 
-    async def _run(
+    async def run(
         self,
         op: str,
         action: Callable[[], Awaitable[_T]],
@@ -369,7 +370,7 @@ class RedisStore:
     ) -> _T:
         """Run one Redis operation within ``within`` seconds (default ``timeout``);
         ``fallback`` when Redis is in trouble."""
-        self._redis()  # raises when the store is not open
+        self.redis()  # raises when the store is not open
         if not self.breaker.allow():
             self.stats.add("store_failures")
             return fallback
@@ -392,9 +393,9 @@ class RedisStore:
         """True when Redis answers within the timeout (a failure counts like any other)."""
 
         async def run() -> bool:
-            return bool(await self._redis().ping())
+            return bool(await self.redis().ping())
 
-        return await self._run("ping", run, False)
+        return await self.run("ping", run, False)
 
     # -- operations ----------------------------------------------------------------------
 
@@ -407,13 +408,13 @@ class RedisStore:
         score, member = repr(expires_at), self._signer.member(call_id, tenant_id)
 
         async def replace(forged: str) -> Any:
-            return await self._eval("replace", keys, (forged, mine, ttl_ms, score, member))
+            return await self.eval_script("replace", keys, (forged, mine, ttl_ms, score, member))
 
         async def run() -> bool:
-            result = await self._eval("admit", keys, (mine, ttl_ms, score, member))
+            result = await self.eval_script("admit", keys, (mine, ttl_ms, score, member))
             return await self._signed.settle("own", call_id, result, replace)
 
-        return await self._run("admit", run, True, self.wait_for(left))
+        return await self.run("admit", run, True, self.wait_for(left))
 
     async def claim(self, call_id: str, *, left: float | None = None) -> bool:
         """See :meth:`DecisionStore.claim`."""
@@ -421,13 +422,13 @@ class RedisStore:
         mine, ttl_ms = self._signed.own("final", call_id), _ms(KEY_GRACE * 2)
 
         async def replace(forged: str) -> Any:
-            return await self._eval("replace", keys, (forged, mine, ttl_ms))
+            return await self.eval_script("replace", keys, (forged, mine, ttl_ms))
 
         async def run() -> bool:
-            result = await self._eval("claim", keys, (mine, ttl_ms))
+            result = await self.eval_script("claim", keys, (mine, ttl_ms))
             return await self._signed.settle("final", call_id, result, replace)
 
-        return await self._run("claim", run, True, self.wait_for(left))
+        return await self.run("claim", run, True, self.wait_for(left))
 
     async def claim_orphan(self, call_id: str, *, left: float | None = None) -> bool:
         """See :meth:`DecisionStore.claim_orphan` (the holder lives if its signed heartbeat
@@ -436,10 +437,10 @@ class RedisStore:
         mine, ttl_ms = self._signed.own("final", call_id), _ms(KEY_GRACE * 2)
 
         async def replace(forged: str) -> Any:
-            return await self._eval("replace", keys, (forged, mine, ttl_ms))
+            return await self.eval_script("replace", keys, (forged, mine, ttl_ms))
 
         async def run() -> bool:
-            result = await self._eval(
+            result = await self.eval_script(
                 "claim_orphan", keys, (mine, ttl_ms, self._prefix + "instance:")
             )
             if not isinstance(result, list):
@@ -449,19 +450,19 @@ class RedisStore:
                 return False  # a live worker holds it
             return await self._signed.settle("final", call_id, await replace(holder), replace)
 
-        return await self._run("claim_orphan", run, True, self.wait_for(left))
+        return await self.run("claim_orphan", run, True, self.wait_for(left))
 
     async def release(self, call_id: str, tenant_id: str | None) -> None:
         """See :meth:`DecisionStore.release`."""
         member = self._signer.member(call_id, tenant_id)
 
         async def run() -> None:
-            pipe = self._redis().pipeline(transaction=False)
+            pipe = self.redis().pipeline(transaction=False)
             pipe.zrem(self.key("pending", self.instance_id), member)
             pipe.zrem(self.key("adopted", self.instance_id), member)
             await pipe.execute()
 
-        await self._run("release", run, None)
+        await self.run("release", run, None)
 
     async def first_seen(self, keys: Sequence[str]) -> tuple[bool, ...]:
         """See :meth:`DecisionStore.first_seen`."""
@@ -473,7 +474,7 @@ class RedisStore:
         ttl_ms = _ms(SEEN_TTL)
 
         async def run() -> tuple[bool, ...]:
-            results = await self._eval("seen", redis_keys, (ttl_ms, *mine))
+            results = await self.eval_script("seen", redis_keys, (ttl_ms, *mine))
             firsts = [True] * len(keys)
             forged: list[int] = []
             for i, result in enumerate(results):
@@ -486,7 +487,7 @@ class RedisStore:
                     forged.append(i)
             if forged:
                 args = [item for i in forged for item in (results[i], mine[i])]
-                again = await self._eval(
+                again = await self.eval_script(
                     "replace_seen", [redis_keys[i] for i in forged], (ttl_ms, *args)
                 )
                 for i, result in zip(forged, again, strict=True):
@@ -494,7 +495,7 @@ class RedisStore:
                         firsts[i] = self._signer.opened("seen", keys[i], result) is None
             return tuple(firsts)
 
-        return await self._run("first_seen", run, tuple(True for _ in keys))
+        return await self.run("first_seen", run, tuple(True for _ in keys))
 
     async def beat(self, address: str | None, ttl: float) -> Census | None:
         """See :meth:`DecisionStore.beat` (a pipeline, then ``MGET`` of the members' keys).
@@ -514,7 +515,7 @@ class RedisStore:
         self._beat_ttl = ttl
 
         async def run() -> Census:
-            redis = self._redis()
+            redis = self.redis()
             pipe = redis.pipeline(transaction=False)
             pipe.get(me)
             pipe.set(me, payload, px=_ms(ttl))
@@ -547,7 +548,7 @@ class RedisStore:
                 await redis.zrem(adopted, *forged)
             return Census(live, tuple(dead), calls)
 
-        return await self._run("beat", run, None, max(self._timeout, ttl / HEARTBEATS_TO_LIVE))
+        return await self.run("beat", run, None, max(self._timeout, ttl / HEARTBEATS_TO_LIVE))
 
     def _check_clash(self, previous: str | None, ttl: float) -> None:
         self._beats += 1
@@ -573,23 +574,23 @@ class RedisStore:
             self.key("instances"),
             self.key("holds", instance_id),
         )
-        args = (instance_id, "1" if force else "0", self._suspects.get(instance_id, ""))
+        args = (instance_id, "1" if force else "0", self.suspect(instance_id))
 
         async def run() -> tuple[PendingCall, ...]:
-            calls, forged = self._signed.verified(await self._eval("take_over", keys, args))
+            calls, forged = self._signed.verified(await self.eval_script("take_over", keys, args))
             if forged:
-                await self._redis().zrem(keys[3], *forged)
+                await self.redis().zrem(keys[3], *forged)
             return calls
 
-        return await self._run("take_over", run, (), max(self._timeout, CLAIM_CAP))
+        return await self.run("take_over", run, (), max(self._timeout, CLAIM_CAP))
 
     async def retire(self) -> None:
         """See :meth:`DecisionStore.retire`."""
 
         async def run() -> None:
-            await self._redis().delete(self.key("instance", self.instance_id))
+            await self.redis().delete(self.key("instance", self.instance_id))
 
-        await self._run("retire", run, None)
+        await self.run("retire", run, None)
 
     # -- for the other parts of the fleet's store (held calls) -------------------------------
 
@@ -606,20 +607,6 @@ class RedisStore:
     def suspect(self, instance_id: str) -> str:
         """The forged heartbeat the last beat found for ``instance_id`` ('' for none)."""
         return self._suspects.get(instance_id, "")
-
-    async def eval_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run the script ``name`` of :data:`~callflow.fleet.scripts.SCRIPTS`."""
-        return await self._eval(name, keys, args)
-
-    async def run(
-        self,
-        op: str,
-        action: Callable[[], Awaitable[_T]],
-        fallback: _T,
-        within: float | None = None,
-    ) -> _T:
-        """Run one Redis operation like the store's own (bounded, counted, breaker)."""
-        return await self._run(op, action, fallback, within)
 
 
 async def _master_moved(connection: StoreClient | None, label: str, within: float) -> bool:
