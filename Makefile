@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint types pytest test test-fast demo bench bench-quick bench-soak clean
+.PHONY: install lint types pytest test test-fast demo docs redis-server bench bench-quick bench-soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,30 @@ lint: install
 types: install
 	$(BIN)/mypy --strict callflow
 
-pytest: install
+# The suite starts real redis-server processes (fleet tests). On a fresh Debian or Ubuntu
+# machine it is installed here, as .ci/run does, so `make test` stays the whole set-up.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "make: installing redis-server (the fleet tests start real ones)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  command -v apt-get >/dev/null 2>&1 \
+	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  command -v redis-server >/dev/null 2>&1 || { \
+	    echo "make: the test suite needs redis-server on PATH: install it (apt-get install redis-server, brew install redis)"; \
+	    exit 1; }; }
+
+pytest: install redis-server
 	$(BIN)/pytest
 
-test: lint types pytest
+# The documentation site, into site/; --strict turns every broken link or reference into an error.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint types docs pytest
 
 # The inner loop: every test not marked slow, without coverage (about a minute).
-test-fast: install
+test-fast: install redis-server
 	$(BIN)/pytest -m "not slow" --no-cov -q
 
 demo: install
@@ -55,4 +72,4 @@ bench-soak: install
 	$(BIN)/python -m benchmarks.bench_soak
 
 clean:
-	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) site .coverage .mypy_cache .pytest_cache .ruff_cache

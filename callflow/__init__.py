@@ -1,6 +1,6 @@
 """callflow: Microsoft Graph calling bots that always decide in time.
 
-The names a bot author uses are importable from here (README's "API at a glance" lists
+The names a bot author uses are importable from here (the docs' "API at a glance" lists
 them, and a test keeps the two in step). The testing kit is :mod:`callflow.testing`; every
 error class is also in :mod:`callflow.errors`.
 """

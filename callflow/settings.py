@@ -216,7 +216,7 @@ def plain_redis_problem(url: str, allowed: bool) -> str | None:
 
 @attrs.frozen
 class Settings:
-    """Everything a callflow worker is configured with; see the README's settings table."""
+    """Everything a callflow worker is configured with (docs/reference/settings.md: each one)."""
 
     app_id: str | None = None
     app_secret: str | None = attrs.field(default=None, repr=False)
