@@ -15,6 +15,7 @@ once per test. ``bot`` is one built at import, for ``callflow run examples.menu_
 
 from __future__ import annotations
 
+# --8<-- [start:bot]
 from callflow import (
     Answer,
     Bot,
@@ -67,3 +68,4 @@ def make_bot() -> Bot:
 
 
 bot = make_bot()
+# --8<-- [end:bot]

@@ -7,6 +7,7 @@ kit's pytest plugin (``pytest_plugins = ["callflow.testing.plugin"]`` in ``conft
 
 from __future__ import annotations
 
+# --8<-- [start:tests]
 import pytest
 
 from callflow.testing import CallHandle, FakeGraph
@@ -76,3 +77,6 @@ async def test_a_failed_transfer_apologises_and_hangs_up(fake_graph: FakeGraph) 
         await call.wait_requests(op="delete")
     assert transferred_to(call) == DESKS["1"]
     assert played(call) == ["menu", "sorry"]
+
+
+# --8<-- [end:tests]
