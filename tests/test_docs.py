@@ -128,3 +128,18 @@ async def test_the_first_bot_decides_as_the_tutorial_says(fake_graph: FakeGraph)
     assert target == example.ON_CALL
     assert (decided["meeting"].op, decided["meeting"].body["reason"]) == ("reject", "forbidden")
     assert decided["stranger"].body == {"reason": "busy", "callbackUri": CALLBACK_URL}
+
+
+def test_every_included_file_is_named_as_the_snippets_extension_reads_it() -> None:
+    """The pages that include example and test files name them as ``--8<-- "path:section"``
+    (a formatter that rewrote the line would leave the page showing the line itself), and
+    each named section is marked in its file."""
+    for page in sorted(DOCS.rglob("*.md")):
+        for line in page.read_text().splitlines():
+            if "8<" not in line.replace(" ", ""):
+                continue
+            match = re.fullmatch(r'--8<-- "([^":]+)(?::(\w+))?"', line)
+            assert match, f"{page.name}: {line!r}"
+            text = (ROOT / match.group(1)).read_text()
+            if match.group(2):
+                assert f"# --8<-- [start:{match.group(2)}]" in text
