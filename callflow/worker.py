@@ -333,7 +333,9 @@ class _IoSide:
                     message="CALLFLOW_INBOUND_AUTH=off: notifications are NOT authenticated; "
                     "use this for local development only",
                 )
-            keeper = self.keeper = CallKeeper(graph, s.keepalive_interval, on_gone=book.end)
+            keeper = self.keeper = CallKeeper(
+                graph, s.keepalive_interval, on_gone=lambda call_id: book.end(call_id, by="gone")
+            )
             book.on_end(keeper.ended)
             book.on_end(mode.ended)
             metrics.attach_background(keeper, self.auth)

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import structlog
 
-from callflow.actions import Invite, JoinMeeting, PlayPrompt
+from callflow.actions import Invite, JoinMeeting, PlayPrompt, RecordResponse, prompt_names
 from callflow.clock import MONOTONIC
-from callflow.control.digits import DigitRequest, collect
+from callflow.control.digits import DigitRequest, Entry, WhyStopped, collect
 from callflow.control.memory import LocalMemory, Memory
 from callflow.control.registry import (
     CallRecord,
@@ -49,7 +49,6 @@ from callflow.graph.client import _new_client_context
 if TYPE_CHECKING:
     from callflow.actions import (
         OutgoingCall,
-        RecordResponse,
         SendTones,
         Transfer,
         UpdateRecordingStatus,
@@ -227,16 +226,21 @@ class CallControl:
         *,
         timeout: float | None,
         tenant_id: str | None = None,
+        prompts: tuple[str, ...] | None = None,
+        why_stopped: WhyStopped | None = None,
     ) -> OperationFinished:
         """Start an operation and return its result once Graph reports it.
 
         Raises OperationError (MediaCancelledError for 400/8508) when it failed,
         OperationTimeoutError after ``timeout`` seconds, CallEndedError when the call ended
         first, GraphError when Graph refused the request. A prompt or recording given up
-        (timeout or cancellation) is cancelled in Graph.
+        (timeout or cancellation) is cancelled in Graph. ``prompts`` names the operation's
+        prompts and ``why_stopped()`` says why it was cancelled, when a digit collection
+        stopped it (both for the ``call.operation`` line).
         """
         registry = self.registry
         async with self._finishing(call_id, kind, timeout, tenant_id) as step:
+            step.prompts, step.why_stopped = prompts, why_stopped
             # Registered before the POST: a result that comes before the reply finds it.
             waiter = step.waiter = registry.expect(call_id, kind, _new_context())
             finished: OperationFinished | None = None
@@ -311,7 +315,7 @@ class CallControl:
         try:
             yield
         except CallGoneError as exc:
-            self.registry.end(call_id)
+            self.registry.end(call_id, by="gone")
             raise self.registry.record(call_id).ended_error() from exc
 
     async def _give_up(self, step: _Step) -> None:
@@ -335,6 +339,13 @@ class CallControl:
         """
         kind, finished = step.kind, step.finished
         code, subcode = _codes(finished, error)
+        extra: dict[str, object] = {}
+        if step.prompts is not None:
+            extra["prompts"] = step.prompts
+        if outcome == "cancelled":
+            why = step.why_stopped() if step.why_stopped is not None else None
+            extra["cause"] = why or "awaiter_cancelled"
+            extra["sent"] = step.started
         log.info(
             "call.operation",
             call_id=step.call_id,
@@ -345,6 +356,7 @@ class CallControl:
             code=code,
             subcode=subcode,
             completion_reason=finished.completion_reason if finished is not None else None,
+            **extra,
         )
         hook = self._on_operation
         if hook is not None:
@@ -363,6 +375,10 @@ class CallControl:
                 await self.graph.cancel_media_processing(
                     call_id, tenant_id=tenant_id, deadline=graph_deadline(self.cancel_timeout)
                 )
+            except CallGoneError as exc:
+                # The call ended meanwhile (the caller hung up during the prompt): nothing
+                # to stop, nothing for an operator to look at.
+                log.info("call.cancel_media_failed", call_id=call_id, error=str(exc), gone=True)
             except GraphError as exc:
                 log.warning("call.cancel_media_failed", call_id=call_id, error=str(exc))
 
@@ -372,12 +388,14 @@ class CallControl:
         if self.registry.is_ended(call_id):
             return
         tenant = self.book.tenant_of(call_id)
-        self.registry.end(call_id)
+        self.registry.end(call_id, by="bot")
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
             try:
                 await self.graph.hang_up(
                     call_id, tenant_id=tenant, deadline=graph_deadline(self.cancel_timeout)
                 )
+            except CallGoneError as exc:
+                log.info("call.hang_up_failed", call_id=call_id, error=str(exc), gone=True)
             except GraphError as exc:
                 log.warning("call.hang_up_failed", call_id=call_id, error=str(exc))
 
@@ -388,7 +406,12 @@ class CallControl:
     # -- the actions -------------------------------------------------------------------------
 
     async def act(
-        self, call_id: str, tenant_id: str | None, request: _Action, timeout: float | None
+        self,
+        call_id: str,
+        tenant_id: str | None,
+        request: _Action,
+        timeout: float | None,
+        why_stopped: WhyStopped | None = None,
     ) -> OperationFinished:
         """Run one action (play prompts, record, send tones, invite, update the recording
         status); return when Graph finished it (see :meth:`run`)."""
@@ -405,7 +428,20 @@ class CallControl:
             )
 
         kind = "invite" if type(request) is Invite else request.action
-        return await self.run(call_id, kind, start, timeout=timeout, tenant_id=tenant_id)
+        prompts = None
+        if type(request) is PlayPrompt:
+            prompts = prompt_names(request.prompts)
+        elif type(request) is RecordResponse:
+            prompts = prompt_names(() if request.prompt is None else (request.prompt,))
+        return await self.run(
+            call_id,
+            kind,
+            start,
+            timeout=timeout,
+            tenant_id=tenant_id,
+            prompts=prompts,
+            why_stopped=why_stopped,
+        )
 
     async def simple(
         self, call_id: str, tenant_id: str | None, kind: str, timeout: float | None
@@ -434,7 +470,7 @@ class CallControl:
             log.debug("call.hang_up_skipped", call_id=call_id, reason="the call has ended")
             return
         deadline = graph_deadline(timeout)
-        self.registry.end(call_id)  # the bot is leaving: nothing more waits on this call
+        self.registry.end(call_id, by="bot")  # the bot is leaving: nothing more waits on this call
         await self.graph.hang_up(call_id, tenant_id=tenant_id, deadline=deadline)
         log.info("call.hung_up", call_id=call_id)
 
@@ -506,9 +542,10 @@ class CallControl:
         stop_tones: tuple[str, ...],
         prompt: PlayPrompt | None,
         prompt_timeout: float | None,
-    ) -> str:
+    ) -> Entry:
         """Collect the caller's key presses (see
-        :meth:`callflow.control.call.Call.collect_digits`)."""
+        :meth:`callflow.control.call.Call.collect_digits`): the digits and how the entry
+        ended."""
         self._check_open(call_id)
         record = self.registry.record(call_id)
         if record.collecting:
@@ -520,8 +557,8 @@ class CallControl:
             if prompt is None:
                 return await collect(record, request, clock=self._clock)
 
-            def play() -> Awaitable[OperationFinished]:
-                return self.act(call_id, tenant_id, prompt, prompt_timeout)
+            def play(why: WhyStopped) -> Awaitable[OperationFinished]:
+                return self.act(call_id, tenant_id, prompt, prompt_timeout, why)
 
             return await collect(record, request, clock=self._clock, prompt=play)
         finally:
@@ -555,7 +592,17 @@ class CallControl:
 class _Step:
     """One operation under way, as :meth:`CallControl._finishing` needs to know it."""
 
-    __slots__ = ("call_id", "deadline", "finished", "kind", "started", "tenant_id", "waiter")
+    __slots__ = (
+        "call_id",
+        "deadline",
+        "finished",
+        "kind",
+        "prompts",
+        "started",
+        "tenant_id",
+        "waiter",
+        "why_stopped",
+    )
 
     def __init__(
         self, call_id: str, kind: str, tenant_id: str | None, deadline: float | None
@@ -573,6 +620,10 @@ class _Step:
         self.started = False
         """True once the operation may be under way in Graph: giving it up then undoes it
         (a prompt or recording is cancelled, a created call hung up)."""
+        self.prompts: tuple[str, ...] | None = None
+        """The names of its prompts (a prompt or recording), for its log line."""
+        self.why_stopped: WhyStopped | None = None
+        """Why a digit collection stopped it (barge-in), when one did."""
 
     @property
     def operation_id(self) -> str | None:
