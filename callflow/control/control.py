@@ -345,7 +345,6 @@ class CallControl:
         if outcome == "cancelled":
             why = step.why_stopped() if step.why_stopped is not None else None
             extra["cause"] = why or "awaiter_cancelled"
-            extra["sent"] = step.started
         log.info(
             "call.operation",
             call_id=step.call_id,

@@ -28,6 +28,7 @@ __all__ = ["Step", "outcome_of"]
 
 log = structlog.get_logger(__name__)
 
+
 def outcome_of(error: BaseException | None) -> str:
     """How a step ended: ``completed``, ``cancelled``, ``timeout``, ``call_ended``,
     ``failed`` (Graph's result said so) or ``error`` (Graph refused the request, or
