@@ -331,32 +331,9 @@ class CallControl:
     def _report(
         self, step: _Step, outcome: str, seconds: float, error: BaseException | None
     ) -> None:
-        """Log the ``call.operation`` line of an operation that ended, and tell the hook.
-
-        ``code``/``subcode`` are Graph's: the ``resultInfo`` of the result, else of the
-        error raised (or its cause), else the HTTP status and error code of the request
-        Graph refused.
-        """
-        kind, finished = step.kind, step.finished
-        code, subcode = _codes(finished, error)
-        extra: dict[str, object] = {}
-        if step.prompts is not None:
-            extra["prompts"] = step.prompts
-        if outcome == "cancelled":
-            why = step.why_stopped() if step.why_stopped is not None else None
-            extra["cause"] = why or "awaiter_cancelled"
-        log.info(
-            "call.operation",
-            call_id=step.call_id,
-            kind=kind,
-            operation_id=step.operation_id,
-            outcome=outcome,
-            latency_ms=round(seconds * 1000, 1),
-            code=code,
-            subcode=subcode,
-            completion_reason=finished.completion_reason if finished is not None else None,
-            **extra,
-        )
+        """Log the ``call.operation`` line of an operation that ended, and tell the hook."""
+        _log_operation(step, outcome, seconds, error)
+        kind = step.kind
         hook = self._on_operation
         if hook is not None:
             try:
@@ -374,12 +351,8 @@ class CallControl:
                 await self.graph.cancel_media_processing(
                     call_id, tenant_id=tenant_id, deadline=graph_deadline(self.cancel_timeout)
                 )
-            except CallGoneError as exc:
-                # The call ended meanwhile (the caller hung up during the prompt): nothing
-                # to stop, nothing for an operator to look at.
-                log.info("call.cancel_media_failed", call_id=call_id, error=str(exc), gone=True)
             except GraphError as exc:
-                log.warning("call.cancel_media_failed", call_id=call_id, error=str(exc))
+                _undo_failed("call.cancel_media_failed", call_id, exc)
 
     async def _hang_up_quietly(self, call_id: str) -> None:
         """Hang up a call the bot gave up on (shielded, within cancel_timeout); it ends here
@@ -393,10 +366,8 @@ class CallControl:
                 await self.graph.hang_up(
                     call_id, tenant_id=tenant, deadline=graph_deadline(self.cancel_timeout)
                 )
-            except CallGoneError as exc:
-                log.info("call.hang_up_failed", call_id=call_id, error=str(exc), gone=True)
             except GraphError as exc:
-                log.warning("call.hang_up_failed", call_id=call_id, error=str(exc))
+                _undo_failed("call.hang_up_failed", call_id, exc)
 
     def _check_open(self, call_id: str) -> None:
         if self.registry.is_ended(call_id):
@@ -427,11 +398,7 @@ class CallControl:
             )
 
         kind = "invite" if type(request) is Invite else request.action
-        prompts = None
-        if type(request) is PlayPrompt:
-            prompts = prompt_names(request.prompts)
-        elif type(request) is RecordResponse:
-            prompts = prompt_names(() if request.prompt is None else (request.prompt,))
+        prompts = _prompts_of(request)
         return await self.run(
             call_id,
             kind,
@@ -586,6 +553,52 @@ class CallControl:
         if self._on_created is not None:
             self._on_created(created.call_id, created.tenant_id)
         return created
+
+
+def _undo_failed(event: str, call_id: str, exc: GraphError) -> None:
+    """Log a cancel or hang-up that Graph refused: at info when the call is gone already
+    (the caller hung up meanwhile: nothing to undo, nothing for an operator to look at),
+    else at warning."""
+    gone = isinstance(exc, CallGoneError)
+    (log.info if gone else log.warning)(event, call_id=call_id, error=str(exc), gone=gone)
+
+
+def _prompts_of(request: _Action) -> tuple[str, ...] | None:
+    """The names of an action's prompts, for its log line (None: not a media action)."""
+    if type(request) is PlayPrompt:
+        return prompt_names(request.prompts)
+    if type(request) is RecordResponse:
+        return prompt_names(() if request.prompt is None else (request.prompt,))
+    return None
+
+
+def _log_operation(step: _Step, outcome: str, seconds: float, error: BaseException | None) -> None:
+    """Log the ``call.operation`` line of an operation that ended.
+
+    ``code``/``subcode`` are Graph's: the ``resultInfo`` of the result, else of the error
+    raised (or its cause), else the HTTP status and error code of the request Graph
+    refused. A media operation names its prompts; a cancelled one says why (``cause``).
+    """
+    finished = step.finished
+    code, subcode = _codes(finished, error)
+    extra: dict[str, object] = {}
+    if step.prompts is not None:
+        extra["prompts"] = step.prompts
+    if outcome == "cancelled":
+        why = step.why_stopped() if step.why_stopped is not None else None
+        extra["cause"] = why or "awaiter_cancelled"
+    log.info(
+        "call.operation",
+        call_id=step.call_id,
+        kind=step.kind,
+        operation_id=step.operation_id,
+        outcome=outcome,
+        latency_ms=round(seconds * 1000, 1),
+        code=code,
+        subcode=subcode,
+        completion_reason=finished.completion_reason if finished is not None else None,
+        **extra,
+    )
 
 
 class _Step:
