@@ -40,6 +40,7 @@ __all__ = [
     "UpdateRecordingStatus",
     "context_body",
     "parse_join_url",
+    "prompt_names",
 ]
 
 MAX_CLIENT_CONTEXT: Final = 256
@@ -186,6 +187,13 @@ def _check_prompts(instance: PlayPrompt, attribute: Any, value: tuple[MediaPromp
         raise ActionError(
             f"PlayPrompt.prompts must hold 1 to {_MAX_PROMPTS} prompts, got {len(value)}"
         )
+
+
+def prompt_names(prompts: Iterable[MediaPrompt]) -> tuple[str, ...]:
+    """How log lines name prompts: each one's ``resource_id``, else its URI's file name."""
+    return tuple(
+        p.resource_id or p.uri.rsplit("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] for p in prompts
+    )
 
 
 @attrs.frozen

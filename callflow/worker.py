@@ -29,6 +29,7 @@ import anyio.abc
 import structlog
 from aiohttp import web
 
+from callflow._log import redact_values
 from callflow._runtime import use_uvloop
 from callflow.control.book import CallBook
 from callflow.control.call import Call, Calls
@@ -279,6 +280,8 @@ class _IoSide:
 
         s = self.bot.settings
         metrics = self.metrics
+        # The secrets' exact values never reach a log line, whatever key or text holds them.
+        redact_values(s.app_secret, s.fleet_secret)
         async with contextlib.AsyncExitStack() as stack:
             tokens = self.tokens
             if tokens is None:
@@ -330,7 +333,9 @@ class _IoSide:
                     message="CALLFLOW_INBOUND_AUTH=off: notifications are NOT authenticated; "
                     "use this for local development only",
                 )
-            keeper = self.keeper = CallKeeper(graph, s.keepalive_interval, on_gone=book.end)
+            keeper = self.keeper = CallKeeper(
+                graph, s.keepalive_interval, on_gone=lambda call_id: book.end(call_id, by="gone")
+            )
             book.on_end(keeper.ended)
             book.on_end(mode.ended)
             metrics.attach_background(keeper, self.auth)

@@ -538,12 +538,18 @@ async def test_ivr_takes_a_voicemail_when_the_transfer_fails(
     and hangs up; the failed transfer is counted in the metrics."""
     ivr = load_ivr(monkeypatch)
     fake_graph.plan_operation("transfer", code=500, subcode=7700, message="No answer")
-    async with fake_graph.serve(ivr.bot) as running:
-        handle = await ivr.call(fake_graph, running)
-        await handle.press("1")
-        await ivr.finished(running)
-        async with aiohttp.ClientSession() as http, http.get(running.metrics_url) as got:
-            metrics = await got.text()
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(ivr.bot) as running:
+            handle = await ivr.call(fake_graph, running)
+            await handle.press("1")
+            await ivr.finished(running)
+            async with aiohttp.ClientSession() as http, http.get(running.metrics_url) as got:
+                metrics = await got.text()
+    # An agent who does not answer is ordinary telephony: nothing for an operator to see.
+    (failed,) = [entry for entry in logs if entry["event"] == "ivr.transfer_failed"]
+    assert failed["log_level"] == "info"
+    (transferred,) = [entry for entry in logs if entry["event"] == "call.transferred"]
+    assert (transferred["outcome"], transferred["target"]) == ("failed", f"user:{SALES}")
     assert prompts(handle.requests) == [
         "menu",
         "sales-unavailable",

@@ -17,6 +17,9 @@ Each method returns when Graph's operation completed, raises an
 :class:`~callflow.errors.CallEndedError` when the call ended first. Cancelling the awaiting
 task cancels the operation (a prompt or recording is stopped in Graph).
 
+Each step the bot awaits logs one line of the call's story when it ends (see
+:mod:`callflow.control.story`).
+
 Threads: the Graph client and the notifications live on the I/O loop, bot code on the app
 loop. A :class:`Call` never touches them itself: every method hands a function to its
 :class:`IoPort`, which runs it on the I/O loop and brings the result back. All the waiting
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 
+from callflow._log import pii_allowed
 from callflow.actions import (
     Invite,
     JoinMeeting,
@@ -43,8 +47,10 @@ from callflow.actions import (
     SendTones,
     Transfer,
     UpdateRecordingStatus,
+    prompt_names,
 )
 from callflow.control.memory import encode_memo
+from callflow.control.story import Step
 from callflow.decisions import MediaPrompt, Target
 from callflow.errors import ActionError, CallControlError
 from callflow.events import TONES, ResultInfo, canonical_call_id
@@ -213,7 +219,8 @@ class Call:
         request = PlayPrompt(prompts)
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
+        with Step("call.prompt_played", call_id, tenant, prompts=prompt_names(request.prompts)):
+            await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
 
     async def record(
         self,
@@ -246,13 +253,20 @@ class Call:
             timeout = float(initial_silence_timeout + max_duration + 30 + (60 if prompt else 0))
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        finished = await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
+        names = prompt_names(() if prompt is None else (prompt,))
+        with Step("call.recorded", call_id, tenant, prompts=names) as step:
+            finished = await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
+            step.fields["completion_reason"] = finished.completion_reason
+            step.fields["has_recording"] = finished.recording_location is not None
         port = self._port
 
         async def fetch(location: str, token: str, max_bytes: int, limit: float | None) -> bytes:
-            return await port.run(
-                lambda: control.download(location, token, call_id, max_bytes, limit)
-            )
+            with Step("call.recording_downloaded", call_id, tenant) as step:
+                audio = await port.run(
+                    lambda: control.download(location, token, call_id, max_bytes, limit)
+                )
+                step.fields["bytes"] = len(audio)
+            return audio
 
         return Recording(
             call_id,
@@ -292,18 +306,25 @@ class Call:
         stops = _stop_tones(stop_tones)
         request = None if prompt is None else PlayPrompt(prompt)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        return await self._port.run(
-            lambda: control.collect_digits(
-                call_id,
-                tenant,
-                max_digits=max_digits,
-                timeout=timeout,
-                inter_digit_timeout=inter_digit_timeout,
-                stop_tones=stops,
-                prompt=request,
-                prompt_timeout=prompt_timeout,
+        names = () if request is None else prompt_names(request.prompts)
+        with Step("call.digits_collected", call_id, tenant, prompts=names) as step:
+            entry = await self._port.run(
+                lambda: control.collect_digits(
+                    call_id,
+                    tenant,
+                    max_digits=max_digits,
+                    timeout=timeout,
+                    inter_digit_timeout=inter_digit_timeout,
+                    stop_tones=stops,
+                    prompt=request,
+                    prompt_timeout=prompt_timeout,
+                )
             )
-        )
+            # What was typed (a PIN, an account number) only when personal data may be logged.
+            step.fields.update(keys=len(entry.digits), ended=entry.ended, barged_in=entry.barged_in)
+            if pii_allowed():
+                step.fields["digits"] = entry.digits
+        return entry.digits
 
     async def subscribe_tones(self, *, timeout: float | None = 30.0) -> None:
         """Ask Graph to report the caller's key presses (``subscribeToTone``, once per call).
@@ -344,7 +365,8 @@ class Call:
         request = Transfer(target, transferee, replaces_call_id)
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        await self._port.run(lambda: control.transfer(call_id, tenant, request, timeout))
+        with Step("call.transferred", call_id, tenant, target=f"{target.kind}:{target.id}"):
+            await self._port.run(lambda: control.transfer(call_id, tenant, request, timeout))
 
     async def invite(
         self, participants: Target | Iterable[Target], *, timeout: float | None = 60.0

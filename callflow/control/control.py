@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import structlog
 
-from callflow.actions import Invite, JoinMeeting, PlayPrompt
+from callflow.actions import Invite, JoinMeeting, PlayPrompt, RecordResponse, prompt_names
 from callflow.clock import MONOTONIC
-from callflow.control.digits import DigitRequest, collect
+from callflow.control.digits import DigitRequest, Entry, WhyStopped, collect
 from callflow.control.memory import LocalMemory, Memory
 from callflow.control.registry import (
     CallRecord,
@@ -49,7 +49,6 @@ from callflow.graph.client import _new_client_context
 if TYPE_CHECKING:
     from callflow.actions import (
         OutgoingCall,
-        RecordResponse,
         SendTones,
         Transfer,
         UpdateRecordingStatus,
@@ -227,16 +226,21 @@ class CallControl:
         *,
         timeout: float | None,
         tenant_id: str | None = None,
+        prompts: tuple[str, ...] | None = None,
+        why_stopped: WhyStopped | None = None,
     ) -> OperationFinished:
         """Start an operation and return its result once Graph reports it.
 
         Raises OperationError (MediaCancelledError for 400/8508) when it failed,
         OperationTimeoutError after ``timeout`` seconds, CallEndedError when the call ended
         first, GraphError when Graph refused the request. A prompt or recording given up
-        (timeout or cancellation) is cancelled in Graph.
+        (timeout or cancellation) is cancelled in Graph. ``prompts`` names the operation's
+        prompts and ``why_stopped()`` says why it was cancelled, when a digit collection
+        stopped it (both for the ``call.operation`` line).
         """
         registry = self.registry
         async with self._finishing(call_id, kind, timeout, tenant_id) as step:
+            step.prompts, step.why_stopped = prompts, why_stopped
             # Registered before the POST: a result that comes before the reply finds it.
             waiter = step.waiter = registry.expect(call_id, kind, _new_context())
             finished: OperationFinished | None = None
@@ -311,7 +315,7 @@ class CallControl:
         try:
             yield
         except CallGoneError as exc:
-            self.registry.end(call_id)
+            self.registry.end(call_id, by="gone")
             raise self.registry.record(call_id).ended_error() from exc
 
     async def _give_up(self, step: _Step) -> None:
@@ -327,25 +331,9 @@ class CallControl:
     def _report(
         self, step: _Step, outcome: str, seconds: float, error: BaseException | None
     ) -> None:
-        """Log the ``call.operation`` line of an operation that ended, and tell the hook.
-
-        ``code``/``subcode`` are Graph's: the ``resultInfo`` of the result, else of the
-        error raised (or its cause), else the HTTP status and error code of the request
-        Graph refused.
-        """
-        kind, finished = step.kind, step.finished
-        code, subcode = _codes(finished, error)
-        log.info(
-            "call.operation",
-            call_id=step.call_id,
-            kind=kind,
-            operation_id=step.operation_id,
-            outcome=outcome,
-            latency_ms=round(seconds * 1000, 1),
-            code=code,
-            subcode=subcode,
-            completion_reason=finished.completion_reason if finished is not None else None,
-        )
+        """Log the ``call.operation`` line of an operation that ended, and tell the hook."""
+        _log_operation(step, outcome, seconds, error)
+        kind = step.kind
         hook = self._on_operation
         if hook is not None:
             try:
@@ -364,7 +352,7 @@ class CallControl:
                     call_id, tenant_id=tenant_id, deadline=graph_deadline(self.cancel_timeout)
                 )
             except GraphError as exc:
-                log.warning("call.cancel_media_failed", call_id=call_id, error=str(exc))
+                _undo_failed("call.cancel_media_failed", call_id, exc)
 
     async def _hang_up_quietly(self, call_id: str) -> None:
         """Hang up a call the bot gave up on (shielded, within cancel_timeout); it ends here
@@ -372,14 +360,14 @@ class CallControl:
         if self.registry.is_ended(call_id):
             return
         tenant = self.book.tenant_of(call_id)
-        self.registry.end(call_id)
+        self.registry.end(call_id, by="bot")
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
             try:
                 await self.graph.hang_up(
                     call_id, tenant_id=tenant, deadline=graph_deadline(self.cancel_timeout)
                 )
             except GraphError as exc:
-                log.warning("call.hang_up_failed", call_id=call_id, error=str(exc))
+                _undo_failed("call.hang_up_failed", call_id, exc)
 
     def _check_open(self, call_id: str) -> None:
         if self.registry.is_ended(call_id):
@@ -388,7 +376,12 @@ class CallControl:
     # -- the actions -------------------------------------------------------------------------
 
     async def act(
-        self, call_id: str, tenant_id: str | None, request: _Action, timeout: float | None
+        self,
+        call_id: str,
+        tenant_id: str | None,
+        request: _Action,
+        timeout: float | None,
+        why_stopped: WhyStopped | None = None,
     ) -> OperationFinished:
         """Run one action (play prompts, record, send tones, invite, update the recording
         status); return when Graph finished it (see :meth:`run`)."""
@@ -405,7 +398,16 @@ class CallControl:
             )
 
         kind = "invite" if type(request) is Invite else request.action
-        return await self.run(call_id, kind, start, timeout=timeout, tenant_id=tenant_id)
+        prompts = _prompts_of(request)
+        return await self.run(
+            call_id,
+            kind,
+            start,
+            timeout=timeout,
+            tenant_id=tenant_id,
+            prompts=prompts,
+            why_stopped=why_stopped,
+        )
 
     async def simple(
         self, call_id: str, tenant_id: str | None, kind: str, timeout: float | None
@@ -434,7 +436,7 @@ class CallControl:
             log.debug("call.hang_up_skipped", call_id=call_id, reason="the call has ended")
             return
         deadline = graph_deadline(timeout)
-        self.registry.end(call_id)  # the bot is leaving: nothing more waits on this call
+        self.registry.end(call_id, by="bot")  # the bot is leaving: nothing more waits on this call
         await self.graph.hang_up(call_id, tenant_id=tenant_id, deadline=deadline)
         log.info("call.hung_up", call_id=call_id)
 
@@ -506,9 +508,10 @@ class CallControl:
         stop_tones: tuple[str, ...],
         prompt: PlayPrompt | None,
         prompt_timeout: float | None,
-    ) -> str:
+    ) -> Entry:
         """Collect the caller's key presses (see
-        :meth:`callflow.control.call.Call.collect_digits`)."""
+        :meth:`callflow.control.call.Call.collect_digits`): the digits and how the entry
+        ended."""
         self._check_open(call_id)
         record = self.registry.record(call_id)
         if record.collecting:
@@ -520,8 +523,8 @@ class CallControl:
             if prompt is None:
                 return await collect(record, request, clock=self._clock)
 
-            def play() -> Awaitable[OperationFinished]:
-                return self.act(call_id, tenant_id, prompt, prompt_timeout)
+            def play(why: WhyStopped) -> Awaitable[OperationFinished]:
+                return self.act(call_id, tenant_id, prompt, prompt_timeout, why)
 
             return await collect(record, request, clock=self._clock, prompt=play)
         finally:
@@ -552,10 +555,66 @@ class CallControl:
         return created
 
 
+def _undo_failed(event: str, call_id: str, exc: GraphError) -> None:
+    """Log a cancel or hang-up that Graph refused: at info when the call is gone already
+    (the caller hung up meanwhile: nothing to undo, nothing for an operator to look at),
+    else at warning."""
+    gone = isinstance(exc, CallGoneError)
+    (log.info if gone else log.warning)(event, call_id=call_id, error=str(exc), gone=gone)
+
+
+def _prompts_of(request: _Action) -> tuple[str, ...] | None:
+    """The names of an action's prompts, for its log line (None: not a media action)."""
+    if type(request) is PlayPrompt:
+        return prompt_names(request.prompts)
+    if type(request) is RecordResponse:
+        return prompt_names(() if request.prompt is None else (request.prompt,))
+    return None
+
+
+def _log_operation(step: _Step, outcome: str, seconds: float, error: BaseException | None) -> None:
+    """Log the ``call.operation`` line of an operation that ended.
+
+    ``code``/``subcode`` are Graph's: the ``resultInfo`` of the result, else of the error
+    raised (or its cause), else the HTTP status and error code of the request Graph
+    refused. A media operation names its prompts; a cancelled one says why (``cause``).
+    """
+    finished = step.finished
+    code, subcode = _codes(finished, error)
+    extra: dict[str, object] = {}
+    if step.prompts is not None:
+        extra["prompts"] = step.prompts
+    if outcome == "cancelled":
+        why = step.why_stopped() if step.why_stopped is not None else None
+        extra["cause"] = why or "awaiter_cancelled"
+    log.info(
+        "call.operation",
+        call_id=step.call_id,
+        kind=step.kind,
+        operation_id=step.operation_id,
+        outcome=outcome,
+        latency_ms=round(seconds * 1000, 1),
+        code=code,
+        subcode=subcode,
+        completion_reason=finished.completion_reason if finished is not None else None,
+        **extra,
+    )
+
+
 class _Step:
     """One operation under way, as :meth:`CallControl._finishing` needs to know it."""
 
-    __slots__ = ("call_id", "deadline", "finished", "kind", "started", "tenant_id", "waiter")
+    __slots__ = (
+        "call_id",
+        "deadline",
+        "finished",
+        "kind",
+        "prompts",
+        "started",
+        "tenant_id",
+        "waiter",
+        "why_stopped",
+    )
 
     def __init__(
         self, call_id: str, kind: str, tenant_id: str | None, deadline: float | None
@@ -573,6 +632,10 @@ class _Step:
         self.started = False
         """True once the operation may be under way in Graph: giving it up then undoes it
         (a prompt or recording is cancelled, a created call hung up)."""
+        self.prompts: tuple[str, ...] | None = None
+        """The names of its prompts (a prompt or recording), for its log line."""
+        self.why_stopped: WhyStopped | None = None
+        """Why a digit collection stopped it (barge-in), when one did."""
 
     @property
     def operation_id(self) -> str | None:

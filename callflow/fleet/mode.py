@@ -213,7 +213,9 @@ class Fleet:
         self.held_store = HeldStore(self._store)
         book = calls if calls is not None else CallBook()
         self.held = HeldCalls(
-            self.held_store, on_lost=lambda call_id, owner: book.end(call_id), stats=stats
+            self.held_store,
+            on_lost=lambda call_id, owner: book.end(call_id, by="fleet"),
+            stats=stats,
         )
         """The calls this worker holds, written behind to the store (adopted when it is lost)."""
         self.memory: Memory = self.held
