@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install lint types pytest test test-fast demo bench bench-quick bench-soak clean
+.PHONY: fleet-tools fleet-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ lint: install
 types: install
 	$(BIN)/mypy --strict callflow
 
-pytest: install
+pytest: install fleet-tools
 	$(BIN)/pytest
 
 test: lint types pytest
@@ -35,6 +36,19 @@ test-fast: install
 
 demo: install
 	$(BIN)/callflow demo
+
+# A three-worker fleet behind HAProxy on loopback, one worker stopped mid-traffic, no call lost
+# (deploy/fleet_demo.py; the test suite runs it too). HAProxy and redis-server come from Debian
+# when they are missing.
+fleet-tools:
+	@{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 && \
+	  command -v redis-server >/dev/null 2>&1 || \
+	  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+	   apt-get install -y -qq haproxy redis-server >/dev/null) || \
+	  echo "could not install haproxy and redis-server: apt-get install haproxy redis-server"
+
+fleet-demo: install fleet-tools
+	$(BIN)/python deploy/fleet_demo.py
 
 # Benchmarks: three processes on loopback (see benchmarks/harness.py); benchmark-only packages
 # (msgraph-sdk, matplotlib, uvloop, py-spy) go into .venv here, never into the runtime deps.
