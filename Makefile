@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint types pytest test test-fast demo docs redis-server bench bench-quick bench-soak clean
+.PHONY: install lint types pytest test test-fast demo docs system-tools bench bench-quick bench-soak clean
+.PHONY: fleet-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,20 +25,25 @@ lint: install
 types: install
 	$(BIN)/mypy --strict callflow
 
-# The suite starts real redis-server processes (fleet tests). On a fresh Debian or Ubuntu
-# machine it is installed here, as .ci/run does, so `make test` stays the whole set-up.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "make: installing redis-server (the fleet tests start real ones)"; \
+# The suite starts real redis-server and haproxy processes (fleet and deploy tests). On a fresh
+# Debian or Ubuntu machine they are installed here, as .ci/run does, so `make test` stays the
+# whole set-up.
+system-tools:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 || missing="$$missing haproxy"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing$$missing (the tests start real ones)"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  command -v apt-get >/dev/null 2>&1 \
 	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	  command -v redis-server >/dev/null 2>&1 || { \
-	    echo "make: the test suite needs redis-server on PATH: install it (apt-get install redis-server, brew install redis)"; \
-	    exit 1; }; }
+	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  command -v redis-server >/dev/null 2>&1 && { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 || { \
+	    echo "make: the tests need redis-server and haproxy: install them (apt-get install redis-server haproxy)"; \
+	    exit 1; }; \
+	fi
 
-pytest: install redis-server
+pytest: install system-tools
 	$(BIN)/pytest
 
 # The documentation site, into site/; --strict turns every broken link or reference into an error.
@@ -47,11 +53,24 @@ docs: install
 test: lint types docs pytest
 
 # The inner loop: every test not marked slow, without coverage (about a minute).
-test-fast: install redis-server
+test-fast: install system-tools
 	$(BIN)/pytest -m "not slow" --no-cov -q
 
 demo: install
 	$(BIN)/callflow demo
+
+# A three-worker fleet behind HAProxy on loopback, one worker stopped mid-traffic, no call lost
+# (deploy/fleet_demo.py; the test suite runs it too). HAProxy and redis-server come from Debian
+# when they are missing.
+fleet-tools:
+	@{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 && \
+	  command -v redis-server >/dev/null 2>&1 || \
+	  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+	   apt-get install -y -qq haproxy redis-server >/dev/null) || \
+	  echo "could not install haproxy and redis-server: apt-get install haproxy redis-server"
+
+fleet-demo: install system-tools
+	$(BIN)/python deploy/fleet_demo.py
 
 # Benchmarks: three processes on loopback (see benchmarks/harness.py); benchmark-only packages
 # (msgraph-sdk, matplotlib, uvloop, py-spy) go into .venv here, never into the runtime deps.
