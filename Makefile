@@ -60,15 +60,7 @@ demo: install
 	$(BIN)/callflow demo
 
 # A three-worker fleet behind HAProxy on loopback, one worker stopped mid-traffic, no call lost
-# (deploy/fleet_demo.py; the test suite runs it too). HAProxy and redis-server come from Debian
-# when they are missing.
-fleet-tools:
-	@{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 && \
-	  command -v redis-server >/dev/null 2>&1 || \
-	  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
-	   apt-get install -y -qq haproxy redis-server >/dev/null) || \
-	  echo "could not install haproxy and redis-server: apt-get install haproxy redis-server"
-
+# (deploy/fleet_demo.py; the test suite runs it too).
 fleet-demo: install system-tools
 	$(BIN)/python deploy/fleet_demo.py
 
