@@ -509,8 +509,14 @@ async def serve(
                 finally:
                     running.ready = False
                     with anyio.CancelScope(shield=True):
-                        await engine.stop(urgent=running.urgent)
+                        # The listener closes while the engine still takes calls (each new
+                        # one gets the default at once): a request that reaches the webhook
+                        # before the socket closes is decided, never met by a stopped engine.
+                        engine.begin_drain()
+                        if not running.urgent:
+                            await engine.drain(engine.drain_timeout)
                         await io.run(side.stop_server)
+                        await engine.stop(urgent=running.urgent)
                     bot.attach_calls(None)
     log.info("bot.stopped")
 
