@@ -42,7 +42,7 @@ def load_bot(target: str) -> Any:
 
 
 def _backend_options(loop: str = "auto") -> dict[str, Any]:
-    """uvloop for ``LOOP=uvloop``, or ``auto`` when it is installed (``callflow[speed]``)."""
+    """uvloop for ``LOOP=uvloop``, or ``auto`` when it is installed (``callflow-graph[speed]``)."""
     from callflow._runtime import use_uvloop
 
     return {"use_uvloop": True} if use_uvloop(loop) else {}

@@ -468,7 +468,7 @@ def test_the_testing_kit_says_how_to_install_it_when_trustme_is_missing() -> Non
     )
     assert kit.returncode == 1
     assert "ImportError: callflow.testing needs the trustme package" in kit.stderr
-    assert "pip install 'callflow[testing]'" in kit.stderr
+    assert "pip install 'callflow-graph[testing]'" in kit.stderr
     demo = subprocess.run(
         [
             sys.executable,
