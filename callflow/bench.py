@@ -154,8 +154,7 @@ async def bench_bot(
         if fake is None:
             fake = await stack.enter_async_context(FakeGraph(follow_up=False))
         graph = fake
-        bot.check_not_served()
-        bot.configure(graph.settings())
+        bot.configure(graph.settings())  # a Bot that has served already says so here
         running = await stack.enter_async_context(bot.serve(on_decided=on_decided))
         wait = graph.platform_timeout + 1.0
 
