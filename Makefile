@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint types pytest test test-fast demo docs system-tools bench bench-quick bench-soak clean
+.PHONY: install lint types pytest test test-fast test-pythons dist demo docs system-tools bench bench-quick bench-soak clean
 .PHONY: fleet-demo
 
 $(BIN)/python:
@@ -50,11 +50,44 @@ pytest: install system-tools
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-test: lint types docs pytest
+test: lint types docs pytest test-pythons
 
 # The inner loop: every test not marked slow, without coverage (about a minute).
 test-fast: install system-tools
 	$(BIN)/pytest -m "not slow" --no-cov -q
+
+# The fast suite on the other Pythons users run (3.11 is .venv's). Each gets .venv-3.X, built
+# from python3.X on PATH or pyenv's install; a missing interpreter stops with a message.
+OTHER_PYTHONS := 3.12 3.13
+
+test-pythons: $(foreach v,$(OTHER_PYTHONS),test-python-$(v))
+
+test-python-%: .venv-%/.installed system-tools
+	.venv-$*/bin/pytest -m "not slow" --no-cov -q -p no:cacheprovider
+
+.PRECIOUS: .venv-%/.installed
+.venv-%/.installed: pyproject.toml
+	@py=; for c in $$(command -v python$*) \
+		$$(ls -d $(HOME)/.pyenv/versions/$*.*/bin/python$* 2>/dev/null | sort -V | tail -1); do \
+		v=$$("$$c" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+		if [ "$$v" = "$*" ]; then py=$$c; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+		echo "make test-pythons: Python $* not found (python$* on PATH," \
+			"or $(HOME)/.pyenv/versions/$*.*): install it, e.g. pyenv install $*" >&2; \
+		exit 1; \
+	fi; \
+	echo "Python $*: $$py"; \
+	"$$py" -m venv --clear .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# sdist and wheel of the callflow-graph distribution, in dist/.
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 demo: install
 	$(BIN)/callflow demo
@@ -83,4 +116,4 @@ bench-soak: install
 	$(BIN)/python -m benchmarks.bench_soak
 
 clean:
-	rm -rf $(VENV) site .coverage .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-* dist site .coverage .mypy_cache .pytest_cache .ruff_cache

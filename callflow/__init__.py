@@ -51,6 +51,9 @@ from callflow.graph.tokens import TokenProvider
 from callflow.routing import CallContext, Router
 from callflow.settings import Settings
 
+__version__ = "0.1.0"
+"""The release (the one place it is written: the build and ``callflow --version`` read it)."""
+
 __all__ = [
     "ActionError",
     "Answer",

@@ -13,7 +13,7 @@ import structlog
 from callflow.decisions import Reject, RejectReason
 from callflow.engine.core import Engine
 from callflow.engine.limits import Limits
-from callflow.errors import CallflowError
+from callflow.errors import CallflowError, RegistrationError
 from callflow.routing import Router
 from callflow.settings import Settings
 from callflow.worker import RunningBot, serve
@@ -39,6 +39,7 @@ class Bot(Router):
         super().__init__(name)
         self._settings = settings
         self._calls: Calls | None = None
+        self._served = False
 
     @property
     def calls(self) -> Calls:
@@ -58,8 +59,23 @@ class Bot(Router):
             self._settings = Settings.from_env()
         return self._settings
 
+    @property
+    def served(self) -> bool:
+        """True once the bot has started serving: a Bot serves once."""
+        return self._served
+
+    def check_not_served(self) -> None:
+        """Raise :class:`~callflow.errors.RegistrationError` if the bot has served already."""
+        if self._served:
+            raise RegistrationError(
+                f"Bot {self.name!r} is being served twice: a Bot serves once. Build a new Bot "
+                "for each serve() (one per test; for a worker, a factory function run with "
+                "`callflow run module:factory --factory`)"
+            )
+
     def configure(self, settings: Settings) -> None:
         """Replace the bot's settings (before it starts)."""
+        self.check_not_served()
         self._check_open("settings")
         self._settings = settings
 
@@ -100,8 +116,11 @@ class Bot(Router):
         ``on_decided(slot, error)`` is told of every decision sent (on the I/O loop).
         Readiness turns true once everything is started. Leaving the block drains: pending
         calls keep deciding until their deadlines (bounded by ``DRAIN_TIMEOUT``), the rest
-        get the default decision, then sessions close.
+        get the default decision, then sessions close. A Bot serves once: serving it again
+        raises :class:`~callflow.errors.RegistrationError`.
         """
+        self.check_not_served()
+        self._served = True
         async with serve(self, host=host, port=port, tokens=tokens, on_decided=on_decided) as r:
             yield r
 

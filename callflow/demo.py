@@ -1,10 +1,11 @@
 """``callflow demo``: the front-desk example bot against the built-in fake Graph.
 
 Starts :class:`~callflow.testing.FakeGraph` in-process (TLS token endpoint, signed
-notifications, call control on loopback), serves ``examples/front_desk.py`` against it with
-inbound authentication on, plays scripted calls of every shape, and prints what the bot
-decided, who decided, and how long it took. Needs no credentials and no network beyond
-loopback.
+notifications, call control on loopback), serves ``examples/front_desk.py`` (the copy an
+installed wheel carries, else a checkout's) against it with inbound authentication on, plays
+scripted calls of every shape, and prints what the bot decided, who decided, and how long it
+took. Needs no credentials and no network beyond loopback. Runs on the caller's loop (the
+bot's I/O loop is a thread of its own).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from callflow.routing import Router
 
 __all__ = ["SCRIPT", "Scene", "run_demo"]
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "front_desk.py"
+_HERE = Path(__file__).resolve().parent
+EXAMPLES = (_HERE / "_examples" / "front_desk.py", _HERE.parent / "examples" / "front_desk.py")
+"""Where the demo's bot is: the copy an installed wheel carries, else a checkout's example."""
 DANA = "6d5c4b3a-1111-4222-8333-944455556666"
 RAVI = "7e6d5c4b-2222-4333-8444-a55566667777"
 STRANGER = "0a0a0a0a-3333-4333-8333-000000000333"
@@ -68,9 +71,10 @@ SCRIPT: tuple[Scene, ...] = (
 
 def load_front_desk() -> Bot:
     """Import a fresh copy of examples/front_desk.py and return its bot."""
-    if not EXAMPLE.is_file():
-        raise CallflowError(f"the demo needs {EXAMPLE} (run it from a callflow checkout)")
-    spec = importlib.util.spec_from_file_location("callflow_demo_front_desk", EXAMPLE)
+    example = next((path for path in EXAMPLES if path.is_file()), None)
+    if example is None:
+        raise CallflowError(f"the demo needs {EXAMPLES[-1]} (run it from a callflow checkout)")
+    spec = importlib.util.spec_from_file_location("callflow_demo_front_desk", example)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
