@@ -25,6 +25,7 @@ from callflow.errors import (
     OperationTimeoutError,
     RecordingTooLargeError,
     RegistrationError,
+    SpeechError,
     TokenError,
     TransferError,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "Router",
     "RunningBot",
     "Settings",
+    "SpeechError",
     "Target",
     "TokenError",
     "TokenMeetingInfo",
