@@ -192,7 +192,7 @@ class GraphApi:
             )
         else:
             response = web.Response(
-                body=self._knobs.recording_audio,
+                body=known[2] if known[2] is not None else self._knobs.recording_audio,
                 content_type="audio/wav",
                 headers=reply_ids(request),
             )

@@ -6,9 +6,11 @@ starts a :class:`~callflow.testing.FakeOperation`: the 200 carries it ``running`
 notification on ``.../operations/{id}`` (subscribeToTone, mute, unmute,
 updateRecordingStatus and cancelMediaProcessing complete in the 200 itself). A completed
 recordResponse leaves a recording, served under ``/recordings/{id}`` to its access token.
-``cancelMediaProcessing`` fails the running prompts and recordings with 400/8508; a call
-that ends drops its running operations without a notification. A transfer goes through
-``transferring`` and ``transferAccepted`` and ends the call (7015); a new call
+What the caller says (:meth:`CallHandle.say_back
+<callflow.testing.CallHandle.say_back>`) is the audio of the next recording, and ends a
+running one at once. ``cancelMediaProcessing`` fails the running prompts and recordings
+with 400/8508; a call that ends drops its running operations without a notification. A
+transfer goes through ``transferring`` and ``transferAccepted`` and ends the call (7015); a new call
 (``POST /communications/calls``) goes through ``establishing`` and ``established``, its
 notifications sent to the webhook routed for its ``callbackUri``.
 :meth:`FakeGraph.plan_operation <callflow.testing.FakeGraph.plan_operation>` changes what the
@@ -173,7 +175,9 @@ class OperationsEngine:
             if op == "recordResponse":
                 recording_id = uuid.uuid4().hex
                 token = f"fake-recording-token-{uuid.uuid4().hex}"
-                self._state.add_recording(recording_id, token, operation.call_id)
+                call = self._state.calls.get(operation.call_id)
+                audio = call._take_speech() if call is not None else None
+                self._state.add_recording(recording_id, token, operation.call_id, audio)
                 operation.recording_location = f"{self._runtime.url}/recordings/{recording_id}"
                 operation.recording_access_token = token
 
@@ -184,7 +188,11 @@ class OperationsEngine:
         if scope is None:  # cancelled before it started
             return
         with scope:
-            await anyio.sleep(delay)
+            if operation.op == "recordResponse":
+                with anyio.move_on_after(delay):
+                    await call._speech_arrives()  # the caller spoke: the recording ends
+            else:
+                await anyio.sleep(delay)
             self._finish(operation, plan)
             self._scopes.pop(operation.id, None)
             await self._notify(call, operation, plan)
