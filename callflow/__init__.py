@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from callflow.bot import Bot, RunningBot
 from callflow.control.call import Call, Calls, Recording
+from callflow.control.listening import Choice, Reply
 from callflow.decisions import Answer, Decision, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import (
     ActionError,
@@ -51,6 +52,7 @@ from callflow.graph.client import GraphClient
 from callflow.graph.tokens import TokenProvider
 from callflow.routing import CallContext, Router
 from callflow.settings import Settings
+from callflow.speech.recognition import Heard
 
 __all__ = [
     "ActionError",
@@ -67,12 +69,14 @@ __all__ = [
     "Calls",
     "CallflowError",
     "ChatInfo",
+    "Choice",
     "ConfigError",
     "Decision",
     "DecisionError",
     "GraphClient",
     "GraphError",
     "GraphResponseError",
+    "Heard",
     "Identity",
     "IncomingCall",
     "IncomingContext",
@@ -91,6 +95,7 @@ __all__ = [
     "RegistrationError",
     "Reject",
     "RejectReason",
+    "Reply",
     "ResultInfo",
     "Router",
     "RunningBot",

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         UpdateRecordingStatus,
     )
     from callflow.graph.client import CreatedCall, GraphClient, Operation
+    from callflow.speech.recognition import Recognizer
 
     _Action = PlayPrompt | RecordResponse | SendTones | Invite | UpdateRecordingStatus
 
@@ -195,6 +196,9 @@ class CallControl:
         """``on_created(call_id, tenant_id)``: a call the bot created is established (the
         bot then holds it: keep-alive)."""
         self._clock = self.registry.clock
+        self.recognizer: Recognizer | None = None
+        """Recognises what callers say (``call.listen()``, ``call.ask()``); None without a
+        Speech resource. Set by the worker, entered on this loop."""
 
     async def wait_established(self, call_id: str, timeout: float | None) -> None:
         """Return once Graph reported ``call_id`` established (at once if it did already).
