@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from callflow.graph.client import GraphClient
     from callflow.graph.tokens import TokenProvider
     from callflow.settings import Settings
+    from callflow.speech.recognition import Recognizer
     from callflow.webhook.auth import InboundAuthenticator
     from callflow.webhook.handler import FleetHook
 
@@ -346,6 +347,7 @@ class _IoSide:
                 on_created=holding,
                 memory=mode.memory,
             )
+            control.recognizer = await _recognizer(stack, s)
             self.services = AppServices(self.io, control)
             user_on_decided = self.user_on_decided
 
@@ -508,6 +510,35 @@ async def serve(
                         await io.run(side.stop_server)
                     bot.attach_calls(None)
     log.info("bot.stopped")
+
+
+async def _recognizer(stack: contextlib.AsyncExitStack, s: Settings) -> Recognizer | None:
+    """What ``call.listen()``/``call.ask()`` recognise speech with, entered on ``stack``;
+    None without a Speech resource (``SPEECH_REGION`` or ``SPEECH_ENDPOINT``)."""
+    from callflow.graph.tokens import MsalTokenProvider
+    from callflow.speech.config import SPEECH_SCOPE, SpeechConfig
+    from callflow.speech.recognition import Recognizer
+
+    token: Callable[[], Awaitable[str]] | None = None
+    if s.speech_configured and s.speech_auth == "entra":
+        assert s.app_id is not None
+        provider = await stack.enter_async_context(
+            MsalTokenProvider(
+                client_id=s.app_id,
+                client_secret=s.app_secret,
+                certificate_path=s.certificate_path,
+                certificate_thumbprint=s.certificate_thumbprint,
+                tenant_id=s.tenant_id,
+                authority_url=s.authority_url,
+                ca_bundle=s.ca_bundle,
+                scopes=(SPEECH_SCOPE,),
+            )
+        )
+        token = provider.get_token
+    config = SpeechConfig.from_settings(s, token=token)
+    if config is None:
+        return None
+    return await stack.enter_async_context(Recognizer(config))
 
 
 def _bound_address(runner: WebhookServer, host: str) -> tuple[str, int]:
