@@ -26,6 +26,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import aiohttp
+import anyio
 import attrs
 
 from callflow.speech.tts import read_at_most
@@ -75,6 +76,7 @@ class FakeMedia:
         self._registered: dict[str, bytes] = {}
         self._origins: dict[str, str] = {}
         self._fetches: list[MediaFetch] = []
+        self._judged = anyio.Event()
 
     def register(self, uri: str, audio: bytes) -> None:
         """Judge ``uri`` by ``audio`` (what a CDN would serve for it) from now on."""
@@ -96,7 +98,18 @@ class FakeMedia:
         plays, reason, words, status = await self._judge(uri)
         fetch = MediaFetch(uri, call_id, plays, reason, words, status, time.monotonic())
         self._fetches.append(fetch)
+        self._judged.set()
+        self._judged = anyio.Event()
         return fetch
+
+    async def wait_for(self, uri: str, *, timeout: float = 10.0) -> MediaFetch:  # noqa: ASYNC109
+        """The first judgement of ``uri``, once there is one; TimeoutError after ``timeout``."""
+        with anyio.fail_after(timeout):
+            while True:
+                for fetch in self._fetches:
+                    if fetch.uri == uri:
+                        return fetch
+                await self._judged.wait()
 
     async def _judge(self, uri: str) -> tuple[bool, str, str | None, int | None]:
         if uri in self._registered:

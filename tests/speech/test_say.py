@@ -200,12 +200,9 @@ async def test_prefetch_renders_after_the_answer_is_sent(fake_graph: FakeGraph) 
         decision = await handle.decision()
         (tts,) = await speech.wait_requests("tts")
         uri = decision.body["mediaConfig"]["preFetchMedia"][0]["uri"]
-        with anyio.fail_after(GUARD):
-            while not any(f.uri == uri for f in fake_graph.media.fetches):
-                await anyio.sleep(0.02)
+        fetch = await fake_graph.media.wait_for(uri, timeout=GUARD)
     assert decision.at < tts.at
     assert uri.startswith("https://bot.invalid/api/media/")
-    fetch = next(f for f in fake_graph.media.fetches if f.uri == uri)
     assert fetch.plays and fetch.words == "Welcome to Contoso"
 
 
@@ -215,12 +212,15 @@ async def test_without_speech_a_spoken_prefetch_is_left_out_and_say_fails(
     """No Speech resource: the answer still goes out (without the spoken prompt), and
     say() raises SpeechError naming the setting."""
     caught: list[BaseException] = []
+    done = anyio.Event()
 
     async def flow(call: Call) -> None:
         try:
             await call.say("Hello")
         except SpeechError as exc:
             caught.append(exc)
+        finally:
+            done.set()
 
     bot = Bot()
 
@@ -232,9 +232,7 @@ async def test_without_speech_a_spoken_prefetch_is_left_out_and_say_fails(
         handle = await fake_graph.place_call(running.webhook_url)
         decision = await handle.decision()
         with anyio.fail_after(GUARD):
-            while not caught:
-                await handle.wait_requests(op="answer")
-                await anyio.sleep(0.02)
+            await done.wait()
     assert decision.status == 202
     assert "preFetchMedia" not in decision.body["mediaConfig"]
     assert caught[0].setting == "CALLFLOW_SPEECH_REGION"  # type: ignore[attr-defined]
@@ -311,7 +309,7 @@ async def test_the_media_endpoint_serves_only_names_it_issued(fake_graph: FakeGr
     async def flow(call: Call) -> None:
         await call.say("Your code is 4 2 7")
 
-    async with FakeSpeech() as speech, flow_bot(fake_graph, speech, flow) as (handle, errors, done):
+    async with FakeSpeech() as speech, flow_bot(fake_graph, speech, flow) as (handle, _, done):
         await done.wait()
         uri = played_uris(handle)[0]
         base = fake_graph.media._origins["https://bot.invalid"]  # the worker's own address
