@@ -15,11 +15,11 @@ Every one-to-one call from a Teams user is answered; once it is established:
 * A caller without an appointment is told so. A caller who hangs up ends the flow; when
   Graph or Speech fails a step the bot hangs up rather than leave the caller in silence.
 
-What the bot says is computed text (names, dates): :func:`speak` says it with
-``call.say()`` when the framework offers it (Azure AI Speech renders it and the worker
-serves the WAV to Graph); until then it plays the pre-recorded prompt of the same name
-under ``CALLFLOW_APPT_PROMPTS``. Listening needs the Speech settings
-(``CALLFLOW_SPEECH_REGION`` and ``CALLFLOW_SPEECH_KEY``)::
+What the bot says is computed text (names, dates): ``call.say()`` and ``Say(...)`` prompts
+are rendered by Azure AI Speech and served to Graph by the worker itself (the front door
+forwards ``CALLFLOW_MEDIA_PATH`` to it as it does the webhook). The question is a ``Say``
+prompt of ``call.ask``, so a key stops it at once. Speaking and listening need the Speech
+settings (``CALLFLOW_SPEECH_REGION`` and ``CALLFLOW_SPEECH_KEY``)::
 
     CALLFLOW_SPEECH_REGION=westeurope CALLFLOW_SPEECH_KEY=... \\
     CALLFLOW_APPT_DESK=<user id> callflow run examples.appointments:bot
@@ -41,15 +41,14 @@ from callflow import (
     Choice,
     GraphError,
     IncomingCall,
-    MediaPrompt,
     OperationError,
     SpeechError,
     Target,
     TransferError,
 )
+from callflow.prompts import Say
 
 DESK = os.environ.get("CALLFLOW_APPT_DESK", "de5cde5c-0000-4000-8000-000000000001")
-PROMPTS = os.environ.get("CALLFLOW_APPT_PROMPTS", "https://cdn.example.com/appointments")
 LANGUAGE = os.environ.get("CALLFLOW_APPT_LANGUAGE") or None
 """The language callers answer in (default: ``CALLFLOW_SPEECH_LANGUAGE``)."""
 
@@ -91,15 +90,6 @@ def read_back(appointment: Appointment) -> str:
     return f"on {when:%A} {when.day} {when:%B} at {when:%H:%M} with {appointment.with_whom}"
 
 
-async def speak(call: Call, text: str, name: str) -> None:
-    """Say ``text`` to the caller; without ``call.say`` play the prompt ``name`` instead."""
-    say = getattr(call, "say", None)
-    if say is not None:
-        await say(text)
-    else:
-        await call.play(MediaPrompt(f"{PROMPTS.rstrip('/')}/{name}.wav", name))
-
-
 @bot.incoming_call(group=False, where=lambda call: call.caller.user_id is not None)
 async def answer(call: IncomingCall) -> Answer:
     """Answer Teams users; the flow knows who called."""
@@ -117,28 +107,26 @@ async def appointment_line(call: Call, user_id: str, name: str) -> None:
     try:
         appointment = appointment_for(user_id)
         if appointment is None:
-            await speak(call, f"Hello {name}. I have no appointment for you.", "no-appointment")
+            await call.say(f"Hello {name}. I have no appointment for you. Goodbye.")
             await call.hang_up()
             return
-        await speak(
-            call,
-            f"Hello {name}. Your appointment is {read_back(appointment)}. To keep it, say keep "
-            "or press 1. To cancel it, say cancel or press 2. To change it, say change or "
-            "press 3.",
-            "read-back",
+        await call.say(f"Hello {name}. Your appointment is {read_back(appointment)}.")
+        question = Say(
+            "To keep it, say keep or press 1. To cancel it, say cancel or press 2. "
+            "To change it, say change or press 3."
         )
-        reply = await call.ask(None, choices=CHOICES, language=LANGUAGE, attempts=2)
+        reply = await call.ask(question, choices=CHOICES, language=LANGUAGE, attempts=2)
         log.info("appointments.reply", choice=reply.choice, via=reply.via)
         if reply.choice == "change":
             await transfer_to_desk(call)
             return
         if reply.choice == "keep":
-            await speak(call, "Thank you. See you then. Goodbye.", "see-you")
+            await call.say("Thank you. See you then. Goodbye.")
         elif reply.choice == "cancel":
             await cancel_appointment(user_id)
-            await speak(call, "Your appointment is cancelled. Goodbye.", "cancelled")
+            await call.say("Your appointment is cancelled. Goodbye.")
         else:
-            await speak(call, "Sorry, I did not understand. Goodbye.", "not-understood")
+            await call.say("Sorry, I did not understand. Goodbye.")
         await call.hang_up()
     except CallEndedError:
         log.info("appointments.caller_hung_up", call_id=call.call_id)
@@ -153,5 +141,5 @@ async def transfer_to_desk(call: Call) -> None:
         await call.transfer(Target.user(DESK))
     except TransferError as exc:
         log.warning("appointments.transfer_failed", call_id=call.call_id, result=str(exc.result))
-        await speak(call, "Sorry, nobody can take your call now. Goodbye.", "desk-unavailable")
+        await call.say("Sorry, nobody can take your call now. Goodbye.")
         await call.hang_up()

@@ -685,7 +685,6 @@ class AppointmentsExample:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("CALLFLOW_APPT_DESK", DESK)
-        monkeypatch.delenv("CALLFLOW_APPT_PROMPTS", raising=False)
         monkeypatch.delenv("CALLFLOW_APPT_LANGUAGE", raising=False)
         module = self.module = load_example("appointments")
         self.bot: Bot = module.bot
@@ -714,9 +713,16 @@ class AppointmentsExample:
         assert running.engine.stats.handler_errors == 0
 
 
-def spoken(handle: CallHandle) -> list[str]:
-    """What the bot said (the prompts it played, by name), in order."""
-    return prompts(r for r in handle.requests if r.op == "playPrompt")
+def spoken(speech: FakeSpeech) -> list[str]:
+    """What the bot said (the texts Speech rendered, each once), in order."""
+    return [r.text or "" for r in speech.requests_of("tts") if r.status == 200]
+
+
+READ_BACK = "Hello Dana. Your appointment is on Tuesday 16 March at 10:00 with Doctor Lee."
+QUESTION = (
+    "To keep it, say keep or press 1. To cancel it, say cancel or press 2. "
+    "To change it, say change or press 3."
+)
 
 
 @pytest.mark.anyio
@@ -732,7 +738,9 @@ async def test_appointments_greets_by_name_and_understands_a_spoken_answer(
         await example.finished(run)
         assert example.module.CANCELLED == [DANA]
         assert ops(handle)[-2:] == ["playPrompt", "delete"]
-        assert spoken(handle) == ["read-back", "cancelled"]
+        assert spoken(speech) == [
+            READ_BACK, QUESTION, "Your appointment is cancelled. Goodbye."
+        ]  # fmt: skip
         (stt,) = speech.requests_of("stt")
         assert stt.query["language"] == "en-US"
 
@@ -767,7 +775,7 @@ async def test_appointments_asks_twice_then_gives_up(
         await handle.say_back("what is the weather like")
         await example.finished(run)
         assert len([r for r in handle.requests if r.op == "recordResponse"]) == 2
-        assert spoken(handle) == ["read-back", "not-understood"]
+        assert spoken(speech) == [READ_BACK, QUESTION, "Sorry, I did not understand. Goodbye."]
         assert ops(handle)[-1] == "delete"
         heard = [r.text for r in speech.requests_of("stt")]
         assert heard == ["what is the weather like", None]  # the second answer: silence
@@ -783,6 +791,6 @@ async def test_appointments_tells_a_caller_without_one(
     async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
         handle = await fake_graph.place_call(run.webhook_url, caller=user(RAVI, name="Ravi"))
         await example.finished(run)
-        assert spoken(handle) == ["no-appointment"]
+        assert spoken(speech) == ["Hello Ravi. I have no appointment for you. Goodbye."]
         assert ops(handle)[-1] == "delete"
         assert "recordResponse" not in ops(handle)

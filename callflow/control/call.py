@@ -47,9 +47,10 @@ from callflow.actions import (
 from callflow.control import listening
 from callflow.control.listening import Choice, Menu, RecordSpec, Reply
 from callflow.control.memory import encode_memo
-from callflow.decisions import MediaPrompt, Target
+from callflow.decisions import MediaPrompt, Prompt, Target
 from callflow.errors import ActionError, CallControlError, SpeechError
 from callflow.events import TONES, ResultInfo, canonical_call_id
+from callflow.prompts import Say
 
 if TYPE_CHECKING:
     from callflow.control.control import CallControl
@@ -205,9 +206,13 @@ class Call:
         await self._port.run(lambda: control.remember(call_id, tenant, text))
 
     async def play(
-        self, prompts: MediaPrompt | Iterable[MediaPrompt], *, timeout: float | None = 120.0
+        self, prompts: Prompt | Iterable[Prompt], *, timeout: float | None = 120.0
     ) -> None:
         """Play one prompt or several in a row; return once they were played.
+
+        A :class:`~callflow.Say` or :class:`~callflow.Ssml` prompt is rendered first (within
+        ``timeout``) and served by the worker; when Speech cannot render it,
+        :class:`~callflow.errors.SpeechError` is raised and nothing is played.
 
         A prompt that Graph reports ``completed`` without ``completedSuccessfully`` (it
         played nothing) raises :class:`~callflow.errors.OperationError`; one stopped by
@@ -218,10 +223,29 @@ class Call:
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
         await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
 
+    async def say(
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        language: str | None = None,
+        timeout: float | None = 120.0,
+    ) -> None:
+        """Say ``text`` to the caller; return once it was played.
+
+        ``play(Say(text, voice=..., language=...))``: the text is spoken as written (never
+        read as SSML; for SSML use :class:`~callflow.Ssml`), rendered by Azure AI Speech once
+        and cached. Raises :class:`~callflow.errors.ActionError` for an empty text or one over
+        5,000 characters (before anything is sent), :class:`~callflow.errors.SpeechError`
+        when Speech cannot render it within ``timeout`` (nothing is played then), and like
+        :meth:`play` otherwise.
+        """
+        await self.play(Say(text, voice=voice, language=language), timeout=timeout)
+
     async def record(
         self,
         *,
-        prompt: MediaPrompt | None = None,
+        prompt: Prompt | None = None,
         barge_in_allowed: bool = False,
         initial_silence_timeout: int = 5,
         max_silence_timeout: int = 5,
@@ -270,7 +294,7 @@ class Call:
     async def listen(
         self,
         *,
-        prompt: MediaPrompt | None = None,
+        prompt: Prompt | None = None,
         language: str | None = None,
         max_duration: int = 10,
         initial_silence_timeout: int = 5,
@@ -304,13 +328,13 @@ class Call:
 
     async def ask(
         self,
-        prompt: MediaPrompt | None,
+        prompt: Prompt | None,
         *,
         choices: Mapping[str, Choice | str],
         digits: bool = True,
         language: str | None = None,
         attempts: int = 1,
-        retry_prompt: MediaPrompt | None = None,
+        retry_prompt: Prompt | None = None,
         max_duration: int = 5,
         initial_silence_timeout: int = 5,
         max_silence_timeout: int = 1,
@@ -366,7 +390,7 @@ class Call:
         timeout: float = 10.0,
         inter_digit_timeout: float = 3.0,
         stop_tones: str | Iterable[str] = ("#",),
-        prompt: MediaPrompt | Iterable[MediaPrompt] | None = None,
+        prompt: Prompt | Iterable[Prompt] | None = None,
         prompt_timeout: float | None = 120.0,
     ) -> str:
         """Collect up to ``max_digits`` key presses and return them (``"1234"``).

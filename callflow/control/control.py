@@ -45,6 +45,7 @@ from callflow.errors import (
 )
 from callflow.events import OperationFinished
 from callflow.graph.client import _new_client_context
+from callflow.speech.media import SpokenMedia, rendered
 
 if TYPE_CHECKING:
     from callflow.actions import (
@@ -195,6 +196,8 @@ class CallControl:
         self._on_created = on_created
         """``on_created(call_id, tenant_id)``: a call the bot created is established (the
         bot then holds it: keep-alive)."""
+        self.spoken: SpokenMedia | None = None
+        """Renders and serves ``Say``/``Ssml`` prompts (None: no Speech resource set)."""
         self._clock = self.registry.clock
         self.recognizer: Recognizer | None = None
         """Recognises what callers say (``call.listen()``, ``call.ask()``); None without a
@@ -395,8 +398,10 @@ class CallControl:
         self, call_id: str, tenant_id: str | None, request: _Action, timeout: float | None
     ) -> OperationFinished:
         """Run one action (play prompts, record, send tones, invite, update the recording
-        status); return when Graph finished it (see :meth:`run`)."""
+        status); return when Graph finished it (see :meth:`run`). Spoken prompts are rendered
+        first, within ``timeout`` (SpeechError, and nothing sent, when they cannot be)."""
         self._check_open(call_id)
+        request, timeout = await rendered(self.spoken, request, timeout)
 
         def start(context: str, deadline: float | None) -> Awaitable[Operation]:
             return self.graph.run_action(

@@ -179,7 +179,7 @@ class Recognizer:
         audio: bytes,
         *,
         language: str | None = None,
-        timeout: float = 15.0,  # noqa: ASYNC109 - a budget for retries, not one wait
+        timeout: float = 15.0,
         profanity: str | None = None,
     ) -> Heard:
         """Recognise ``audio`` (a PCM WAV of at most 60 s) spoken in ``language`` (default:

@@ -38,6 +38,7 @@ from callflow.testing._call_handle import CallHandle
 from callflow.testing._fake_graph import FakeGraph
 from callflow.testing._fake_speech import DEFAULT_VOICES, FakeSpeech, SpeechRequest
 from callflow.testing._keys import KeyServer, SigningKey, graph_claims
+from callflow.testing._media import FakeMedia, MediaFetch
 from callflow.testing._payloads import (
     KINDS,
     call_state,
@@ -73,10 +74,12 @@ __all__ = [
     "OPS",
     "CallHandle",
     "FakeGraph",
+    "FakeMedia",
     "FakeOperation",
     "FakeSpeech",
     "GraphRequest",
     "KeyServer",
+    "MediaFetch",
     "ManualClock",
     "RecordingSink",
     "SigningKey",

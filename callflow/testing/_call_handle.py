@@ -75,6 +75,9 @@ class CallHandle:
         self.placed_at = time.monotonic()
         self.deadline = self.placed_at + timeout
         self.subscribed_to_tones = False
+        self.said: list[str] = []
+        """The words of the prompts played to the call, in order (a FakeSpeech rendering
+        carries its text; see :class:`~callflow.testing.FakeMedia`)."""
         self.tone_sequence = 0
         self.muted = False
         self.recording_status: str | None = None

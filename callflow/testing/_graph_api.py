@@ -301,6 +301,7 @@ class GraphApi:
             self._notifier.pin(call, body.get("callbackUri"))
         if op == "answer":
             call.state = "established"
+            self._operations.prefetch(call, body)
             follow = self._notifier.follow_established(call)
         elif op in ("reject", "redirect", "delete"):
             call.state = "terminated"

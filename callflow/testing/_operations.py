@@ -35,6 +35,7 @@ from aiohttp import web
 from callflow.testing._call_handle import CallHandle
 from callflow.testing._config import FakeConfig, Knobs
 from callflow.testing._graph_http import GRAPH_PATH, Outcome, graph_error, reply_ids
+from callflow.testing._media import FakeMedia
 from callflow.testing._notifier import Notifier
 from callflow.testing._payloads import (
     CALL,
@@ -84,6 +85,9 @@ class OperationsEngine:
         self._state = state
         self._notifier = notifier
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self.media = FakeMedia(runtime)
+        """Judges every prompt a bot plays, as Graph would (see :mod:`._media`)."""
+        self._prompts: dict[str, list[str]] = {}
 
     # -- actions on an established call -----------------------------------------------------
 
@@ -106,6 +110,8 @@ class OperationsEngine:
             str(uuid.uuid4()), op, call.call_id, context, started_at=time.monotonic()
         )
         self._state.add_operation(call, operation)
+        if op in MEDIA_OPS:
+            self._prompts[operation.id] = _prompt_uris(body)
         if op == "cancelMediaProcessing":
             for running in call.operations:
                 if running.op in MEDIA_OPS and running.status == "running":
@@ -188,14 +194,40 @@ class OperationsEngine:
         if scope is None:  # cancelled before it started
             return
         with scope:
+            played = await self._fetch_prompts(call, operation)
             if operation.op == "recordResponse":
                 with anyio.move_on_after(delay):
                     await call._speech_arrives()  # the caller spoke: the recording ends
             else:
                 await anyio.sleep(delay)
             self._finish(operation, plan)
+            if not played and operation.status == "completed":
+                # Graph completes it anyway, having played nothing.
+                operation.completion_reason = (
+                    "playPromptFailed" if operation.op == "recordResponse" else "unknown"
+                )
             self._scopes.pop(operation.id, None)
             await self._notify(call, operation, plan)
+
+    async def _fetch_prompts(self, call: CallHandle, operation: FakeOperation) -> bool:
+        """Fetch the operation's prompts; True when Graph would play them all."""
+        fetches = [
+            await self.media.judge(uri, call.call_id) for uri in self._prompts.pop(operation.id, [])
+        ]
+        if not all(f.plays for f in fetches):
+            return False
+        call.said.extend(f.words for f in fetches if f.words)
+        return True
+
+    def prefetch(self, call: CallHandle, body: object) -> None:
+        """Fetch an answer's ``preFetchMedia`` in the background, as Graph does."""
+        media = body.get("mediaConfig", {}) if isinstance(body, dict) else {}
+        for item in media.get("preFetchMedia") or () if isinstance(media, dict) else ():
+            if isinstance(item, dict) and isinstance(item.get("uri"), str):
+                self._runtime.spawn(self._prefetch_one, item["uri"], call.call_id)
+
+    async def _prefetch_one(self, uri: str, call_id: str) -> None:
+        await self.media.judge(uri, call_id)
 
     async def _notify(self, call: CallHandle, operation: FakeOperation, plan: Plan | None) -> None:
         item = operation_result(
@@ -346,3 +378,13 @@ class OperationsEngine:
             item = call_state(call.call_id, state, etag=etag)
             for _ in range(1 + (plan.duplicate if plan is not None else 0)):
                 await deliver(call, state, envelope(item))
+
+
+def _prompt_uris(body: object) -> list[str]:
+    prompts = body.get("prompts") if isinstance(body, dict) else None
+    uris: list[str] = []
+    for prompt in prompts if isinstance(prompts, list) else ():
+        info = prompt.get("mediaInfo") if isinstance(prompt, dict) else None
+        if isinstance(info, dict) and isinstance(info.get("uri"), str):
+            uris.append(info["uri"])
+    return uris
