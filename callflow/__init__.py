@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from callflow.bot import Bot, RunningBot
 from callflow.control.call import Call, Calls, Recording
+from callflow.control.listening import Choice, Reply
 from callflow.decisions import Answer, Decision, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import (
     ActionError,
@@ -25,6 +26,7 @@ from callflow.errors import (
     OperationTimeoutError,
     RecordingTooLargeError,
     RegistrationError,
+    SpeechError,
     TokenError,
     TransferError,
 )
@@ -50,6 +52,7 @@ from callflow.graph.client import GraphClient
 from callflow.graph.tokens import TokenProvider
 from callflow.routing import CallContext, Router
 from callflow.settings import Settings
+from callflow.speech.recognition import Heard
 
 __version__ = "0.1.0"
 """The release (the one place it is written: the build and ``callflow --version`` read it)."""
@@ -69,12 +72,14 @@ __all__ = [
     "Calls",
     "CallflowError",
     "ChatInfo",
+    "Choice",
     "ConfigError",
     "Decision",
     "DecisionError",
     "GraphClient",
     "GraphError",
     "GraphResponseError",
+    "Heard",
     "Identity",
     "IncomingCall",
     "IncomingContext",
@@ -93,10 +98,12 @@ __all__ = [
     "RegistrationError",
     "Reject",
     "RejectReason",
+    "Reply",
     "ResultInfo",
     "Router",
     "RunningBot",
     "Settings",
+    "SpeechError",
     "Target",
     "TokenError",
     "TokenMeetingInfo",

@@ -42,6 +42,10 @@ from callflow.errors import ConfigError
 from callflow.events import CallAdopted, CallStateChanged, canonical_call_id
 from callflow.fleet.mode import worker_mode
 from callflow.metrics import Metrics
+from callflow.speech.config import SPEECH_SCOPE
+from callflow.speech.media import SpokenMedia, SpokenSink
+from callflow.speech.service import open_spoken
+from callflow.webhook.media import media_handler
 from callflow.webhook.server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
@@ -55,8 +59,12 @@ if TYPE_CHECKING:
     from callflow.graph.client import GraphClient
     from callflow.graph.tokens import TokenProvider
     from callflow.settings import Settings
+    from callflow.speech.media import SpecStore
+    from callflow.speech.recognition import Recognizer
     from callflow.webhook.auth import InboundAuthenticator
     from callflow.webhook.handler import FleetHook
+
+TokenSource = Callable[[], Awaitable[str]]
 
 __all__ = ["AppServices", "RunningBot", "ServedBot", "WorkerMode", "serve"]
 
@@ -103,6 +111,11 @@ class WorkerMode(Protocol):
     @property
     def memory(self) -> Memory:
         """Where ``call.remember()`` keeps memos."""
+        ...
+
+    @property
+    def prompts(self) -> SpecStore | None:
+        """Where spoken prompts are shared with the fleet; None for nowhere."""
         ...
 
     def holding(self, call_id: str, tenant_id: str | None) -> None:
@@ -266,6 +279,7 @@ class _IoSide:
         self.keeper: CallKeeper | None = None
         self.services: AppServices | None = None
         self.control: CallControl | None = None
+        self.spoken: SpokenMedia | None = None
         self.mode: WorkerMode | None = None
         self.auth: InboundAuthenticator | None = None
         self.running: RunningBot | None = None
@@ -351,6 +365,11 @@ class _IoSide:
                 on_created=holding,
                 memory=mode.memory,
             )
+            speech_token = await self._speech_token(stack)
+            control.spoken = self.spoken = await stack.enter_async_context(
+                open_spoken(s, shared=mode.prompts, token=speech_token)
+            )
+            control.recognizer = await _recognizer(stack, s, speech_token)
             self.services = AppServices(self.io, control)
             user_on_decided = self.user_on_decided
 
@@ -391,15 +410,43 @@ class _IoSide:
             # Left before the cancel: the take-over sends in flight finish, and the calls
             # held are handed off to the fleet.
             await stack.enter_async_context(mode.watching(background, graph, default, book, take))
-            await stack.enter_async_context(engine.io_side(mode.sink(graph)))
+            sink = SpokenSink(mode.sink(graph), self.spoken)  # spoken prefetch: after sending
+            await stack.enter_async_context(engine.io_side(sink))
             yield self
+
+    async def _speech_token(self, stack: contextlib.AsyncExitStack) -> TokenSource | None:
+        """With ``SPEECH_AUTH=entra``: the app's own token for Speech (msal, kept fresh)."""
+        from callflow.graph.tokens import MsalTokenProvider
+
+        s = self.bot.settings
+        if not s.speech_configured or s.speech_auth != "entra" or not s.app_id:
+            return None
+        provider = await stack.enter_async_context(
+            MsalTokenProvider(
+                client_id=s.app_id,
+                client_secret=s.app_secret,
+                certificate_path=s.certificate_path,
+                certificate_thumbprint=s.certificate_thumbprint,
+                tenant_id=s.tenant_id,
+                authority_url=s.authority_url,
+                scopes=(SPEECH_SCOPE,),
+                ca_bundle=s.ca_bundle,
+            )
+        )
+        return provider.get_token
 
     async def start_server(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port``; return the bound address."""
         assert self.engine is not None and self.running is not None and self.mode is not None
         s = self.bot.settings
         app = make_app(
-            self.bot, self.engine, self.auth, self.running, self.metrics, self.mode.webhook
+            self.bot,
+            self.engine,
+            self.auth,
+            self.running,
+            self.metrics,
+            self.mode.webhook,
+            self.spoken,
         )
         # Connection limits, the body timeout, and /metrics on METRICS_HOST:METRICS_PORT.
         runner = self._runner = await start_server(
@@ -425,9 +472,11 @@ def make_app(
     running: RunningBot,
     metrics: Metrics,
     fleet: FleetHook | None = None,
+    spoken: SpokenMedia | None = None,
 ) -> web.Application:
-    """The aiohttp application: the webhook, ``/healthz`` and ``/readyz`` (``/metrics`` is
-    served on a listener of its own: see :func:`~callflow.webhook.server.start_server`)."""
+    """The aiohttp application: the webhook, ``/healthz``, ``/readyz`` and, with a Speech
+    resource, the spoken prompts at ``MEDIA_PATH`` (``/metrics`` is served on a listener
+    of its own: see :func:`~callflow.webhook.server.start_server`)."""
     from callflow.webhook.handler import WebhookHandler
 
     settings = bot.settings
@@ -459,6 +508,8 @@ def make_app(
     app.router.add_post(settings.webhook_path, webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if spoken is not None:
+        app.router.add_get(settings.media_path + "/{name}", media_handler(spoken))
     return app
 
 
@@ -519,6 +570,20 @@ async def serve(
                         await engine.stop(urgent=running.urgent)
                     bot.attach_calls(None)
     log.info("bot.stopped")
+
+
+async def _recognizer(
+    stack: contextlib.AsyncExitStack, s: Settings, token: TokenSource | None
+) -> Recognizer | None:
+    """What ``call.listen()``/``call.ask()`` recognise speech with, entered on ``stack``;
+    None without a Speech resource (``SPEECH_REGION`` or ``SPEECH_ENDPOINT``)."""
+    from callflow.speech.config import SpeechConfig
+    from callflow.speech.recognition import Recognizer
+
+    config = SpeechConfig.from_settings(s, token=token)
+    if config is None:
+        return None
+    return await stack.enter_async_context(Recognizer(config))
 
 
 def _bound_address(runner: WebhookServer, host: str) -> tuple[str, int]:

@@ -11,6 +11,7 @@ import importlib.util
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +27,7 @@ from callflow.testing import (
     CALLBACK_URL,
     CallHandle,
     FakeGraph,
+    FakeSpeech,
     GraphRequest,
     SigningKey,
     identity_set,
@@ -612,7 +614,8 @@ def test_every_example_is_tested() -> None:
     elsewhere = {"first_bot": "test_docs.py", "menu_ivr": "test_menu_ivr.py"}  # the tutorial's
     names = sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "__init__")
     assert names == [
-        "busy_bot", "first_bot", "front_desk", "ivr", "meeting_policy", "menu_ivr", "slow_lookup",
+        "appointments", "busy_bot", "first_bot", "front_desk", "ivr", "meeting_policy",
+        "menu_ivr", "slow_lookup",
     ]  # fmt: skip
     for name in names:
         if name in elsewhere:
@@ -680,3 +683,125 @@ async def test_ivr_carries_on_with_the_pin_on_another_worker_when_its_own_stops(
         "pin-accepted",
         "goodbye",
     ]
+
+
+# --- appointments ----------------------------------------------------------------------------
+
+DESK = "de5cde5c-1111-4222-8333-000000000888"
+TUESDAY = datetime(2027, 3, 16, 10, 0)
+
+
+class AppointmentsExample:
+    """The appointments example's module, its flow wrapped to tell the test when it ended."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CALLFLOW_APPT_DESK", DESK)
+        monkeypatch.delenv("CALLFLOW_APPT_LANGUAGE", raising=False)
+        module = self.module = load_example("appointments")
+        self.bot: Bot = module.bot
+        self.ended = anyio.Event()
+        module.APPOINTMENTS[DANA] = module.Appointment(TUESDAY, "Doctor Lee")
+        flow = module.appointment_line
+
+        async def watched(call: Call, user_id: str, name: str) -> None:
+            try:
+                await flow(call, user_id, name)
+            finally:
+                self.ended.set()
+
+        vars(module)["appointment_line"] = watched
+
+    async def call(self, fake: FakeGraph, running: RunningBot, who: str = DANA) -> CallHandle:
+        """Place a Teams call from ``who`` (Dana) and wait until the question is asked."""
+        handle = await fake.place_call(running.webhook_url, caller=user(who, name="Dana"))
+        await handle.wait_requests(op="recordResponse", timeout=GUARD)
+        return handle
+
+    async def finished(self, running: RunningBot) -> None:
+        with anyio.fail_after(GUARD):
+            await self.ended.wait()
+        assert running.engine.lanes.flows == 0
+        assert running.engine.stats.handler_errors == 0
+
+
+def spoken(speech: FakeSpeech) -> list[str]:
+    """What the bot said (the texts Speech rendered, each once), in order."""
+    return [r.text or "" for r in speech.requests_of("tts") if r.status == 200]
+
+
+READ_BACK = "Hello Dana. Your appointment is on Tuesday 16 March at 10:00 with Doctor Lee."
+QUESTION = (
+    "To keep it, say keep or press 1. To cancel it, say cancel or press 2. "
+    "To change it, say change or press 3."
+)
+
+
+@pytest.mark.anyio
+async def test_appointments_greets_by_name_and_understands_a_spoken_answer(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dana hears her appointment read back, says "cancel it, please", and it is cancelled."""
+    example = AppointmentsExample(monkeypatch)
+    fake_graph.plan_operation("recordResponse", duration=5.0)  # until the caller speaks
+    async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
+        handle = await example.call(fake_graph, run)
+        await handle.say_back("Cancel it, please.")
+        await example.finished(run)
+        assert example.module.CANCELLED == [DANA]
+        assert ops(handle)[-2:] == ["playPrompt", "delete"]
+        assert spoken(speech) == [
+            READ_BACK, QUESTION, "Your appointment is cancelled. Goodbye."
+        ]  # fmt: skip
+        (stt,) = speech.requests_of("stt")
+        assert stt.query["language"] == "en-US"
+
+
+@pytest.mark.anyio
+async def test_appointments_takes_a_key_instead(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pressing 3 during the question transfers Dana to the front desk; Speech is not asked."""
+    example = AppointmentsExample(monkeypatch)
+    fake_graph.plan_operation("recordResponse", duration=5.0)
+    async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
+        handle = await example.call(fake_graph, run)
+        await handle.wait_requests(op="subscribeToTone", timeout=GUARD)
+        await handle.press("3")
+        await example.finished(run)
+        (transfer,) = await handle.wait_requests(op="transfer", timeout=GUARD)
+        assert transfer.body["transferTarget"]["identity"]["user"]["id"] == DESK
+        assert "cancelMediaProcessing" in ops(handle)
+        assert speech.requests_of("stt") == ()
+        assert example.module.CANCELLED == []
+
+
+@pytest.mark.anyio
+async def test_appointments_asks_twice_then_gives_up(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Words that match nothing, then silence: asked twice, then goodbye; nothing changes."""
+    example = AppointmentsExample(monkeypatch)
+    async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
+        handle = await example.call(fake_graph, run)
+        await handle.say_back("what is the weather like")
+        await example.finished(run)
+        assert len([r for r in handle.requests if r.op == "recordResponse"]) == 2
+        assert spoken(speech) == [READ_BACK, QUESTION, "Sorry, I did not understand. Goodbye."]
+        assert ops(handle)[-1] == "delete"
+        heard = [r.text for r in speech.requests_of("stt")]
+        assert heard == ["what is the weather like", None]  # the second answer: silence
+        assert example.module.CANCELLED == []
+
+
+@pytest.mark.anyio
+async def test_appointments_tells_a_caller_without_one(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ravi has no appointment: he is told so, and nothing is asked."""
+    example = AppointmentsExample(monkeypatch)
+    async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
+        handle = await fake_graph.place_call(run.webhook_url, caller=user(RAVI, name="Ravi"))
+        await example.finished(run)
+        assert spoken(speech) == ["Hello Ravi. I have no appointment for you. Goodbye."]
+        assert ops(handle)[-1] == "delete"
+        assert "recordResponse" not in ops(handle)

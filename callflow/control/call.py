@@ -49,14 +49,18 @@ from callflow.actions import (
     UpdateRecordingStatus,
     prompt_names,
 )
+from callflow.control import listening
+from callflow.control.listening import Choice, Menu, RecordSpec, Reply
 from callflow.control.memory import encode_memo
 from callflow.control.story import Step
-from callflow.decisions import MediaPrompt, Target
-from callflow.errors import ActionError, CallControlError
+from callflow.decisions import MediaPrompt, Prompt, Target
+from callflow.errors import ActionError, CallControlError, SpeechError
 from callflow.events import TONES, ResultInfo, canonical_call_id
+from callflow.prompts import Say
 
 if TYPE_CHECKING:
     from callflow.control.control import CallControl
+    from callflow.speech.recognition import Heard
 
 __all__ = ["Call", "Calls", "IoPort", "Recording", "SameLoopPort"]
 
@@ -208,9 +212,13 @@ class Call:
         await self._port.run(lambda: control.remember(call_id, tenant, text))
 
     async def play(
-        self, prompts: MediaPrompt | Iterable[MediaPrompt], *, timeout: float | None = 120.0
+        self, prompts: Prompt | Iterable[Prompt], *, timeout: float | None = 120.0
     ) -> None:
         """Play one prompt or several in a row; return once they were played.
+
+        A :class:`~callflow.Say` or :class:`~callflow.Ssml` prompt is rendered first (within
+        ``timeout``) and served by the worker; when Speech cannot render it,
+        :class:`~callflow.errors.SpeechError` is raised and nothing is played.
 
         A prompt that Graph reports ``completed`` without ``completedSuccessfully`` (it
         played nothing) raises :class:`~callflow.errors.OperationError`; one stopped by
@@ -222,10 +230,29 @@ class Call:
         with Step("call.prompt_played", call_id, tenant, prompts=prompt_names(request.prompts)):
             await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
 
+    async def say(
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        language: str | None = None,
+        timeout: float | None = 120.0,
+    ) -> None:
+        """Say ``text`` to the caller; return once it was played.
+
+        ``play(Say(text, voice=..., language=...))``: the text is spoken as written (never
+        read as SSML; for SSML use :class:`~callflow.Ssml`), rendered by Azure AI Speech once
+        and cached. Raises :class:`~callflow.errors.ActionError` for an empty text or one over
+        5,000 characters (before anything is sent), :class:`~callflow.errors.SpeechError`
+        when Speech cannot render it within ``timeout`` (nothing is played then), and like
+        :meth:`play` otherwise.
+        """
+        await self.play(Say(text, voice=voice, language=language), timeout=timeout)
+
     async def record(
         self,
         *,
-        prompt: MediaPrompt | None = None,
+        prompt: Prompt | None = None,
         barge_in_allowed: bool = False,
         initial_silence_timeout: int = 5,
         max_silence_timeout: int = 5,
@@ -278,6 +305,98 @@ class Call:
             fetch,
         )
 
+    async def listen(
+        self,
+        *,
+        prompt: Prompt | None = None,
+        language: str | None = None,
+        max_duration: int = 10,
+        initial_silence_timeout: int = 5,
+        max_silence_timeout: int = 2,
+        play_beep: bool = False,
+        stop_tones: str | Iterable[str] = ("#",),
+        timeout: float | None = None,
+        recognition_timeout: float = 15.0,
+    ) -> Heard:
+        """Record what the caller says (after ``prompt``) and return it recognised.
+
+        One ``recordResponse`` (the caller may speak over the prompt; recording stops after
+        ``max_silence_timeout`` s of silence, at ``max_duration`` s, at most 60, or at a stop
+        tone), the download, and one recognition in ``language`` (default
+        ``CALLFLOW_SPEECH_LANGUAGE``). Silence, noise or words not recognised give a
+        :class:`~callflow.speech.recognition.Heard` with an empty ``text`` and Speech's status
+        (``InitialSilenceTimeout``, ``BabbleTimeout``, ``NoMatch``). ``timeout`` bounds the
+        recording (as in :meth:`record`), ``recognition_timeout`` the download and the
+        recognition: a Speech resource that cannot be reached or refuses raises
+        :class:`~callflow.errors.SpeechError` within it.
+        """
+        spec = RecordSpec(
+            prompt, initial_silence_timeout, max_silence_timeout, max_duration, play_beep,
+            True, _stop_tones(stop_tones), timeout,
+        )  # fmt: skip
+        _check_timeout("recognition_timeout", recognition_timeout, optional=False)
+        return await listening.listen(
+            self, self._recognizer(), spec, language=language,
+            recognition_timeout=recognition_timeout,
+        )  # fmt: skip
+
+    async def ask(
+        self,
+        prompt: Prompt | None,
+        *,
+        choices: Mapping[str, Choice | str],
+        digits: bool = True,
+        language: str | None = None,
+        attempts: int = 1,
+        retry_prompt: Prompt | None = None,
+        max_duration: int = 5,
+        initial_silence_timeout: int = 5,
+        max_silence_timeout: int = 1,
+        timeout: float | None = None,
+        recognition_timeout: float = 15.0,
+    ) -> Reply:
+        """Ask a question answered with a key or a word; return the :class:`Reply`.
+
+        ``choices`` names each entry: ``{"sales": Choice(key="1", words=["sales", "buy"])}``.
+        The prompt plays and the caller is recorded (as in :meth:`listen`) while keys are
+        watched (``digits``): the first answer wins. A key stops the prompt and cancels the
+        recording; otherwise what was said is recognised and matched against the entries'
+        words (and spoken keys: "one"). No match (a wrong key, other words, silence) asks
+        again, up to ``attempts`` times, with ``retry_prompt`` if given; the last
+        :class:`Reply` has ``choice`` None then, and says what came (``via``, ``key``,
+        ``heard``).
+        """
+        menu = Menu.of(choices)
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise ActionError(f"attempts must be an integer >= 1, got {attempts!r}")
+        spec = RecordSpec(
+            prompt, initial_silence_timeout, max_silence_timeout, max_duration, False, True,
+            menu.keys if digits else ("#",), timeout,
+        )  # fmt: skip
+        _check_timeout("recognition_timeout", recognition_timeout, optional=False)
+        return await listening.ask(
+            self, self._recognizer(), menu, spec, digits=bool(digits), language=language,
+            recognition_timeout=recognition_timeout, attempts=attempts,
+            retry_prompt=retry_prompt,
+        )  # fmt: skip
+
+    def _recognizer(self) -> listening.Recognize:
+        control, port = self._control, self._port
+
+        async def recognize(audio: bytes, language: str | None, timeout: float) -> Heard:
+            recognizer = control.recognizer
+            if recognizer is None:
+                raise SpeechError(
+                    "listening needs a Speech resource: set CALLFLOW_SPEECH_REGION (or "
+                    "CALLFLOW_SPEECH_ENDPOINT) and CALLFLOW_SPEECH_KEY",
+                    setting="CALLFLOW_SPEECH_REGION",
+                )
+            return await port.run(
+                lambda: recognizer.recognize(audio, language=language, timeout=timeout)
+            )
+
+        return recognize
+
     async def collect_digits(
         self,
         max_digits: int,
@@ -285,7 +404,7 @@ class Call:
         timeout: float = 10.0,
         inter_digit_timeout: float = 3.0,
         stop_tones: str | Iterable[str] = ("#",),
-        prompt: MediaPrompt | Iterable[MediaPrompt] | None = None,
+        prompt: Prompt | Iterable[Prompt] | None = None,
         prompt_timeout: float | None = 120.0,
     ) -> str:
         """Collect up to ``max_digits`` key presses and return them (``"1234"``).

@@ -45,6 +45,7 @@ from callflow.errors import (
 )
 from callflow.events import OperationFinished
 from callflow.graph.client import _new_client_context
+from callflow.speech.media import SpokenMedia, rendered
 
 if TYPE_CHECKING:
     from callflow.actions import (
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
         UpdateRecordingStatus,
     )
     from callflow.graph.client import CreatedCall, GraphClient, Operation
+    from callflow.speech.recognition import Recognizer
 
     _Action = PlayPrompt | RecordResponse | SendTones | Invite | UpdateRecordingStatus
 
@@ -194,6 +196,9 @@ class CallControl:
         """``on_created(call_id, tenant_id)``: a call the bot created is established (the
         bot then holds it: keep-alive)."""
         self._clock = self.registry.clock
+        # Set by the worker with a Speech resource: rendering Say/Ssml, recognising answers.
+        self.spoken: SpokenMedia | None = None
+        self.recognizer: Recognizer | None = None
 
     async def wait_established(self, call_id: str, timeout: float | None) -> None:
         """Return once Graph reported ``call_id`` established (at once if it did already).
@@ -213,7 +218,7 @@ class CallControl:
 
     async def remember(self, call_id: str, tenant_id: str | None, memo: str) -> None:
         """Keep ``memo`` (JSON, checked) as the call's memo; CallEndedError once it ended."""
-        self._check_open(call_id)
+        _check_open(self.registry, call_id)
         await self.memory.remember(call_id, tenant_id, memo)
 
     # -- one operation -----------------------------------------------------------------------
@@ -369,10 +374,6 @@ class CallControl:
             except GraphError as exc:
                 _undo_failed("call.hang_up_failed", call_id, exc)
 
-    def _check_open(self, call_id: str) -> None:
-        if self.registry.is_ended(call_id):
-            raise self.registry.record(call_id).ended_error()
-
     # -- the actions -------------------------------------------------------------------------
 
     async def act(
@@ -383,9 +384,11 @@ class CallControl:
         timeout: float | None,
         why_stopped: WhyStopped | None = None,
     ) -> OperationFinished:
-        """Run one action (play prompts, record, send tones, invite, update the recording
-        status); return when Graph finished it (see :meth:`run`)."""
-        self._check_open(call_id)
+        """Run one action (play, record, send tones, invite, update the recording status);
+        return when Graph finished it (see :meth:`run`). Spoken prompts are rendered first,
+        within ``timeout`` (SpeechError, and nothing sent, when they cannot be)."""
+        _check_open(self.registry, call_id)
+        request, timeout = await rendered(self.spoken, request, timeout)
 
         def start(context: str, deadline: float | None) -> Awaitable[Operation]:
             return self.graph.run_action(
@@ -413,7 +416,7 @@ class CallControl:
         self, call_id: str, tenant_id: str | None, kind: str, timeout: float | None
     ) -> OperationFinished:
         """Run ``subscribeToTone``, ``cancelMediaProcessing``, ``mute`` or ``unmute``."""
-        self._check_open(call_id)
+        _check_open(self.registry, call_id)
         methods = {
             "subscribeToTone": self.graph.subscribe_to_tone,
             "cancelMediaProcessing": self.graph.cancel_media_processing,
@@ -460,7 +463,7 @@ class CallControl:
         Raises TransferError when the call came back to ``established`` (Graph's resultInfo
         says why), OperationTimeoutError after ``timeout`` seconds.
         """
-        self._check_open(call_id)
+        _check_open(self.registry, call_id)
         record = self.registry.record(call_id)
         if record.transfer is not None:
             raise CallControlError(f"call {call_id} is already being transferred")
@@ -512,7 +515,7 @@ class CallControl:
         """Collect the caller's key presses (see
         :meth:`callflow.control.call.Call.collect_digits`): the digits and how the entry
         ended."""
-        self._check_open(call_id)
+        _check_open(self.registry, call_id)
         record = self.registry.record(call_id)
         if record.collecting:
             raise CallControlError(f"call {call_id} is already collecting digits")
@@ -690,3 +693,8 @@ def _from_reply(operation: Operation) -> OperationFinished:
 
 def _new_context() -> str:
     return _new_client_context()
+
+
+def _check_open(registry: OperationRegistry, call_id: str) -> None:
+    if registry.is_ended(call_id):
+        raise registry.record(call_id).ended_error()

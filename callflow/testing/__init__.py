@@ -20,6 +20,10 @@ records what the bot sends back, enforces the platform timeout and injects fault
             call = await fake.place_call(running.webhook_url, kind="pstn")
             assert (await call.decision()).op == "answer"
 
+:class:`FakeSpeech` serves Azure AI Speech's text-to-speech and short-audio recognition REST
+API the same way; :func:`wav_with_words` makes a WAV that carries the words FakeSpeech
+"hears" in it (in its ``ICMT`` chunk).
+
 The pytest plugin :mod:`callflow.testing.plugin` (``pytest_plugins =
 ["callflow.testing.plugin"]`` in ``conftest.py``) adds the fixtures ``fake_graph``,
 ``serve_bot`` and ``running_bot``.
@@ -29,9 +33,12 @@ from __future__ import annotations
 
 from callflow.clock import ManualClock
 from callflow.engine.deadline import RecordingSink
+from callflow.testing._audio import wav_with_words, words_in
 from callflow.testing._call_handle import CallHandle
 from callflow.testing._fake_graph import FakeGraph
+from callflow.testing._fake_speech import DEFAULT_VOICES, FakeSpeech, SpeechRequest
 from callflow.testing._keys import KeyServer, SigningKey, graph_claims
+from callflow.testing._media import FakeMedia, MediaFetch
 from callflow.testing._payloads import (
     KINDS,
     call_state,
@@ -62,16 +69,21 @@ __all__ = [
     "DECISION_OPS",
     "DEFAULT_APP_ID",
     "DEFAULT_TENANT_ID",
+    "DEFAULT_VOICES",
     "KINDS",
     "OPS",
     "CallHandle",
     "FakeGraph",
+    "FakeMedia",
     "FakeOperation",
+    "FakeSpeech",
     "GraphRequest",
     "KeyServer",
+    "MediaFetch",
     "ManualClock",
     "RecordingSink",
     "SigningKey",
+    "SpeechRequest",
     "TokenServer",
     "WebhookReply",
     "call_state",
@@ -83,4 +95,6 @@ __all__ = [
     "operation_result",
     "participants",
     "tone",
+    "wav_with_words",
+    "words_in",
 ]

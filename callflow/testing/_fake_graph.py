@@ -136,6 +136,8 @@ class FakeGraph:
         self._api = GraphApi(
             config, knobs, runtime, state, notifier, operations, self.tokens, self.keys
         )
+        self.media = operations.media
+        """Judges the prompts bots play (:meth:`~FakeMedia.register`, ``serve_origin``)."""
 
     def __repr__(self) -> str:
         where = self.url if self._runtime.serving else "not running"
@@ -227,6 +229,7 @@ class FakeGraph:
         self._runtime.check()
         bot.configure(self.settings(**overrides))
         async with bot.serve() as running:
+            self.media.serve_origin(bot.settings.callback_url or CALLBACK_URL, running.url)
             yield running
 
     # -- tokens -----------------------------------------------------------------------------

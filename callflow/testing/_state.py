@@ -102,7 +102,7 @@ class GraphState:
         self._plans: list[Plan] = []
         self._gone: set[str] = set()
         self._routes: dict[str, str] = {}
-        self._recordings: dict[str, tuple[str, str]] = {}
+        self._recordings: dict[str, tuple[str, str, bytes | None]] = {}
         self._changed: anyio.Event | None = None
 
     # -- calls and requests -----------------------------------------------------------------
@@ -187,12 +187,15 @@ class GraphState:
         """The webhook routed for ``callback_uri`` (or for it without its query), if any."""
         return self._routes.get(callback_uri) or self._routes.get(callback_uri.split("?", 1)[0])
 
-    def add_recording(self, recording_id: str, access_token: str, call_id: str) -> None:
-        """Serve a recording of ``call_id`` under ``recording_id`` to ``access_token``."""
-        self._recordings[recording_id] = (access_token, call_id)
+    def add_recording(
+        self, recording_id: str, access_token: str, call_id: str, audio: bytes | None = None
+    ) -> None:
+        """Serve a recording of ``call_id`` under ``recording_id`` to ``access_token``:
+        ``audio``, or the fake's ``recording_audio`` when None."""
+        self._recordings[recording_id] = (access_token, call_id, audio)
 
-    def recording(self, recording_id: str) -> tuple[str, str] | None:
-        """The (access token, call id) of a recording, or None."""
+    def recording(self, recording_id: str) -> tuple[str, str, bytes | None] | None:
+        """The (access token, call id, audio) of a recording, or None."""
         return self._recordings.get(recording_id)
 
     # -- instructions -----------------------------------------------------------------------
