@@ -14,7 +14,7 @@ from callflow.decisions import Reject, RejectReason
 from callflow.engine.core import Engine
 from callflow.engine.limits import Limits
 from callflow.errors import CallflowError
-from callflow.routing import S, Router
+from callflow.routing import Router, S
 from callflow.settings import Settings
 from callflow.worker import RunningBot, serve
 
