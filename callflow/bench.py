@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
 import attrs
@@ -25,6 +25,7 @@ from callflow.errors import CallflowError
 if TYPE_CHECKING:
     from callflow.bot import Bot
     from callflow.testing import FakeGraph
+    from callflow.testing._payloads import CallKind
 
 __all__ = ["BenchReport", "bench_bot", "percentile"]
 
@@ -140,7 +141,7 @@ async def bench_bot(
 
         async def one(record: bool) -> None:
             nonlocal undecided
-            call = await graph.place_call(running.webhook_url, kind=kind)
+            call = await graph.place_call(running.webhook_url, kind=cast("CallKind", kind))
             try:
                 decision = await call.decision(timeout=wait)
             except TimeoutError:

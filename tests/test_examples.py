@@ -106,7 +106,7 @@ async def test_busy_bot_rejects_every_call_as_busy(fake_graph: FakeGraph) -> Non
     """busy_bot rejects a Teams call, a phone call and a meeting invitation as busy."""
     example = load_example("busy_bot")
     async with fake_graph.serve(example.bot) as running:
-        for kind in ("p2p", "pstn", "group_meeting"):
+        for kind in ("p2p", "phone", "group_meeting"):
             call = await fake_graph.place_call(running.webhook_url, kind=kind)
             request = await call.decision(timeout=GUARD)
             assert (request.op, request.body) == ("reject", busy()), kind
@@ -130,7 +130,7 @@ async def test_front_desk_answers_forbids_redirects_and_defaults(
         url = running.webhook_url
         dana = await fake_graph.place_call(url, caller=user(DANA, name="Dana"))
         foreign = await fake_graph.place_call(url, caller=user(DANA, tenant_id=OTHER_TENANT))
-        phone = await fake_graph.place_call(url, kind="pstn")
+        phone = await fake_graph.place_call(url, kind="phone")
         stranger = await fake_graph.place_call(url, caller=user(STRANGER))
         guest = await fake_graph.place_call(url, kind="guest")
         requests = {
@@ -161,7 +161,7 @@ async def test_front_desk_sends_phone_callers_away_out_of_office_hours(
     monkeypatch.setenv("CALLFLOW_FRONT_DESK_HOURS", "0-0")  # no office hours at all
     example = load_example("front_desk")
     async with fake_graph.serve(example.bot) as running:
-        phone = await fake_graph.place_call(running.webhook_url, kind="pstn")
+        phone = await fake_graph.place_call(running.webhook_url, kind="phone")
         request = await phone.decision(timeout=GUARD)
     assert (request.op, request.body) == ("reject", busy())
 

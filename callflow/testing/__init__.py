@@ -17,7 +17,7 @@ records what the bot sends back, enforces the platform timeout and injects fault
             return Answer()
 
         async with FakeGraph() as fake, fake.serve(bot) as running:
-            call = await fake.place_call(running.webhook_url, kind="pstn")
+            call = await fake.place_call(running.webhook_url, kind="phone")
             assert (await call.decision()).op == "answer"
 
 The pytest plugin :mod:`callflow.testing.plugin` (``pytest_plugins =
