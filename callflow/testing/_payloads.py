@@ -61,9 +61,9 @@ instance (resource account); the caller's :class:`~callflow.Identity` has ``kind
 (the older spelling ``"pstn"`` still works, with a DeprecationWarning). ``group_meeting``:
 an invitation to a meeting named by its organizer (``organizerMeetingInfo``).
 ``channel_meeting``: a channel meeting (``tokenMeetingInfo``, ``@thread.tacv2``, audio and
-video). ``joinid_meeting``: a meeting named by its join id and passcode. ``policy_recording``: a compliance-recording invite
-(``applicationMetadata.botData``, answered within the recording timeout). ``encrypted`` and
-``guest``: a peer-to-peer call whose caller is an encrypted identity or a guest.
+video). ``joinid_meeting``: a meeting named by its join id and passcode.
+``policy_recording``: a compliance-recording invite (``applicationMetadata.botData``,
+answered within the recording timeout). ``encrypted`` and ``guest``: a peer-to-peer call whose caller is an encrypted identity or a guest.
 """
 
 BOT_DISPLAY_NAME: Final = "Callflow Test Bot"
