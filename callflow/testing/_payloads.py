@@ -63,7 +63,8 @@ an invitation to a meeting named by its organizer (``organizerMeetingInfo``).
 ``channel_meeting``: a channel meeting (``tokenMeetingInfo``, ``@thread.tacv2``, audio and
 video). ``joinid_meeting``: a meeting named by its join id and passcode.
 ``policy_recording``: a compliance-recording invite (``applicationMetadata.botData``,
-answered within the recording timeout). ``encrypted`` and ``guest``: a peer-to-peer call whose caller is an encrypted identity or a guest.
+answered within the recording timeout). ``encrypted`` and ``guest``: a peer-to-peer call
+whose caller is an encrypted identity or a guest.
 """
 
 BOT_DISPLAY_NAME: Final = "Callflow Test Bot"
