@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import anyio
+
 from callflow.engine.lanes import Failure
 
 __all__ = ["BotCodeError", "FailureLog"]
@@ -46,10 +48,29 @@ class FailureLog:
     def __init__(self) -> None:
         self._failures: list[Failure] = []
         self._told = 0
+        self._changed: anyio.Event | None = None
 
     def add(self, failure: Failure) -> None:
         """Keep ``failure`` (the ``on_failure`` a served bot calls)."""
         self._failures.append(failure)
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
+    async def wait(self, count: int, timeout: float) -> tuple[Failure, ...]:  # noqa: ASYNC109
+        """Every failure, once there are ``count``; TimeoutError after ``timeout`` s."""
+        try:
+            with anyio.fail_after(timeout):
+                while len(self._failures) < count:
+                    if self._changed is None:
+                        self._changed = anyio.Event()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"FakeGraph: expected {count} failure(s) of bot code within {timeout:g} s, "
+                f"got {len(self._failures)}"
+            ) from None
+        return self.all
 
     @property
     def all(self) -> tuple[Failure, ...]:

@@ -80,6 +80,16 @@ class Recorded:
         or not; each names what failed, its call and the exception."""
         return self._failures.all
 
+    async def wait_failures(
+        self,
+        count: int = 1,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> tuple[Failure, ...]:
+        """Return :attr:`failures` once there are ``count``; TimeoutError after ``timeout`` s
+        (for tests that provoke failures on purpose: mark them ``callflow_lenient``)."""
+        return await self._failures.wait(count, timeout)
+
     def check_failures(self) -> None:
         """Raise :class:`~callflow.testing.BotCodeError` for the failures not raised yet
         (strict mode does this when a served bot stops, the pytest plugin after each test)."""
