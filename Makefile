@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint types pytest test test-fast demo bench bench-quick bench-soak clean
+.PHONY: install lint types pytest test test-fast demo bench bench-quick bench-soak clean settings-table
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test-fast: install
 
 demo: install
 	$(BIN)/callflow demo
+
+# The settings page is generated from the one table in callflow/settings.py (a test checks it).
+settings-table: install
+	$(BIN)/python -c "from callflow.settings import settings_markdown as m; print(m(), end='')" \
+		> docs/reference/settings-table.md
 
 # Benchmarks: three processes on loopback (see benchmarks/harness.py); benchmark-only packages
 # (msgraph-sdk, matplotlib, uvloop, py-spy) go into .venv here, never into the runtime deps.

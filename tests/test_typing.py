@@ -102,9 +102,7 @@ def test_mypy_strict_rejects_wrong_handlers_and_accepts_right_ones(tmp_path: Pat
     wanted = {
         number
         for number, text in enumerate(source, start=1)
-        if text.startswith("@bot.incoming_call")
-        or '"pstn"' in text
-        or "infoo" in text
+        if text.startswith("@bot.incoming_call") or '"pstn"' in text or "infoo" in text
     }
     assert wanted <= lines, done.stdout
     assert "Non-overlapping equality check" in done.stdout, done.stdout

@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TESTS = '''
+TESTS = """
 import pytest
 from callflow import Answer, Bot, IncomingCall
 
@@ -70,7 +70,7 @@ async def test_running_bot_answers(fake_graph, running_bot):
 
 def test_anyio_backend_is_asyncio(anyio_backend):
     assert anyio_backend == "asyncio"
-'''
+"""
 
 
 def _entry_point_distribution(where: Path) -> None:

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from callflow import Answer, Bot, Call, CallStateChanged, IncomingCall, Reject
-from callflow.errors import RegistrationError
 from callflow.testing import BotCodeError, FakeGraph, SigningKey
 
 pytestmark = pytest.mark.anyio
