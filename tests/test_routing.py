@@ -267,5 +267,5 @@ def test_services_reach_handlers_through_the_context() -> None:
 
 
 def test_a_call_handle_is_not_built_by_hand() -> None:
-    with pytest.raises(TypeError, match="ctx.call"):
+    with pytest.raises(TypeError, match=r"ctx\.call"):
         Call()

@@ -34,7 +34,7 @@ async def test_strict_fake_raises_naming_each_failure_and_its_call(
     callflow_signing_key: SigningKey,
 ) -> None:
     async with FakeGraph(signing_key=callflow_signing_key, strict=True) as fake:
-        with pytest.raises(BotCodeError) as raised:
+        with pytest.raises(BotCodeError) as raised:  # noqa: PT012 - raised as the block ends
             async with fake.serve(broken_bot()) as running:
                 call = await fake.place_call(running.webhook_url)
                 assert (await call.decision()).op == "answer"
@@ -78,7 +78,7 @@ async def test_a_failing_flow_fails_strict_and_an_exception_in_the_block_gets_a_
         return Answer(then=flow)
 
     async with FakeGraph(signing_key=callflow_signing_key, strict=True) as fake:
-        with pytest.raises(ZeroDivisionError) as raised:
+        with pytest.raises(ZeroDivisionError) as raised:  # noqa: PT012 - the block's own
             async with fake.serve(bot) as running:
                 call = await fake.place_call(running.webhook_url)
                 await call.wait_requests(op="delete")  # the failed flow's call is hung up
