@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint types pytest test test-fast test-pythons dist demo docs system-tools bench bench-quick bench-soak clean
+.PHONY: install lint types pytest test test-fast test-pythons dist demo docs system-tools bench bench-quick bench-soak clean settings-table
 .PHONY: fleet-demo
 
 $(BIN)/python:
@@ -96,6 +96,11 @@ demo: install
 # (deploy/fleet_demo.py; the test suite runs it too).
 fleet-demo: install system-tools
 	$(BIN)/python deploy/fleet_demo.py
+
+# The settings page is generated from the one table in callflow/settings.py (a test checks it).
+settings-table: install
+	$(BIN)/python -c "from callflow.settings import settings_markdown as m; print(m(), end='')" \
+		> docs/reference/settings-table.md
 
 # Benchmarks: three processes on loopback (see benchmarks/harness.py); benchmark-only packages
 # (msgraph-sdk, matplotlib, uvloop, py-spy) go into .venv here, never into the runtime deps.

@@ -17,7 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
 import attrs
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from callflow.bot import Bot
     from callflow.engine.deadline import DecisionSlot
     from callflow.testing import FakeGraph
+    from callflow.testing._payloads import CallKind
 
 __all__ = ["BenchReport", "bench_bot", "percentile"]
 
@@ -160,7 +161,7 @@ async def bench_bot(
 
         async def one(record: bool) -> None:
             nonlocal undecided
-            call = await graph.place_call(running.webhook_url, kind=kind)
+            call = await graph.place_call(running.webhook_url, kind=cast("CallKind", kind))
             try:
                 decision = await call.decision(timeout=wait)
             except TimeoutError:

@@ -15,7 +15,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 import attrs
@@ -25,6 +25,9 @@ from callflow.engine.deadline import DecisionSlot
 from callflow.errors import CallflowError
 from callflow.events import IncomingCall
 from callflow.routing import Router
+
+if TYPE_CHECKING:
+    from callflow.testing._payloads import CallKind
 
 __all__ = ["SCRIPT", "Scene", "run_demo"]
 
@@ -43,7 +46,7 @@ class Scene:
     """One scripted call of the demo."""
 
     label: str
-    kind: str
+    kind: CallKind
     caller: dict[str, Any] | None = None
     duplicate: int = 0
 
@@ -56,7 +59,7 @@ SCRIPT: tuple[Scene, ...] = (
         "p2p",
         {"kind": "user", "id": STRANGER, "display_name": "Lee", "tenant_id": OTHER_TENANT},
     ),
-    Scene("phone caller", "pstn"),
+    Scene("phone caller", "phone"),
     Scene("Ravi's meeting", "group_meeting", {"kind": "user", "id": RAVI, "display_name": "Ravi"}),
     Scene("channel meeting", "channel_meeting"),
     Scene("meeting by join id", "joinid_meeting"),

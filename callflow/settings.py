@@ -2,6 +2,9 @@
 
 ``Settings.from_env(environ)`` reads an injectable mapping (tests pass a dict) and raises one
 :class:`~callflow.errors.ConfigError` that names every missing or invalid variable.
+:data:`TABLE` (:mod:`callflow._settings_table`) describes every setting once: the
+``Settings`` docstring and the page ``docs/reference/settings-table.md`` come from it.
+Plain values and functions; no loop, no I/O (but reading the environment and files named).
 """
 
 from __future__ import annotations
@@ -22,18 +25,19 @@ from callflow._hosts import (
     is_loopback,
     recording_hosts,
 )
+from callflow._settings_table import PREFIX, TABLE, settings_markdown
 from callflow._store_url import mask_query, parse_store_url
 from callflow.errors import ConfigError
 
 __all__ = [
     "MIN_FLEET_SECRET",
     "PREFIX",
+    "TABLE",
     "Settings",
+    "settings_markdown",
     "masked_url",
     "plain_redis_problem",
 ]
-
-PREFIX: Final = "CALLFLOW_"
 
 MIN_FLEET_SECRET: Final = 32
 """The shortest ``FLEET_SECRET`` accepted, in characters."""
@@ -261,9 +265,23 @@ def plain_redis_problem(url: str, allowed: bool) -> str | None:
     )
 
 
+def _settings_doc() -> str:
+    lines = [
+        "Everything a callflow worker is configured with.",
+        "",
+        f"Read from ``{PREFIX}*`` environment variables by :meth:`from_env`, or given as",
+        "keywords in lower case (``Settings(app_id=...)``). The settings:",
+        "",
+    ]
+    for names, what, default in TABLE:
+        lines.append(f"{names}")
+        lines.append(f"    {what.replace('`', '')}. Default: {default.replace('`', '')}.")
+    return "\n".join(lines) + "\n"
+
+
 @attrs.frozen
 class Settings:
-    """Everything a callflow worker is configured with (docs/reference/settings.md: each one)."""
+    """Everything a callflow worker is configured with (the docstring lists every setting)."""
 
     app_id: str | None = None
     app_secret: str | None = attrs.field(default=None, repr=False)
@@ -555,6 +573,9 @@ class Settings:
             missing.append(f"{PREFIX}CALLBACK_URL: required (the public https URL of the webhook)")
         if missing:
             raise ConfigError("missing settings:\n  " + "\n  ".join(missing))
+
+
+Settings.__doc__ = _settings_doc()
 
 
 _PARSERS: Final[dict[str, Callable[[str], Any]]] = {

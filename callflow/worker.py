@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from callflow.decisions import Decision
     from callflow.engine.core import Engine
     from callflow.engine.deadline import DecisionSink, DecisionSlot
+    from callflow.engine.lanes import Failure
     from callflow.events import IncomingCall
     from callflow.graph.client import GraphClient
     from callflow.graph.tokens import TokenProvider
@@ -85,6 +86,11 @@ class ServedBot(Protocol):
 
     def attach_calls(self, calls: Calls | None) -> None:
         """Give the bot its ``bot.calls`` while it serves (None once stopped)."""
+        ...
+
+    @property
+    def services(self) -> Any:
+        """The bot's own services, handed to its handlers and flows."""
         ...
 
 
@@ -237,10 +243,12 @@ class AppServices:
     Each request runs on the I/O loop, where the Graph client lives; the caller awaits it.
     """
 
-    def __init__(self, io: IoThread, control: CallControl) -> None:
+    def __init__(self, io: IoThread, control: CallControl, services: Any = None) -> None:
         self._io = io
         self._control = control
-        self.calls = Calls(control, io)
+        self.services = services
+        """The bot's own services (``Bot(services=...)``): ``ctx.services``."""
+        self.calls = Calls(control, io, services)
         """Places new calls and hands out call handles (``bot.calls``)."""
 
     def call(self, call_id: str, tenant_id: str | None = None) -> Call:
@@ -268,8 +276,10 @@ class _IoSide:
         io: IoThread,
         tokens: TokenProvider | None,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None,
+        on_failure: Callable[[Failure], None] | None = None,
     ) -> None:
         self.bot = bot
+        self.on_failure = on_failure
         self.io = io
         self.tokens = tokens
         self.user_on_decided = on_decided
@@ -370,7 +380,7 @@ class _IoSide:
                 open_spoken(s, shared=mode.prompts, token=speech_token)
             )
             control.recognizer = await _recognizer(stack, s, speech_token)
-            self.services = AppServices(self.io, control)
+            self.services = AppServices(self.io, control, self.bot.services)
             user_on_decided = self.user_on_decided
 
             def decided(slot: DecisionSlot, error: BaseException | None) -> None:
@@ -387,6 +397,7 @@ class _IoSide:
                 None,
                 services=self.services,
                 on_decided=decided,
+                on_failure=self.on_failure,
                 calls=book,
                 default_decision=default,
                 admit=mode.admission,
@@ -533,6 +544,7 @@ async def serve(
     port: int | None = None,
     tokens: TokenProvider | None = None,
     on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+    on_failure: Callable[[Failure], None] | None = None,
 ) -> AsyncIterator[RunningBot]:
     """Serve ``bot`` (see ``Bot.serve``)."""
     check_settings(bot, tokens)
@@ -541,7 +553,7 @@ async def serve(
     port = s.port if port is None else port
     s.check_serving(host)  # auth off or plain-http forwarding off loopback: refused
     async with IoThread(uvloop=use_uvloop(s.loop)) as io:
-        side = _IoSide(bot, io, tokens, on_decided)
+        side = _IoSide(bot, io, tokens, on_decided, on_failure)
         async with io.enter(side.entered):
             engine, graph, keeper = side.engine, side.graph, side.keeper
             assert engine is not None and graph is not None and keeper is not None

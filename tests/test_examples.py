@@ -21,7 +21,7 @@ import anyio
 import pytest
 import structlog.testing
 
-from callflow import Bot, Call
+from callflow import Bot, Call, Target
 from callflow.bot import RunningBot
 from callflow.testing import (
     CALLBACK_URL,
@@ -108,7 +108,7 @@ async def test_busy_bot_rejects_every_call_as_busy(fake_graph: FakeGraph) -> Non
     """busy_bot rejects a Teams call, a phone call and a meeting invitation as busy."""
     example = load_example("busy_bot")
     async with fake_graph.serve(example.bot) as running:
-        for kind in ("p2p", "pstn", "group_meeting"):
+        for kind in ("p2p", "phone", "group_meeting"):
             call = await fake_graph.place_call(running.webhook_url, kind=kind)
             request = await call.decision(timeout=GUARD)
             assert (request.op, request.body) == ("reject", busy()), kind
@@ -132,7 +132,7 @@ async def test_front_desk_answers_forbids_redirects_and_defaults(
         url = running.webhook_url
         dana = await fake_graph.place_call(url, caller=user(DANA, name="Dana"))
         foreign = await fake_graph.place_call(url, caller=user(DANA, tenant_id=OTHER_TENANT))
-        phone = await fake_graph.place_call(url, kind="pstn")
+        phone = await fake_graph.place_call(url, kind="phone")
         stranger = await fake_graph.place_call(url, caller=user(STRANGER))
         guest = await fake_graph.place_call(url, kind="guest")
         requests = {
@@ -146,10 +146,10 @@ async def test_front_desk_answers_forbids_redirects_and_defaults(
             }.items()
         }
     assert requests["dana"].op == "answer"
-    assert requests["dana"].body["acceptedModalities"] == ["audio"]
+    assert requests["dana"].modalities == ("audio",)
     assert (requests["foreign"].op, requests["foreign"].body) == ("reject", forbidden())
     assert requests["phone"].op == "redirect"
-    assert requests["phone"].body["targets"][0]["identity"]["user"]["id"] == ON_CALL
+    assert requests["phone"].targets == (Target.user(ON_CALL),)
     assert requests["phone"].body["timeout"] == 30
     for name in ("stranger", "guest"):  # no directory configured: the default
         assert (requests[name].op, requests[name].body) == ("reject", busy()), name
@@ -163,7 +163,7 @@ async def test_front_desk_sends_phone_callers_away_out_of_office_hours(
     monkeypatch.setenv("CALLFLOW_FRONT_DESK_HOURS", "0-0")  # no office hours at all
     example = load_example("front_desk")
     async with fake_graph.serve(example.bot) as running:
-        phone = await fake_graph.place_call(running.webhook_url, kind="pstn")
+        phone = await fake_graph.place_call(running.webhook_url, kind="phone")
         request = await phone.decision(timeout=GUARD)
     assert (request.op, request.body) == ("reject", busy())
 
@@ -394,8 +394,8 @@ async def test_ivr_transfers_to_sales_on_1(
         assert running.calls() == []  # the call went to the agent: nothing held
     answer = handle.decisions[0].body
     assert answer["mediaConfig"]["preFetchMedia"][0]["resourceId"] == "menu"
-    (transfer,) = [r for r in handle.requests if r.op == "transfer"]
-    assert transfer.body["transferTarget"]["identity"]["user"]["id"] == SALES
+    (transfer,) = await handle.wait_requests(op="transfer")
+    assert transfer.transfer_target == Target.user(SALES)
     assert handle.state == "terminated"
     assert "delete" not in ops(handle)
     assert prompts(handle.requests) == ["menu"]
@@ -418,9 +418,10 @@ async def test_ivr_records_and_keeps_a_voicemail_on_2(
         assert running.calls() == []
     assert ivr.voicemails == [(handle.call_id, fake_graph.recording_audio)]
     assert prompts(handle.requests) == ["menu", "leave-a-message", "message-saved", "goodbye"]
-    (record,) = [r for r in handle.requests if r.op == "recordResponse"]
-    assert record.body["stopTones"] == ["#"]
-    assert record.body["maxRecordDurationInSeconds"] == 60
+    (record,) = await handle.wait_requests(op="recordResponse")
+    assert record.record_settings is not None
+    assert record.record_settings.stop_tones == ("#",)
+    assert record.record_settings.max_duration == 60
     (download,) = [r for r in handle.requests if r.op == "recording"]
     assert download.status == 200
     assert ops(handle)[-1] == "delete"

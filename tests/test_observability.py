@@ -184,7 +184,7 @@ async def test_every_call_gets_one_call_decided_json_line(
     async with fake_graph.serve(answering_bot()) as running:
         url = running.webhook_url
         dana = await fake_graph.place_call(url, caller=caller(DANA), duplicate=2)
-        phone = await fake_graph.place_call(url, kind="pstn")
+        phone = await fake_graph.place_call(url, kind="phone")
         again = await fake_graph.place_call(url, caller=caller(DANA), call_id=retried)
         lines = {
             call.call_id: await json_logs.wait_for("call.decided", call_id=call.call_id)
@@ -227,7 +227,7 @@ async def test_names_and_numbers_are_masked_unless_pii_is_on(
         dana = await fake_graph.place_call(
             running.webhook_url, caller=caller(DANA, "Dana Whitfield")
         )
-        phone = await fake_graph.place_call(running.webhook_url, kind="pstn")
+        phone = await fake_graph.place_call(running.webhook_url, kind="phone")
         for call in (dana, phone):
             await stream.wait_for("call.decided", call_id=call.call_id)
         await settled(dana, phone)

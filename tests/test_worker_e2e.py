@@ -246,7 +246,7 @@ async def test_the_worker_decides_calls_and_its_metrics_count_them(
         calls = {
             "dana": await fake.place_call(webhook, caller=dana, duplicate=2),
             "foreign": await fake.place_call(webhook, caller=foreign),
-            "phone": await fake.place_call(webhook, kind="pstn"),
+            "phone": await fake.place_call(webhook, kind="phone"),
             "meeting": await fake.place_call(webhook, kind="group_meeting"),
             "channel": await fake.place_call(webhook, kind="channel_meeting"),
             "encrypted": await fake.place_call(webhook, kind="encrypted"),
@@ -453,7 +453,7 @@ async def test_the_worker_masks_personal_data_unless_log_pii_is_on(fake: FakeGra
             user = await fake.place_call(
                 ready["url"], caller={"kind": "user", "id": DANA, "display_name": "Dana Whitfield"}
             )
-            phone = await fake.place_call(ready["url"], kind="pstn")
+            phone = await fake.place_call(ready["url"], kind="phone")
             for call in (user, phone):
                 await worker.decided(call)
             worker.signal(signal.SIGTERM)

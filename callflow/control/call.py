@@ -146,21 +146,49 @@ class Recording:
 class Call:
     """A call the bot holds (answered or created): play, record, collect digits, transfer...
 
-    Built by the bot (or :class:`Calls`) with the :class:`~callflow.control.control.CallControl`
-    of the I/O loop and the :class:`IoPort` that reaches it. ``call_id`` is Graph's id;
-    ``tenant_id`` picks the app token. Operations on one call may run concurrently, except
-    one digit collection and one transfer at a time.
+    A bot gets its handles from callflow, never by building one: ``ctx.call`` in a handler
+    or observer, the argument of an ``Answer(then=...)`` flow, ``bot.calls.get(call_id)``
+    and ``await bot.calls.create(...)``. ``call_id`` is Graph's id; ``tenant_id`` picks the
+    app token; ``services`` is what the bot was given as ``Bot(services=...)``. Operations
+    on one call may run concurrently, except one digit collection and one transfer at a time.
     """
 
-    __slots__ = ("_control", "_port", "call_id", "tenant_id")
+    __slots__ = ("_control", "_port", "_services", "call_id", "tenant_id")
 
-    def __init__(
-        self, call_id: str, *, control: CallControl, port: IoPort, tenant_id: str | None = None
-    ) -> None:
+    call_id: str
+    tenant_id: str | None
+    _control: CallControl
+    _port: IoPort
+    _services: Any
+
+    def __new__(cls) -> Call:
+        raise TypeError(
+            "a Call handle comes from callflow: ctx.call, the argument of Answer(then=...), "
+            "bot.calls.get(call_id) or await bot.calls.create(...)"
+        )
+
+    @classmethod
+    def _open(
+        cls,
+        call_id: str,
+        control: CallControl,
+        port: IoPort,
+        tenant_id: str | None = None,
+        services: Any = None,
+    ) -> Call:
+        """The handle of ``call_id``, reaching ``control`` (the I/O loop's) through ``port``."""
+        self = object.__new__(cls)
         self.call_id = canonical_call_id(call_id)
         self.tenant_id = tenant_id
         self._control = control
         self._port = port
+        self._services = services
+        return self
+
+    @property
+    def services(self) -> Any:
+        """The bot's own services (``Bot(services=...)``; None when it was given none)."""
+        return self._services
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id}>"
@@ -539,12 +567,13 @@ class Calls:
     """Places new calls and hands out :class:`Call` handles (``bot.calls``).
 
     ``control`` is the I/O loop's :class:`~callflow.control.control.CallControl`, ``port`` the
-    :class:`IoPort` that reaches it.
+    :class:`IoPort` that reaches it; ``services`` (the bot's own) go with every handle.
     """
 
-    def __init__(self, control: CallControl, port: IoPort) -> None:
+    def __init__(self, control: CallControl, port: IoPort, services: Any = None) -> None:
         self._control = control
         self._port = port
+        self._services = services
 
     def get(self, call_id: str, *, tenant_id: str | None = None) -> Call:
         """The handle of a call the bot already holds (one it answered or created).
@@ -555,7 +584,7 @@ class Calls:
         call_id = canonical_call_id(call_id)
         if tenant_id is None:
             tenant_id = self._control.book.tenant_of(call_id)
-        return Call(call_id, control=self._control, port=self._port, tenant_id=tenant_id)
+        return Call._open(call_id, self._control, self._port, tenant_id, self._services)
 
     async def create(
         self,
@@ -614,4 +643,4 @@ class Calls:
         control = self._control
         created = await self._port.run(lambda: control.create(request, timeout))
         tenant = created.tenant_id or tenant_id
-        return Call(created.call_id, control=control, port=self._port, tenant_id=tenant)
+        return Call._open(created.call_id, control, self._port, tenant, self._services)

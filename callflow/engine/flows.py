@@ -107,7 +107,7 @@ class Flows:
         """Run one ``CallAdopted`` observer as a flow (its call is established already)."""
 
         async def body(handle: Call) -> None:
-            ctx = CallContext(event.call_id, None, self._services, tenant_id=event.tenant_id)
+            ctx = CallContext(event.call_id, source=self._services, tenant_id=event.tenant_id)
             log.info(
                 "call.flow_started",
                 call_id=event.call_id,

@@ -233,12 +233,16 @@ class CallHandle:
         count: int = 1,
         *,
         op: str | None = None,
+        where: Callable[[GraphRequest], bool] | None = None,
         timeout: float = 10.0,  # noqa: ASYNC109
     ) -> tuple[GraphRequest, ...]:
-        """Return this call's requests (of ``op``, or ``"decision"``) once there are ``count``."""
+        """Return this call's requests (of ``op``, or ``"decision"``; for which ``where`` is
+        true) once there are ``count``; TimeoutError after ``timeout`` seconds."""
 
         def ready() -> tuple[GraphRequest, ...] | None:
-            found = tuple(r for r in self._requests if op_matches(op, r.op))
+            found = tuple(
+                r for r in self._requests if op_matches(op, r.op) and (where is None or where(r))
+            )
             return found if len(found) >= count else None
 
         return await self._wait(ready, timeout, f"{count} {op or 'any'} request(s)")

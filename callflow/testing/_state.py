@@ -16,6 +16,7 @@ each recorded request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import anyio
@@ -139,12 +140,14 @@ class GraphState:
         op: str | None,
         call_id: str | None,
         timeout: float,  # noqa: ASYNC109
+        where: Callable[[GraphRequest], bool] | None = None,
     ) -> tuple[GraphRequest, ...]:
-        """The requests (of ``op``, for ``call_id``) once there are ``count``; TimeoutError."""
+        """The requests (of ``op``, for ``call_id``, for which ``where`` is true) once there
+        are ``count``; TimeoutError."""
 
         def found() -> tuple[GraphRequest, ...]:
             pool = self.requests if call_id is None else self._by_call.get(call_id, [])
-            return tuple(r for r in pool if op_matches(op, r.op))
+            return tuple(r for r in pool if op_matches(op, r.op) and (where is None or where(r)))
 
         try:
             with anyio.fail_after(timeout):
@@ -156,6 +159,7 @@ class GraphState:
         except TimeoutError:
             raise TimeoutError(
                 f"FakeGraph: expected {count} {op or 'any'} request(s)"
+                f"{'' if where is None else ' matching ' + getattr(where, '__name__', 'where')}"
                 f"{'' if call_id is None else ' for call ' + call_id} within {timeout:g} s, "
                 f"got {len(found())}"
             ) from None
