@@ -50,6 +50,7 @@ from callflow.events import (
 )
 from callflow.graph.client import GraphClient
 from callflow.graph.tokens import TokenProvider
+from callflow.prompts import Say, Ssml
 from callflow.routing import CallContext, Router
 from callflow.settings import Settings
 from callflow.speech.recognition import Heard
@@ -102,8 +103,10 @@ __all__ = [
     "ResultInfo",
     "Router",
     "RunningBot",
+    "Say",
     "Settings",
     "SpeechError",
+    "Ssml",
     "Target",
     "TokenError",
     "TokenMeetingInfo",

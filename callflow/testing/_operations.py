@@ -152,6 +152,7 @@ class OperationsEngine:
                 if scope is not None:
                     scope.cancel()
                 operation.status = "dropped"
+                self._prompts.pop(operation.id, None)
 
     @property
     def _calls_url(self) -> str:
@@ -164,6 +165,7 @@ class OperationsEngine:
 
     def _finish(self, operation: FakeOperation, plan: Plan | None) -> None:
         """Decide how ``operation`` ends (status, result, reason), per ``plan``."""
+        self._prompts.pop(operation.id, None)
         op = operation.op
         if plan is not None and plan.fails:
             operation.status = "failed"
@@ -250,6 +252,7 @@ class OperationsEngine:
         scope = self._scopes.pop(operation.id, None)
         if scope is not None:
             scope.cancel()
+        self._prompts.pop(operation.id, None)
         operation.status = "failed"
         operation.result = CANCELLED
         operation.completion_reason = "operationCanceled"

@@ -168,7 +168,7 @@ async def test_speech_refusing_is_retried_while_time_remains(fake_graph: FakeGra
     assert errors == []
     assert outcome[0] == "played"
     error, took = outcome[1]  # type: ignore[misc]
-    assert isinstance(error, SpeechError) and took < 1.5
+    assert isinstance(error, SpeechError) and took < 2.0  # timeout 1 s, and a loaded machine
     assert handle.said == ["First try"]
 
 
