@@ -251,23 +251,61 @@ TABLE: Final = (
         "`json`/`console`; level; `on` shows names and numbers",
         "console on a TTY, else json; `info`; `off`",
     ),
+    (
+        "SPEECH_REGION, SPEECH_ENDPOINT",
+        "the Azure AI Speech resource (`say()`, `listen()`, `ask()`): its region (`westeurope`)"
+        " or its custom-domain base URL (`https://NAME.cognitiveservices.azure.com`, required"
+        " with `SPEECH_AUTH=entra`)",
+        "none: no speech",
+    ),
+    (
+        "SPEECH_KEY",
+        "the Speech resource's key (`SPEECH_AUTH=key`)",
+        "required with `key`",
+    ),
+    (
+        "SPEECH_AUTH",
+        "`key` (`Ocp-Apim-Subscription-Key`) or `entra` (a token for the app itself from its"
+        " secret or certificate)",
+        "`key`",
+    ),
+    (
+        "SPEECH_VOICE, SPEECH_LANGUAGE",
+        "the voice `say()` speaks with, and the language of prompts and recognition, unless told"
+        " otherwise",
+        "`en-US-JennyNeural`, `en-US`",
+    ),
+    (
+        "MEDIA_PATH",
+        "where the worker serves rendered prompts, under the origin of `CALLBACK_URL`: the"
+        " front door forwards it like the webhook path",
+        "`/api/media`",
+    ),
+    (
+        "MEDIA_SECRET",
+        "the key rendered prompts' unguessable names are made with (32+ characters)",
+        "derived from `FLEET_SECRET`, else random per process",
+    ),
+    (
+        "MEDIA_TTL, MEDIA_CACHE_MB",
+        "seconds a rendered prompt's name stays valid (at least this, at most twice); megabytes"
+        " of rendered prompts kept in memory",
+        "`3600`, `64`",
+    ),
 )
 """Every setting, once: (``CALLFLOW_`` names, comma separated; what it does; its default).
 The ``Settings`` docstring and ``docs/reference/settings-table.md`` are made from it."""
 
 
 def settings_markdown() -> str:
-    """:data:`TABLE` as the Markdown page ``docs/reference/settings-table.md``."""
+    """:data:`TABLE` as Markdown: ``docs/reference/settings-table.md`` (the settings page
+    includes it)."""
     rows = "".join(
         f"| {', '.join(f'`{n.strip()}`' for n in names.split(','))} | {what} | {default} |\n"
         for names, what, default in TABLE
     )
     return (
-        "# Settings\n\n"
-        "<!-- Generated from callflow/settings.py (TABLE) by `make settings-table`;"
-        " do not edit. -->\n\n"
-        f"Every setting is an environment variable prefixed `{PREFIX}` (`{PREFIX}APP_ID`), or a"
-        " keyword of `Settings(...)` / `Settings.from_env(**overrides)` in lower case"
-        " (`app_id=`).\n\n"
+        "<!-- Generated from callflow/_settings_table.py (TABLE) by `make settings-table`;"
+        " do not edit. docs/reference/settings.md includes it. -->\n\n"
         "| setting | what it does | default |\n|---|---|---|\n" + rows
     )

@@ -78,11 +78,14 @@ def test_the_error_reference_lists_every_error() -> None:
 
 
 def test_the_settings_page_has_one_row_per_setting() -> None:
-    """Every field of Settings is a row of docs/reference/settings.md, and every row is one."""
+    """Every field of Settings is a row of the settings page's table, and every row is one."""
+    assert (
+        '--8<-- "docs/reference/settings-table.md"' in (DOCS / "reference/settings.md").read_text()
+    )
     rows = [
         name
-        for page, table in _tables("| variable | meaning | default |")
-        if page.name == "settings.md"
+        for page, table in _tables("| setting | what it does | default |")
+        if page.name == "settings-table.md"
         for row in table
         for name in _names(row[0])
     ]
@@ -115,7 +118,7 @@ async def test_the_first_bot_decides_as_the_tutorial_says(fake_graph: FakeGraph)
         url = running.webhook_url
         calls = {
             "vip": await fake_graph.place_call(url, caller={"kind": "user", "id": vip}),
-            "phone": await fake_graph.place_call(url, kind="pstn"),
+            "phone": await fake_graph.place_call(url, kind="phone"),
             "meeting": await fake_graph.place_call(url, kind="group_meeting"),
             "stranger": await fake_graph.place_call(
                 url, caller={"kind": "user", "id": "0a0a0a0a-3333-4333-8333-000000000333"}
