@@ -364,7 +364,7 @@ class Call:
         )  # fmt: skip
         _check_timeout("recognition_timeout", recognition_timeout, optional=False)
         return await listening.listen(
-            self, self._recognizer(), spec, language=language,
+            self, _recognizer(self._control, self._port), spec, language=language,
             recognition_timeout=recognition_timeout,
         )  # fmt: skip
 
@@ -403,27 +403,10 @@ class Call:
         )  # fmt: skip
         _check_timeout("recognition_timeout", recognition_timeout, optional=False)
         return await listening.ask(
-            self, self._recognizer(), menu, spec, digits=bool(digits), language=language,
-            recognition_timeout=recognition_timeout, attempts=attempts,
+            self, _recognizer(self._control, self._port), menu, spec, digits=bool(digits),
+            language=language, recognition_timeout=recognition_timeout, attempts=attempts,
             retry_prompt=retry_prompt,
         )  # fmt: skip
-
-    def _recognizer(self) -> listening.Recognize:
-        control, port = self._control, self._port
-
-        async def recognize(audio: bytes, language: str | None, timeout: float) -> Heard:
-            recognizer = control.recognizer
-            if recognizer is None:
-                raise SpeechError(
-                    "listening needs a Speech resource: set CALLFLOW_SPEECH_REGION (or "
-                    "CALLFLOW_SPEECH_ENDPOINT) and CALLFLOW_SPEECH_KEY",
-                    setting="CALLFLOW_SPEECH_REGION",
-                )
-            return await port.run(
-                lambda: recognizer.recognize(audio, language=language, timeout=timeout)
-            )
-
-        return recognize
 
     async def collect_digits(
         self,
@@ -553,6 +536,24 @@ class Call:
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
         await self._port.run(lambda: control.simple(call_id, tenant, kind, timeout))
+
+
+def _recognizer(control: CallControl, port: IoPort) -> listening.Recognize:
+    """Recognition for ``listen``/``ask``: on the I/O loop, through the worker's Speech."""
+
+    async def recognize(audio: bytes, language: str | None, timeout: float) -> Heard:
+        recognizer = control.recognizer
+        if recognizer is None:
+            raise SpeechError(
+                "listening needs a Speech resource: set CALLFLOW_SPEECH_REGION (or "
+                "CALLFLOW_SPEECH_ENDPOINT) and CALLFLOW_SPEECH_KEY",
+                setting="CALLFLOW_SPEECH_REGION",
+            )
+        return await port.run(
+            lambda: recognizer.recognize(audio, language=language, timeout=timeout)
+        )
+
+    return recognize
 
 
 def _stop_tones(value: str | Iterable[str]) -> tuple[str, ...]:
