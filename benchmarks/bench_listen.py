@@ -91,7 +91,7 @@ async def measure(per_round: int, rounds: int) -> dict[str, list[float]]:
                 handle: CallHandle = await fake.place_call(hook)
                 await graph.decide(handle.call_id, Answer(), tenant_id=handle.tenant_id)
                 await handle.wait_delivery("established")
-                call = Calls(control, SameLoopPort()).get(handle.call_id)
+                call = Calls._open(control, SameLoopPort()).get(handle.call_id)
                 sides = (("record + download", _record_download), ("listen", _listen))
                 for round_ in range(rounds + 1):  # the first round warms up
                     for name, run in sides:

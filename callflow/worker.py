@@ -248,7 +248,7 @@ class AppServices:
         self._control = control
         self.services = services
         """The bot's own services (``Bot(services=...)``): ``ctx.services``."""
-        self.calls = Calls(control, io, services)
+        self.calls = Calls._open(control, io, services)
         """Places new calls and hands out call handles (``bot.calls``)."""
 
     def call(self, call_id: str, tenant_id: str | None = None) -> Call:

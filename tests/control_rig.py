@@ -34,7 +34,7 @@ class Rig:
         self.registry = control.registry
         self.webhook_url = webhook_url
         self.port = SameLoopPort()
-        self.calls = Calls(control, self.port)
+        self.calls = Calls._open(control, self.port)
         self.events: list[CallEvent] = []
         self.outcomes: list[tuple[str, str, float]] = []
         self.hold: anyio.Event | None = None

@@ -17,6 +17,15 @@ def test_help_of_call_shows_no_internal_constructor_parameters() -> None:
     assert "ctx.call" in head  # says where handles come from
 
 
+def test_help_of_calls_shows_no_internal_constructor_parameters() -> None:
+    text = pydoc.render_doc(callflow.Calls, renderer=pydoc.plaintext)
+    head = text.split("Methods defined here")[0]
+    for internal in ("control:", "port:", "IoPort", "CallControl"):
+        assert internal not in head
+    assert "_open" not in text
+    assert "bot.calls" in head
+
+
 def test_help_of_the_testing_kit_leads_with_what_a_bot_author_needs() -> None:
     assert callflow.testing.__all__[0] == "FakeGraph"
     doc = callflow.testing.__doc__ or ""

@@ -565,16 +565,25 @@ def _stop_tones(value: str | Iterable[str]) -> tuple[str, ...]:
 
 
 class Calls:
-    """Places new calls and hands out :class:`Call` handles (``bot.calls``).
+    """Places new calls and hands out :class:`Call` handles: ``bot.calls`` (once the bot
+    serves)."""
 
-    ``control`` is the I/O loop's :class:`~callflow.control.control.CallControl`, ``port`` the
-    :class:`IoPort` that reaches it; ``services`` (the bot's own) go with every handle.
-    """
+    _control: CallControl
+    _port: IoPort
+    _services: Any
 
-    def __init__(self, control: CallControl, port: IoPort, services: Any = None) -> None:
+    def __new__(cls) -> Calls:
+        raise TypeError("the calls of a bot are bot.calls (once it serves): not built by hand")
+
+    @classmethod
+    def _open(cls, control: CallControl, port: IoPort, services: Any = None) -> Calls:
+        """Calls reaching ``control`` (the I/O loop's) through ``port``; ``services`` (the
+        bot's own) go with every handle."""
+        self = object.__new__(cls)
         self._control = control
         self._port = port
         self._services = services
+        return self
 
     def get(self, call_id: str, *, tenant_id: str | None = None) -> Call:
         """The handle of a call the bot already holds (one it answered or created).
