@@ -20,6 +20,7 @@ from aiohttp import web
 
 from callflow.errors import SpeechError
 from callflow.speech.media import NAME, SpokenMedia
+from callflow.webhook.handler import error_response
 
 __all__ = ["media_handler"]
 
@@ -42,17 +43,27 @@ def media_handler(
         name = request.match_info.get("name", "")
         stem = name.removesuffix(_SUFFIX)
         if not name.endswith(_SUFFIX) or NAME.fullmatch(stem) is None:
-            return web.Response(status=404, text="not found")
+            return _not_found()
         if limiter.borrowed_tokens >= limiter.total_tokens:
-            return web.Response(status=503, text="busy", headers={"Retry-After": "1"})
+            return error_response(
+                503, "busy", "too many prompts are being fetched", {"Retry-After": "1"}
+            )
         async with limiter:
             try:
                 data = await media.fetch(stem)
             except (SpeechError, TimeoutError) as exc:
                 log.warning("speech.media_unavailable", error=str(exc))
-                return web.Response(status=503, text="unavailable", headers={"Retry-After": "1"})
+                return error_response(
+                    503, "unavailable", "the prompt cannot be rendered now", {"Retry-After": "1"}
+                )
         if data is None:
-            return web.Response(status=404, text="not found")
+            return _not_found()
         return web.Response(body=data, content_type="audio/wav", headers=_HEADERS)
 
     return handle
+
+
+def _not_found() -> web.Response:
+    return error_response(
+        404, "not_found", "no such prompt: not issued by this bot's fleet, or expired"
+    )

@@ -319,6 +319,9 @@ async def test_the_media_endpoint_serves_only_names_it_issued(fake_graph: FakeGr
 
             async def status(p: str) -> int:
                 async with session.get(base + p) as reply:
+                    if reply.status == 404:  # says why, as JSON, and nothing of the prompt
+                        body = await reply.json()
+                        assert body["error"]["code"] == "not_found"
                     await reply.read()
                     return reply.status
 
