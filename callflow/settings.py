@@ -321,6 +321,11 @@ class Settings:
     log_format: str | None = None
     log_level: str = "info"
     log_pii: bool = False
+    tracing: str = "off"
+    """Per-call traces: ``off`` or ``otel`` (OpenTelemetry, the ``callflow[otel]`` extra)."""
+    tracing_exporter: str = "otlp"
+    """With ``TRACING=otel`` and no tracer provider set by the application: where spans go,
+    ``otlp`` (needs ``opentelemetry-exporter-otlp-proto-http``), ``console`` or ``none``."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -488,4 +493,6 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_pii": _bool,
+    "tracing": _choice("off", "otel"),
+    "tracing_exporter": _choice("otlp", "console", "none"),
 }

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import structlog
 
+from callflow import _tracing
 from callflow.actions import Invite, JoinMeeting, PlayPrompt
 from callflow.clock import MONOTONIC
 from callflow.control.digits import DigitRequest, collect
@@ -278,6 +279,10 @@ class CallControl:
         step = _Step(call_id, kind, tenant_id, graph_deadline(timeout))
         outcome = "error"
         error: BaseException | None = None
+        span = None
+        tracing = _tracing.active
+        if tracing is not None:  # the operation's span, in its call's trace
+            span = tracing.start_operation(call_id, kind, tenant_id)
         try:
             with anyio.fail_after(timeout):
                 yield step
@@ -302,6 +307,8 @@ class CallControl:
         finally:
             if step.waiter is not None:
                 self.registry.forget(step.waiter)
+            if span is not None:
+                span.end(outcome, error)
             self._report(step, outcome, self._clock.now() - began, error)
 
     @contextlib.contextmanager

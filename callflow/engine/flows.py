@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from callflow import _tracing
 from callflow.errors import CallEndedError
 from callflow.events import CallAdopted, CallEvent, IncomingCall, canonical_call_id
 from callflow.routing import CallContext
@@ -131,7 +132,16 @@ class Flows:
                 raise RuntimeError("a flow needs a serving bot (no Graph client here)")
             opened: Call = services.call(call_id, tenant_id)
             handle = opened
-            await body(opened)
+            tracing = _tracing.active
+            if tracing is None:
+                await body(opened)
+            else:  # the flow's operations and the bot's own spans nest under this one
+                with tracing.tracer.start_as_current_span(
+                    "callflow.flow",
+                    context=tracing.call_context(call_id),
+                    attributes={"callflow.call.id": call_id, "callflow.flow.name": name},
+                ):
+                    await body(opened)
         except Exception as exc:
             if isinstance(exc, CallEndedError) and (
                 handle is None or handle.ended or _same_call(exc.call_id, call_id)
