@@ -29,7 +29,7 @@ import anyio.abc
 import structlog
 from aiohttp import web
 
-from callflow import _tracing
+import callflow._tracing as _tracing
 from callflow._runtime import use_uvloop
 from callflow.control.book import CallBook
 from callflow.control.call import Call, Calls

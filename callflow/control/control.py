@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import structlog
 
-from callflow import _tracing
+import callflow._tracing as _tracing
 from callflow.actions import Invite, JoinMeeting, PlayPrompt
 from callflow.clock import MONOTONIC
 from callflow.control.digits import DigitRequest, collect

@@ -33,7 +33,7 @@ from typing import Any, Final, Self, TypeVar
 import anyio
 import structlog
 
-from callflow import _tracing
+import callflow._tracing as _tracing
 
 __all__ = ["Inbox", "IoThread", "SameLoop"]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from callflow import _tracing
+import callflow._tracing as _tracing
 from callflow.errors import CallEndedError
 from callflow.events import CallAdopted, CallEvent, IncomingCall, canonical_call_id
 from callflow.routing import CallContext

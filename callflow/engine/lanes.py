@@ -28,7 +28,7 @@ import anyio
 import structlog
 from structlog.contextvars import bind_contextvars
 
-from callflow import _tracing
+import callflow._tracing as _tracing
 from callflow.clock import MONOTONIC, Clock
 from callflow.decisions import Decision, is_decision
 from callflow.engine.deadline import DecisionSlot, SlotState

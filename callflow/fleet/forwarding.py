@@ -30,7 +30,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from callflow import _tracing
+import callflow._tracing as _tracing
 from callflow._log import Throttle
 from callflow.events import IncomingCall
 from callflow.fleet.trust import FLEET_AUTH, FleetSigner, Forward, ForwardTargets, ReplayGuard

@@ -44,7 +44,7 @@ import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from callflow import _tracing
+import callflow._tracing as _tracing
 from callflow._hosts import is_public_address
 from callflow.errors import (
     CallGoneError,
