@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CALL_TTL",
     "EXPORTERS",
+    "Current",
     "Operation",
     "Tracing",
     "active",
@@ -197,7 +198,26 @@ class Tracing:
         )
         return Operation(self, span, self.attach(self.in_span(span)))
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- helpers ---------------------------------------------------------------------------
+
+    def current(
+        self,
+        name: str,
+        attributes: dict[str, Any] | None = None,
+        *,
+        context: Context | None = None,
+        kind: Any = None,
+    ) -> Current:
+        """A new span, current inside a ``with`` block and ended at its end (an exception
+        leaving the block marks it failed): what ``start_as_current_span`` does, for a
+        third of its cost."""
+        if kind is None:
+            span = self.tracer.start_span(name, context=context, attributes=attributes)
+        else:
+            span = self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+        return Current(self, span)
+
+    # -- more helpers -----------------------------------------------------------------------------
 
     def failed(self, span: Span, error: BaseException) -> None:
         """Mark ``span`` as failed by ``error`` (its type, and the error recorded)."""
@@ -247,6 +267,34 @@ class Tracing:
         if not self._trace.get_current_span(ctx).get_span_context().is_valid:
             return None
         return ctx
+
+
+class Current:
+    """A span made current by ``with`` and ended when the block ends (see
+    :meth:`Tracing.current`)."""
+
+    __slots__ = ("_token", "_tracing", "span")
+
+    def __init__(self, tracing: Tracing, span: Span) -> None:
+        self._tracing = tracing
+        self.span = span
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        self._token = self._tracing.attach(self._tracing.in_span(self.span))
+        return self.span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: Any
+    ) -> None:
+        tracing, span = self._tracing, self.span
+        tracing.detach(self._token)
+        if error is not None:
+            if isinstance(error, Exception):
+                tracing.failed(span, error)
+            else:  # cancelled (the deadline, a hang-up, a stop): not a failure of its own
+                span.set_attribute("callflow.outcome", "cancelled")
+        span.end()
 
 
 class Operation:

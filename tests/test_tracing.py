@@ -342,9 +342,11 @@ async def test_a_forwarded_notification_continues_the_forwarding_workers_trace(
     assert trace_of(at_a) == trace_of(at_b) == trace_of(forward)
     assert (forward.attributes or {})["http.response.status_code"] == 202
     # The observer of the update runs in the call's own trace, as a child of its span.
-    observer = spans.one("callflow.observer", **{"callflow.handler.name": "observe"})
-    assert parent_of(observer) == span_id(call)
-    assert trace_of(observer) == trace_of(call)
+    # (FakeGraph's own "established" may have been observed too: each is the same.)
+    observers = spans.named("callflow.observer")
+    assert observers and {(parent_of(o), trace_of(o)) for o in observers} == {
+        (span_id(call), trace_of(call))
+    }
 
 
 def test_a_forwarded_traceparent_is_trusted_only_with_the_fleets_signature() -> None:

@@ -136,11 +136,9 @@ class Flows:
             if tracing is None:
                 await body(opened)
             else:  # the flow's operations and the bot's own spans nest under this one
-                with tracing.tracer.start_as_current_span(
-                    "callflow.flow",
-                    context=tracing.call_context(call_id),
-                    attributes={"callflow.call.id": call_id, "callflow.flow.name": name},
-                ):
+                attributes = {"callflow.call.id": call_id, "callflow.flow.name": name}
+                context = tracing.call_context(call_id)
+                with tracing.current("callflow.flow", attributes, context=context):
                     await body(opened)
         except Exception as exc:
             if isinstance(exc, CallEndedError) and (

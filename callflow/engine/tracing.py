@@ -49,7 +49,6 @@ def traced_routes(routes: CompiledRoutes, tracing: Tracing) -> CompiledRoutes:
 def _traced(inv: _Invoker, span_name: str, tracing: Tracing) -> _Invoker:
     traced = copy.copy(inv)
     inner: Invoke = inv.call
-    tracer = tracing.tracer
     name = inv.name
 
     async def call(event: CallEvent, ctx: CallContext) -> Any:
@@ -57,7 +56,7 @@ def _traced(inv: _Invoker, span_name: str, tracing: Tracing) -> _Invoker:
         attributes = {"callflow.handler.name": name, "callflow.event": type(event).__name__}
         if event.call_id:
             attributes["callflow.call.id"] = event.call_id
-        with tracer.start_as_current_span(span_name, context=parent, attributes=attributes) as s:
+        with tracing.current(span_name, attributes, context=parent) as s:
             result = await inner(event, ctx)
             if result is not None and is_decision(result):
                 s.set_attribute("callflow.decision", result.kind)

@@ -56,7 +56,6 @@ class WebhookTracing:
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         tracing = self.tracing
-        tracer = tracing.tracer
         name = f"POST {self.path}"
         trusted = self._trusted_parent
 
@@ -72,9 +71,7 @@ class WebhookTracing:
                 "url.path": request.path,
                 "url.scheme": request.scheme,
             }
-            with tracer.start_as_current_span(
-                name, context=parent, kind=SpanKind.SERVER, attributes=attributes
-            ) as span:
+            with tracing.current(name, attributes, context=parent, kind=SpanKind.SERVER) as span:
                 response = await handler(request)
                 status = response.status
                 span.set_attribute("http.response.status_code", status)
@@ -91,12 +88,10 @@ class WebhookTracing:
 
     def parse(self, parse: Callable[[bytes], Sequence[CallEvent]]) -> Callable[..., Any]:
         """``parse`` inside a ``callflow.parse`` span (the count of notifications parsed)."""
-        tracer = self.tracing.tracer
+        tracing = self.tracing
 
         def traced(body: bytes) -> Sequence[CallEvent]:
-            with tracer.start_as_current_span(
-                "callflow.parse", attributes={"http.request.body.size": len(body)}
-            ) as span:
+            with tracing.current("callflow.parse", {"http.request.body.size": len(body)}) as span:
                 events = parse(body)
                 span.set_attribute("callflow.notifications", len(events))
                 if len(events) == 1 and events[0].call_id:
@@ -139,10 +134,10 @@ class _TracedAuth:
 
     def __init__(self, inner: Any, tracing: Tracing) -> None:
         self._inner = inner
-        self._tracer = tracing.tracer
+        self._tracing = tracing
 
     async def authenticate(self, authorization: str | None) -> Caller:
-        with self._tracer.start_as_current_span("callflow.authenticate") as span:
+        with self._tracing.current("callflow.authenticate") as span:
             caller: Caller = await self._inner.authenticate(authorization)
             if caller.tenant_id is not None:
                 span.set_attribute("callflow.tenant.id", caller.tenant_id)
