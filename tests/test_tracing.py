@@ -459,3 +459,37 @@ def test_nothing_of_opentelemetry_is_imported_while_tracing_is_off() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LOADED []" in result.stdout, result.stdout
+
+
+def test_json_log_lines_carry_the_current_spans_ids(spans: Spans) -> None:
+    """``callflow run`` with TRACING=otel: each JSON line names the current span, or else
+    the span of the call it is about; without tracing no such keys."""
+    import io
+
+    from callflow._log import configure_logging
+
+    saved = structlog.get_config()
+    out = io.StringIO()
+    try:
+        configure_logging(fmt="json", stream=out, cache=False, tracing=True)
+        tracing = _tracing.active
+        assert tracing is not None
+        with tracing.current("callflow.test") as span:
+            structlog.get_logger("t").info("inside")
+        tracing.start_call("call-1", "tenant-1", 0.0)
+        structlog.get_logger("t").info("about_a_call", call_id="call-1")
+        structlog.get_logger("t").info("about_nothing")
+        configure_logging(fmt="json", stream=out, cache=False)
+        structlog.get_logger("t").info("untraced", call_id="call-1")
+    finally:
+        structlog.configure(**saved)
+    lines = {line["event"]: line for line in map(json.loads, out.getvalue().splitlines())}
+    ctx = span.get_span_context()
+    assert lines["inside"]["trace_id"] == format(ctx.trace_id, "032x")
+    assert lines["inside"]["span_id"] == format(ctx.span_id, "016x")
+    assert tracing.ids_of("call-1") == (
+        lines["about_a_call"]["trace_id"],
+        lines["about_a_call"]["span_id"],
+    )
+    assert "trace_id" not in lines["about_nothing"]
+    assert "trace_id" not in lines["untraced"]
