@@ -464,7 +464,10 @@ def _provider(exporter: str) -> TracerProvider:
     from opentelemetry.sdk.trace import TracerProvider as SdkProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    provider = SdkProvider(resource=Resource.create({"service.name": "callflow"}))
+    resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "callflow"}))
+    provider = SdkProvider(resource=resource)
     if exporter == "none":
         return provider  # spans are made (and cost what they cost), then dropped
     if exporter == "console":
