@@ -161,9 +161,15 @@ class Tracing:
         span.end()
 
     def forget(self, call_id: str, result: object = None) -> None:
-        """``call_id`` ended: its operations are over (a ``CallBook.on_end`` hook)."""
+        """``call_id`` ended: its operations are over (a ``CallBook.on_end`` hook). A call
+        that ends before its decision was sent (the caller hung up) ends its span as
+        ``gone``."""
         with self._lock:
             self._kept.pop(call_id, None)
+            found = self._open.pop(call_id, None)
+        if found is not None:
+            found[0].set_attribute("callflow.outcome", "gone")
+            found[0].end()
 
     def call_context(self, call_id: str | None) -> Context | None:
         """The context of ``call_id``'s span (open or ended), None when unknown."""

@@ -224,6 +224,38 @@ async def test_the_caller_is_in_the_call_span_only_with_log_pii(fake_graph: Fake
     assert call.attributes["callflow.caller.name"] == NAME
 
 
+async def test_a_call_whose_caller_hangs_up_first_ends_its_span_as_gone(
+    fake_graph: FakeGraph, spans: Spans
+) -> None:
+    """The caller hangs up while the handler still thinks: the call's span ends at once,
+    ``gone``, with no decision; the handler's span says it was cancelled."""
+    bot = Bot()
+    thinking = anyio.Event()
+
+    @bot.incoming_call
+    async def slow(call: IncomingCall) -> Reject:
+        thinking.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with fake_graph.serve(bot, tracing="otel") as running:
+        handle = await fake_graph.place_call(running.webhook_url)
+        with anyio.fail_after(GUARD):
+            await thinking.wait()
+        await fake_graph.end_call(handle.call_id)
+        await spans.wait_for(lambda: bool(spans.named("callflow.call")))
+        await spans.wait_for(lambda: bool(spans.named("callflow.handler")))
+
+    call = spans.one("callflow.call")
+    assert call.attributes is not None
+    assert call.attributes["callflow.outcome"] == "gone"
+    assert "callflow.decision" not in call.attributes
+    handler = spans.one("callflow.handler")
+    assert (handler.attributes or {})["callflow.outcome"] == "cancelled"
+    assert parent_of(handler) == span_id(call)
+    assert handle.decisions == ()
+
+
 async def test_an_operation_after_the_answer_is_a_span_of_the_calls_trace(
     fake_graph: FakeGraph, spans: Spans
 ) -> None:
