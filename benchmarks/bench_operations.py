@@ -294,9 +294,7 @@ class CallflowSide:
         callflow but the hop between the loops."""
         call = self.call
         assert call is not None, "run a flow round first"
-        direct = Call(
-            call.call_id, control=call._control, port=SameLoopPort(), tenant_id=call.tenant_id
-        )
+        direct = Call._open(call.call_id, call._control, SameLoopPort(), call.tenant_id)
 
         async def play() -> None:
             await direct.play(PROMPT, timeout=OP_TIMEOUT)

@@ -363,7 +363,7 @@ def render(results: dict[str, Any], plan: Plan, previous: str, png: str | None) 
 
     uv = results.get("closed", {}).get("uvloop", {})
     if uv:
-        w("## On uvloop (`callflow[speed]`), same load")
+        w("## On uvloop (`callflow-graph[speed]`), same load")
         w("")
         w("| c | variant | p50 ms | p99 ms | max ms | decisions/s | bot CPU s / 1000 |")
         w("|---|---|---|---|---|---|---|")

@@ -1,6 +1,6 @@
 """callflow: Microsoft Graph calling bots that always decide in time.
 
-The names a bot author uses are importable from here (README's "API at a glance" lists
+The names a bot author uses are importable from here (the docs' "API at a glance" lists
 them, and a test keeps the two in step). The testing kit is :mod:`callflow.testing`; every
 error class is also in :mod:`callflow.errors`.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from callflow.bot import Bot, RunningBot
 from callflow.control.call import Call, Calls, Recording
+from callflow.control.listening import Choice, Reply
 from callflow.decisions import Answer, Decision, MediaPrompt, Redirect, Reject, RejectReason, Target
 from callflow.errors import (
     ActionError,
@@ -25,6 +26,7 @@ from callflow.errors import (
     OperationTimeoutError,
     RecordingTooLargeError,
     RegistrationError,
+    SpeechError,
     TokenError,
     TransferError,
 )
@@ -48,8 +50,13 @@ from callflow.events import (
 )
 from callflow.graph.client import GraphClient
 from callflow.graph.tokens import TokenProvider
+from callflow.prompts import Say, Ssml
 from callflow.routing import CallContext, Router
 from callflow.settings import Settings
+from callflow.speech.recognition import Heard
+
+__version__ = "0.1.0"
+"""The release (the one place it is written: the build and ``callflow --version`` read it)."""
 
 __all__ = [
     "ActionError",
@@ -66,12 +73,14 @@ __all__ = [
     "Calls",
     "CallflowError",
     "ChatInfo",
+    "Choice",
     "ConfigError",
     "Decision",
     "DecisionError",
     "GraphClient",
     "GraphError",
     "GraphResponseError",
+    "Heard",
     "Identity",
     "IncomingCall",
     "IncomingContext",
@@ -90,10 +99,14 @@ __all__ = [
     "RegistrationError",
     "Reject",
     "RejectReason",
+    "Reply",
     "ResultInfo",
     "Router",
     "RunningBot",
+    "Say",
     "Settings",
+    "SpeechError",
+    "Ssml",
     "Target",
     "TokenError",
     "TokenMeetingInfo",

@@ -4,17 +4,24 @@ Only the CLI calls :func:`configure_logging`; a bot embedded in another program 
 program's logging. Personal data (display names, phone numbers) is masked unless
 ``LOG_PII=on``: the values of name and number keys, and any E.164-looking number (``+`` and
 8 to 15 digits) anywhere in a rendered line (an exception message, say). Anything that looks
-like a credential is always redacted: the value of a credential-like key, and a bearer token
-or a JWT anywhere in a rendered line. Tracebacks never show local variables (a frame's
-locals hold request headers, tokens and callers' numbers). On the console, control
-characters in values (a caller's display name, a message Graph sent) are escaped, so that
-no value can move the cursor, restyle the terminal or start a line of its own.
+like a credential is always redacted: the value of a credential-like key, a bearer token
+or a JWT anywhere in a rendered line, and the exact value of a secret the worker was given
+(:func:`redact_values`, the app and fleet secrets) anywhere in a line, when it is at least
+:data:`MIN_SECRET_LENGTH` characters long: a shorter one (a placeholder such as ``s``) is
+only redacted as the value of its key, never as a piece of other text. Tracebacks never
+show local variables (a frame's locals hold request headers, tokens and callers' numbers).
+On the console, control characters in values (a caller's display name, a message Graph
+sent) are escaped, so that no value can move the cursor, restyle the terminal or start a
+line of its own.
 
 Every call logs a ``call.decided`` line, so the JSON format renders each line in one
 processor (:class:`JsonLines`) that does what structlog's ``merge_contextvars``,
-``add_log_level``, ``TimeStamper(fmt="iso", utc=True)``, :func:`redact_secrets`,
-:func:`mask_pii`, ``dict_tracebacks`` and ``JSONRenderer`` would do one after the other,
-with the same result at a fraction of the cost.
+``add_log_level``, :func:`add_timestamp`, :func:`redact_secrets`, :func:`mask_pii`,
+``dict_tracebacks`` and ``JSONRenderer`` would do one after the other, with the same result
+at a fraction of the cost. Both formats stamp lines the same way: UTC, ISO 8601, with
+milliseconds and the zone (``2026-12-07T16:42:43.123Z``).
+
+Runs on whichever thread logs (both loops): the processors keep no per-call state.
 """
 
 from __future__ import annotations
@@ -40,16 +47,22 @@ from structlog.tracebacks import ExceptionDictTransformer
 from callflow.events import mask_phone
 
 __all__ = [
+    "MIN_SECRET_LENGTH",
     "JsonLines",
     "LineWriter",
     "Throttle",
+    "add_timestamp",
     "configure_logging",
     "dict_tracebacks",
     "escape_controls",
     "mask_numbers",
     "mask_pii",
+    "pii_allowed",
     "redact_secrets",
+    "redact_value",
+    "redact_values",
     "scrub_tokens",
+    "timestamp",
 ]
 
 _SECRET_KEYS: Final = frozenset({"authorization", "api_key", "apikey", "private_key"})
@@ -76,11 +89,50 @@ dict_tracebacks: Final = ExceptionRenderer(ExceptionDictTransformer(show_locals=
 """structlog's ``dict_tracebacks`` without local variables."""
 
 
+MIN_SECRET_LENGTH: Final = 8
+"""Characters a secret needs before its value is redacted inside other text: a shorter one
+(``APP_SECRET=s``, a placeholder) would turn every ``s`` of every line into ``[redacted]``."""
+
+_secret_values: tuple[str, ...] = ()
+"""The secrets of this process (:func:`redact_values`) redacted wherever they appear."""
+
+
+def redact_value(text: str, secret: str | None) -> str:
+    """``text`` with each occurrence of ``secret`` replaced by ``[redacted]``, when the secret
+    is at least :data:`MIN_SECRET_LENGTH` characters long (a shorter one is left: it would
+    match pieces of ordinary words)."""
+    if not secret or len(secret) < MIN_SECRET_LENGTH or secret not in text:
+        return text
+    return text.replace(secret, "[redacted]")
+
+
+def redact_values(*secrets: str | None) -> None:
+    """Redact the exact values ``secrets`` (the app secret, the fleet secret) in every log
+    line from now on, wherever they appear; those shorter than :data:`MIN_SECRET_LENGTH`
+    (or None) are left out."""
+    global _secret_values
+    kept = [s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH]
+    _secret_values = tuple(dict.fromkeys((*_secret_values, *kept)))
+
+
 def scrub_tokens(text: str) -> str:
-    """``text`` with bearer tokens and JWTs replaced by ``[redacted]``."""
+    """``text`` with bearer tokens, JWTs and the secrets of :func:`redact_values` replaced by
+    ``[redacted]``."""
+    for secret in _secret_values:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
     if "eyJ" not in text and "earer" not in text and "EARER" not in text:
         return text
     return _TOKEN_TEXT.sub("[redacted]", text)
+
+
+_pii_allowed = False
+
+
+def pii_allowed() -> bool:
+    """True when personal data may be logged as it is (``LOG_PII=on``, see
+    :func:`configure_logging`): code that would log what a caller typed asks this first."""
+    return _pii_allowed
 
 
 _NUMBER_TEXT: Final = re.compile(r"\+\d{8,15}(?!\d)")
@@ -290,16 +342,23 @@ def _merge_context(logger: Any, method_name: str, event: MutableMapping[str, Any
 _stamped: tuple[int, str] = (-1, "")
 
 
-def _timestamp() -> str:
-    """Now in UTC as ``TimeStamper(fmt="iso", utc=True)`` writes it (microseconds, ``Z``)."""
+def timestamp() -> str:
+    """Now in UTC, ISO 8601 with milliseconds and the zone: ``2026-12-07T16:42:43.123Z``
+    (the one format of every log line, JSON or console)."""
     global _stamped
     seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
     second, prefix = _stamped
     if second != seconds:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _stamped = (seconds, prefix)
-    micros = nanos // 1000
-    return f"{prefix}.{micros:06d}Z" if micros else prefix + "Z"
+    return f"{prefix}.{nanos // 1_000_000:03d}Z"
+
+
+def add_timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Stamp ``event`` with :func:`timestamp` (the console's processor; JSON lines do the
+    same in :class:`JsonLines`)."""
+    event["timestamp"] = timestamp()
+    return event
 
 
 def _fallback(value: Any) -> Any:
@@ -336,7 +395,7 @@ class JsonLines:
     """Render an event as one JSON line, context variables, level and UTC time included.
 
     The same line (keys and values) that this chain gives: ``merge_contextvars``,
-    ``add_log_level``, ``TimeStamper(fmt="iso", utc=True)``, :func:`redact_secrets`,
+    ``add_log_level``, :func:`add_timestamp`, :func:`redact_secrets`,
     :func:`mask_pii` (unless ``pii``), :data:`dict_tracebacks` (no local variables),
     ``JSONRenderer()``, :func:`scrub_tokens` and :func:`mask_numbers` (unless ``pii``).
     """
@@ -350,7 +409,7 @@ class JsonLines:
         """Render ``event`` (a structlog processor, the last of the chain)."""
         _merge_context(logger, method_name, event)
         event["level"] = _LEVELS.get(method_name, method_name)
-        event["timestamp"] = _timestamp()
+        event["timestamp"] = timestamp()
         special: list[tuple[Any, int]] | None = None
         kinds = _kinds
         for key in event:
@@ -468,8 +527,10 @@ def configure_logging(
     every line (or those of the call the line is about). ``cache`` keeps each logger as
     first built, which saves work on every log call but ties it to this configuration for
     good; pass ``cache=False`` when logging may be configured again in the same process
-    (short commands, tests).
+    (short commands, tests). ``pii`` also tells :func:`pii_allowed`.
     """
+    global _pii_allowed
+    _pii_allowed = pii
     out = sys.stderr if stream is None else stream
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
@@ -480,7 +541,7 @@ def configure_logging(
         processors = [
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_timestamp,
             redact_secrets,
         ]
         if not pii:

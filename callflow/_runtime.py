@@ -51,7 +51,7 @@ def use_uvloop(choice: str) -> bool:
     installed = importlib.util.find_spec("uvloop") is not None
     if choice == "uvloop" and not installed:
         raise ConfigError(
-            "CALLFLOW_LOOP=uvloop but uvloop is not installed: pip install 'callflow[speed]' "
-            "(or set CALLFLOW_LOOP=auto)"
+            "CALLFLOW_LOOP=uvloop but uvloop is not installed: "
+            "pip install 'callflow-graph[speed]' (or set CALLFLOW_LOOP=auto)"
         )
     return installed if choice == "auto" else choice == "uvloop"

@@ -48,6 +48,7 @@ __all__ = [
     "from_settings",
     "tracing_for",
     "http_trace_configs",
+    "operation",
     "safe_url",
 ]
 
@@ -325,6 +326,27 @@ class Operation:
 
             span.set_status(Status(StatusCode.ERROR, outcome))
         span.end()
+
+
+class _NoOperation:
+    """What :func:`operation` gives while tracing is off: ending it does nothing."""
+
+    __slots__ = ()
+
+    def end(self, outcome: str, error: BaseException | None) -> None:
+        """Nothing to end."""
+
+
+_NO_OPERATION: Final = _NoOperation()
+
+
+def operation(call_id: str, kind: str, tenant_id: str | None) -> Operation | _NoOperation:
+    """The span of one operation on ``call_id`` (see :meth:`Tracing.start_operation`), or
+    while tracing is off a stand-in whose ``end`` does nothing."""
+    tracing = active
+    if tracing is None:
+        return _NO_OPERATION
+    return tracing.start_operation(call_id, kind, tenant_id)
 
 
 def safe_url(url: URL) -> str:

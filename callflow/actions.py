@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
-from callflow.decisions import MediaPrompt, Target
+from callflow.decisions import MediaPrompt, Prompt, Target
 from callflow.errors import ActionError
 from callflow.events import TONES
 
@@ -40,6 +40,7 @@ __all__ = [
     "UpdateRecordingStatus",
     "context_body",
     "parse_join_url",
+    "prompt_names",
 ]
 
 MAX_CLIENT_CONTEXT: Final = 256
@@ -130,7 +131,12 @@ def _flag(field: str, value: object) -> None:
         raise ActionError(f"{field} must be True or False, got {value!r}")
 
 
-def _prompt_json(prompt: MediaPrompt) -> dict[str, Any]:
+def _prompt_json(prompt: Prompt) -> dict[str, Any]:
+    if not isinstance(prompt, MediaPrompt):
+        raise ActionError(
+            "a Say or Ssml prompt must be rendered before the request is sent (it is, through "
+            "call.play; set CALLFLOW_SPEECH_REGION or CALLFLOW_SPEECH_ENDPOINT)"
+        )
     return {"@odata.type": _MEDIA_PROMPT, "mediaInfo": prompt.to_graph()}
 
 
@@ -177,15 +183,27 @@ def _callback(own: str | None, default: str | None, what: str) -> str:
 # --- actions on a call ---------------------------------------------------------------------
 
 
-def _to_prompts(value: MediaPrompt | Iterable[MediaPrompt]) -> tuple[MediaPrompt, ...]:
-    return _tuple(value, MediaPrompt, "PlayPrompt.prompts", "MediaPrompt")
+def _to_prompts(value: Prompt | Iterable[Prompt]) -> tuple[Prompt, ...]:
+    return _tuple(value, Prompt, "PlayPrompt.prompts", "MediaPrompt, Say or Ssml")  # type: ignore[arg-type]
 
 
-def _check_prompts(instance: PlayPrompt, attribute: Any, value: tuple[MediaPrompt, ...]) -> None:
+def _check_prompts(instance: PlayPrompt, attribute: Any, value: tuple[Prompt, ...]) -> None:
     if not 1 <= len(value) <= _MAX_PROMPTS:
         raise ActionError(
             f"PlayPrompt.prompts must hold 1 to {_MAX_PROMPTS} prompts, got {len(value)}"
         )
+
+
+def prompt_names(prompts: Iterable[Prompt]) -> tuple[str, ...]:
+    """How log lines name prompts: each one's ``resource_id``, else its URI's file name; a
+    spoken prompt is ``say`` or ``ssml`` (its text can be personal: never logged)."""
+    return tuple(_prompt_name(p) for p in prompts)
+
+
+def _prompt_name(p: Prompt) -> str:
+    if not isinstance(p, MediaPrompt):
+        return type(p).__name__.lower()
+    return p.resource_id or p.uri.rsplit("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 @attrs.frozen
@@ -198,7 +216,7 @@ class PlayPrompt:
 
     action: ClassVar[str] = "playPrompt"
 
-    prompts: tuple[MediaPrompt, ...] = attrs.field(converter=_to_prompts, validator=_check_prompts)
+    prompts: tuple[Prompt, ...] = attrs.field(converter=_to_prompts, validator=_check_prompts)
 
     def to_graph(self, client_context: str) -> dict[str, Any]:
         """Render the body of ``POST /communications/calls/{id}/playPrompt``."""
@@ -216,8 +234,10 @@ def _to_stop_tones(value: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def _check_optional_prompt(instance: object, attribute: Any, value: object) -> None:
-    if value is not None and not isinstance(value, MediaPrompt):
-        raise ActionError(f"RecordResponse.prompt must be a MediaPrompt or None, got {value!r}")
+    if value is not None and not isinstance(value, Prompt):
+        raise ActionError(
+            f"RecordResponse.prompt must be a MediaPrompt, Say, Ssml or None, got {value!r}"
+        )
 
 
 @attrs.frozen
@@ -232,7 +252,7 @@ class RecordResponse:
 
     action: ClassVar[str] = "recordResponse"
 
-    prompt: MediaPrompt | None = attrs.field(default=None, validator=_check_optional_prompt)
+    prompt: Prompt | None = attrs.field(default=None, validator=_check_optional_prompt)
     barge_in_allowed: bool = False
     initial_silence_timeout: int = 5
     max_silence_timeout: int = 5

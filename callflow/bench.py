@@ -4,9 +4,11 @@ Serves the bot against the embedded :class:`~callflow.testing.FakeGraph` (real m
 TLS, signed notifications, inbound JWT validation on), places ``calls`` calls of one kind,
 ``concurrency`` at a time (each worker places its next call once the previous one is
 decided), and reports the latency from *notification sent* to *decision received by Graph*
-(p50, p90, p99, max). A few warm-up calls come first and are not counted. Everything runs
-in one process on loopback, so the figures include the fake's own work: compare bots and
-versions with it, and use ``benchmarks/`` for figures against a bare webhook.
+(p50, p90, p99, max), and which handler decided the measured calls (``default`` when none
+did and the default decision went). A few warm-up calls come first and are not counted.
+Everything runs in one process on loopback, so the figures include the fake's own work:
+compare bots and versions with it, and use ``benchmarks/`` for figures against a bare
+webhook. Runs on the caller's loop; the bot's I/O loop is a thread of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
 import attrs
@@ -24,7 +26,9 @@ from callflow.errors import CallflowError
 
 if TYPE_CHECKING:
     from callflow.bot import Bot
+    from callflow.engine.deadline import DecisionSlot
     from callflow.testing import FakeGraph
+    from callflow.testing._payloads import CallKind
 
 __all__ = ["BenchReport", "bench_bot", "percentile"]
 
@@ -49,7 +53,9 @@ class BenchReport:
 
     ``latencies_ms`` are sorted; ``decisions`` counts the accepted decisions by operation
     (``answer``, ``reject``, ``redirect``); ``undecided`` is how many calls got no accepted
-    decision before the platform timeout; ``seconds`` is the length of the measured part.
+    decision before the platform timeout; ``seconds`` is the length of the measured part;
+    ``decided_by`` counts the accepted decisions by who decided and what:
+    ``(handler, operation, count)``, the handler ``default`` when no handler decided.
     """
 
     target: str
@@ -60,6 +66,7 @@ class BenchReport:
     decisions: tuple[tuple[str, int], ...]
     undecided: int
     seconds: float
+    decided_by: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def p50(self) -> float:
@@ -94,6 +101,12 @@ class BenchReport:
             f"decisions: {decided}; undecided: {self.undecided}; "
             f"{rate:.0f} decisions/s over {self.seconds:.2f} s",
         ]
+        if self.decided_by:
+            who = ", ".join(
+                f"{'the default decision' if by == 'default' else by} ({op}) {count}"
+                for by, op, count in self.decided_by
+            )
+            lines.append(f"decided by: {who}")
         return "\n".join(lines)
 
 
@@ -130,17 +143,25 @@ async def bench_bot(
 
     latencies: list[float] = []
     ops: dict[str, int] = {}
+    measured: dict[str, str] = {}  # call id -> operation accepted by the fake
+    deciders: dict[str, str] = {}  # call id -> who decided (filled on the bot's I/O loop)
     undecided = 0
+
+    def on_decided(slot: DecisionSlot, error: BaseException | None) -> None:
+        if error is None:
+            deciders[slot.call_id] = slot.decided_by or "?"
+
     async with contextlib.AsyncExitStack() as stack:
         if fake is None:
             fake = await stack.enter_async_context(FakeGraph(follow_up=False))
         graph = fake
-        running = await stack.enter_async_context(graph.serve(bot))
+        bot.configure(graph.settings())  # a Bot that has served already says so here
+        running = await stack.enter_async_context(bot.serve(on_decided=on_decided))
         wait = graph.platform_timeout + 1.0
 
         async def one(record: bool) -> None:
             nonlocal undecided
-            call = await graph.place_call(running.webhook_url, kind=kind)
+            call = await graph.place_call(running.webhook_url, kind=cast("CallKind", kind))
             try:
                 decision = await call.decision(timeout=wait)
             except TimeoutError:
@@ -150,6 +171,7 @@ async def bench_bot(
             if record:
                 latencies.append((decision.at - call.placed_at) * 1000.0)
                 ops[decision.op] = ops.get(decision.op, 0) + 1
+                measured[call.call_id] = decision.op
 
         for _ in range(warmup):
             await one(False)
@@ -166,6 +188,11 @@ async def bench_bot(
             for _ in range(min(concurrency, calls)):
                 tg.start_soon(worker)
         seconds = time.monotonic() - started
+    # The bot has stopped: every decision it sent has been reported to on_decided.
+    by: dict[tuple[str, str], int] = {}
+    for call_id, op in measured.items():
+        key = (deciders.get(call_id, "?"), op)
+        by[key] = by.get(key, 0) + 1
     return BenchReport(
         target=target,
         kind=kind,
@@ -175,4 +202,5 @@ async def bench_bot(
         decisions=tuple(sorted(ops.items())),
         undecided=undecided,
         seconds=seconds,
+        decided_by=tuple((who, op, count) for (who, op), count in sorted(by.items())),
     )

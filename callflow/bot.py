@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
 
 import anyio
 import structlog
@@ -13,14 +13,15 @@ import structlog
 from callflow.decisions import Reject, RejectReason
 from callflow.engine.core import Engine
 from callflow.engine.limits import Limits
-from callflow.errors import CallflowError
-from callflow.routing import Router
+from callflow.errors import CallflowError, RegistrationError
+from callflow.routing import Router, S
 from callflow.settings import Settings
 from callflow.worker import RunningBot, serve
 
 if TYPE_CHECKING:
     from callflow.control.call import Calls
     from callflow.engine.deadline import DecisionSink, DecisionSlot
+    from callflow.engine.lanes import Failure
     from callflow.graph.tokens import TokenProvider
 
 __all__ = ["Bot", "RunningBot"]
@@ -28,17 +29,40 @@ __all__ = ["Bot", "RunningBot"]
 log = structlog.get_logger(__name__)
 
 
-class Bot(Router):
+class Bot(Router, Generic[S]):
     """A calling bot: register handlers on it, then run it.
 
     ``Bot()`` reads its settings from ``CALLFLOW_*`` environment variables when it starts
     (not when it is created, so a module that defines a bot imports without any settings).
+
+    ``services`` is the bot's own things its handlers and flows need (a clock, a database, a
+    directory client): any object, handed to them as ``ctx.services`` and ``call.services``.
+    ``Bot(services=Clinic(...))`` is a ``Bot[Clinic]``; annotate ``ctx: CallContext[Clinic]``
+    to have ``ctx.services`` typed. Tests hand in fakes: ``fake.serve(bot, services=...)``.
     """
 
-    def __init__(self, settings: Settings | None = None, *, name: str = "bot") -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        name: str = "bot",
+        services: S = None,  # type: ignore[assignment]  # no services: a Bot[Any] with None
+    ) -> None:
         super().__init__(name)
         self._settings = settings
+        self._services: S = services
         self._calls: Calls | None = None
+        self._served = False
+
+    @property
+    def services(self) -> S:
+        """The bot's own services (``Bot(services=...)``), as handlers see them."""
+        return self._services
+
+    @services.setter
+    def services(self, services: S) -> None:
+        self._check_open("services")
+        self._services = services
 
     @property
     def calls(self) -> Calls:
@@ -58,8 +82,23 @@ class Bot(Router):
             self._settings = Settings.from_env()
         return self._settings
 
+    @property
+    def served(self) -> bool:
+        """True once the bot has started serving: a Bot serves once."""
+        return self._served
+
+    def check_not_served(self) -> None:
+        """Raise :class:`~callflow.errors.RegistrationError` if the bot has served already."""
+        if self._served:
+            raise RegistrationError(
+                f"Bot {self.name!r} is being served twice: a Bot serves once. Build a new Bot "
+                "for each serve() (one per test; for a worker, a factory function run with "
+                "`callflow run module:factory --factory`)"
+            )
+
     def configure(self, settings: Settings) -> None:
         """Replace the bot's settings (before it starts)."""
+        self.check_not_served()
         self._check_open("settings")
         self._settings = settings
 
@@ -90,6 +129,7 @@ class Bot(Router):
         port: int | None = None,
         tokens: TokenProvider | None = None,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+        on_failure: Callable[[Failure], None] | None = None,
     ) -> AsyncIterator[RunningBot]:
         """Start the bot: token, inbound keys, engine, then the webhook; stop it on exit.
 
@@ -97,12 +137,20 @@ class Bot(Router):
         I/O event loop in a thread of their own; handlers, observers, middleware and error
         hooks run on the loop that enters this block. ``tokens`` replaces the msal token
         provider built from the settings (tests, or a custom credential);
-        ``on_decided(slot, error)`` is told of every decision sent (on the I/O loop).
+        ``on_decided(slot, error)`` is told of every decision sent (on the I/O loop);
+        ``on_failure(failure)`` of every failure of the bot's own code (a handler that
+        raised or returned something that is not a decision, an observer, a flow or an
+        error hook that raised; on the app loop).
         Readiness turns true once everything is started. Leaving the block drains: pending
         calls keep deciding until their deadlines (bounded by ``DRAIN_TIMEOUT``), the rest
-        get the default decision, then sessions close.
+        get the default decision, then sessions close. A Bot serves once: serving it again
+        raises :class:`~callflow.errors.RegistrationError`.
         """
-        async with serve(self, host=host, port=port, tokens=tokens, on_decided=on_decided) as r:
+        self.check_not_served()
+        self._served = True
+        async with serve(
+            self, host=host, port=port, tokens=tokens, on_decided=on_decided, on_failure=on_failure
+        ) as r:
             yield r
 
     def run(self, *, host: str | None = None, port: int | None = None) -> None:

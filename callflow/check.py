@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from callflow.errors import CallflowError, ConfigError, InboundAuthError, TokenError
+from callflow.errors import CallflowError, ConfigError, InboundAuthError, SpeechError, TokenError
 from callflow.settings import PREFIX, Settings
 
 __all__ = ["run_checks", "settings_for_run"]
@@ -96,5 +97,43 @@ async def run_checks(environ: dict[str, str] | None = None, out: TextIO | None =
             report(False, f"inbound keys from {settings.openid_config_url}", str(exc))
         else:
             report(True, f"inbound keys from {settings.openid_config_url}", f"{keys} keys")
+    if settings.speech_configured:
+        what, detail = await _check_speech(settings)
+        report(detail.startswith("voice "), what, detail)
     print("all checks passed" if not failed else f"{failed} check(s) failed", file=stream)
     return 1 if failed else 0
+
+
+async def _check_speech(settings: Settings) -> tuple[str, str]:
+    """Speech: reachable, credentials accepted, the default voice offered."""
+    from callflow.graph.tokens import MsalTokenProvider
+    from callflow.speech.config import SPEECH_SCOPE, SpeechConfig
+    from callflow.speech.tts import SpeechClient
+
+    async with contextlib.AsyncExitStack() as stack:
+        token = None
+        if settings.speech_auth == "entra" and settings.app_id:
+            provider = MsalTokenProvider(
+                client_id=settings.app_id,
+                client_secret=settings.app_secret,
+                certificate_path=settings.certificate_path,
+                certificate_thumbprint=settings.certificate_thumbprint,
+                tenant_id=settings.tenant_id,
+                authority_url=settings.authority_url,
+                scopes=(SPEECH_SCOPE,),
+                ca_bundle=settings.ca_bundle,
+            )
+            try:
+                token = (await stack.enter_async_context(provider)).get_token
+            except (TokenError, ConfigError) as exc:
+                return "Speech token (CALLFLOW_SPEECH_AUTH=entra)", str(exc)
+        config = SpeechConfig.from_settings(settings, token=token)
+        assert config is not None
+        what = f"Speech at {config.voices_url}"
+        try:
+            async with SpeechClient(config) as client:
+                await client.check(config.voice)
+        except SpeechError as exc:
+            return what, str(exc)
+        return what, f"voice {config.voice} offered, credentials accepted"
+    raise AssertionError("unreachable")  # pragma: no cover

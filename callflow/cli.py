@@ -1,29 +1,48 @@
-"""The ``callflow`` command: ``run`` a bot as a worker, ``demo``, ``check`` the settings."""
+"""The ``callflow`` command: ``run`` a bot as a worker, ``demo``, ``check`` the settings.
+
+Runs on the caller's thread; ``run`` and ``bench`` import the bot's module (the current
+directory first on the path, as uvicorn does) and start event loops of their own.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from callflow import __version__
 from callflow.errors import CallflowError, ConfigError
 
-__all__ = ["load_bot", "main"]
-
-
-def load_bot(target: str) -> Any:
-    """Import ``module:attr`` (the current directory first on the path, as uvicorn does)."""
+if TYPE_CHECKING:
     from callflow.bot import Bot
 
+__all__ = ["DEFAULT_ATTRIBUTE", "load_bot", "main"]
+
+DEFAULT_ATTRIBUTE = "bot"
+"""The attribute ``callflow run mybot`` loads: ``mybot:bot``, as uvicorn's ``:app``."""
+
+
+def load_bot(target: str, *, factory: bool = False) -> Bot:
+    """Import ``module:attr`` (``module`` alone means ``module:bot``) and return its Bot.
+
+    The current directory comes first on the path, as with uvicorn. With ``factory`` the
+    attribute is a zero-argument callable returning a new Bot, called once here. Every
+    mistake raises :class:`~callflow.errors.CallflowError` saying what to write instead.
+    """
     module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
+    if not sep:
+        attr = DEFAULT_ATTRIBUTE
+    if not module_name or not attr:
         raise CallflowError(f"expected module:attribute (e.g. mybot:bot), got {target!r}")
+    _refuse_a_file(module_name, attr)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -35,14 +54,107 @@ def load_bot(target: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise CallflowError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(obj, Bot):
-        raise CallflowError(f"{target} is a {type(obj).__name__}, expected a callflow.Bot")
-    return obj
+            default = "" if sep else " (the default when no :attribute is given)"
+            raise CallflowError(
+                f"module {module_name!r} has no attribute {attr!r}{default}"
+                + _did_you_mean(obj, part, factory)
+            ) from None
+    return _made(obj, target) if factory else _checked(obj, target)
+
+
+def _refuse_a_file(module_name: str, attr: str) -> None:
+    """``mybot.py:bot`` or ``bots/mybot:bot``: say that a module path is wanted."""
+    stem = module_name.removesuffix(".py")
+    if stem == module_name and "/" not in module_name and os.sep not in module_name:
+        return
+    dotted = stem.replace(os.sep, ".").replace("/", ".").strip(".")
+    raise CallflowError(
+        f"{module_name!r} is a file; expected a module path, not a file: "
+        f"{dotted}:{attr} (run from the directory that holds the package or module)"
+    )
+
+
+def _did_you_mean(obj: Any, name: str, factory: bool) -> str:
+    """``; did you mean "bot"?`` over the Bots (or, for a factory, the functions) of ``obj``;
+    their list when none is close; else the closest other attribute that is no class or
+    module (ignoring case throughout)."""
+    from callflow.bot import Bot
+
+    values = {n: getattr(obj, n, None) for n in dir(obj) if not n.startswith("__")}
+    wanted = [
+        n for n, v in values.items() if (inspect.isfunction(v) if factory else isinstance(v, Bot))
+    ]
+    others = [n for n, v in values.items() if not (inspect.ismodule(v) or isinstance(v, type))]
+    close = _closest(name, wanted) or (None if wanted else _closest(name, others))
+    if close:
+        return f'; did you mean "{close}"?'
+    if wanted:
+        what = "functions" if factory else "Bots"
+        return f"; its {what}: " + ", ".join(f'"{n}"' for n in sorted(wanted))
+    return ""
+
+
+def _closest(name: str, candidates: list[str]) -> str | None:
+    by_lower = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), by_lower, n=1)
+    return by_lower[close[0]] if close else None
+
+
+def _checked(obj: Any, target: str) -> Bot:
+    from callflow.bot import Bot
+
+    if isinstance(obj, Bot):
+        return obj
+    hint = ""
+    if callable(obj) and not isinstance(obj, type):
+        hint = " (if it builds one, add --factory)"
+    raise CallflowError(f"{target} is a {type(obj).__name__}, expected a callflow.Bot{hint}")
+
+
+def _made(obj: Any, target: str) -> Bot:
+    """Call the factory ``obj`` with no arguments; its result must be a Bot."""
+    from callflow.bot import Bot
+
+    if isinstance(obj, Bot):
+        raise CallflowError(f"{target} is a Bot already, not a factory: drop --factory")
+    if not callable(obj):
+        raise CallflowError(
+            f"{target} is a {type(obj).__name__}, not callable: --factory expects a "
+            "zero-argument function returning a callflow.Bot"
+        )
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        signature = None
+    if signature is not None:
+        required = [
+            p.name
+            for p in signature.parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if required:
+            raise CallflowError(
+                f"{target} takes arguments ({', '.join(required)}): --factory calls it with "
+                "none; give them defaults or wrap it in a zero-argument function"
+            )
+    made = obj()
+    if inspect.isawaitable(made):
+        if inspect.iscoroutine(made):
+            made.close()
+        raise CallflowError(
+            f"{target}() returned an awaitable: --factory expects a plain (not async) function "
+            "returning a callflow.Bot"
+        )
+    if not isinstance(made, Bot):
+        raise CallflowError(
+            f"{target}() returned a {type(made).__name__}, expected a callflow.Bot "
+            "(--factory calls the attribute and serves what it returns)"
+        )
+    return made
 
 
 def _backend_options(loop: str = "auto") -> dict[str, Any]:
-    """uvloop for ``LOOP=uvloop``, or ``auto`` when it is installed (``callflow[speed]``)."""
+    """uvloop for ``LOOP=uvloop``, or ``auto`` when it is installed (``callflow-graph[speed]``)."""
     from callflow._runtime import use_uvloop
 
     return {"use_uvloop": True} if use_uvloop(loop) else {}
@@ -60,7 +172,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pii=settings.log_pii,
         tracing=settings.tracing != "off",
     )
-    bot = load_bot(args.target)
+    bot = load_bot(args.target, factory=args.factory)
     bot.configure(settings)
     options = _backend_options(settings.loop)
     tune_worker(settings)
@@ -99,7 +211,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from callflow.bench import bench_bot
 
     configure_logging(fmt="console", level=args.log_level, stream=sys.stderr, cache=False)
-    bot = load_bot(args.target)
+    bot = load_bot(args.target, factory=args.factory)
     report = anyio.run(
         lambda: bench_bot(
             bot,
@@ -114,14 +226,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if report.undecided else 0
 
 
+_TARGET_HELP = (
+    "the bot to {verb}, as module:attribute (e.g. mybot:bot; mybot alone means mybot:bot)"
+)
+_FACTORY_HELP = "the attribute is a zero-argument function returning a new Bot: call it"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``callflow`` command."""
     parser = argparse.ArgumentParser(
         prog="callflow", description="Microsoft Graph calling bots that always decide in time."
     )
+    parser.add_argument(
+        "--version", action="version", version=f"callflow {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a bot as a long-lived worker")
-    run.add_argument("target", help="the bot to run, as module:attribute (e.g. mybot:bot)")
+    run.add_argument("target", help=_TARGET_HELP.format(verb="run"))
+    run.add_argument("--factory", action="store_true", help=_FACTORY_HELP)
     run.add_argument("--host", default=None, help="listen address (default CALLFLOW_HOST)")
     run.add_argument("--port", type=int, default=None, help="listen port (default CALLFLOW_PORT)")
     run.set_defaults(func=_cmd_run)
@@ -133,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="measure a bot's decision latency against the built-in fake Graph"
     )
-    bench.add_argument("target", help="the bot to measure, as module:attribute (e.g. mybot:bot)")
+    bench.add_argument("target", help=_TARGET_HELP.format(verb="measure"))
+    bench.add_argument("--factory", action="store_true", help=_FACTORY_HELP)
     bench.add_argument("--calls", type=int, default=200, help="calls to place (default 200)")
     bench.add_argument(
         "--concurrency", type=int, default=4, help="calls in flight at once (default 4)"

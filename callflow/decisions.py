@@ -21,6 +21,7 @@ import attrs
 
 from callflow._signatures import cannot_take, is_async
 from callflow.errors import DecisionError
+from callflow.prompts import Say, Ssml
 
 Flow: TypeAlias = Callable[[Any], Awaitable[None]]
 """What ``Answer(then=...)`` runs: ``async def flow(call: callflow.Call) -> None``. Typed with
@@ -31,6 +32,7 @@ __all__ = [
     "Answer",
     "Decision",
     "MediaPrompt",
+    "Prompt",
     "Redirect",
     "Reject",
     "RejectReason",
@@ -153,7 +155,8 @@ def _check_items(kind: type) -> Any:
         for item in value:
             if not isinstance(item, kind):
                 raise DecisionError(
-                    f"{_field(instance, attribute)} must contain only {kind.__name__} values, "
+                    f"{_field(instance, attribute)} must contain only "
+                    f"{getattr(kind, '__name__', 'MediaPrompt, Say or Ssml')} values, "
                     f"got {item!r}"
                 )
 
@@ -313,8 +316,13 @@ def _check_modalities(
         )
 
 
-def _to_prompts(value: MediaPrompt | Iterable[MediaPrompt]) -> tuple[MediaPrompt, ...]:
-    return _to_tuple(value, MediaPrompt, "Answer.prefetch", "MediaPrompt")
+Prompt = MediaPrompt | Say | Ssml
+"""Anything that can be played: a :class:`MediaPrompt` (a WAV Graph fetches) or a spoken
+:class:`~callflow.Say` / :class:`~callflow.Ssml` (rendered and served by the worker)."""
+
+
+def _to_prompts(value: Prompt | Iterable[Prompt]) -> tuple[Prompt, ...]:
+    return _to_tuple(value, Prompt, "Answer.prefetch", "MediaPrompt, Say or Ssml")  # type: ignore[arg-type]
 
 
 def _check_media(instance: Answer, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -338,7 +346,8 @@ class Answer:
 
     ``modalities`` are the accepted ones (``audio``, ``video``, ``videoBasedScreenSharing``,
     ``data``; any casing in, camelCase out). ``media="service"`` lets Graph host the media and
-    optionally ``prefetch`` prompts; ``media="app"`` is application-hosted media and needs the
+    optionally ``prefetch`` prompts (a :class:`~callflow.Say` is rendered after the answer is
+    sent: never on the decision's path); ``media="app"`` is application-hosted media and needs the
     media session ``blob`` (and no ``prefetch``). ``callback_uri`` pins later notifications of
     this call to a URL (https); Graph requires one, so ``to_graph`` falls back to the bot's
     default. ``participant_capacity`` is for policy-based recording bots. The two call options
@@ -350,8 +359,10 @@ class Answer:
     modalities: tuple[str, ...] = attrs.field(
         default=("audio",), converter=_to_modalities, validator=_check_modalities
     )
-    prefetch: tuple[MediaPrompt, ...] = attrs.field(
-        default=(), converter=_to_prompts, validator=_check_items(MediaPrompt)
+    prefetch: tuple[Prompt, ...] = attrs.field(
+        default=(),
+        converter=_to_prompts,
+        validator=_check_items(Prompt),  # type: ignore[arg-type]
     )
     callback_uri: str | None = attrs.field(default=None, validator=_check_optional_https)
     media: Literal["service", "app"] = attrs.field(default="service", validator=_check_media)
@@ -407,8 +418,11 @@ class Answer:
             media = {"@odata.type": _APP_MEDIA, "blob": self.blob}
         else:
             media = {"@odata.type": _SERVICE_MEDIA}
-            if self.prefetch:
-                media["preFetchMedia"] = [prompt.to_graph() for prompt in self.prefetch]
+            # A spoken prompt is replaced by the URL it is served at before the answer is
+            # sent; one left (no Speech resource configured) is not prefetched.
+            fetched = [p.to_graph() for p in self.prefetch if isinstance(p, MediaPrompt)]
+            if fetched:
+                media["preFetchMedia"] = fetched
         body: dict[str, Any] = {
             "callbackUri": callback,
             "mediaConfig": media,

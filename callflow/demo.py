@@ -1,10 +1,11 @@
 """``callflow demo``: the front-desk example bot against the built-in fake Graph.
 
 Starts :class:`~callflow.testing.FakeGraph` in-process (TLS token endpoint, signed
-notifications, call control on loopback), serves ``examples/front_desk.py`` against it with
-inbound authentication on, plays scripted calls of every shape, and prints what the bot
-decided, who decided, and how long it took. Needs no credentials and no network beyond
-loopback.
+notifications, call control on loopback), serves ``examples/front_desk.py`` (the copy an
+installed wheel carries, else a checkout's) against it with inbound authentication on, plays
+scripted calls of every shape, and prints what the bot decided, who decided, and how long it
+took. Needs no credentials and no network beyond loopback. Runs on the caller's loop (the
+bot's I/O loop is a thread of its own).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 import attrs
@@ -25,9 +26,14 @@ from callflow.errors import CallflowError
 from callflow.events import IncomingCall
 from callflow.routing import Router
 
+if TYPE_CHECKING:
+    from callflow.testing._payloads import CallKind
+
 __all__ = ["SCRIPT", "Scene", "run_demo"]
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "front_desk.py"
+_HERE = Path(__file__).resolve().parent
+EXAMPLES = (_HERE / "_examples" / "front_desk.py", _HERE.parent / "examples" / "front_desk.py")
+"""Where the demo's bot is: the copy an installed wheel carries, else a checkout's example."""
 DANA = "6d5c4b3a-1111-4222-8333-944455556666"
 RAVI = "7e6d5c4b-2222-4333-8444-a55566667777"
 STRANGER = "0a0a0a0a-3333-4333-8333-000000000333"
@@ -40,7 +46,7 @@ class Scene:
     """One scripted call of the demo."""
 
     label: str
-    kind: str
+    kind: CallKind
     caller: dict[str, Any] | None = None
     duplicate: int = 0
 
@@ -53,7 +59,7 @@ SCRIPT: tuple[Scene, ...] = (
         "p2p",
         {"kind": "user", "id": STRANGER, "display_name": "Lee", "tenant_id": OTHER_TENANT},
     ),
-    Scene("phone caller", "pstn"),
+    Scene("phone caller", "phone"),
     Scene("Ravi's meeting", "group_meeting", {"kind": "user", "id": RAVI, "display_name": "Ravi"}),
     Scene("channel meeting", "channel_meeting"),
     Scene("meeting by join id", "joinid_meeting"),
@@ -68,9 +74,10 @@ SCRIPT: tuple[Scene, ...] = (
 
 def load_front_desk() -> Bot:
     """Import a fresh copy of examples/front_desk.py and return its bot."""
-    if not EXAMPLE.is_file():
-        raise CallflowError(f"the demo needs {EXAMPLE} (run it from a callflow checkout)")
-    spec = importlib.util.spec_from_file_location("callflow_demo_front_desk", EXAMPLE)
+    example = next((path for path in EXAMPLES if path.is_file()), None)
+    if example is None:
+        raise CallflowError(f"the demo needs {EXAMPLES[-1]} (run it from a callflow checkout)")
+    spec = importlib.util.spec_from_file_location("callflow_demo_front_desk", example)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

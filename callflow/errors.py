@@ -25,6 +25,7 @@ __all__ = [
     "RecordingTooLargeError",
     "NotificationLimitError",
     "RegistrationError",
+    "SpeechError",
     "TokenError",
     "TransferError",
 ]
@@ -158,3 +159,18 @@ class CallEndedError(CallControlError):
         super().__init__(message)
         self.call_id = call_id
         self.result = result
+
+
+class SpeechError(CallControlError):
+    """Raised when Azure AI Speech cannot render a prompt or recognise speech in time.
+
+    ``status`` is the HTTP status Speech answered (None when it could not be reached or did
+    not answer in time); ``setting`` names the setting to fix when the cause is
+    configuration (a 401 names ``CALLFLOW_SPEECH_KEY`` or ``CALLFLOW_SPEECH_AUTH``, an unknown
+    voice ``CALLFLOW_SPEECH_VOICE``), else None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, setting: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.setting = setting

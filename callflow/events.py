@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
@@ -25,6 +25,7 @@ __all__ = [
     "CallTerminated",
     "ChatInfo",
     "Identity",
+    "IdentityKind",
     "IncomingCall",
     "IncomingContext",
     "JoinMeetingIdMeetingInfo",
@@ -87,17 +88,32 @@ TONES = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#", "A", "B", "
 """The DTMF tones callflow names: digits, ``*``, ``#``, ``A``-``D`` and ``flash``."""
 
 
+IdentityKind: TypeAlias = Literal[
+    "user",
+    "phone",
+    "guest",
+    "application",
+    "applicationInstance",
+    "azureCommunicationServicesUser",
+    "onPremises",
+    "encrypted",
+    "unknown",
+]
+"""The identitySet members callflow names (``unknown``: a caller Graph named no one for)."""
+
+
 @attrs.frozen(repr=False)
 class Identity:
     """One identity of an identitySet: who a participant is.
 
-    ``kind`` is the identitySet member it came from (``user``, ``application``,
-    ``applicationInstance``, ``phone``, ``guest``, ``encrypted``, ``onPremises``,
-    ``azureCommunicationServicesUser``, or any other name Graph sends). For a phone caller
-    ``id`` is the number. ``display_name`` is personal data: it is left out of ``repr``.
+    ``kind`` is the identitySet member it came from: one of :data:`IdentityKind` (``user``,
+    ``phone``, ``guest``, ``application``, ``applicationInstance``, ...). A member Graph
+    adds later comes through under its own name (compare it as a ``str``). For a phone
+    caller ``id`` is the number. ``display_name`` is personal data: it is left out of
+    ``repr``.
     """
 
-    kind: str
+    kind: IdentityKind
     id: str | None = attrs.field(default=None, repr=False)
     display_name: str | None = attrs.field(default=None, repr=False)
     tenant_id: str | None = None

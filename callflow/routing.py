@@ -21,11 +21,13 @@ import inspect
 import itertools
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, cast, overload
 
 import anyio
 import attrs
 import structlog
+from structlog.typing import FilteringBoundLogger
+from typing_extensions import TypeVar as DefaultTypeVar
 
 from callflow._signatures import cannot_take
 from callflow._signatures import is_async as _is_async
@@ -45,10 +47,12 @@ from callflow.events import (
 
 if TYPE_CHECKING:
     from callflow.control.call import Call
+    from callflow.decisions import Decision
 
 __all__ = [
     "CallContext",
     "ErrorHook",
+    "Handler",
     "HandlerSpec",
     "Middleware",
     "ObserverSpec",
@@ -58,6 +62,17 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = DefaultTypeVar("S", default=Any)
+"""The type of a bot's own services (``Bot(services=...)``, ``ctx.services``)."""
+Handler: TypeAlias = (
+    "Callable[[IncomingCall], Awaitable[Decision | None]]"
+    " | Callable[[IncomingCall, CallContext[Any]], Awaitable[Decision | None]]"
+    " | Callable[[IncomingCall], Decision | None]"
+    " | Callable[[IncomingCall, CallContext[Any]], Decision | None]"
+)
+"""An incoming-call handler: ``(call)`` or ``(call, ctx)``, async or plain, returning a
+decision or None. A handler typed to return anything else is a type error."""
+H = TypeVar("H", bound=Handler)
 Middleware = Callable[[CallEvent, Callable[[CallEvent], Awaitable[Any]]], Awaitable[Any]]
 """``async def mw(event, call_next)``: wraps every handler and observer invocation."""
 ErrorHook = Callable[[BaseException, CallEvent], Awaitable[None] | None]
@@ -68,39 +83,70 @@ _EVENT_TYPES = (IncomingCall, CallStateChanged, CallTerminated, ParticipantsUpda
                 ToneReceived, OperationFinished, UnknownNotification, CallAdopted)  # fmt: skip
 
 
-class CallContext:
+class CallSource(Protocol):
+    """What a context asks of the serving bot: call handles, hang-ups, the bot's services."""
+
+    services: Any
+
+    def call(self, call_id: str, tenant_id: str | None = None) -> Call:
+        """The handle of ``call_id``."""
+        ...
+
+    async def hang_up(self, call_id: str) -> None:
+        """Hang up the bot's leg of ``call_id``."""
+        ...
+
+
+_UNSET: Any = object()
+
+
+class CallContext(Generic[S]):
     """What a handler knows about its call beyond the event: deadline, logger, call handle.
 
     ``deadline`` is a ``time.monotonic()`` value (None for observers of non-call events);
     ``remaining()`` says how many seconds are left before the default decision goes out.
     ``call`` is the :class:`~callflow.Call` handle of the event's call (play, collect digits,
-    record, transfer...; for a call the bot answered or created).
+    record, transfer...; for a call the bot answered or created). ``services`` is what the
+    bot was given as ``Bot(services=...)``: annotate the parameter ``ctx:
+    CallContext[MyServices]`` and ``ctx.services`` has that type.
+
+    To unit-test a handler without a bot, build one yourself:
+    ``CallContext(call_id="c1", services=FakeServices())``.
     """
 
-    __slots__ = ("_clock", "_log", "_services", "call_id", "deadline", "tenant_id")
+    __slots__ = ("_clock", "_log", "_services", "_source", "call_id", "deadline", "tenant_id")
 
     def __init__(
         self,
-        call_id: str | None,
-        deadline: float | None,
-        services: Any = None,
-        clock: Clock = MONOTONIC,
+        call_id: str | None = None,
+        deadline: float | None = None,
+        *,
+        services: S = _UNSET,
         tenant_id: str | None = None,
+        clock: Clock = MONOTONIC,
+        source: CallSource | None = None,
     ) -> None:
         self.call_id = call_id
         self.deadline = deadline
         self.tenant_id = tenant_id
         self._services = services
+        self._source = source
         self._clock = clock
-        self._log: Any = None
+        self._log: FilteringBoundLogger | None = None
+
+    @property
+    def services(self) -> S:
+        """The bot's own services (``Bot(services=...)``; None when it was given none)."""
+        if self._services is not _UNSET:
+            return self._services
+        return cast("S", self._source.services if self._source is not None else None)
 
     @property
     def call(self) -> Call:
         """The handle of this event's call, for call control after the answer."""
-        if self._services is None or self.call_id is None:
+        if self._source is None or self.call_id is None:
             raise RuntimeError("this context is not attached to a running bot's Graph client")
-        handle: Call = self._services.call(self.call_id, self.tenant_id)
-        return handle
+        return self._source.call(self.call_id, self.tenant_id)
 
     def remaining(self) -> float:
         """Seconds left before the deadline (0 once passed; infinite when there is none)."""
@@ -109,17 +155,18 @@ class CallContext:
         return max(0.0, self.deadline - self._clock.now())
 
     @property
-    def log(self) -> Any:
+    def log(self) -> FilteringBoundLogger:
         """A structlog logger bound to this call's id."""
         if self._log is None:
-            self._log = log.bind(call_id=self.call_id)
+            bound: FilteringBoundLogger = log.bind(call_id=self.call_id)
+            self._log = bound
         return self._log
 
     async def hang_up(self) -> None:
         """Hang up the bot's leg of this call (DELETE the call in Graph)."""
-        if self._services is None or self.call_id is None:
+        if self._source is None or self.call_id is None:
             raise RuntimeError("this context is not attached to a running bot's Graph client")
-        await self._services.hang_up(self.call_id)
+        await self._source.hang_up(self.call_id)
 
     def __repr__(self) -> str:
         return f"<CallContext call_id={self.call_id} remaining={self.remaining():.3f}s>"
@@ -220,7 +267,7 @@ class Router:
             )
 
     @overload
-    def incoming_call(self, fn: F, /) -> F: ...
+    def incoming_call(self, fn: H, /) -> H: ...
     @overload
     def incoming_call(
         self,
@@ -228,16 +275,16 @@ class Router:
         group: bool | None = None,
         where: Callable[[IncomingCall], bool] | None = None,
         priority: int = 0,
-    ) -> Callable[[F], F]: ...
-    def incoming_call(  # type: ignore[misc]  # mypy cannot match overload 2's return-only F
+    ) -> Callable[[H], H]: ...
+    def incoming_call(  # type: ignore[misc]  # mypy cannot match overload 2's return-only H
         self,
-        fn: Callable[..., Any] | None = None,
+        fn: H | None = None,
         /,
         *,
         group: bool | None = None,
         where: Callable[[IncomingCall], bool] | None = None,
         priority: int = 0,
-    ) -> Any:
+    ) -> H | Callable[[H], H]:
         """Register a handler for incoming calls: ``async def h(call)`` or ``(call, ctx)``.
 
         ``group=True`` takes only group calls and meeting invitations, ``False`` only
@@ -254,10 +301,15 @@ class Router:
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise RegistrationError(f"incoming_call(priority=...) must be an int, got {priority!r}")
 
-        def register(func: F) -> F:
+        def register(func: H) -> H:
             self._check_open(f"handler {_describe(func)!r}")
             if not callable(func):
                 raise RegistrationError(f"an incoming-call handler must be callable, got {func!r}")
+            if any(h.fn is func for h in self._handlers):
+                raise RegistrationError(
+                    f"handler {_describe(func)!r} is registered twice on {self.name!r}: "
+                    "a handler runs once per call, register it once"
+                )
             spec = HandlerSpec(
                 fn=func,
                 name=_describe(func),
@@ -299,6 +351,11 @@ class Router:
 
         def register(func: F) -> F:
             self._check_open(f"observer {_describe(func)!r}")
+            if any(o.fn is func and o.event_type is event_type for o in self._observers):
+                raise RegistrationError(
+                    f"observer {_describe(func)!r} of {event_type.__name__} is registered "
+                    f"twice on {self.name!r}: it would run twice per event"
+                )
             self._observers.append(
                 ObserverSpec(
                     event_type=event_type,
@@ -325,6 +382,11 @@ class Router:
         if not _is_async(fn):
             raise RegistrationError(f"middleware {_describe(fn)!r} must be an async function")
         _check_parameters(fn, "middleware", "event, call_next")
+        if any(mw is fn for mw in self._middleware):
+            raise RegistrationError(
+                f"middleware {_describe(fn)!r} is registered twice on {self.name!r}: "
+                "it would wrap every handler twice"
+            )
         self._middleware.append(fn)
         return fn
 
@@ -335,6 +397,11 @@ class Router:
         if not callable(fn):
             raise RegistrationError(f"an error hook must be callable, got {fn!r}")
         _check_parameters(fn, "error hook", "exc, event")
+        if any(hook is fn for hook in self._error_hooks):
+            raise RegistrationError(
+                f"error hook {_describe(fn)!r} is registered twice on {self.name!r}: "
+                "it would be told of every error twice"
+            )
         self._error_hooks.append(fn)
         return fn
 
@@ -372,6 +439,8 @@ class Router:
     def freeze(self) -> CompiledRoutes:
         """Freeze this router tree and compile its tables; idempotent."""
         routers = self._walk()
+        if not self._frozen:
+            _refuse_duplicates(routers)
         for r in routers:
             r._frozen = True
         handlers = sorted(
@@ -393,6 +462,35 @@ class Router:
     def frozen(self) -> bool:
         """True once the bot has started and the table can no longer change."""
         return self._frozen
+
+
+def _refuse_duplicates(routers: list[Router]) -> None:
+    """Refuse a function registered in two routers of one tree (it would run twice)."""
+    seen: dict[tuple[str, Any, Any], Router] = {}
+
+    def check(what: str, key: Any, fn: Callable[..., Any], router: Router) -> None:
+        other = seen.setdefault((what, key, fn), router)
+        if other is not router:
+            raise RegistrationError(
+                f"{what} {_describe(fn)!r} is registered twice, on {other.name!r} and on "
+                f"{router.name!r}: register it once"
+            )
+
+    for r in routers:
+        for h in r._handlers:
+            check("handler", None, h.fn, r)
+        for o in r._observers:
+            check("observer", o.event_type, o.fn, r)
+        for hook in r._error_hooks:
+            check("error hook", None, hook, r)
+    for r in routers:  # middleware on a router and on one it is included into wraps twice
+        chain = r._chain()
+        for index, mw in enumerate(chain):
+            if any(other is mw for other in chain[:index]):
+                raise RegistrationError(
+                    f"middleware {_describe(mw)!r} is registered twice on the way to "
+                    f"{r.name!r} (on it and on a router it is included into): register it once"
+                )
 
 
 _DIRECT = 0

@@ -2,6 +2,9 @@
 
 ``Settings.from_env(environ)`` reads an injectable mapping (tests pass a dict) and raises one
 :class:`~callflow.errors.ConfigError` that names every missing or invalid variable.
+:data:`TABLE` (:mod:`callflow._settings_table`) describes every setting once: the
+``Settings`` docstring and the page ``docs/reference/settings-table.md`` come from it.
+Plain values and functions; no loop, no I/O (but reading the environment and files named).
 """
 
 from __future__ import annotations
@@ -22,23 +25,28 @@ from callflow._hosts import (
     is_loopback,
     recording_hosts,
 )
+from callflow._settings_table import PREFIX, TABLE, settings_markdown
 from callflow._store_url import mask_query, parse_store_url
 from callflow.errors import ConfigError
 
 __all__ = [
     "MIN_FLEET_SECRET",
     "PREFIX",
+    "TABLE",
     "Settings",
+    "settings_markdown",
     "masked_url",
     "plain_redis_problem",
 ]
-
-PREFIX: Final = "CALLFLOW_"
 
 MIN_FLEET_SECRET: Final = 32
 """The shortest ``FLEET_SECRET`` accepted, in characters."""
 
 _FLEET_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SPEECH_REGION: Final = re.compile(r"[a-z][a-z0-9]{1,49}")
+_VOICE: Final = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){1,3}-[A-Za-z0-9:._-]{1,80}")
+_LANGUAGE: Final = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}")
+_MEDIA_PATH: Final = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
 
@@ -140,6 +148,49 @@ def _secret(raw: str) -> str:
     return value
 
 
+def _speech_region(raw: str) -> str:
+    value = raw.strip().lower()
+    if not _SPEECH_REGION.fullmatch(value):
+        raise ValueError(f"expected an Azure region name such as westeurope, got {raw[:100]!r}")
+    return value
+
+
+def _voice(raw: str) -> str:
+    value = raw.strip()
+    if not _VOICE.fullmatch(value):
+        raise ValueError(
+            f"expected a voice short name such as en-US-JennyNeural, got {raw[:100]!r}"
+        )
+    return value
+
+
+def _language(raw: str) -> str:
+    value = raw.strip()
+    if not _LANGUAGE.fullmatch(value):
+        raise ValueError(f"expected a locale such as en-US, got {raw[:100]!r}")
+    return value
+
+
+def _media_path(raw: str) -> str:
+    value = _path(raw.strip()).rstrip("/")
+    if not _MEDIA_PATH.fullmatch(value) or "/../" in value + "/" or "/./" in value + "/":
+        raise ValueError(
+            f"expected a path such as /api/media (letters, digits, '-', '_', '.' and '/'), "
+            f"got {raw[:100]!r}"
+        )
+    return value
+
+
+def _media_secret(raw: str) -> str:
+    value = raw.strip()
+    if len(value) < MIN_FLEET_SECRET:
+        raise ValueError(
+            f"expected at least {MIN_FLEET_SECRET} characters (e.g. `openssl rand -hex 32`), "
+            f"got {len(value)}"
+        )
+    return value
+
+
 def _fleet_name(raw: str) -> str:
     value = raw.strip()
     if not _FLEET_NAME.fullmatch(value):
@@ -214,9 +265,23 @@ def plain_redis_problem(url: str, allowed: bool) -> str | None:
     )
 
 
+def _settings_doc() -> str:
+    lines = [
+        "Everything a callflow worker is configured with.",
+        "",
+        f"Read from ``{PREFIX}*`` environment variables by :meth:`from_env`, or given as",
+        "keywords in lower case (``Settings(app_id=...)``). The settings:",
+        "",
+    ]
+    for names, what, default in TABLE:
+        lines.append(f"{names}")
+        lines.append(f"    {what.replace('`', '')}. Default: {default.replace('`', '')}.")
+    return "\n".join(lines) + "\n"
+
+
 @attrs.frozen
 class Settings:
-    """Everything a callflow worker is configured with; see the README's settings table."""
+    """Everything a callflow worker is configured with (the docstring lists every setting)."""
 
     app_id: str | None = None
     app_secret: str | None = attrs.field(default=None, repr=False)
@@ -321,6 +386,31 @@ class Settings:
     log_format: str | None = None
     log_level: str = "info"
     log_pii: bool = False
+    speech_region: str | None = None
+    """The Azure region of the Speech resource (``westeurope``); or ``SPEECH_ENDPOINT``."""
+    speech_endpoint: str | None = attrs.field(default=None, repr=masked_url)
+    """The Speech resource's custom-domain base URL
+    (``https://NAME.cognitiveservices.azure.com``), instead of ``SPEECH_REGION``; required
+    with ``SPEECH_AUTH=entra``."""
+    speech_key: str | None = attrs.field(default=None, repr=False)
+    """The Speech resource's key (``SPEECH_AUTH=key``)."""
+    speech_auth: str = "key"
+    """``key`` (``Ocp-Apim-Subscription-Key``) or ``entra`` (a token for the app itself, from
+    its APP_SECRET or certificate, for https://cognitiveservices.azure.com/.default)."""
+    speech_voice: str = "en-US-JennyNeural"
+    """The voice ``say()`` speaks with unless told otherwise."""
+    speech_language: str = "en-US"
+    """The language of the spoken prompts and of recognition unless told otherwise."""
+    media_path: str = "/api/media"
+    """Where the worker serves rendered prompts, under the origin of ``CALLBACK_URL``
+    (``https://bot.example.com/api/media/<name>.wav``): the front door forwards it."""
+    media_secret: str | None = attrs.field(default=None, repr=False)
+    """The key the names of rendered prompts are made with; default: one derived from
+    ``FLEET_SECRET`` (the same on every worker of a fleet), else a random one per process."""
+    media_ttl: float = 3600.0
+    """Seconds a rendered prompt's name stays valid (at least this, at most twice this)."""
+    media_cache_mb: int = 64
+    """Megabytes of rendered prompts a worker keeps in memory (the least recently used go)."""
     tracing: str = "off"
     """Per-call traces: ``off`` or ``otel`` (OpenTelemetry, the ``callflow[otel]`` extra)."""
     tracing_exporter: str = "otlp"
@@ -373,6 +463,7 @@ class Settings:
         redis_problem = plain_redis_problem(self.store, self.allow_insecure_redis)
         if redis_problem is not None:
             problems.append(redis_problem)
+        problems.extend(self._speech_problems())
         if self.store != "memory" and not self.fleet_secret:
             problems.append(
                 f"{PREFIX}FLEET_SECRET: required with {PREFIX}STORE={masked_url(self.store)}; "
@@ -386,6 +477,55 @@ class Settings:
             )
         if problems:
             raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+    @property
+    def speech_configured(self) -> bool:
+        """True when a Speech resource is set (``SPEECH_REGION`` or ``SPEECH_ENDPOINT``)."""
+        return bool(self.speech_region or self.speech_endpoint)
+
+    def _speech_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.speech_region and self.speech_endpoint:
+            problems.append(
+                f"{PREFIX}SPEECH_ENDPOINT: set together with {PREFIX}SPEECH_REGION; expected "
+                "one of them (the custom-domain endpoint, or the region)"
+            )
+        if self.speech_auth not in ("key", "entra"):
+            problems.append(f"{PREFIX}SPEECH_AUTH: expected key or entra, got {self.speech_auth!r}")
+        elif self.speech_configured and self.speech_auth == "key" and not self.speech_key:
+            problems.append(
+                f"{PREFIX}SPEECH_KEY: required with {PREFIX}SPEECH_AUTH=key (the Speech "
+                f"resource's key), or {PREFIX}SPEECH_AUTH=entra with {PREFIX}SPEECH_ENDPOINT"
+            )
+        elif self.speech_auth == "entra":
+            if not self.speech_endpoint:
+                problems.append(
+                    f"{PREFIX}SPEECH_ENDPOINT: required with {PREFIX}SPEECH_AUTH=entra (Entra "
+                    "tokens are accepted only on the resource's custom-domain endpoint, "
+                    "https://NAME.cognitiveservices.azure.com)"
+                )
+            if not self.app_id or not (self.app_secret or self.certificate_path):
+                problems.append(
+                    f"{PREFIX}SPEECH_AUTH: entra needs the app's credentials ({PREFIX}APP_ID "
+                    f"and {PREFIX}APP_SECRET or {PREFIX}CERTIFICATE_PATH)"
+                )
+        problem = _plain_http_problem(
+            "SPEECH_ENDPOINT", self.speech_endpoint, self.allow_insecure_http
+        )
+        if problem is not None:
+            problems.append(problem)
+        media, webhook = self.media_path.rstrip("/"), self.webhook_path.rstrip("/")
+        if media == webhook or media.startswith(webhook + "/") or webhook.startswith(media + "/"):
+            problems.append(
+                f"{PREFIX}MEDIA_PATH: {self.media_path!r} overlaps {PREFIX}WEBHOOK_PATH "
+                f"{self.webhook_path!r}; expected a path of its own such as /api/media"
+            )
+        if self.media_secret is not None and len(self.media_secret) < MIN_FLEET_SECRET:
+            problems.append(
+                f"{PREFIX}MEDIA_SECRET: expected at least {MIN_FLEET_SECRET} characters, "
+                f"got {len(self.media_secret)}"
+            )
+        return problems
 
     def check_serving(self, host: str) -> None:
         """Raise ConfigError for settings unsafe on the interface ``host`` the webhook binds.
@@ -438,6 +578,9 @@ class Settings:
             missing.append(f"{PREFIX}CALLBACK_URL: required (the public https URL of the webhook)")
         if missing:
             raise ConfigError("missing settings:\n  " + "\n  ".join(missing))
+
+
+Settings.__doc__ = _settings_doc()
 
 
 _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
@@ -493,6 +636,16 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_pii": _bool,
+    "speech_region": _speech_region,
+    "speech_endpoint": _url("https", "http"),
+    "speech_key": str.strip,
+    "speech_auth": _choice("key", "entra"),
+    "speech_voice": _voice,
+    "speech_language": _language,
+    "media_path": _media_path,
+    "media_secret": _media_secret,
+    "media_ttl": _float(60.0, 86_400.0),
+    "media_cache_mb": _int(1, 65_536),
     "tracing": _choice("off", "otel"),
     "tracing_exporter": _choice("otlp", "console", "none"),
 }

@@ -30,6 +30,7 @@ import structlog
 from aiohttp import web
 
 import callflow._tracing as _tracing
+from callflow._log import redact_values
 from callflow._runtime import use_uvloop
 from callflow.control.book import CallBook
 from callflow.control.call import Call, Calls
@@ -42,6 +43,10 @@ from callflow.errors import ConfigError
 from callflow.events import CallAdopted, CallStateChanged, canonical_call_id
 from callflow.fleet.mode import worker_mode
 from callflow.metrics import Metrics
+from callflow.speech.config import SPEECH_SCOPE
+from callflow.speech.media import SpokenMedia, SpokenSink
+from callflow.speech.service import open_spoken
+from callflow.webhook.media import media_handler
 from callflow.webhook.server import ServerLimits, WebhookServer, start_server
 
 if TYPE_CHECKING:
@@ -51,12 +56,17 @@ if TYPE_CHECKING:
     from callflow.decisions import Decision
     from callflow.engine.core import Engine
     from callflow.engine.deadline import DecisionSink, DecisionSlot
+    from callflow.engine.lanes import Failure
     from callflow.events import IncomingCall
     from callflow.graph.client import GraphClient
     from callflow.graph.tokens import TokenProvider
     from callflow.settings import Settings
+    from callflow.speech.media import SpecStore
+    from callflow.speech.recognition import Recognizer
     from callflow.webhook.auth import InboundAuthenticator
     from callflow.webhook.handler import FleetHook
+
+TokenSource = Callable[[], Awaitable[str]]
 
 __all__ = ["AppServices", "RunningBot", "ServedBot", "WorkerMode", "serve"]
 
@@ -77,6 +87,11 @@ class ServedBot(Protocol):
 
     def attach_calls(self, calls: Calls | None) -> None:
         """Give the bot its ``bot.calls`` while it serves (None once stopped)."""
+        ...
+
+    @property
+    def services(self) -> Any:
+        """The bot's own services, handed to its handlers and flows."""
         ...
 
 
@@ -103,6 +118,11 @@ class WorkerMode(Protocol):
     @property
     def memory(self) -> Memory:
         """Where ``call.remember()`` keeps memos."""
+        ...
+
+    @property
+    def prompts(self) -> SpecStore | None:
+        """Where spoken prompts are shared with the fleet; None for nowhere."""
         ...
 
     def holding(self, call_id: str, tenant_id: str | None) -> None:
@@ -224,10 +244,12 @@ class AppServices:
     Each request runs on the I/O loop, where the Graph client lives; the caller awaits it.
     """
 
-    def __init__(self, io: IoThread, control: CallControl) -> None:
+    def __init__(self, io: IoThread, control: CallControl, services: Any = None) -> None:
         self._io = io
         self._control = control
-        self.calls = Calls(control, io)
+        self.services = services
+        """The bot's own services (``Bot(services=...)``): ``ctx.services``."""
+        self.calls = Calls(control, io, services)
         """Places new calls and hands out call handles (``bot.calls``)."""
 
     def call(self, call_id: str, tenant_id: str | None = None) -> Call:
@@ -255,8 +277,10 @@ class _IoSide:
         io: IoThread,
         tokens: TokenProvider | None,
         on_decided: Callable[[DecisionSlot, BaseException | None], None] | None,
+        on_failure: Callable[[Failure], None] | None = None,
     ) -> None:
         self.bot = bot
+        self.on_failure = on_failure
         self.io = io
         self.tokens = tokens
         self.user_on_decided = on_decided
@@ -266,6 +290,7 @@ class _IoSide:
         self.keeper: CallKeeper | None = None
         self.services: AppServices | None = None
         self.control: CallControl | None = None
+        self.spoken: SpokenMedia | None = None
         self.mode: WorkerMode | None = None
         self.auth: InboundAuthenticator | None = None
         self.running: RunningBot | None = None
@@ -280,6 +305,8 @@ class _IoSide:
 
         s = self.bot.settings
         metrics = self.metrics
+        # The secrets' exact values never reach a log line, whatever key or text holds them.
+        redact_values(s.app_secret, s.fleet_secret)
         async with contextlib.AsyncExitStack() as stack:
             tokens = self.tokens
             if tokens is None:
@@ -331,7 +358,9 @@ class _IoSide:
                     message="CALLFLOW_INBOUND_AUTH=off: notifications are NOT authenticated; "
                     "use this for local development only",
                 )
-            keeper = self.keeper = CallKeeper(graph, s.keepalive_interval, on_gone=book.end)
+            keeper = self.keeper = CallKeeper(
+                graph, s.keepalive_interval, on_gone=lambda call_id: book.end(call_id, by="gone")
+            )
             book.on_end(keeper.ended)
             book.on_end(mode.ended)
             metrics.attach_background(keeper, self.auth)
@@ -347,7 +376,12 @@ class _IoSide:
                 on_created=holding,
                 memory=mode.memory,
             )
-            self.services = AppServices(self.io, control)
+            speech_token = await self._speech_token(stack)
+            control.spoken = self.spoken = await stack.enter_async_context(
+                open_spoken(s, shared=mode.prompts, token=speech_token)
+            )
+            control.recognizer = await _recognizer(stack, s, speech_token)
+            self.services = AppServices(self.io, control, self.bot.services)
             user_on_decided = self.user_on_decided
 
             def decided(slot: DecisionSlot, error: BaseException | None) -> None:
@@ -369,6 +403,7 @@ class _IoSide:
                 None,
                 services=self.services,
                 on_decided=decided if tracing is None else traced_decided(tracing, decided),
+                on_failure=self.on_failure,
                 calls=book,
                 default_decision=default,
                 admit=mode.admission,
@@ -392,7 +427,8 @@ class _IoSide:
             # Left before the cancel: the take-over sends in flight finish, and the calls
             # held are handed off to the fleet.
             await stack.enter_async_context(mode.watching(background, graph, default, book, take))
-            sink = mode.sink(graph)
+            # spoken prefetch: after sending; the traced sink (tracing on) around it all
+            sink: DecisionSink = SpokenSink(mode.sink(graph), self.spoken)
             if tracing is not None:
                 from callflow.engine.tracing import TracedSink
 
@@ -400,12 +436,39 @@ class _IoSide:
             await stack.enter_async_context(engine.io_side(sink))
             yield self
 
+    async def _speech_token(self, stack: contextlib.AsyncExitStack) -> TokenSource | None:
+        """With ``SPEECH_AUTH=entra``: the app's own token for Speech (msal, kept fresh)."""
+        from callflow.graph.tokens import MsalTokenProvider
+
+        s = self.bot.settings
+        if not s.speech_configured or s.speech_auth != "entra" or not s.app_id:
+            return None
+        provider = await stack.enter_async_context(
+            MsalTokenProvider(
+                client_id=s.app_id,
+                client_secret=s.app_secret,
+                certificate_path=s.certificate_path,
+                certificate_thumbprint=s.certificate_thumbprint,
+                tenant_id=s.tenant_id,
+                authority_url=s.authority_url,
+                scopes=(SPEECH_SCOPE,),
+                ca_bundle=s.ca_bundle,
+            )
+        )
+        return provider.get_token
+
     async def start_server(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port``; return the bound address."""
         assert self.engine is not None and self.running is not None and self.mode is not None
         s = self.bot.settings
         app = make_app(
-            self.bot, self.engine, self.auth, self.running, self.metrics, self.mode.webhook
+            self.bot,
+            self.engine,
+            self.auth,
+            self.running,
+            self.metrics,
+            self.mode.webhook,
+            self.spoken,
         )
         # Connection limits, the body timeout, and /metrics on METRICS_HOST:METRICS_PORT.
         runner = self._runner = await start_server(
@@ -431,9 +494,11 @@ def make_app(
     running: RunningBot,
     metrics: Metrics,
     fleet: FleetHook | None = None,
+    spoken: SpokenMedia | None = None,
 ) -> web.Application:
-    """The aiohttp application: the webhook, ``/healthz`` and ``/readyz`` (``/metrics`` is
-    served on a listener of its own: see :func:`~callflow.webhook.server.start_server`)."""
+    """The aiohttp application: the webhook, ``/healthz``, ``/readyz`` and, with a Speech
+    resource, the spoken prompts at ``MEDIA_PATH`` (``/metrics`` is served on a listener
+    of its own: see :func:`~callflow.webhook.server.start_server`)."""
     from callflow.webhook.handler import WebhookHandler
 
     settings = bot.settings
@@ -475,6 +540,8 @@ def make_app(
     app.router.add_post(settings.webhook_path, webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if spoken is not None:
+        app.router.add_get(settings.media_path + "/{name}", media_handler(spoken))
     return app
 
 
@@ -498,6 +565,7 @@ async def serve(
     port: int | None = None,
     tokens: TokenProvider | None = None,
     on_decided: Callable[[DecisionSlot, BaseException | None], None] | None = None,
+    on_failure: Callable[[Failure], None] | None = None,
 ) -> AsyncIterator[RunningBot]:
     """Serve ``bot`` (see ``Bot.serve``)."""
     check_settings(bot, tokens)
@@ -509,7 +577,7 @@ async def serve(
         _tracing.tracing_for(s.tracing, s.tracing_exporter, pii=s.log_pii),
         IoThread(uvloop=use_uvloop(s.loop)) as io,
     ):
-        side = _IoSide(bot, io, tokens, on_decided)
+        side = _IoSide(bot, io, tokens, on_decided, on_failure)
         async with io.enter(side.entered):
             engine, graph, keeper = side.engine, side.graph, side.keeper
             assert engine is not None and graph is not None and keeper is not None
@@ -528,10 +596,30 @@ async def serve(
                 finally:
                     running.ready = False
                     with anyio.CancelScope(shield=True):
-                        await engine.stop(urgent=running.urgent)
+                        # The listener closes while the engine still takes calls (each new
+                        # one gets the default at once): a request that reaches the webhook
+                        # before the socket closes is decided, never met by a stopped engine.
+                        engine.begin_drain()
+                        if not running.urgent:
+                            await engine.drain(engine.drain_timeout)
                         await io.run(side.stop_server)
+                        await engine.stop(urgent=running.urgent)
                     bot.attach_calls(None)
     log.info("bot.stopped")
+
+
+async def _recognizer(
+    stack: contextlib.AsyncExitStack, s: Settings, token: TokenSource | None
+) -> Recognizer | None:
+    """What ``call.listen()``/``call.ask()`` recognise speech with, entered on ``stack``;
+    None without a Speech resource (``SPEECH_REGION`` or ``SPEECH_ENDPOINT``)."""
+    from callflow.speech.config import SpeechConfig
+    from callflow.speech.recognition import Recognizer
+
+    config = SpeechConfig.from_settings(s, token=token)
+    if config is None:
+        return None
+    return await stack.enter_async_context(Recognizer(config))
 
 
 def _bound_address(runner: WebhookServer, host: str) -> tuple[str, int]:

@@ -137,7 +137,8 @@ async def transfer_to_sales(call: Call) -> bool:
     try:
         await call.transfer(Target.user(SALES_AGENT))
     except TransferError as exc:
-        log.warning("ivr.transfer_failed", call_id=call.call_id, result=str(exc.result))
+        # The agent did not answer: ordinary telephony, not something to alert anyone about.
+        log.info("ivr.transfer_failed", call_id=call.call_id, result=str(exc.result))
         await call.play(prompt("sales-unavailable"))
         return False
     return True

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -25,7 +25,7 @@ from callflow import Bot
 from callflow.check import run_checks, settings_for_run
 from callflow.cli import build_parser, load_bot, main
 from callflow.demo import SCRIPT, run_demo
-from callflow.errors import CallflowError, ConfigError
+from callflow.errors import CallflowError, ConfigError, RegistrationError
 from callflow.testing import FakeGraph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,7 +293,13 @@ def test_run_with_bad_settings_exits_2_naming_every_bad_variable(
             "examples.busy_bot:always_busy",
             "callflow: examples.busy_bot:always_busy is a function, expected a callflow.Bot",
         ),
-        ("examples.busy_bot", "expected module:attribute (e.g. mybot:bot), got 'examples."),
+        ("examples.busy_bot:", "expected module:attribute (e.g. mybot:bot), got 'examples."),
+        ("examples.busy_bot:bott", """has no attribute 'bott'; did you mean "bot"?"""),
+        ("examples/busy_bot.py:bot", "expected a module path, not a file: examples.busy_bot:bot"),
+        (
+            "examples.busy_bot:always_busy --factory",
+            "examples.busy_bot:always_busy takes arguments (call): --factory calls it with none",
+        ),
         (":bot", "expected module:attribute (e.g. mybot:bot), got ':bot'"),
     ],
 )
@@ -307,7 +313,7 @@ def test_run_with_a_bad_target_exits_1_saying_what_is_wrong(
     """A module that does not import, a missing attribute or a non-Bot exits 1 with a message."""
     for name, value in {**VALID, "CALLFLOW_LOG_FORMAT": "json"}.items():
         environ.setenv(name, value)
-    assert main(["run", target]) == 1
+    assert main(["run", *target.split()]) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert message in err
@@ -336,6 +342,178 @@ def test_load_bot_imports_from_the_current_directory(
     assert type(bot).__name__ == "Bot"
     assert sys.path[0] == str(tmp_path)
     del sys.modules[name]
+
+
+@pytest.fixture
+def bot_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
+    """Write a module of the given source into a temporary current directory; its name."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    names: list[str] = []
+
+    def write(source: str) -> str:
+        name = f"dentist_{uuid.uuid4().hex}"
+        (tmp_path / f"{name}.py").write_text(source)
+        names.append(name)
+        return name
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+DENTIST = """\
+from callflow import Bot
+
+bot = Bot(name="front")
+receptionist = Bot(name="back")
+made: list[Bot] = []
+
+
+def make_bot() -> Bot:
+    made.append(Bot(name="made"))
+    return made[-1]
+
+
+def make_nothing() -> None:
+    return None
+
+
+def make_with(settings: object, *, debug: bool = False) -> Bot:
+    return Bot()
+
+
+async def make_later() -> Bot:
+    return Bot()
+"""
+
+
+def test_a_module_alone_means_its_bot_attribute(bot_module: Callable[[str], str]) -> None:
+    """`callflow run dentist` loads `dentist:bot`, as uvicorn's `main` means `main:app`."""
+    name = bot_module(DENTIST)
+    assert load_bot(name) is sys.modules[name].bot
+    assert load_bot(f"{name}:receptionist") is sys.modules[name].receptionist
+
+
+def test_a_module_without_a_bot_attribute_names_its_bots(
+    bot_module: Callable[[str], str],
+) -> None:
+    """Without `:attribute` and without `bot`, the error says `bot` was the default and lists
+    the module's Bots."""
+    name = bot_module("from callflow import Bot\n\nfront = Bot()\nback = Bot()\n")
+    with pytest.raises(CallflowError) as caught:
+        load_bot(name)
+    assert str(caught.value) == (
+        f"module {name!r} has no attribute 'bot' (the default when no :attribute is given); "
+        'its Bots: "back", "front"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("attribute", "suggestion"),
+    [("bott", "bot"), ("Bot_", "bot"), ("receptionst", "receptionist"), ("recep", None)],
+)
+def test_a_misspelt_attribute_gets_a_suggestion(
+    attribute: str, suggestion: str | None, bot_module: Callable[[str], str]
+) -> None:
+    """`dentist:bott` says `did you mean "bot"?`, matched among the module's Bots first."""
+    name = bot_module(DENTIST)
+    with pytest.raises(CallflowError) as caught:
+        load_bot(f"{name}:{attribute}")
+    message = str(caught.value)
+    assert message.startswith(f"module {name!r} has no attribute {attribute!r}")
+    if suggestion is None:
+        assert message.endswith('its Bots: "bot", "receptionist"')
+    else:
+        assert message.endswith(f'; did you mean "{suggestion}"?')
+
+
+@pytest.mark.parametrize(
+    ("target", "instead"),
+    [
+        ("dentist.py:bot", "dentist:bot"),
+        ("dentist.py", "dentist:bot"),
+        ("clinic/dentist.py:front", "clinic.dentist:front"),
+        ("./clinic/dentist:bot", "clinic.dentist:bot"),
+    ],
+)
+def test_a_file_name_is_answered_with_the_module_path(target: str, instead: str) -> None:
+    """`dentist.py:bot` says that a module path is wanted, and which."""
+    with pytest.raises(CallflowError) as caught:
+        load_bot(target)
+    assert str(caught.value).startswith(
+        f"{target.partition(':')[0]!r} is a file; expected a module path, not a file: {instead} "
+    )
+
+
+def test_a_factory_builds_a_new_bot_each_time(bot_module: Callable[[str], str]) -> None:
+    """`module:factory --factory` calls the factory and returns the Bot it made."""
+    name = bot_module(DENTIST)
+    first = load_bot(f"{name}:make_bot", factory=True)
+    second = load_bot(f"{name}:make_bot", factory=True)
+    assert sys.modules[name].made == [first, second]
+    assert first is not second
+    assert first.name == "made"
+
+
+@pytest.mark.parametrize(
+    ("attribute", "message"),
+    [
+        ("make_nothing", "{target}() returned a NoneType, expected a callflow.Bot"),
+        ("make_with", "{target} takes arguments (settings): --factory calls it with none"),
+        ("make_later", "{target}() returned an awaitable: --factory expects a plain (not async)"),
+        ("bot", "{target} is a Bot already, not a factory: drop --factory"),
+        ("made", "{target} is a list, not callable: --factory expects a zero-argument function"),
+        ("make_bto", "has no attribute 'make_bto'; did you mean \"make_bot\"?"),
+    ],
+)
+def test_a_factory_that_does_not_make_a_bot_is_refused(
+    attribute: str, message: str, bot_module: Callable[[str], str]
+) -> None:
+    """A factory returning something else, needing arguments or async: a clear error."""
+    name = bot_module(DENTIST)
+    target = f"{name}:{attribute}"
+    with pytest.raises(CallflowError) as caught:
+        load_bot(target, factory=True)
+    assert message.format(target=target) in str(caught.value)
+
+
+def test_a_factory_without_the_flag_is_pointed_to_it(bot_module: Callable[[str], str]) -> None:
+    """A function given without --factory is refused with a hint to add it."""
+    name = bot_module(DENTIST)
+    with pytest.raises(CallflowError) as caught:
+        load_bot(f"{name}:make_bot")
+    assert str(caught.value) == (
+        f"{name}:make_bot is a function, expected a callflow.Bot (if it builds one, add --factory)"
+    )
+
+
+def test_the_version_comes_from_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    """`callflow --version` prints callflow.__version__ (the one version source) and exits 0."""
+    import callflow
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"callflow {callflow.__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+((a|b|rc)\d+)?", callflow.__version__)
+
+
+@pytest.mark.anyio
+async def test_a_bot_served_twice_says_so(fake_graph: FakeGraph) -> None:
+    """Serving a Bot that is serving (or has served) raises RegistrationError saying it is
+    being served twice, through bot.serve() and through FakeGraph.serve alike."""
+    bot = Bot()
+    twice = r"Bot 'bot' is being served twice: a Bot serves once\. Build a new Bot"
+    async with fake_graph.serve(bot):
+        assert bot.served
+        with pytest.raises(RegistrationError, match=twice):
+            async with bot.serve():
+                pass  # pragma: no cover - never reached
+    with pytest.raises(RegistrationError, match=twice):
+        async with fake_graph.serve(bot):
+            pass  # pragma: no cover - never reached
+    assert not Bot().served
 
 
 class _Holder:
@@ -468,7 +646,7 @@ def test_the_testing_kit_says_how_to_install_it_when_trustme_is_missing() -> Non
     )
     assert kit.returncode == 1
     assert "ImportError: callflow.testing needs the trustme package" in kit.stderr
-    assert "pip install 'callflow[testing]'" in kit.stderr
+    assert "pip install 'callflow-graph[testing]'" in kit.stderr
     demo = subprocess.run(
         [
             sys.executable,

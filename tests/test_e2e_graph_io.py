@@ -120,7 +120,7 @@ def serve_short(fake: FakeGraph, bot: Bot, **overrides: Any) -> Any:
 
 DECISIONS: dict[str, Decision] = {
     "p2p": Answer(),
-    "pstn": Reject(RejectReason.FORBIDDEN),
+    "phone": Reject(RejectReason.FORBIDDEN),
     "group_meeting": Answer(modalities="audio", hide_bot_after_escalation=True),
     "channel_meeting": Answer(modalities=("audio", "video")),
     "joinid_meeting": Redirect(Target.user("0a1b2c3d-0000-4000-8000-00000000aaaa"), timeout=30),
@@ -157,7 +157,7 @@ async def test_each_kind_of_call_gets_the_handlers_exact_decision(fake_graph: Fa
                 assert request.op == DECISIONS[kind].kind
                 assert request.body == DECISIONS[kind].to_graph(CALLBACK_URL), kind
                 assert len(handle.decisions) == 1
-    assert seen["pstn"].caller.phone_number == "+14255550123"
+    assert seen["phone"].caller.phone_number == "+14255550123"
     assert seen["policy_recording"].is_policy_recording
     assert isinstance(seen["group_meeting"].meeting_info, OrganizerMeetingInfo)
     assert isinstance(seen["channel_meeting"].meeting_info, TokenMeetingInfo)

@@ -11,6 +11,7 @@ import importlib.util
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,12 +21,13 @@ import anyio
 import pytest
 import structlog.testing
 
-from callflow import Bot, Call
+from callflow import Bot, Call, Target
 from callflow.bot import RunningBot
 from callflow.testing import (
     CALLBACK_URL,
     CallHandle,
     FakeGraph,
+    FakeSpeech,
     GraphRequest,
     SigningKey,
     identity_set,
@@ -106,7 +108,7 @@ async def test_busy_bot_rejects_every_call_as_busy(fake_graph: FakeGraph) -> Non
     """busy_bot rejects a Teams call, a phone call and a meeting invitation as busy."""
     example = load_example("busy_bot")
     async with fake_graph.serve(example.bot) as running:
-        for kind in ("p2p", "pstn", "group_meeting"):
+        for kind in ("p2p", "phone", "group_meeting"):
             call = await fake_graph.place_call(running.webhook_url, kind=kind)
             request = await call.decision(timeout=GUARD)
             assert (request.op, request.body) == ("reject", busy()), kind
@@ -130,7 +132,7 @@ async def test_front_desk_answers_forbids_redirects_and_defaults(
         url = running.webhook_url
         dana = await fake_graph.place_call(url, caller=user(DANA, name="Dana"))
         foreign = await fake_graph.place_call(url, caller=user(DANA, tenant_id=OTHER_TENANT))
-        phone = await fake_graph.place_call(url, kind="pstn")
+        phone = await fake_graph.place_call(url, kind="phone")
         stranger = await fake_graph.place_call(url, caller=user(STRANGER))
         guest = await fake_graph.place_call(url, kind="guest")
         requests = {
@@ -144,10 +146,10 @@ async def test_front_desk_answers_forbids_redirects_and_defaults(
             }.items()
         }
     assert requests["dana"].op == "answer"
-    assert requests["dana"].body["acceptedModalities"] == ["audio"]
+    assert requests["dana"].modalities == ("audio",)
     assert (requests["foreign"].op, requests["foreign"].body) == ("reject", forbidden())
     assert requests["phone"].op == "redirect"
-    assert requests["phone"].body["targets"][0]["identity"]["user"]["id"] == ON_CALL
+    assert requests["phone"].targets == (Target.user(ON_CALL),)
     assert requests["phone"].body["timeout"] == 30
     for name in ("stranger", "guest"):  # no directory configured: the default
         assert (requests[name].op, requests[name].body) == ("reject", busy()), name
@@ -161,7 +163,7 @@ async def test_front_desk_sends_phone_callers_away_out_of_office_hours(
     monkeypatch.setenv("CALLFLOW_FRONT_DESK_HOURS", "0-0")  # no office hours at all
     example = load_example("front_desk")
     async with fake_graph.serve(example.bot) as running:
-        phone = await fake_graph.place_call(running.webhook_url, kind="pstn")
+        phone = await fake_graph.place_call(running.webhook_url, kind="phone")
         request = await phone.decision(timeout=GUARD)
     assert (request.op, request.body) == ("reject", busy())
 
@@ -392,8 +394,8 @@ async def test_ivr_transfers_to_sales_on_1(
         assert running.calls() == []  # the call went to the agent: nothing held
     answer = handle.decisions[0].body
     assert answer["mediaConfig"]["preFetchMedia"][0]["resourceId"] == "menu"
-    (transfer,) = [r for r in handle.requests if r.op == "transfer"]
-    assert transfer.body["transferTarget"]["identity"]["user"]["id"] == SALES
+    (transfer,) = await handle.wait_requests(op="transfer")
+    assert transfer.transfer_target == Target.user(SALES)
     assert handle.state == "terminated"
     assert "delete" not in ops(handle)
     assert prompts(handle.requests) == ["menu"]
@@ -416,9 +418,10 @@ async def test_ivr_records_and_keeps_a_voicemail_on_2(
         assert running.calls() == []
     assert ivr.voicemails == [(handle.call_id, fake_graph.recording_audio)]
     assert prompts(handle.requests) == ["menu", "leave-a-message", "message-saved", "goodbye"]
-    (record,) = [r for r in handle.requests if r.op == "recordResponse"]
-    assert record.body["stopTones"] == ["#"]
-    assert record.body["maxRecordDurationInSeconds"] == 60
+    (record,) = await handle.wait_requests(op="recordResponse")
+    assert record.record_settings is not None
+    assert record.record_settings.stop_tones == ("#",)
+    assert record.record_settings.max_duration == 60
     (download,) = [r for r in handle.requests if r.op == "recording"]
     assert download.status == 200
     assert ops(handle)[-1] == "delete"
@@ -538,12 +541,18 @@ async def test_ivr_takes_a_voicemail_when_the_transfer_fails(
     and hangs up; the failed transfer is counted in the metrics."""
     ivr = load_ivr(monkeypatch)
     fake_graph.plan_operation("transfer", code=500, subcode=7700, message="No answer")
-    async with fake_graph.serve(ivr.bot) as running:
-        handle = await ivr.call(fake_graph, running)
-        await handle.press("1")
-        await ivr.finished(running)
-        async with aiohttp.ClientSession() as http, http.get(running.metrics_url) as got:
-            metrics = await got.text()
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(ivr.bot) as running:
+            handle = await ivr.call(fake_graph, running)
+            await handle.press("1")
+            await ivr.finished(running)
+            async with aiohttp.ClientSession() as http, http.get(running.metrics_url) as got:
+                metrics = await got.text()
+    # An agent who does not answer is ordinary telephony: nothing for an operator to see.
+    (failed,) = [entry for entry in logs if entry["event"] == "ivr.transfer_failed"]
+    assert failed["log_level"] == "info"
+    (transferred,) = [entry for entry in logs if entry["event"] == "call.transferred"]
+    assert (transferred["outcome"], transferred["target"]) == ("failed", f"user:{SALES}")
     assert prompts(handle.requests) == [
         "menu",
         "sales-unavailable",
@@ -601,12 +610,19 @@ async def test_ivr_hangs_up_when_graph_refuses_to_record(
 
 
 def test_every_example_is_tested() -> None:
-    """Each examples/*.py bot has a test in this module."""
+    """Each examples/*.py bot has a test in this module, or in the module the docs show."""
     source = Path(__file__).read_text()
+    elsewhere = {"first_bot": "test_docs.py", "menu_ivr": "test_menu_ivr.py"}  # the tutorial's
     names = sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "__init__")
-    assert names == ["busy_bot", "front_desk", "ivr", "meeting_policy", "slow_lookup"]
+    assert names == [
+        "appointments", "busy_bot", "first_bot", "front_desk", "ivr", "meeting_policy",
+        "menu_ivr", "slow_lookup",
+    ]  # fmt: skip
     for name in names:
-        assert f'load_example("{name}")' in source
+        if name in elsewhere:
+            assert f"examples/{name}.py" in (Path(__file__).parent / elsewhere[name]).read_text()
+        else:
+            assert f'load_example("{name}")' in source
 
 
 @pytest.mark.anyio
@@ -668,3 +684,125 @@ async def test_ivr_carries_on_with_the_pin_on_another_worker_when_its_own_stops(
         "pin-accepted",
         "goodbye",
     ]
+
+
+# --- appointments ----------------------------------------------------------------------------
+
+DESK = "de5cde5c-1111-4222-8333-000000000888"
+TUESDAY = datetime(2027, 3, 16, 10, 0)
+
+
+class AppointmentsExample:
+    """The appointments example's module, its flow wrapped to tell the test when it ended."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CALLFLOW_APPT_DESK", DESK)
+        monkeypatch.delenv("CALLFLOW_APPT_LANGUAGE", raising=False)
+        module = self.module = load_example("appointments")
+        self.bot: Bot = module.bot
+        self.ended = anyio.Event()
+        module.APPOINTMENTS[DANA] = module.Appointment(TUESDAY, "Doctor Lee")
+        flow = module.appointment_line
+
+        async def watched(call: Call, user_id: str, name: str) -> None:
+            try:
+                await flow(call, user_id, name)
+            finally:
+                self.ended.set()
+
+        vars(module)["appointment_line"] = watched
+
+    async def call(self, fake: FakeGraph, running: RunningBot, who: str = DANA) -> CallHandle:
+        """Place a Teams call from ``who`` (Dana) and wait until the question is asked."""
+        handle = await fake.place_call(running.webhook_url, caller=user(who, name="Dana"))
+        await handle.wait_requests(op="recordResponse", timeout=GUARD)
+        return handle
+
+    async def finished(self, running: RunningBot) -> None:
+        with anyio.fail_after(GUARD):
+            await self.ended.wait()
+        assert running.engine.lanes.flows == 0
+        assert running.engine.stats.handler_errors == 0
+
+
+def spoken(speech: FakeSpeech) -> list[str]:
+    """What the bot said (the texts Speech rendered, each once), in order."""
+    return [r.text or "" for r in speech.requests_of("tts") if r.status == 200]
+
+
+READ_BACK = "Hello Dana. Your appointment is on Tuesday 16 March at 10:00 with Doctor Lee."
+QUESTION = (
+    "To keep it, say keep or press 1. To cancel it, say cancel or press 2. "
+    "To change it, say change or press 3."
+)
+
+
+@pytest.mark.anyio
+async def test_appointments_greets_by_name_and_understands_a_spoken_answer(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dana hears her appointment read back, says "cancel it, please", and it is cancelled."""
+    example = AppointmentsExample(monkeypatch)
+    fake_graph.plan_operation("recordResponse", duration=5.0)  # until the caller speaks
+    async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
+        handle = await example.call(fake_graph, run)
+        await handle.say_back("Cancel it, please.")
+        await example.finished(run)
+        assert example.module.CANCELLED == [DANA]
+        assert ops(handle)[-2:] == ["playPrompt", "delete"]
+        assert spoken(speech) == [
+            READ_BACK, QUESTION, "Your appointment is cancelled. Goodbye."
+        ]  # fmt: skip
+        (stt,) = speech.requests_of("stt")
+        assert stt.query["language"] == "en-US"
+
+
+@pytest.mark.anyio
+async def test_appointments_takes_a_key_instead(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pressing 3 during the question transfers Dana to the front desk; Speech is not asked."""
+    example = AppointmentsExample(monkeypatch)
+    fake_graph.plan_operation("recordResponse", duration=5.0)
+    async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
+        handle = await example.call(fake_graph, run)
+        await handle.wait_requests(op="subscribeToTone", timeout=GUARD)
+        await handle.press("3")
+        await example.finished(run)
+        (transfer,) = await handle.wait_requests(op="transfer", timeout=GUARD)
+        assert transfer.body["transferTarget"]["identity"]["user"]["id"] == DESK
+        assert "cancelMediaProcessing" in ops(handle)
+        assert speech.requests_of("stt") == ()
+        assert example.module.CANCELLED == []
+
+
+@pytest.mark.anyio
+async def test_appointments_asks_twice_then_gives_up(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Words that match nothing, then silence: asked twice, then goodbye; nothing changes."""
+    example = AppointmentsExample(monkeypatch)
+    async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
+        handle = await example.call(fake_graph, run)
+        await handle.say_back("what is the weather like")
+        await example.finished(run)
+        assert len([r for r in handle.requests if r.op == "recordResponse"]) == 2
+        assert spoken(speech) == [READ_BACK, QUESTION, "Sorry, I did not understand. Goodbye."]
+        assert ops(handle)[-1] == "delete"
+        heard = [r.text for r in speech.requests_of("stt")]
+        assert heard == ["what is the weather like", None]  # the second answer: silence
+        assert example.module.CANCELLED == []
+
+
+@pytest.mark.anyio
+async def test_appointments_tells_a_caller_without_one(
+    fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ravi has no appointment: he is told so, and nothing is asked."""
+    example = AppointmentsExample(monkeypatch)
+    async with FakeSpeech() as speech, fake_graph.serve(example.bot, **speech.overrides()) as run:
+        handle = await fake_graph.place_call(run.webhook_url, caller=user(RAVI, name="Ravi"))
+        await example.finished(run)
+        assert spoken(speech) == ["Hello Ravi. I have no appointment for you. Goodbye."]
+        assert ops(handle)[-1] == "delete"
+        assert "recordResponse" not in ops(handle)

@@ -28,7 +28,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 
 import callflow._log
 from callflow import Answer, Bot, CallContext, IncomingCall, Reject, RejectReason
-from callflow._log import JsonLines, configure_logging, mask_pii, redact_secrets
+from callflow._log import JsonLines, add_timestamp, configure_logging, mask_pii, redact_secrets
 from callflow.bot import RunningBot
 from callflow.events import Identity
 from callflow.testing import CallHandle, FakeGraph, SigningKey
@@ -184,7 +184,7 @@ async def test_every_call_gets_one_call_decided_json_line(
     async with fake_graph.serve(answering_bot()) as running:
         url = running.webhook_url
         dana = await fake_graph.place_call(url, caller=caller(DANA), duplicate=2)
-        phone = await fake_graph.place_call(url, kind="pstn")
+        phone = await fake_graph.place_call(url, kind="phone")
         again = await fake_graph.place_call(url, caller=caller(DANA), call_id=retried)
         lines = {
             call.call_id: await json_logs.wait_for("call.decided", call_id=call.call_id)
@@ -227,7 +227,7 @@ async def test_names_and_numbers_are_masked_unless_pii_is_on(
         dana = await fake_graph.place_call(
             running.webhook_url, caller=caller(DANA, "Dana Whitfield")
         )
-        phone = await fake_graph.place_call(running.webhook_url, kind="pstn")
+        phone = await fake_graph.place_call(running.webhook_url, kind="phone")
         for call in (dana, phone):
             await stream.wait_for("call.decided", call_id=call.call_id)
         await settled(dana, phone)
@@ -331,7 +331,7 @@ def reference_line(event: dict[str, Any], method: str, pii: bool) -> dict[str, A
     chain: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
         redact_secrets,
         *([] if pii else [mask_pii]),
         ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
@@ -373,7 +373,7 @@ def test_json_lines_match_structlogs_processor_chain(pii: bool, method: str) -> 
     finally:
         structlog.contextvars.reset_contextvars(**tokens)
     stamp = line.pop("timestamp")
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", stamp)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
     assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 60
     expected.pop("timestamp")
     if method == "exception":
@@ -424,17 +424,17 @@ def test_bearer_tokens_and_jwts_in_free_text_are_redacted() -> None:
     assert json.loads(line)["detail"] == "sent [redacted] [redacted]"
 
 
-def test_json_line_timestamps_leave_out_zero_microseconds(
+def test_json_line_timestamps_have_milliseconds_and_the_zone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """On a whole second the time has no fraction, as datetime.isoformat() writes it."""
+    """On a whole second and just after it, the time has three decimals and ``Z``."""
     monkeypatch.setattr(time, "time_ns", lambda: 1_790_000_000 * 1_000_000_000)
     whole = json.loads(JsonLines()(None, "info", {"event": "x"}))
-    monkeypatch.setattr(time, "time_ns", lambda: 1_790_000_000 * 1_000_000_000 + 1_500)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_790_000_000 * 1_000_000_000 + 123_456_789)
     later = json.loads(JsonLines()(None, "info", {"event": "x"}))
     assert (whole["timestamp"], later["timestamp"]) == (
-        "2026-09-21T14:13:20Z",
-        "2026-09-21T14:13:20.000001Z",
+        "2026-09-21T14:13:20.000Z",
+        "2026-09-21T14:13:20.123Z",
     )
 
 

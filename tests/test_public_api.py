@@ -55,16 +55,16 @@ def test_phone_numbers_and_display_names_stay_out_of_repr() -> None:
 
 
 def _documented_names() -> set[str]:
-    """The names README's "API at a glance" lists in its bullet points."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("## API at a glance", 1)[1].split("\n## ", 1)[0]
+    """The names the docs' "API at a glance" page lists in its bullet points."""
+    page = (Path(__file__).parent.parent / "docs" / "reference" / "index.md").read_text()
+    section = page.split("# API at a glance", 1)[1]
     start = section.index("\n- **")
     bullets = section[start : section.index("\n\n", start)]  # the list, not the notes around it
     return set(re.findall(r"`([A-Z][A-Za-z]+)`", bullets))
 
 
 def test_the_documented_surface_and_all_are_the_same_both_ways() -> None:
-    """Every name README's "API at a glance" lists is exported, and every export is listed:
+    """Every name the docs' "API at a glance" lists is exported, and every export is listed:
     nothing public goes undocumented, nothing documented is missing."""
     documented = _documented_names()
     exported = set(callflow.__all__)

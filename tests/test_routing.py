@@ -12,6 +12,7 @@ from callflow import (
     Bot,
     Call,
     CallStateChanged,
+    CallTerminated,
     DecisionError,
     IncomingCall,
     RegistrationError,
@@ -197,3 +198,74 @@ def test_registration_returns_the_function_unchanged() -> None:
 
     assert bot.incoming_call(h) is h
     assert bot.on(CallStateChanged)(h) is h
+
+
+def test_the_same_function_registered_twice_is_refused_naming_it() -> None:
+    """A handler, observer, middleware or error hook registered twice would run twice."""
+    bot = Bot()
+
+    async def greet(call: IncomingCall) -> None: ...
+
+    async def seen(event: CallStateChanged) -> None: ...
+
+    async def tracing(event: Any, call_next: Any) -> Any: ...
+
+    async def report(exc: BaseException, event: Any) -> None: ...
+
+    bot.incoming_call(greet)
+    with pytest.raises(RegistrationError, match="handler 'greet' is registered twice on 'bot'"):
+        bot.incoming_call(priority=5)(greet)
+    bot.on(CallStateChanged)(seen)
+    with pytest.raises(RegistrationError, match="observer 'seen' of CallStateChanged is regis"):
+        bot.on(CallStateChanged)(seen)
+    bot.on(CallTerminated)(seen)  # one function observing two event types is fine
+    bot.middleware(tracing)
+    with pytest.raises(RegistrationError, match="middleware 'tracing' is registered twice"):
+        bot.middleware(tracing)
+    bot.on_error(report)
+    with pytest.raises(RegistrationError, match="error hook 'report' is registered twice"):
+        bot.on_error(report)
+
+
+def test_the_same_function_on_two_routers_of_one_bot_is_refused_when_it_starts() -> None:
+    async def greet(call: IncomingCall) -> None: ...
+
+    async def tracing(event: Any, call_next: Any) -> Any: ...
+
+    bot, menu = Bot(), Router("menu")
+    bot.incoming_call(greet)
+    menu.incoming_call(greet)
+    bot.include_router(menu)
+    with pytest.raises(RegistrationError, match="handler 'greet' is registered twice, on 'bot' "):
+        bot.freeze()
+    assert not bot.frozen
+
+    bot, menu = Bot(), Router("menu")
+    bot.middleware(tracing)
+    menu.middleware(tracing)
+    bot.include_router(menu)
+    with pytest.raises(RegistrationError, match="middleware 'tracing' is registered twice on the"):
+        bot.freeze()
+
+
+def test_services_reach_handlers_through_the_context() -> None:
+    """``ctx.services`` is what the bot was given; a test builds a context with a fake."""
+
+    class Clock:
+        hour = 20
+
+    def hour_of(ctx: CallContext[Clock]) -> int:
+        return ctx.services.hour
+
+    assert hour_of(CallContext("c1", services=Clock())) == 20
+    assert CallContext("c1").services is None
+    bot: Bot[Clock] = Bot(services=Clock())
+    assert bot.services.hour == 20
+    bot.freeze()
+    with pytest.raises(RegistrationError, match="cannot register services"):
+        bot.services = Clock()
+
+
+def test_a_call_handle_is_not_built_by_hand() -> None:
+    with pytest.raises(TypeError, match=r"ctx\.call"):
+        Call()

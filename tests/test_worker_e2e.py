@@ -27,6 +27,7 @@ import pytest
 from anyio.abc import Process
 from prometheus_client.parser import text_string_to_metric_families
 
+from callflow import Bot, IncomingCall, Reject, RejectReason
 from callflow.testing import CALLBACK_URL, CallHandle, FakeGraph, SigningKey
 
 pytestmark = pytest.mark.slow  # worker processes
@@ -245,7 +246,7 @@ async def test_the_worker_decides_calls_and_its_metrics_count_them(
         calls = {
             "dana": await fake.place_call(webhook, caller=dana, duplicate=2),
             "foreign": await fake.place_call(webhook, caller=foreign),
-            "phone": await fake.place_call(webhook, kind="pstn"),
+            "phone": await fake.place_call(webhook, kind="phone"),
             "meeting": await fake.place_call(webhook, kind="group_meeting"),
             "channel": await fake.place_call(webhook, kind="channel_meeting"),
             "encrypted": await fake.place_call(webhook, kind="encrypted"),
@@ -390,6 +391,30 @@ async def test_a_second_signal_stops_at_once_and_still_sends_the_defaults(
         assert (await worker.decided(call))["decided_by"] == "default"
 
 
+def make_bot() -> Bot:
+    """A factory for ``callflow run tests.test_worker_e2e:make_bot --factory``."""
+    bot = Bot(name="made-by-factory")
+
+    @bot.incoming_call
+    async def made_busy(call: IncomingCall) -> Reject:
+        return Reject(RejectReason.BUSY)
+
+    return bot
+
+
+@pytest.mark.anyio
+async def test_the_worker_serves_the_bot_a_factory_makes(fake: FakeGraph) -> None:
+    """`callflow run module:factory --factory` serves the Bot the factory returns."""
+    env = worker_env(fake, safety_margin=1.5, drain_timeout=2.0)
+    async with run_worker("tests.test_worker_e2e:make_bot", env, "--factory") as worker:
+        (ready,) = await worker.wait_for("bot.ready")
+        call = await fake.place_call(ready["url"], caller=stranger(1))
+        assert (await worker.decided(call))["decided_by"] == "made_busy"
+        assert (await call.decision(timeout=GUARD)).body["reason"] == "busy"
+        worker.signal(signal.SIGTERM)
+        assert await worker.exit_code() == 0
+
+
 @pytest.mark.anyio
 async def test_the_drain_lasts_at_most_drain_timeout(callflow_signing_key: SigningKey) -> None:
     """With handlers slower than DRAIN_TIMEOUT, the defaults go out once it has passed."""
@@ -428,7 +453,7 @@ async def test_the_worker_masks_personal_data_unless_log_pii_is_on(fake: FakeGra
             user = await fake.place_call(
                 ready["url"], caller={"kind": "user", "id": DANA, "display_name": "Dana Whitfield"}
             )
-            phone = await fake.place_call(ready["url"], kind="pstn")
+            phone = await fake.place_call(ready["url"], kind="phone")
             for call in (user, phone):
                 await worker.decided(call)
             worker.signal(signal.SIGTERM)

@@ -119,7 +119,9 @@ def _identity_set(members: dict[str, Any]) -> tuple[Identity | None, tuple[Ident
             name = _intern(name)
             if ident_id is not None:
                 ident_id = _intern(ident_id)
-        identity = Identity(_KIND_NAMES.get(kind, kind), ident_id, name, tenant)
+        # A member Graph adds later keeps its own name (IdentityKind lists the known ones).
+        kind_name = _KIND_NAMES.get(kind, kind)
+        identity = Identity(kind_name, ident_id, name, tenant)  # type: ignore[arg-type]
         found.append(identity)
         rank = _RANK.get(kind, _OTHER_RANK)
         if rank < best:

@@ -35,16 +35,48 @@ __all__ = ["CallBook", "Ended"]
 
 _ABSENT: Final = object()
 
-OnEnd = Callable[[str, ResultInfo | None], None]
-"""``on_end(call_id, result)``: a call has ended (``result``: why, when Graph said)."""
+_BOT_SUBCODES: Final = frozenset({7000, 10550})
+"""Subcodes of a call's end that say the bot ended it."""
+_TRANSFERRED_SUBCODE: Final = 7015
 
 
 @attrs.frozen
 class Ended:
-    """A call that ended recently: the tenant it belonged to and why it ended, if known."""
+    """A call that ended recently: the tenant it belonged to, why it ended (Graph's
+    ``resultInfo``, when Graph said), and who ended it when this worker knows (``by``:
+    ``bot`` when the bot hung up, ``gone`` when Graph answered a request for it with 404
+    before saying how it ended, ``fleet`` when another worker of the fleet owns it now)."""
 
     tenant_id: str | None
     result: ResultInfo | None
+    by: str | None = None
+
+    @property
+    def ended_by(self) -> str:
+        """Who ended the call: ``bot``, ``caller``, ``transferred``, ``platform``, ``gone``
+        or ``fleet``.
+
+        What the worker knows comes first (the bot's own hang-up); else Graph's resultInfo
+        says: 7015 transferred, 7000/10550 the bot, a code of 400 or more the platform
+        (keepAlive timeout, media failure, unreachable), any other end the caller; an end
+        with no resultInfo at all (the call went quiet) the platform.
+        """
+        if self.by is not None:
+            return self.by
+        result = self.result
+        if result is None:
+            return "platform"
+        if result.subcode == _TRANSFERRED_SUBCODE:
+            return "transferred"
+        if result.subcode in _BOT_SUBCODES:
+            return "bot"
+        if result.code is not None and result.code >= 400:
+            return "platform"
+        return "caller"
+
+
+OnEnd = Callable[[str, Ended], None]
+"""``on_end(call_id, ended)``: a call has ended (``ended``: why and by whom, when known)."""
 
 
 class CallBook:
@@ -125,7 +157,7 @@ class CallBook:
     # -- listeners (wired once, before the loops run) ----------------------------------------
 
     def on_end(self, listener: OnEnd) -> None:
-        """Tell ``listener(call_id, result)`` of every call that ends (once per call)."""
+        """Tell ``listener(call_id, ended)`` of every call that ends (once per call)."""
         self._on_end.append(listener)
 
     def on_hold(self, listener: Callable[[str], None]) -> None:
@@ -169,8 +201,9 @@ class CallBook:
         """Drop ``call_id`` without ending it (another worker of the fleet owns it)."""
         self._live.pop(call_id, None)
 
-    def end(self, call_id: str, result: ResultInfo | None = None) -> bool:
-        """``call_id`` ended: keep it among the recently ended, tell the listeners. True the
+    def end(self, call_id: str, result: ResultInfo | None = None, *, by: str | None = None) -> bool:
+        """``call_id`` ended (``by``: who ended it, when this worker knows, see
+        :class:`Ended`): keep it among the recently ended, tell the listeners. True the
         first time, False when it had ended already."""
         call_id = canonical_call_id(call_id)
         tenant = self._live.pop(call_id, _ABSENT)
@@ -179,11 +212,11 @@ class CallBook:
             if call_id in ended:
                 return False
             tenant = None  # the bot ended a call it was not told about (its own hang-up)
-        ended[call_id] = Ended(tenant, result)  # type: ignore[arg-type]
+        record = ended[call_id] = Ended(tenant, result, by)  # type: ignore[arg-type]
         if len(ended) > self._ended_size:
             ended.popitem(last=False)
         for listener in self._on_end:
-            listener(call_id, result)
+            listener(call_id, record)
         return True
 
     def park(self, event: CallEvent, received: float) -> bool:

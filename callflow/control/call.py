@@ -17,6 +17,9 @@ Each method returns when Graph's operation completed, raises an
 :class:`~callflow.errors.CallEndedError` when the call ended first. Cancelling the awaiting
 task cancels the operation (a prompt or recording is stopped in Graph).
 
+Each step the bot awaits logs one line of the call's story when it ends (see
+:mod:`callflow.control.story`).
+
 Threads: the Graph client and the notifications live on the I/O loop, bot code on the app
 loop. A :class:`Call` never touches them itself: every method hands a function to its
 :class:`IoPort`, which runs it on the I/O loop and brings the result back. All the waiting
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 
+from callflow._log import pii_allowed
 from callflow.actions import (
     Invite,
     JoinMeeting,
@@ -43,14 +47,20 @@ from callflow.actions import (
     SendTones,
     Transfer,
     UpdateRecordingStatus,
+    prompt_names,
 )
+from callflow.control import listening
+from callflow.control.listening import Choice, Menu, RecordSpec, Reply
 from callflow.control.memory import encode_memo
-from callflow.decisions import MediaPrompt, Target
-from callflow.errors import ActionError, CallControlError
+from callflow.control.story import Step
+from callflow.decisions import MediaPrompt, Prompt, Target
+from callflow.errors import ActionError, CallControlError, SpeechError
 from callflow.events import TONES, ResultInfo, canonical_call_id
+from callflow.prompts import Say
 
 if TYPE_CHECKING:
     from callflow.control.control import CallControl
+    from callflow.speech.recognition import Heard
 
 __all__ = ["Call", "Calls", "IoPort", "Recording", "SameLoopPort"]
 
@@ -136,21 +146,49 @@ class Recording:
 class Call:
     """A call the bot holds (answered or created): play, record, collect digits, transfer...
 
-    Built by the bot (or :class:`Calls`) with the :class:`~callflow.control.control.CallControl`
-    of the I/O loop and the :class:`IoPort` that reaches it. ``call_id`` is Graph's id;
-    ``tenant_id`` picks the app token. Operations on one call may run concurrently, except
-    one digit collection and one transfer at a time.
+    A bot gets its handles from callflow, never by building one: ``ctx.call`` in a handler
+    or observer, the argument of an ``Answer(then=...)`` flow, ``bot.calls.get(call_id)``
+    and ``await bot.calls.create(...)``. ``call_id`` is Graph's id; ``tenant_id`` picks the
+    app token; ``services`` is what the bot was given as ``Bot(services=...)``. Operations
+    on one call may run concurrently, except one digit collection and one transfer at a time.
     """
 
-    __slots__ = ("_control", "_port", "call_id", "tenant_id")
+    __slots__ = ("_control", "_port", "_services", "call_id", "tenant_id")
 
-    def __init__(
-        self, call_id: str, *, control: CallControl, port: IoPort, tenant_id: str | None = None
-    ) -> None:
+    call_id: str
+    tenant_id: str | None
+    _control: CallControl
+    _port: IoPort
+    _services: Any
+
+    def __new__(cls) -> Call:
+        raise TypeError(
+            "a Call handle comes from callflow: ctx.call, the argument of Answer(then=...), "
+            "bot.calls.get(call_id) or await bot.calls.create(...)"
+        )
+
+    @classmethod
+    def _open(
+        cls,
+        call_id: str,
+        control: CallControl,
+        port: IoPort,
+        tenant_id: str | None = None,
+        services: Any = None,
+    ) -> Call:
+        """The handle of ``call_id``, reaching ``control`` (the I/O loop's) through ``port``."""
+        self = object.__new__(cls)
         self.call_id = canonical_call_id(call_id)
         self.tenant_id = tenant_id
         self._control = control
         self._port = port
+        self._services = services
+        return self
+
+    @property
+    def services(self) -> Any:
+        """The bot's own services (``Bot(services=...)``; None when it was given none)."""
+        return self._services
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id}>"
@@ -202,9 +240,13 @@ class Call:
         await self._port.run(lambda: control.remember(call_id, tenant, text))
 
     async def play(
-        self, prompts: MediaPrompt | Iterable[MediaPrompt], *, timeout: float | None = 120.0
+        self, prompts: Prompt | Iterable[Prompt], *, timeout: float | None = 120.0
     ) -> None:
         """Play one prompt or several in a row; return once they were played.
+
+        A :class:`~callflow.Say` or :class:`~callflow.Ssml` prompt is rendered first (within
+        ``timeout``) and served by the worker; when Speech cannot render it,
+        :class:`~callflow.errors.SpeechError` is raised and nothing is played.
 
         A prompt that Graph reports ``completed`` without ``completedSuccessfully`` (it
         played nothing) raises :class:`~callflow.errors.OperationError`; one stopped by
@@ -213,12 +255,32 @@ class Call:
         request = PlayPrompt(prompts)
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
+        with Step("call.prompt_played", call_id, tenant, prompts=prompt_names(request.prompts)):
+            await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
+
+    async def say(
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        language: str | None = None,
+        timeout: float | None = 120.0,
+    ) -> None:
+        """Say ``text`` to the caller; return once it was played.
+
+        ``play(Say(text, voice=..., language=...))``: the text is spoken as written (never
+        read as SSML; for SSML use :class:`~callflow.Ssml`), rendered by Azure AI Speech once
+        and cached. Raises :class:`~callflow.errors.ActionError` for an empty text or one over
+        5,000 characters (before anything is sent), :class:`~callflow.errors.SpeechError`
+        when Speech cannot render it within ``timeout`` (nothing is played then), and like
+        :meth:`play` otherwise.
+        """
+        await self.play(Say(text, voice=voice, language=language), timeout=timeout)
 
     async def record(
         self,
         *,
-        prompt: MediaPrompt | None = None,
+        prompt: Prompt | None = None,
         barge_in_allowed: bool = False,
         initial_silence_timeout: int = 5,
         max_silence_timeout: int = 5,
@@ -246,13 +308,20 @@ class Call:
             timeout = float(initial_silence_timeout + max_duration + 30 + (60 if prompt else 0))
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        finished = await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
+        names = prompt_names(() if prompt is None else (prompt,))
+        with Step("call.recorded", call_id, tenant, prompts=names) as step:
+            finished = await self._port.run(lambda: control.act(call_id, tenant, request, timeout))
+            step.fields["completion_reason"] = finished.completion_reason
+            step.fields["has_recording"] = finished.recording_location is not None
         port = self._port
 
         async def fetch(location: str, token: str, max_bytes: int, limit: float | None) -> bytes:
-            return await port.run(
-                lambda: control.download(location, token, call_id, max_bytes, limit)
-            )
+            with Step("call.recording_downloaded", call_id, tenant) as step:
+                audio = await port.run(
+                    lambda: control.download(location, token, call_id, max_bytes, limit)
+                )
+                step.fields["bytes"] = len(audio)
+            return audio
 
         return Recording(
             call_id,
@@ -264,6 +333,81 @@ class Call:
             fetch,
         )
 
+    async def listen(
+        self,
+        *,
+        prompt: Prompt | None = None,
+        language: str | None = None,
+        max_duration: int = 10,
+        initial_silence_timeout: int = 5,
+        max_silence_timeout: int = 2,
+        play_beep: bool = False,
+        stop_tones: str | Iterable[str] = ("#",),
+        timeout: float | None = None,
+        recognition_timeout: float = 15.0,
+    ) -> Heard:
+        """Record what the caller says (after ``prompt``) and return it recognised.
+
+        One ``recordResponse`` (the caller may speak over the prompt; recording stops after
+        ``max_silence_timeout`` s of silence, at ``max_duration`` s, at most 60, or at a stop
+        tone), the download, and one recognition in ``language`` (default
+        ``CALLFLOW_SPEECH_LANGUAGE``). Silence, noise or words not recognised give a
+        :class:`~callflow.speech.recognition.Heard` with an empty ``text`` and Speech's status
+        (``InitialSilenceTimeout``, ``BabbleTimeout``, ``NoMatch``). ``timeout`` bounds the
+        recording (as in :meth:`record`), ``recognition_timeout`` the download and the
+        recognition: a Speech resource that cannot be reached or refuses raises
+        :class:`~callflow.errors.SpeechError` within it.
+        """
+        spec = RecordSpec(
+            prompt, initial_silence_timeout, max_silence_timeout, max_duration, play_beep,
+            True, _stop_tones(stop_tones), timeout,
+        )  # fmt: skip
+        _check_timeout("recognition_timeout", recognition_timeout, optional=False)
+        return await listening.listen(
+            self, _recognizer(self._control, self._port), spec, language=language,
+            recognition_timeout=recognition_timeout,
+        )  # fmt: skip
+
+    async def ask(
+        self,
+        prompt: Prompt | None,
+        *,
+        choices: Mapping[str, Choice | str],
+        digits: bool = True,
+        language: str | None = None,
+        attempts: int = 1,
+        retry_prompt: Prompt | None = None,
+        max_duration: int = 5,
+        initial_silence_timeout: int = 5,
+        max_silence_timeout: int = 1,
+        timeout: float | None = None,
+        recognition_timeout: float = 15.0,
+    ) -> Reply:
+        """Ask a question answered with a key or a word; return the :class:`Reply`.
+
+        ``choices`` names each entry: ``{"sales": Choice(key="1", words=["sales", "buy"])}``.
+        The prompt plays and the caller is recorded (as in :meth:`listen`) while keys are
+        watched (``digits``): the first answer wins. A key stops the prompt and cancels the
+        recording; otherwise what was said is recognised and matched against the entries'
+        words (and spoken keys: "one"). No match (a wrong key, other words, silence) asks
+        again, up to ``attempts`` times, with ``retry_prompt`` if given; the last
+        :class:`Reply` has ``choice`` None then, and says what came (``via``, ``key``,
+        ``heard``).
+        """
+        menu = Menu.of(choices)
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise ActionError(f"attempts must be an integer >= 1, got {attempts!r}")
+        spec = RecordSpec(
+            prompt, initial_silence_timeout, max_silence_timeout, max_duration, False, True,
+            menu.keys if digits else ("#",), timeout,
+        )  # fmt: skip
+        _check_timeout("recognition_timeout", recognition_timeout, optional=False)
+        return await listening.ask(
+            self, _recognizer(self._control, self._port), menu, spec, digits=bool(digits),
+            language=language, recognition_timeout=recognition_timeout, attempts=attempts,
+            retry_prompt=retry_prompt,
+        )  # fmt: skip
+
     async def collect_digits(
         self,
         max_digits: int,
@@ -271,7 +415,7 @@ class Call:
         timeout: float = 10.0,
         inter_digit_timeout: float = 3.0,
         stop_tones: str | Iterable[str] = ("#",),
-        prompt: MediaPrompt | Iterable[MediaPrompt] | None = None,
+        prompt: Prompt | Iterable[Prompt] | None = None,
         prompt_timeout: float | None = 120.0,
     ) -> str:
         """Collect up to ``max_digits`` key presses and return them (``"1234"``).
@@ -292,18 +436,25 @@ class Call:
         stops = _stop_tones(stop_tones)
         request = None if prompt is None else PlayPrompt(prompt)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        return await self._port.run(
-            lambda: control.collect_digits(
-                call_id,
-                tenant,
-                max_digits=max_digits,
-                timeout=timeout,
-                inter_digit_timeout=inter_digit_timeout,
-                stop_tones=stops,
-                prompt=request,
-                prompt_timeout=prompt_timeout,
+        names = () if request is None else prompt_names(request.prompts)
+        with Step("call.digits_collected", call_id, tenant, prompts=names) as step:
+            entry = await self._port.run(
+                lambda: control.collect_digits(
+                    call_id,
+                    tenant,
+                    max_digits=max_digits,
+                    timeout=timeout,
+                    inter_digit_timeout=inter_digit_timeout,
+                    stop_tones=stops,
+                    prompt=request,
+                    prompt_timeout=prompt_timeout,
+                )
             )
-        )
+            # What was typed (a PIN, an account number) only when personal data may be logged.
+            step.fields.update(keys=len(entry.digits), ended=entry.ended, barged_in=entry.barged_in)
+            if pii_allowed():
+                step.fields["digits"] = entry.digits
+        return entry.digits
 
     async def subscribe_tones(self, *, timeout: float | None = 30.0) -> None:
         """Ask Graph to report the caller's key presses (``subscribeToTone``, once per call).
@@ -344,7 +495,8 @@ class Call:
         request = Transfer(target, transferee, replaces_call_id)
         _check_timeout("timeout", timeout)
         control, call_id, tenant = self._control, self.call_id, self.tenant_id
-        await self._port.run(lambda: control.transfer(call_id, tenant, request, timeout))
+        with Step("call.transferred", call_id, tenant, target=f"{target.kind}:{target.id}"):
+            await self._port.run(lambda: control.transfer(call_id, tenant, request, timeout))
 
     async def invite(
         self, participants: Target | Iterable[Target], *, timeout: float | None = 60.0
@@ -386,6 +538,24 @@ class Call:
         await self._port.run(lambda: control.simple(call_id, tenant, kind, timeout))
 
 
+def _recognizer(control: CallControl, port: IoPort) -> listening.Recognize:
+    """Recognition for ``listen``/``ask``: on the I/O loop, through the worker's Speech."""
+
+    async def recognize(audio: bytes, language: str | None, timeout: float) -> Heard:
+        recognizer = control.recognizer
+        if recognizer is None:
+            raise SpeechError(
+                "listening needs a Speech resource: set CALLFLOW_SPEECH_REGION (or "
+                "CALLFLOW_SPEECH_ENDPOINT) and CALLFLOW_SPEECH_KEY",
+                setting="CALLFLOW_SPEECH_REGION",
+            )
+        return await port.run(
+            lambda: recognizer.recognize(audio, language=language, timeout=timeout)
+        )
+
+    return recognize
+
+
 def _stop_tones(value: str | Iterable[str]) -> tuple[str, ...]:
     tones = (value,) if isinstance(value, str) and value in TONES else tuple(value)
     for tone in tones:
@@ -398,12 +568,13 @@ class Calls:
     """Places new calls and hands out :class:`Call` handles (``bot.calls``).
 
     ``control`` is the I/O loop's :class:`~callflow.control.control.CallControl`, ``port`` the
-    :class:`IoPort` that reaches it.
+    :class:`IoPort` that reaches it; ``services`` (the bot's own) go with every handle.
     """
 
-    def __init__(self, control: CallControl, port: IoPort) -> None:
+    def __init__(self, control: CallControl, port: IoPort, services: Any = None) -> None:
         self._control = control
         self._port = port
+        self._services = services
 
     def get(self, call_id: str, *, tenant_id: str | None = None) -> Call:
         """The handle of a call the bot already holds (one it answered or created).
@@ -414,7 +585,7 @@ class Calls:
         call_id = canonical_call_id(call_id)
         if tenant_id is None:
             tenant_id = self._control.book.tenant_of(call_id)
-        return Call(call_id, control=self._control, port=self._port, tenant_id=tenant_id)
+        return Call._open(call_id, self._control, self._port, tenant_id, self._services)
 
     async def create(
         self,
@@ -473,4 +644,4 @@ class Calls:
         control = self._control
         created = await self._port.run(lambda: control.create(request, timeout))
         tenant = created.tenant_id or tenant_id
-        return Call(created.call_id, control=control, port=self._port, tenant_id=tenant)
+        return Call._open(created.call_id, control, self._port, tenant, self._services)

@@ -23,9 +23,9 @@ import anyio
 import structlog
 
 import callflow._tracing as _tracing
-from callflow.actions import Invite, JoinMeeting, PlayPrompt
+from callflow.actions import Invite, JoinMeeting, PlayPrompt, RecordResponse, prompt_names
 from callflow.clock import MONOTONIC
-from callflow.control.digits import DigitRequest, collect
+from callflow.control.digits import DigitRequest, Entry, WhyStopped, collect
 from callflow.control.memory import LocalMemory, Memory
 from callflow.control.registry import (
     CallRecord,
@@ -46,16 +46,12 @@ from callflow.errors import (
 )
 from callflow.events import OperationFinished
 from callflow.graph.client import _new_client_context
+from callflow.speech.media import SpokenMedia, rendered
 
 if TYPE_CHECKING:
-    from callflow.actions import (
-        OutgoingCall,
-        RecordResponse,
-        SendTones,
-        Transfer,
-        UpdateRecordingStatus,
-    )
+    from callflow.actions import OutgoingCall, SendTones, Transfer, UpdateRecordingStatus
     from callflow.graph.client import CreatedCall, GraphClient, Operation
+    from callflow.speech.recognition import Recognizer
 
     _Action = PlayPrompt | RecordResponse | SendTones | Invite | UpdateRecordingStatus
 
@@ -196,6 +192,9 @@ class CallControl:
         """``on_created(call_id, tenant_id)``: a call the bot created is established (the
         bot then holds it: keep-alive)."""
         self._clock = self.registry.clock
+        # Set by the worker with a Speech resource: rendering Say/Ssml, recognising answers.
+        self.spoken: SpokenMedia | None = None
+        self.recognizer: Recognizer | None = None
 
     async def wait_established(self, call_id: str, timeout: float | None) -> None:
         """Return once Graph reported ``call_id`` established (at once if it did already).
@@ -215,7 +214,7 @@ class CallControl:
 
     async def remember(self, call_id: str, tenant_id: str | None, memo: str) -> None:
         """Keep ``memo`` (JSON, checked) as the call's memo; CallEndedError once it ended."""
-        self._check_open(call_id)
+        _check_open(self.registry, call_id)
         await self.memory.remember(call_id, tenant_id, memo)
 
     # -- one operation -----------------------------------------------------------------------
@@ -228,16 +227,21 @@ class CallControl:
         *,
         timeout: float | None,
         tenant_id: str | None = None,
+        prompts: tuple[str, ...] | None = None,
+        why_stopped: WhyStopped | None = None,
     ) -> OperationFinished:
         """Start an operation and return its result once Graph reports it.
 
         Raises OperationError (MediaCancelledError for 400/8508) when it failed,
         OperationTimeoutError after ``timeout`` seconds, CallEndedError when the call ended
         first, GraphError when Graph refused the request. A prompt or recording given up
-        (timeout or cancellation) is cancelled in Graph.
+        (timeout or cancellation) is cancelled in Graph. ``prompts`` names the operation's
+        prompts and ``why_stopped()`` says why it was cancelled, when a digit collection
+        stopped it (both for the ``call.operation`` line).
         """
         registry = self.registry
         async with self._finishing(call_id, kind, timeout, tenant_id) as step:
+            step.prompts, step.why_stopped = prompts, why_stopped
             # Registered before the POST: a result that comes before the reply finds it.
             waiter = step.waiter = registry.expect(call_id, kind, _new_context())
             finished: OperationFinished | None = None
@@ -279,10 +283,7 @@ class CallControl:
         step = _Step(call_id, kind, tenant_id, graph_deadline(timeout))
         outcome = "error"
         error: BaseException | None = None
-        span = None
-        tracing = _tracing.active
-        if tracing is not None:  # the operation's span, in its call's trace
-            span = tracing.start_operation(call_id, kind, tenant_id)
+        span = _tracing.operation(call_id, kind, tenant_id)  # a no-op while tracing is off
         try:
             with anyio.fail_after(timeout):
                 yield step
@@ -307,8 +308,7 @@ class CallControl:
         finally:
             if step.waiter is not None:
                 self.registry.forget(step.waiter)
-            if span is not None:
-                span.end(outcome, error)
+            span.end(outcome, error)
             self._report(step, outcome, self._clock.now() - began, error)
 
     @contextlib.contextmanager
@@ -318,7 +318,7 @@ class CallControl:
         try:
             yield
         except CallGoneError as exc:
-            self.registry.end(call_id)
+            self.registry.end(call_id, by="gone")
             raise self.registry.record(call_id).ended_error() from exc
 
     async def _give_up(self, step: _Step) -> None:
@@ -334,25 +334,9 @@ class CallControl:
     def _report(
         self, step: _Step, outcome: str, seconds: float, error: BaseException | None
     ) -> None:
-        """Log the ``call.operation`` line of an operation that ended, and tell the hook.
-
-        ``code``/``subcode`` are Graph's: the ``resultInfo`` of the result, else of the
-        error raised (or its cause), else the HTTP status and error code of the request
-        Graph refused.
-        """
-        kind, finished = step.kind, step.finished
-        code, subcode = _codes(finished, error)
-        log.info(
-            "call.operation",
-            call_id=step.call_id,
-            kind=kind,
-            operation_id=step.operation_id,
-            outcome=outcome,
-            latency_ms=round(seconds * 1000, 1),
-            code=code,
-            subcode=subcode,
-            completion_reason=finished.completion_reason if finished is not None else None,
-        )
+        """Log the ``call.operation`` line of an operation that ended, and tell the hook."""
+        _log_operation(step, outcome, seconds, error)
+        kind = step.kind
         hook = self._on_operation
         if hook is not None:
             try:
@@ -371,7 +355,7 @@ class CallControl:
                     call_id, tenant_id=tenant_id, deadline=graph_deadline(self.cancel_timeout)
                 )
             except GraphError as exc:
-                log.warning("call.cancel_media_failed", call_id=call_id, error=str(exc))
+                _undo_failed("call.cancel_media_failed", call_id, exc)
 
     async def _hang_up_quietly(self, call_id: str) -> None:
         """Hang up a call the bot gave up on (shielded, within cancel_timeout); it ends here
@@ -379,27 +363,30 @@ class CallControl:
         if self.registry.is_ended(call_id):
             return
         tenant = self.book.tenant_of(call_id)
-        self.registry.end(call_id)
+        self.registry.end(call_id, by="bot")
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_timeout):
             try:
                 await self.graph.hang_up(
                     call_id, tenant_id=tenant, deadline=graph_deadline(self.cancel_timeout)
                 )
             except GraphError as exc:
-                log.warning("call.hang_up_failed", call_id=call_id, error=str(exc))
-
-    def _check_open(self, call_id: str) -> None:
-        if self.registry.is_ended(call_id):
-            raise self.registry.record(call_id).ended_error()
+                _undo_failed("call.hang_up_failed", call_id, exc)
 
     # -- the actions -------------------------------------------------------------------------
 
     async def act(
-        self, call_id: str, tenant_id: str | None, request: _Action, timeout: float | None
+        self,
+        call_id: str,
+        tenant_id: str | None,
+        request: _Action,
+        timeout: float | None,
+        why_stopped: WhyStopped | None = None,
     ) -> OperationFinished:
-        """Run one action (play prompts, record, send tones, invite, update the recording
-        status); return when Graph finished it (see :meth:`run`)."""
-        self._check_open(call_id)
+        """Run one action (play, record, send tones, invite, update the recording status);
+        return when Graph finished it (see :meth:`run`). Spoken prompts are rendered first,
+        within ``timeout`` (SpeechError, and nothing sent, when they cannot be)."""
+        _check_open(self.registry, call_id)
+        request, timeout = await rendered(self.spoken, request, timeout)
 
         def start(context: str, deadline: float | None) -> Awaitable[Operation]:
             return self.graph.run_action(
@@ -412,13 +399,22 @@ class CallControl:
             )
 
         kind = "invite" if type(request) is Invite else request.action
-        return await self.run(call_id, kind, start, timeout=timeout, tenant_id=tenant_id)
+        prompts = _prompts_of(request)
+        return await self.run(
+            call_id,
+            kind,
+            start,
+            timeout=timeout,
+            tenant_id=tenant_id,
+            prompts=prompts,
+            why_stopped=why_stopped,
+        )
 
     async def simple(
         self, call_id: str, tenant_id: str | None, kind: str, timeout: float | None
     ) -> OperationFinished:
         """Run ``subscribeToTone``, ``cancelMediaProcessing``, ``mute`` or ``unmute``."""
-        self._check_open(call_id)
+        _check_open(self.registry, call_id)
         methods = {
             "subscribeToTone": self.graph.subscribe_to_tone,
             "cancelMediaProcessing": self.graph.cancel_media_processing,
@@ -441,7 +437,7 @@ class CallControl:
             log.debug("call.hang_up_skipped", call_id=call_id, reason="the call has ended")
             return
         deadline = graph_deadline(timeout)
-        self.registry.end(call_id)  # the bot is leaving: nothing more waits on this call
+        self.registry.end(call_id, by="bot")  # the bot is leaving: nothing more waits on this call
         await self.graph.hang_up(call_id, tenant_id=tenant_id, deadline=deadline)
         log.info("call.hung_up", call_id=call_id)
 
@@ -465,7 +461,7 @@ class CallControl:
         Raises TransferError when the call came back to ``established`` (Graph's resultInfo
         says why), OperationTimeoutError after ``timeout`` seconds.
         """
-        self._check_open(call_id)
+        _check_open(self.registry, call_id)
         record = self.registry.record(call_id)
         if record.transfer is not None:
             raise CallControlError(f"call {call_id} is already being transferred")
@@ -513,10 +509,11 @@ class CallControl:
         stop_tones: tuple[str, ...],
         prompt: PlayPrompt | None,
         prompt_timeout: float | None,
-    ) -> str:
+    ) -> Entry:
         """Collect the caller's key presses (see
-        :meth:`callflow.control.call.Call.collect_digits`)."""
-        self._check_open(call_id)
+        :meth:`callflow.control.call.Call.collect_digits`): the digits and how the entry
+        ended."""
+        _check_open(self.registry, call_id)
         record = self.registry.record(call_id)
         if record.collecting:
             raise CallControlError(f"call {call_id} is already collecting digits")
@@ -527,8 +524,8 @@ class CallControl:
             if prompt is None:
                 return await collect(record, request, clock=self._clock)
 
-            def play() -> Awaitable[OperationFinished]:
-                return self.act(call_id, tenant_id, prompt, prompt_timeout)
+            def play(why: WhyStopped) -> Awaitable[OperationFinished]:
+                return self.act(call_id, tenant_id, prompt, prompt_timeout, why)
 
             return await collect(record, request, clock=self._clock, prompt=play)
         finally:
@@ -559,10 +556,66 @@ class CallControl:
         return created
 
 
+def _undo_failed(event: str, call_id: str, exc: GraphError) -> None:
+    """Log a cancel or hang-up that Graph refused: at info when the call is gone already
+    (the caller hung up meanwhile: nothing to undo, nothing for an operator to look at),
+    else at warning."""
+    gone = isinstance(exc, CallGoneError)
+    (log.info if gone else log.warning)(event, call_id=call_id, error=str(exc), gone=gone)
+
+
+def _prompts_of(request: _Action) -> tuple[str, ...] | None:
+    """The names of an action's prompts, for its log line (None: not a media action)."""
+    if type(request) is PlayPrompt:
+        return prompt_names(request.prompts)
+    if type(request) is RecordResponse:
+        return prompt_names(() if request.prompt is None else (request.prompt,))
+    return None
+
+
+def _log_operation(step: _Step, outcome: str, seconds: float, error: BaseException | None) -> None:
+    """Log the ``call.operation`` line of an operation that ended.
+
+    ``code``/``subcode`` are Graph's: the ``resultInfo`` of the result, else of the error
+    raised (or its cause), else the HTTP status and error code of the request Graph
+    refused. A media operation names its prompts; a cancelled one says why (``cause``).
+    """
+    finished = step.finished
+    code, subcode = _codes(finished, error)
+    extra: dict[str, object] = {}
+    if step.prompts is not None:
+        extra["prompts"] = step.prompts
+    if outcome == "cancelled":
+        why = step.why_stopped() if step.why_stopped is not None else None
+        extra["cause"] = why or "awaiter_cancelled"
+    log.info(
+        "call.operation",
+        call_id=step.call_id,
+        kind=step.kind,
+        operation_id=step.operation_id,
+        outcome=outcome,
+        latency_ms=round(seconds * 1000, 1),
+        code=code,
+        subcode=subcode,
+        completion_reason=finished.completion_reason if finished is not None else None,
+        **extra,
+    )
+
+
 class _Step:
     """One operation under way, as :meth:`CallControl._finishing` needs to know it."""
 
-    __slots__ = ("call_id", "deadline", "finished", "kind", "started", "tenant_id", "waiter")
+    __slots__ = (
+        "call_id",
+        "deadline",
+        "finished",
+        "kind",
+        "prompts",
+        "started",
+        "tenant_id",
+        "waiter",
+        "why_stopped",
+    )
 
     def __init__(
         self, call_id: str, kind: str, tenant_id: str | None, deadline: float | None
@@ -580,6 +633,10 @@ class _Step:
         self.started = False
         """True once the operation may be under way in Graph: giving it up then undoes it
         (a prompt or recording is cancelled, a created call hung up)."""
+        self.prompts: tuple[str, ...] | None = None
+        """The names of its prompts (a prompt or recording), for its log line."""
+        self.why_stopped: WhyStopped | None = None
+        """Why a digit collection stopped it (barge-in), when one did."""
 
     @property
     def operation_id(self) -> str | None:
@@ -634,3 +691,8 @@ def _from_reply(operation: Operation) -> OperationFinished:
 
 def _new_context() -> str:
     return _new_client_context()
+
+
+def _check_open(registry: OperationRegistry, call_id: str) -> None:
+    if registry.is_ended(call_id):
+        raise registry.record(call_id).ended_error()

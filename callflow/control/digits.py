@@ -21,7 +21,7 @@ import attrs
 from callflow.clock import Clock
 from callflow.errors import CallEndedError, MediaCancelledError
 
-__all__ = ["DigitRequest", "Keypad", "ToneBuffer", "collect"]
+__all__ = ["DigitRequest", "Entry", "Keypad", "ToneBuffer", "collect"]
 
 
 class ToneBuffer:
@@ -137,19 +137,36 @@ class DigitRequest:
     stop_tones: tuple[str, ...]
 
 
+@attrs.frozen
+class Entry:
+    """One digit collection's result: the ``digits`` (stop tone left out), how it ``ended``
+    (``max_digits``, ``stop_tone``, ``inter_digit_timeout`` or ``timeout``) and whether a
+    key stopped its prompt (``barged_in``)."""
+
+    digits: str
+    ended: str
+    barged_in: bool = False
+
+
+WhyStopped = Callable[[], "str | None"]
+"""Why the collection stopped its prompt: ``barge_in`` (a key came while it played) or
+``collection_ended`` (the collection failed: the call ended, say); None while it has not."""
+
+
 async def collect(
     keys: Keypad,
     request: DigitRequest,
     *,
     clock: Clock,
-    prompt: Callable[[], Awaitable[object]] | None = None,
-) -> str:
+    prompt: Callable[[WhyStopped], Awaitable[object]] | None = None,
+) -> Entry:
     """Collect one entry of the caller's key presses (see :class:`DigitRequest`).
 
-    With ``prompt``, ``prompt()`` plays it while collecting and the clock starts when it
-    ends; the first key press stops it (barge-in). Raises the call's CallEndedError when it
-    ended first, and the prompt's error when it failed before any key was pressed. Its
-    timeouts run on ``clock`` (the one that stamped the key presses).
+    With ``prompt``, ``prompt(why)`` plays it while collecting and the clock starts when it
+    ends; the first key press stops it (barge-in), and ``why()`` then says why the prompt
+    was stopped (for its log line). Raises the call's CallEndedError when it ended first,
+    and the prompt's error when it failed before any key was pressed. Its timeouts run on
+    ``clock`` (the one that stamped the key presses).
     """
     if prompt is None:
         return await _gather(keys, request, clock, None)
@@ -157,29 +174,37 @@ async def collect(
 
 
 class _Playing:
-    """The prompt of a digit collection: its cancel scope, and how it ended."""
+    """The prompt of a digit collection: its cancel scope, how it ended, and why the
+    collection stopped it."""
 
-    __slots__ = ("done", "error", "scope")
+    __slots__ = ("done", "error", "scope", "why")
 
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
         self.done = False
         self.error: BaseException | None = None
+        self.why: str | None = None
+
+    def stop(self, why: str) -> None:
+        """Stop the prompt (if it still plays) and say why."""
+        if not self.done and self.why is None:
+            self.why = why
+        self.scope.cancel()
 
 
 async def _with_prompt(
     keys: Keypad,
     request: DigitRequest,
     clock: Clock,
-    prompt: Callable[[], Awaitable[object]],
-) -> str:
+    prompt: Callable[[WhyStopped], Awaitable[object]],
+) -> Entry:
     """Play ``prompt`` while collecting; the first key press stops it (barge-in)."""
     playing = _Playing()
 
     async def play() -> None:
         try:
             with playing.scope:
-                await prompt()
+                await prompt(lambda: playing.why)
         except MediaCancelledError:
             pass  # cancelled by someone else: the menu is over, keep collecting
         except Exception as exc:
@@ -188,24 +213,24 @@ async def _with_prompt(
             playing.done = True
             keys.touch()
 
-    digits: str | None = None
+    entry: Entry | None = None
     failure: Exception | None = None
     # Errors leave the task group as they are, not wrapped in an ExceptionGroup: the
     # body keeps its own, the prompt task keeps its own in `playing`.
     async with anyio.create_task_group() as tg:
         tg.start_soon(play)
         try:
-            digits = await _gather(keys, request, clock, playing)
+            entry = await _gather(keys, request, clock, playing)
         except Exception as exc:
             failure = exc
         finally:
-            playing.scope.cancel()
+            playing.stop("collection_ended")  # no-op once the prompt ended or a key stopped it
     if failure is not None:
         raise failure
-    if playing.error is not None and digits is None:
+    if playing.error is not None and entry is None:
         raise playing.error
-    assert digits is not None
-    return digits
+    assert entry is not None
+    return entry
 
 
 async def _gather(
@@ -213,19 +238,25 @@ async def _gather(
     request: DigitRequest,
     clock: Clock,
     playing: _Playing | None,
-) -> str:
+) -> Entry:
     tones = keys.tones
     max_digits, stop_tones = request.max_digits, request.stop_tones
     began = end = None
+    barged_in = False
     while True:
         digits = tones.take(max_digits, stop_tones)
         if digits is not None:
-            return digits
+            if playing is not None and not playing.done:
+                barged_in = True  # the entry came while the prompt played
+                playing.stop("barge_in")
+            ended = "max_digits" if len(digits) >= max_digits else "stop_tone"
+            return Entry(digits, ended, barged_in)
         if keys.ended:
             raise keys.ended_error()
         if playing is not None and not playing.done:
             if len(tones):
-                playing.scope.cancel()  # barge-in: a key stops the prompt
+                barged_in = True
+                playing.stop("barge_in")  # a key stops the prompt
             elif playing.error is None:
                 await keys.changed.wait()
                 continue
@@ -242,7 +273,7 @@ async def _gather(
         if now >= wake:
             digits = tones.take(max_digits, stop_tones, force=True)
             assert digits is not None
-            return digits
+            return Entry(digits, "timeout" if now >= end else "inter_digit_timeout", barged_in)
         changed = keys.changed
         timer = clock.call_at(asyncio.get_running_loop(), wake, keys.touch)
         try:

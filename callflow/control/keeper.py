@@ -5,7 +5,8 @@ Graph drops an answered call that the bot does not keep alive (at least every 45
 ``keepAlive`` every ``interval`` seconds from one heap-driven task, forgets the call when it
 terminates, and treats a 404 from Graph as "the call is gone": ``on_gone(call_id)`` ends it
 for the whole worker (what waits on it fails at once with
-:class:`~callflow.errors.CallEndedError`, and nothing more is sent for it).
+:class:`~callflow.errors.CallEndedError`, and nothing more is sent for it). The end of each
+held call is logged here, once (``call.ended``: who ended it, how long it was held).
 
 A keepAlive that fails for any other reason (Graph unreachable or erring, no app token
 because the identity provider is down or the tenant revoked consent, anything else) never
@@ -34,6 +35,7 @@ import attrs
 import structlog
 
 from callflow.clock import MONOTONIC, Clock
+from callflow.control.book import Ended
 from callflow.errors import CallGoneError
 
 if TYPE_CHECKING:
@@ -154,12 +156,24 @@ class CallKeeper:
         if self._wake is not None and self._heap[0][2] == call_id:
             self._wake.set()
 
-    def ended(self, call_id: str, result: object = None) -> None:
-        """Forget ``call_id`` (it ended). Its keepAlive entry is dropped when due, or sooner:
-        once ended calls' entries outnumber the held calls', the schedule is rebuilt without
-        them (so it holds about the calls held, not every call of the last interval)."""
-        if self._calls.pop(call_id, None) is None:
+    def ended(self, call_id: str, ended: Ended | None = None) -> None:
+        """Forget ``call_id`` (it ended: ``ended`` says how) and log its ``call.ended`` line.
+        Its keepAlive entry is dropped when due, or sooner: once ended calls' entries
+        outnumber the held calls', the schedule is rebuilt without them (so it holds about
+        the calls held, not every call of the last interval)."""
+        held = self._calls.pop(call_id, None)
+        if held is None:
             return
+        result = ended.result if ended is not None else None
+        log.info(
+            "call.ended",
+            call_id=call_id,
+            tenant_id=held.tenant_id,
+            ended_by=ended.ended_by if ended is not None else "platform",
+            code=result.code if result is not None else None,
+            subcode=result.subcode if result is not None else None,
+            held_s=round(self._clock.now() - held.answered_at, 3),
+        )
         self._touch()
         if len(self._heap) > 2 * len(self._calls) + 64:
             if self._loop is not None and threading.get_ident() != self._thread:
@@ -231,7 +245,7 @@ class CallKeeper:
             await self._graph.keep_alive(held.call_id, tenant_id=held.tenant_id, deadline=deadline)
         except CallGoneError:
             log.info("call.gone", call_id=held.call_id, reason="keepAlive answered 404")
-            self.ended(held.call_id)
+            self.ended(held.call_id, Ended(held.tenant_id, None, "gone"))
             if self._on_gone is not None:
                 self._on_gone(held.call_id)
             return

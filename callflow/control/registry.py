@@ -26,7 +26,7 @@ import anyio
 import structlog
 
 from callflow.clock import MONOTONIC, Clock
-from callflow.control.book import CallBook
+from callflow.control.book import CallBook, Ended
 from callflow.control.digits import ToneBuffer
 from callflow.errors import CallEndedError, TransferError
 from callflow.events import (
@@ -266,6 +266,7 @@ class OperationRegistry:
 
     def _state(self, event: CallStateChanged) -> None:
         record = self.record(event.call_id)
+        key = record.call_id
         if record.ended:
             return
         etag = event.etag
@@ -274,8 +275,10 @@ class OperationRegistry:
             if etag is not None:
                 record.etag = etag
             record.state = event.state
-        if event.state == "established":
+        if event.state == "established" and not record.established:
             record.established = True
+            # Once per call (a call's story: answered, established, ..., ended).
+            log.info("call.established", call_id=record.call_id, tenant_id=self.book.tenant_of(key))
         transfer = record.transfer
         if transfer is not None and not (
             etag is not None and transfer.baseline is not None and etag <= transfer.baseline
@@ -297,16 +300,18 @@ class OperationRegistry:
                 transfer.done.set()
         record.touch()
 
-    def end(self, call_id: str, result: ResultInfo | None = None) -> None:
-        """The call ended: the book forgets it, its waiters fail with CallEndedError (a
-        transfer may succeed), its record is dropped."""
-        self.book.end(call_id, result)
+    def end(self, call_id: str, result: ResultInfo | None = None, *, by: str | None = None) -> None:
+        """The call ended (``by`` whom, when known: see :class:`~callflow.control.book.
+        Ended`): the book forgets it, its waiters fail with CallEndedError (a transfer may
+        succeed), its record is dropped."""
+        self.book.end(call_id, result, by=by)
 
-    def _ended(self, call_id: str, result: ResultInfo | None) -> None:
+    def _ended(self, call_id: str, ended: Ended) -> None:
         """The book's listener: ``call_id`` ended."""
         record = self._calls.pop(call_id, None)
         if record is None or record.ended:
             return
+        result = ended.result
         record.ended = True
         record.result = result
         record.state = "terminated"

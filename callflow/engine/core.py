@@ -32,7 +32,7 @@ from callflow.decisions import Decision, Reject
 from callflow.engine.crossing import Inbox, IoThread
 from callflow.engine.deadline import DeadlineScheduler, DecisionSink, DecisionSlot
 from callflow.engine.intake import Intake, LaneLink
-from callflow.engine.lanes import Lanes
+from callflow.engine.lanes import Failure, Lanes
 from callflow.engine.limits import Limits
 from callflow.engine.outbox import OnDecided
 from callflow.engine.stats import EngineStats
@@ -51,6 +51,8 @@ class Engine:
     :class:`~callflow.engine.deadline.RecordingSink` in tests); it may be given late, through
     :meth:`io_side`. ``limits`` bound it (:class:`~callflow.engine.limits.Limits`); ``clock``
     is where deadlines are read (tests pass a :class:`~callflow.clock.ManualClock`).
+    ``on_failure(failure)`` is told, on the app loop, of every failure of the bot's own code
+    (:class:`~callflow.engine.lanes.Failure`).
     ``on_decided``, ``calls``, ``admit`` and ``on_events`` go to the
     :class:`~callflow.engine.intake.Intake`. Use ``async with engine.running():`` on the app
     loop, then :meth:`submit`.
@@ -69,6 +71,7 @@ class Engine:
         calls: CallBook | None = None,
         admit: Callable[[IncomingCall, DecisionSlot], Awaitable[bool]] | None = None,
         on_events: Callable[[Sequence[CallEvent]], None] | None = None,
+        on_failure: Callable[[Failure], None] | None = None,
     ) -> None:
         limits = self.limits = limits if limits is not None else Limits()
         self.default_decision: Decision = default_decision or Reject()
@@ -94,6 +97,7 @@ class Engine:
             services=services,
             clock=clock,
             max_queued=limits.max_queued_per_call,
+            on_failure=on_failure,
         )
         self._io: IoThread | None = None
         self._to_io: Inbox | None = None

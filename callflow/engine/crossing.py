@@ -212,7 +212,7 @@ class IoThread:
     coroutine function there; every such coroutine runs as a task of one task group that the
     thread's main coroutine owns, and leaving the block cancels what is still running, stops
     the loop and joins the thread. The loop is uvloop's when uvloop is installed
-    (``callflow[speed]``), else asyncio's, whatever the app loop is.
+    (``callflow-graph[speed]``), else asyncio's, whatever the app loop is.
     """
 
     def __init__(self, name: str = "callflow-io", *, uvloop: bool | None = None) -> None:

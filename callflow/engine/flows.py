@@ -8,11 +8,14 @@ later events (key presses, state updates) still reach their observers while it r
 is not cancelled when its call ends (every operation it awaits then raises
 :class:`~callflow.errors.CallEndedError`, and the flow ends quietly); one that raises
 otherwise is reported (log, error hooks) and its call is hung up, unless by then the call has
-ended or is being transferred.
+ended or is being transferred. Each flow logs ``call.flow_started`` (once its call is
+established) and ``call.flow_ended`` (how it ended, and how long it ran) or
+``call.flow_failed``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,6 +94,7 @@ class Flows:
 
         async def body(handle: Call) -> None:
             await handle.established(timeout=self.establish_timeout)
+            log.info("call.flow_started", call_id=call.call_id, tenant_id=call.tenant_id, flow=name)
             await flow(handle)
 
         await self._guarded(call, call.call_id, call.tenant_id, name, body)
@@ -104,7 +108,14 @@ class Flows:
         """Run one ``CallAdopted`` observer as a flow (its call is established already)."""
 
         async def body(handle: Call) -> None:
-            ctx = CallContext(event.call_id, None, self._services, tenant_id=event.tenant_id)
+            ctx = CallContext(event.call_id, source=self._services, tenant_id=event.tenant_id)
+            log.info(
+                "call.flow_started",
+                call_id=event.call_id,
+                tenant_id=event.tenant_id,
+                flow=name,
+                adopted=True,
+            )
             await observer(event, ctx)
 
         await self._guarded(event, event.call_id, event.tenant_id, name, body)
@@ -126,6 +137,8 @@ class Flows:
         how a hook takes the call over, e.g. by awaiting ``call.transfer(...)``.
         """
         handle: Call | None = None
+        began = time.monotonic()
+        ended = {"call_id": call_id, "tenant_id": tenant_id, "flow": name}
         try:
             services = self._services
             if services is None:
@@ -144,15 +157,28 @@ class Flows:
             if isinstance(exc, CallEndedError) and (
                 handle is None or handle.ended or _same_call(exc.call_id, call_id)
             ):
-                log.info("call.flow_ended", call_id=call_id, flow=name, result=str(exc))
+                log.info(
+                    "call.flow_ended",
+                    **ended,
+                    outcome="call_ended",
+                    duration_ms=_since(began),
+                    result=str(exc),
+                )
             else:
                 await self._failed(exc, event, name)
                 if handle is not None:
-                    await self._hang_up_failed(handle, exc, name)
+                    await self._hang_up_failed(handle, exc, name, _since(began))
+        except BaseException:  # cancelled: the bot is stopping
+            log.info("call.flow_ended", **ended, outcome="cancelled", duration_ms=_since(began))
+            raise
+        else:
+            log.info("call.flow_ended", **ended, outcome="completed", duration_ms=_since(began))
         finally:
             self.running -= 1
 
-    async def _hang_up_failed(self, handle: Call, exc: Exception, name: str) -> None:
+    async def _hang_up_failed(
+        self, handle: Call, exc: Exception, name: str, duration_ms: float
+    ) -> None:
         """After the error hooks of a failed flow: hang its call up unless it has ended or
         is being transferred; log what was done (``call.flow_failed``)."""
         state = handle.state
@@ -172,8 +198,15 @@ class Flows:
         log.warning(
             "call.flow_failed",
             call_id=handle.call_id,
+            tenant_id=handle.tenant_id,
             flow=name,
+            duration_ms=duration_ms,
             error=f"{type(exc).__name__}: {exc}",
             state=state,
             action=action,
         )
+
+
+def _since(began: float) -> float:
+    """Milliseconds since ``began`` (a ``time.monotonic()`` reading), to a tenth."""
+    return round((time.monotonic() - began) * 1000.0, 1)

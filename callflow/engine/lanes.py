@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 import structlog
 from structlog.contextvars import bind_contextvars
 
@@ -40,9 +41,32 @@ if TYPE_CHECKING:
     from callflow.control.call import Call
     from callflow.engine.stats import EngineStats
 
-__all__ = ["Lanes"]
+__all__ = ["Failure", "Lanes"]
 
 log = structlog.get_logger(__name__)
+
+
+@attrs.frozen
+class Failure:
+    """One failure of the bot's own code, as ``on_failure`` is told of it (on the app loop).
+
+    ``what`` is ``"handler"`` (it raised, or returned something that is not a decision),
+    ``"observer"``, ``"flow"`` (an ``Answer(then=...)`` flow or a ``CallAdopted`` observer)
+    or ``"error hook"``; ``name`` the function's name (a failing middleware or filter is
+    reported under the handler or observer it wraps); ``call_id`` the call; ``error`` the
+    exception.
+    """
+
+    what: str
+    name: str
+    call_id: str | None
+    error: BaseException
+
+    def __str__(self) -> str:
+        return (
+            f"{self.what} {self.name!r} (call {self.call_id}): "
+            f"{type(self.error).__name__}: {self.error}"
+        )
 
 
 class Lanes:
@@ -64,8 +88,10 @@ class Lanes:
         clock: Clock = MONOTONIC,
         max_queued: int = 256,
         establish_timeout: float = 30.0,
+        on_failure: Callable[[Failure], None] | None = None,
     ) -> None:
         self._router = router
+        self._on_failure = on_failure
         self.stats = stats
         self.default_decision = default_decision
         self._services = services
@@ -79,7 +105,7 @@ class Lanes:
         self._forget = self._tasks.discard  # one bound method for every task's done callback
         self._flows = Flows(
             self._spawn,
-            self._handler_failed,
+            self._flow_failed,
             services,
             lambda: self.routes,
             establish_timeout=establish_timeout,
@@ -281,9 +307,9 @@ class Lanes:
                                         ctx = CallContext(
                                             call.call_id,
                                             slot.deadline,
-                                            self._services,
-                                            self._clock,
-                                            call.tenant_id,
+                                            source=self._services,
+                                            clock=self._clock,
+                                            tenant_id=call.tenant_id,
                                         )
                                     result = await inv.call(call, ctx)
                             except Exception as exc:
@@ -337,17 +363,30 @@ class Lanes:
         invokers = self.routes.observers_for(event)
         if not invokers:
             return
-        ctx = CallContext(event.call_id, None, self._services, self._clock)
+        ctx = CallContext(event.call_id, source=self._services, clock=self._clock)
         for inv in invokers:
             try:
                 if inv.where is not None and not inv.where(event):
                     continue
                 await inv.call(event, ctx)
             except Exception as exc:
-                await self._handler_failed(exc, event, inv.name)
+                await self._handler_failed(exc, event, inv.name, "observer")
 
-    async def _handler_failed(self, exc: BaseException, event: CallEvent, name: str) -> None:
+    async def _flow_failed(self, exc: BaseException, event: CallEvent, name: str) -> None:
+        await self._handler_failed(exc, event, name, "flow")
+
+    def _report(self, what: str, name: str, call_id: str | None, exc: BaseException) -> None:
+        if self._on_failure is not None:
+            try:
+                self._on_failure(Failure(what, name, call_id, exc))
+            except Exception as report_exc:
+                log.error("on_failure.failed", call_id=call_id, error=repr(report_exc))
+
+    async def _handler_failed(
+        self, exc: BaseException, event: CallEvent, name: str, what: str = "handler"
+    ) -> None:
         self.stats.handler_errors += 1
+        self._report(what, name, event.call_id, exc)
         log.error(
             "handler.failed",
             call_id=event.call_id,
@@ -362,3 +401,5 @@ class Lanes:
                     await result
             except Exception as hook_exc:
                 log.error("error_hook.failed", call_id=event.call_id, error=repr(hook_exc))
+                hook_name = getattr(hook, "__name__", repr(hook))
+                self._report("error hook", hook_name, event.call_id, hook_exc)

@@ -118,7 +118,7 @@ def connect(
     except ImportError as exc:  # pragma: no cover - redis is a dev dependency
         raise ConfigError(
             "CALLFLOW_STORE names Redis, which needs the redis package "
-            "(pip install 'callflow[redis]'); expected it to be importable"
+            "(pip install 'callflow-graph[redis]'); expected it to be importable"
         ) from exc
     options: dict[str, Any] = {
         "decode_responses": True,

@@ -38,6 +38,7 @@ from callflow.fleet.census import Directory
 from callflow.fleet.claims import FleetSink, SharedDedupe
 from callflow.fleet.forwarding import Forwarder
 from callflow.fleet.held import HeldCalls, HeldStore
+from callflow.fleet.prompts import SharedPrompts
 from callflow.fleet.stats import FleetStats
 from callflow.fleet.store import (
     HEARTBEATS_TO_LIVE,
@@ -129,6 +130,8 @@ class Solo:
         """``CALLBACK_URL``: the callbackUri of decisions."""
         self.memory = LocalMemory()
         """Memos of held calls (``call.remember``), kept in the process."""
+        self.prompts: SharedPrompts | None = None
+        """No store to share spoken prompts through: this worker serves what it named."""
 
     @property
     def admission(self) -> None:
@@ -213,11 +216,15 @@ class Fleet:
         self.held_store = HeldStore(self._store)
         book = calls if calls is not None else CallBook()
         self.held = HeldCalls(
-            self.held_store, on_lost=lambda call_id, owner: book.end(call_id), stats=stats
+            self.held_store,
+            on_lost=lambda call_id, owner: book.end(call_id, by="fleet"),
+            stats=stats,
         )
         """The calls this worker holds, written behind to the store (adopted when it is lost)."""
         self.memory: Memory = self.held
         """Memos of held calls (``call.remember``): written to the store with their call."""
+        self.prompts: SharedPrompts | None = SharedPrompts(self._store)
+        """What spoken prompts say, in the store: any worker serves any of them."""
         self.webhook = Forwarder(
             s.instance_id,
             self.directory.url,

@@ -31,6 +31,7 @@ from anyio.from_thread import BlockingPortal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from callflow._log import redact_value
 from callflow.errors import ConfigError, TokenError
 
 __all__ = [
@@ -416,8 +417,9 @@ class MsalTokenProvider:
     def _failed(self, code: str, description: str) -> _Failure:
         with self._state_lock:
             self._failures += 1
-        if self._client_secret:
-            description = description.replace(self._client_secret, "***")
+        # The secret's exact value, when long enough to be told from ordinary text: a
+        # placeholder such as "s" would otherwise be cut out of every word of the message.
+        description = redact_value(description, self._client_secret)
         description = " ".join(description.split())[:_DESCRIPTION_LIMIT]
         return _Failure(code=code, description=description)
 

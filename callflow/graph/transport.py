@@ -349,7 +349,9 @@ class Transport:
             if deadline is not None and time.monotonic() + wait > deadline - SEND_ALLOWANCE:
                 self._abandon(op, call_id, status, attempt, "deadline", wait)
                 raise error from cause
-            log.warning(
+            # A retry is routine (Graph asked to come back later): info. One given up is
+            # the warning (graph.retry_abandoned).
+            log.info(
                 "graph.retry", op=op, call_id=call_id, status=status, attempt=attempt, wait=wait
             )
             await asyncio.sleep(wait)

@@ -19,6 +19,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import anyio
 
+from callflow.testing._audio import wav_with_words
 from callflow.testing._records import FakeOperation, GraphRequest, WebhookReply, op_matches
 
 __all__ = ["CallHandle", "Press"]
@@ -74,6 +75,9 @@ class CallHandle:
         self.placed_at = time.monotonic()
         self.deadline = self.placed_at + timeout
         self.subscribed_to_tones = False
+        self.said: list[str] = []
+        """The words of the prompts played to the call, in order (a FakeSpeech rendering
+        carries its text; see :class:`~callflow.testing.FakeMedia`)."""
         self.tone_sequence = 0
         self.muted = False
         self.recording_status: str | None = None
@@ -83,6 +87,8 @@ class CallHandle:
         self._operations: list[FakeOperation] = []
         self._changed = anyio.Event()
         self._press = press
+        self._speech: list[bytes] = []
+        self._spoke = anyio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -152,6 +158,27 @@ class CallHandle:
             raise RuntimeError(f"call {self.call_id} does not belong to a running FakeGraph")
         return await self._press(self, keys, order, duplicates)
 
+    async def say_back(self, text: str, *, seconds: float = 1.0) -> None:
+        """The caller says ``text``: the call's next recording holds those words.
+
+        The recording is a WAV of ``seconds`` of sound carrying ``text`` (see
+        :func:`~callflow.testing.wav_with_words`), which FakeSpeech recognises as ``text``.
+        A recording running now ends at once with it (the caller spoke, then was silent);
+        otherwise the next one does. Each call is one recording's worth, in order.
+        """
+        self._speech.append(wav_with_words(text, seconds))
+        spoke, self._spoke = self._spoke, anyio.Event()
+        spoke.set()
+
+    def _take_speech(self) -> bytes | None:
+        """The audio of the next recording the caller spoke into, if any (consumed)."""
+        return self._speech.pop(0) if self._speech else None
+
+    async def _speech_arrives(self) -> None:
+        """Return once the caller has said something for the next recording."""
+        while not self._speech:
+            await self._spoke.wait()
+
     # -- waiting ----------------------------------------------------------------------------
     # The waiters take a timeout (ASYNC109) on purpose: a bot that never sends what a test
     # waits for must fail that test with a message saying what did arrive, not hang it.
@@ -206,12 +233,16 @@ class CallHandle:
         count: int = 1,
         *,
         op: str | None = None,
+        where: Callable[[GraphRequest], bool] | None = None,
         timeout: float = 10.0,  # noqa: ASYNC109
     ) -> tuple[GraphRequest, ...]:
-        """Return this call's requests (of ``op``, or ``"decision"``) once there are ``count``."""
+        """Return this call's requests (of ``op``, or ``"decision"``; for which ``where`` is
+        true) once there are ``count``; TimeoutError after ``timeout`` seconds."""
 
         def ready() -> tuple[GraphRequest, ...] | None:
-            found = tuple(r for r in self._requests if op_matches(op, r.op))
+            found = tuple(
+                r for r in self._requests if op_matches(op, r.op) and (where is None or where(r))
+            )
             return found if len(found) >= count else None
 
         return await self._wait(ready, timeout, f"{count} {op or 'any'} request(s)")

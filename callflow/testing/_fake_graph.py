@@ -41,20 +41,15 @@ import structlog
 from callflow.settings import Settings
 from callflow.testing._call_handle import CallHandle
 from callflow.testing._config import FakeConfig, Forward, Knobs, bot_environ, bot_settings
+from callflow.testing._failures import FailureLog
 from callflow.testing._graph_api import GraphApi
 from callflow.testing._graph_http import GRAPH_PATH, KEYS_PATH
 from callflow.testing._keys import DEFAULT_ISSUER, OPENID_CONFIG_PATH, KeyServer, SigningKey
 from callflow.testing._notifier import Notifier, Signer
 from callflow.testing._operations import OperationsEngine
-from callflow.testing._payloads import CallerSpec
-from callflow.testing._records import (
-    CALLBACK_URL,
-    DEFAULT_APP_ID,
-    DEFAULT_TENANT_ID,
-    FakeOperation,
-    GraphRequest,
-    WebhookReply,
-)
+from callflow.testing._payloads import CallerSpec, CallKind, check_kind
+from callflow.testing._recorded import Recorded
+from callflow.testing._records import CALLBACK_URL, DEFAULT_APP_ID, DEFAULT_TENANT_ID, WebhookReply
 from callflow.testing._runtime import Runtime
 from callflow.testing._state import GraphState, Plan
 from callflow.testing._timeouts import PlatformTimeouts
@@ -68,13 +63,15 @@ __all__ = ["FakeGraph"]
 log = structlog.get_logger(__name__)
 
 
-class FakeGraph:
+class FakeGraph(Recorded):
     """A loopback stand-in for Microsoft Graph's calling APIs; see the module docstring.
 
     ``app_id``/``tenant_id``/``app_secret`` are the bot's identity (the token endpoint checks
     the secret). ``platform_timeout``/``recording_timeout`` are how long a placed call waits
     for a decision. ``token_lifetime`` is the lifetime of app tokens and notification tokens.
     ``signing_key`` shares a key between fakes (generating one takes tens of milliseconds).
+    ``strict=True`` (the pytest plugin's default) makes a failure of a served bot's own code
+    fail the test (see :meth:`serve`); :attr:`failures` lists them either way.
     """
 
     app_id = Forward[str]("_config")
@@ -115,6 +112,7 @@ class FakeGraph:
         follow_up: bool = True,
         signing_key: SigningKey | None = None,
         callback_url: str = CALLBACK_URL,
+        strict: bool = False,
     ) -> None:
         config = FakeConfig(
             app_id, tenant_id, app_secret, platform_timeout, recording_timeout,
@@ -126,6 +124,9 @@ class FakeGraph:
         self.keys = KeyServer.for_keys(self.key, issuer=issuer)
         """The key endpoint; ``keys.failing = True`` makes it answer 500."""
         self._config = config
+        self.strict = strict
+        """Strict mode (settable): see :meth:`serve`."""
+        self._failures = FailureLog()
         self._knobs = knobs = Knobs()
         self._runtime = runtime = Runtime()
         self._state = state = GraphState()
@@ -136,6 +137,8 @@ class FakeGraph:
         self._api = GraphApi(
             config, knobs, runtime, state, notifier, operations, self.tokens, self.keys
         )
+        self.media = operations.media
+        """Judges the prompts bots play (:meth:`~FakeMedia.register`, ``serve_origin``)."""
 
     def __repr__(self) -> str:
         where = self.url if self._runtime.serving else "not running"
@@ -217,17 +220,39 @@ class FakeGraph:
         return bot_environ(self.settings(**overrides), overrides)
 
     @contextlib.asynccontextmanager
-    async def serve(self, bot: Bot, **overrides: Any) -> AsyncIterator[RunningBot]:
+    async def serve(
+        self, bot: Bot[Any], *, services: Any = None, strict: bool | None = None, **overrides: Any
+    ) -> AsyncIterator[RunningBot]:
         """Configure ``bot`` with :meth:`settings` and serve it; yield the running bot.
 
         The bot fetches real tokens with msal from the TLS token endpoint and checks the
-        notification tokens against the key endpoint. A bot serves only once: create a new
-        one per test.
+        notification tokens against the key endpoint. ``services`` (when not None) replaces
+        the bot's own services (``Bot(services=...)``) for this run: hand in fakes. A bot
+        serves only once: create a new one per test.
+
+        Strict mode (``strict``, by default the fake's :attr:`strict`): when the bot's own
+        code failed while it served (a handler raised or returned something that is not a
+        decision, an observer, middleware, filter, flow or error hook raised), leaving the
+        block raises :class:`~callflow.testing.BotCodeError` naming each failure and its
+        call; if the block is ending with an exception already, they are added to it as a
+        note. Every failure is in :attr:`failures` either way.
         """
         self._runtime.check()
         bot.configure(self.settings(**overrides))
-        async with bot.serve() as running:
-            yield running
+        if services is not None:
+            bot.services = services
+        strict = self.strict if strict is None else strict
+        failures = self._failures
+        try:
+            async with bot.serve(on_failure=failures.add) as running:
+                self.media.serve_origin(bot.settings.callback_url or CALLBACK_URL, running.url)
+                yield running
+        except BaseException as exc:
+            if strict:
+                failures.note_on(exc)
+            raise
+        if strict:
+            failures.raise_new()
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -253,44 +278,6 @@ class FakeGraph:
     def app_token(self) -> str:
         """Return a new bearer token that Graph accepts, without going through msal."""
         return self._api.app_token()
-
-    # -- records ----------------------------------------------------------------------------
-
-    @property
-    def requests(self) -> tuple[GraphRequest, ...]:
-        """Every call-control request received so far, in arrival order."""
-        return tuple(self._state.requests)
-
-    def requests_for(self, call_id: str) -> tuple[GraphRequest, ...]:
-        """The call-control requests received for ``call_id``."""
-        return self._state.requests_for(call_id)
-
-    @property
-    def calls(self) -> tuple[CallHandle, ...]:
-        """Every call placed so far."""
-        return tuple(self._state.calls.values())
-
-    def call(self, call_id: str) -> CallHandle:
-        """The handle of a placed call; KeyError naming the id if there is none."""
-        return self._state.call(call_id)
-
-    @property
-    def operations(self) -> tuple[FakeOperation, ...]:
-        """Every operation started so far, in the order the actions arrived."""
-        return tuple(self._state.operations)
-
-    async def wait_requests(
-        self,
-        count: int = 1,
-        *,
-        op: str | None = None,
-        call_id: str | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109
-    ) -> tuple[GraphRequest, ...]:
-        """Return the requests (of ``op`` or ``"decision"``, for ``call_id``) once there are
-        ``count`` of them; TimeoutError after ``timeout`` seconds."""
-        self._runtime.check()
-        return await self._state.wait_requests(count, op, call_id, timeout)
 
     # -- faults and plans -------------------------------------------------------------------
 
@@ -371,7 +358,7 @@ class FakeGraph:
         self,
         webhook_url: str,
         *,
-        kind: str = "p2p",
+        kind: CallKind = "p2p",
         caller: CallerSpec = None,
         call_id: str | None = None,
         tenant_id: str | None = None,
@@ -391,6 +378,7 @@ class FakeGraph:
         platform timeout starts when the first POST goes out. Connection errors propagate
         (the call then counts as ended).
         """
+        kind = check_kind(kind, stacklevel=3)
         call, body = self._notifier.open_call(
             webhook_url, kind, caller, call_id, tenant_id, policy_recording, duplicate, payload
         )

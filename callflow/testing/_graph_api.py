@@ -192,7 +192,7 @@ class GraphApi:
             )
         else:
             response = web.Response(
-                body=self._knobs.recording_audio,
+                body=known[2] if known[2] is not None else self._knobs.recording_audio,
                 content_type="audio/wav",
                 headers=reply_ids(request),
             )
@@ -301,6 +301,7 @@ class GraphApi:
             self._notifier.pin(call, body.get("callbackUri"))
         if op == "answer":
             call.state = "established"
+            self._operations.prefetch(call, body)
             follow = self._notifier.follow_established(call)
         elif op in ("reject", "redirect", "delete"):
             call.state = "terminated"

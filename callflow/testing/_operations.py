@@ -6,9 +6,11 @@ starts a :class:`~callflow.testing.FakeOperation`: the 200 carries it ``running`
 notification on ``.../operations/{id}`` (subscribeToTone, mute, unmute,
 updateRecordingStatus and cancelMediaProcessing complete in the 200 itself). A completed
 recordResponse leaves a recording, served under ``/recordings/{id}`` to its access token.
-``cancelMediaProcessing`` fails the running prompts and recordings with 400/8508; a call
-that ends drops its running operations without a notification. A transfer goes through
-``transferring`` and ``transferAccepted`` and ends the call (7015); a new call
+What the caller says (:meth:`CallHandle.say_back
+<callflow.testing.CallHandle.say_back>`) is the audio of the next recording, and ends a
+running one at once. ``cancelMediaProcessing`` fails the running prompts and recordings
+with 400/8508; a call that ends drops its running operations without a notification. A
+transfer goes through ``transferring`` and ``transferAccepted`` and ends the call (7015); a new call
 (``POST /communications/calls``) goes through ``establishing`` and ``established``, its
 notifications sent to the webhook routed for its ``callbackUri``.
 :meth:`FakeGraph.plan_operation <callflow.testing.FakeGraph.plan_operation>` changes what the
@@ -33,6 +35,7 @@ from aiohttp import web
 from callflow.testing._call_handle import CallHandle
 from callflow.testing._config import FakeConfig, Knobs
 from callflow.testing._graph_http import GRAPH_PATH, Outcome, graph_error, reply_ids
+from callflow.testing._media import FakeMedia
 from callflow.testing._notifier import Notifier
 from callflow.testing._payloads import (
     CALL,
@@ -82,6 +85,9 @@ class OperationsEngine:
         self._state = state
         self._notifier = notifier
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self.media = FakeMedia(runtime)
+        """Judges every prompt a bot plays, as Graph would (see :mod:`._media`)."""
+        self._prompts: dict[str, list[str]] = {}
 
     # -- actions on an established call -----------------------------------------------------
 
@@ -104,6 +110,8 @@ class OperationsEngine:
             str(uuid.uuid4()), op, call.call_id, context, started_at=time.monotonic()
         )
         self._state.add_operation(call, operation)
+        if op in MEDIA_OPS:
+            self._prompts[operation.id] = _prompt_uris(body)
         if op == "cancelMediaProcessing":
             for running in call.operations:
                 if running.op in MEDIA_OPS and running.status == "running":
@@ -144,6 +152,7 @@ class OperationsEngine:
                 if scope is not None:
                     scope.cancel()
                 operation.status = "dropped"
+                self._prompts.pop(operation.id, None)
 
     @property
     def _calls_url(self) -> str:
@@ -156,6 +165,7 @@ class OperationsEngine:
 
     def _finish(self, operation: FakeOperation, plan: Plan | None) -> None:
         """Decide how ``operation`` ends (status, result, reason), per ``plan``."""
+        self._prompts.pop(operation.id, None)
         op = operation.op
         if plan is not None and plan.fails:
             operation.status = "failed"
@@ -173,7 +183,9 @@ class OperationsEngine:
             if op == "recordResponse":
                 recording_id = uuid.uuid4().hex
                 token = f"fake-recording-token-{uuid.uuid4().hex}"
-                self._state.add_recording(recording_id, token, operation.call_id)
+                call = self._state.calls.get(operation.call_id)
+                audio = call._take_speech() if call is not None else None
+                self._state.add_recording(recording_id, token, operation.call_id, audio)
                 operation.recording_location = f"{self._runtime.url}/recordings/{recording_id}"
                 operation.recording_access_token = token
 
@@ -184,10 +196,40 @@ class OperationsEngine:
         if scope is None:  # cancelled before it started
             return
         with scope:
-            await anyio.sleep(delay)
+            played = await self._fetch_prompts(call, operation)
+            if operation.op == "recordResponse":
+                with anyio.move_on_after(delay):
+                    await call._speech_arrives()  # the caller spoke: the recording ends
+            else:
+                await anyio.sleep(delay)
             self._finish(operation, plan)
+            if not played and operation.status == "completed":
+                # Graph completes it anyway, having played nothing.
+                operation.completion_reason = (
+                    "playPromptFailed" if operation.op == "recordResponse" else "unknown"
+                )
             self._scopes.pop(operation.id, None)
             await self._notify(call, operation, plan)
+
+    async def _fetch_prompts(self, call: CallHandle, operation: FakeOperation) -> bool:
+        """Fetch the operation's prompts; True when Graph would play them all."""
+        fetches = [
+            await self.media.judge(uri, call.call_id) for uri in self._prompts.pop(operation.id, [])
+        ]
+        if not all(f.plays for f in fetches):
+            return False
+        call.said.extend(f.words for f in fetches if f.words)
+        return True
+
+    def prefetch(self, call: CallHandle, body: object) -> None:
+        """Fetch an answer's ``preFetchMedia`` in the background, as Graph does."""
+        media = body.get("mediaConfig", {}) if isinstance(body, dict) else {}
+        for item in media.get("preFetchMedia") or () if isinstance(media, dict) else ():
+            if isinstance(item, dict) and isinstance(item.get("uri"), str):
+                self._runtime.spawn(self._prefetch_one, item["uri"], call.call_id)
+
+    async def _prefetch_one(self, uri: str, call_id: str) -> None:
+        await self.media.judge(uri, call_id)
 
     async def _notify(self, call: CallHandle, operation: FakeOperation, plan: Plan | None) -> None:
         item = operation_result(
@@ -210,6 +252,7 @@ class OperationsEngine:
         scope = self._scopes.pop(operation.id, None)
         if scope is not None:
             scope.cancel()
+        self._prompts.pop(operation.id, None)
         operation.status = "failed"
         operation.result = CANCELLED
         operation.completion_reason = "operationCanceled"
@@ -338,3 +381,13 @@ class OperationsEngine:
             item = call_state(call.call_id, state, etag=etag)
             for _ in range(1 + (plan.duplicate if plan is not None else 0)):
                 await deliver(call, state, envelope(item))
+
+
+def _prompt_uris(body: object) -> list[str]:
+    prompts = body.get("prompts") if isinstance(body, dict) else None
+    uris: list[str] = []
+    for prompt in prompts if isinstance(prompts, list) else ():
+        info = prompt.get("mediaInfo") if isinstance(prompt, dict) else None
+        if isinstance(info, dict) and isinstance(info.get("uri"), str):
+            uris.append(info["uri"])
+    return uris

@@ -10,8 +10,9 @@ items make one batched POST).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 from callflow.events import Identity
 
@@ -19,7 +20,9 @@ __all__ = [
     "BOT_DISPLAY_NAME",
     "BOT_INSTANCE_ID",
     "KINDS",
+    "CallKind",
     "CallerSpec",
+    "check_kind",
     "call_resource",
     "call_state",
     "call_terminated",
@@ -40,25 +43,28 @@ IDENTITY_SET: Final = "#microsoft.graph.identitySet"
 IDENTITY: Final = "#microsoft.graph.identity"
 RESULT_INFO: Final = "#microsoft.graph.resultInfo"
 
-KINDS: Final = (
+CallKind: TypeAlias = Literal[
     "p2p",
-    "pstn",
+    "phone",
     "group_meeting",
     "channel_meeting",
     "joinid_meeting",
     "policy_recording",
     "encrypted",
     "guest",
-)
+]
+KINDS: Final[tuple[CallKind, ...]] = get_args(CallKind)
 """The kinds of incoming call :func:`incoming_call` builds.
 
-``p2p``: a Teams user calls the bot. ``pstn``: a phone number calls the bot's application
-instance (resource account). ``group_meeting``: an invitation to a meeting named by its
-organizer (``organizerMeetingInfo``). ``channel_meeting``: a channel meeting
-(``tokenMeetingInfo``, ``@thread.tacv2``, audio and video). ``joinid_meeting``: a meeting
-named by its join id and passcode. ``policy_recording``: a compliance-recording invite
-(``applicationMetadata.botData``, answered within the recording timeout). ``encrypted`` and
-``guest``: a peer-to-peer call whose caller is an encrypted identity or a guest.
+``p2p``: a Teams user calls the bot. ``phone``: a phone number calls the bot's application
+instance (resource account); the caller's :class:`~callflow.Identity` has ``kind="phone"``
+(the older spelling ``"pstn"`` still works, with a DeprecationWarning). ``group_meeting``:
+an invitation to a meeting named by its organizer (``organizerMeetingInfo``).
+``channel_meeting``: a channel meeting (``tokenMeetingInfo``, ``@thread.tacv2``, audio and
+video). ``joinid_meeting``: a meeting named by its join id and passcode.
+``policy_recording``: a compliance-recording invite (``applicationMetadata.botData``,
+answered within the recording timeout). ``encrypted`` and ``guest``: a peer-to-peer call
+whose caller is an encrypted identity or a guest.
 """
 
 BOT_DISPLAY_NAME: Final = "Callflow Test Bot"
@@ -82,9 +88,20 @@ _ENCRYPTED_ID: Final = "7sh8Z0hUk0yZ2F0Y2hlZC1jYWxsZXItaWRlbnRpdHktZm9yLXRlc3Rz"
 _GUEST_ID: Final = "guest-5b1d7a52-0000-4000-8000-0000000000g1"
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown call kind {kind!r}; expected one of {', '.join(KINDS)}")
+def check_kind(kind: str, *, stacklevel: int = 2) -> CallKind:
+    """Return ``kind`` as one of :data:`KINDS`: ``"pstn"`` becomes ``"phone"`` (with a
+    DeprecationWarning, ``stacklevel`` frames up); ValueError for any other unknown name."""
+    if kind == "pstn":
+        warnings.warn(
+            'call kind "pstn" is now spelled "phone" (as Identity.kind names a phone caller)',
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
+        return "phone"
+    for known in KINDS:
+        if kind == known:
+            return known
+    raise ValueError(f"unknown call kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
 def envelope(*items: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,8 +152,8 @@ def identity_set(caller: Identity | Mapping[str, Any]) -> dict[str, Any]:
 
 def default_caller(kind: str, tenant_id: str) -> dict[str, Any]:
     """The identitySet of the caller a call of ``kind`` has unless one is given."""
-    _check_kind(kind)
-    if kind == "pstn":
+    kind = check_kind(kind, stacklevel=3)
+    if kind == "phone":
         return _identity("phone", {"id": _PHONE})
     if kind == "encrypted":
         return _identity("encrypted", {"id": _ENCRYPTED_ID, "tenant_id": tenant_id})
@@ -168,12 +185,12 @@ def incoming_call(
     ``policy_recording`` always has it). ``call_chain_id`` defaults to a value derived from
     ``call_id``.
     """
-    _check_kind(kind)
+    kind = check_kind(kind, stacklevel=3)
     source_identity = default_caller(kind, tenant_id) if caller is None else identity_set(caller)
     source_id = f"5e6f7a8b-{call_id[:8]}"
     participant_id = "b7a1e2c3-0001-4000-8000-00000000b071"
     bot: dict[str, Any]
-    if kind == "pstn":
+    if kind == "phone":
         bot = _identity(
             "applicationInstance",
             {"id": BOT_INSTANCE_ID, "display_name": "Main Line", "tenant_id": tenant_id},

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
+
+from callflow.decisions import Target
 
 __all__ = [
     "ACTION_OPS",
@@ -28,6 +30,8 @@ __all__ = [
     "OPS",
     "FakeOperation",
     "GraphRequest",
+    "OpName",
+    "RecordSettings",
     "WebhookReply",
     "decode_body",
     "op_matches",
@@ -55,6 +59,44 @@ ACTION_OPS: Final = (
 OPS: Final = (*DECISION_OPS, "keepAlive", "delete", "get", *ACTION_OPS, "create", "recording")
 """The requests the fake records; ``op`` of every :class:`GraphRequest` (``create`` is
 ``POST /communications/calls``, ``recording`` a recording download)."""
+OpName: TypeAlias = Literal[
+    "answer", "reject", "redirect", "keepAlive", "delete", "get", "playPrompt",
+    "recordResponse", "cancelMediaProcessing", "subscribeToTone", "sendDtmfTones", "mute",
+    "unmute", "updateRecordingStatus", "invite", "transfer", "create", "recording", "decision",
+]  # fmt: skip
+"""What a test may wait for or inject a fault into: one of :data:`OPS`, or ``"decision"``
+(an answer, reject or redirect)."""
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _target(info: Any) -> Target | None:
+    """The :class:`~callflow.Target` of an invitationParticipantInfo (None if it names none)."""
+    for kind, member in _dict(_dict(info).get("identity")).items():
+        if kind[:1] != "@" and isinstance(member, dict) and isinstance(member.get("id"), str):
+            return Target(kind, member["id"], member.get("displayName"), member.get("tenantId"))
+    return None
+
+
+@attrs.frozen
+class RecordSettings:
+    """What a ``recordResponse`` asked for (Graph's names in brackets): ``stop_tones``
+    (``stopTones``), ``max_duration`` (``maxRecordDurationInSeconds``),
+    ``initial_silence_timeout`` and ``max_silence_timeout`` (``...InSeconds``),
+    ``play_beep``, ``barge_in_allowed``."""
+
+    stop_tones: tuple[str, ...]
+    max_duration: float | None
+    initial_silence_timeout: float | None
+    max_silence_timeout: float | None
+    play_beep: bool | None
+    barge_in_allowed: bool | None
 
 
 @attrs.frozen
@@ -83,6 +125,88 @@ class GraphRequest:
     def accepted(self) -> bool:
         """True when the fake answered with a 2xx status."""
         return 200 <= self.status < 300
+
+    # -- typed reads of the body (None or empty when the request has no such part) ----------
+
+    @property
+    def _json(self) -> dict[str, Any]:
+        return _dict(self.body)
+
+    @property
+    def reason(self) -> str | None:
+        """A reject's ``reason`` (``"busy"``, ``"forbidden"``, ``"none"``)."""
+        reason = self._json.get("reason")
+        return reason if isinstance(reason, str) else None
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """Whom a redirect or a new call (``create``) goes to, or an ``invite`` invites, as
+        :class:`~callflow.Target` values: ``assert r.targets == (Target.user(ID),)``."""
+        infos = _list(self._json.get("targets")) or _list(self._json.get("participants"))
+        return tuple(t for t in map(_target, infos) if t is not None)
+
+    @property
+    def transfer_target(self) -> Target | None:
+        """Where a ``transfer`` sends the call."""
+        return _target(self._json.get("transferTarget"))
+
+    @property
+    def callback_uri(self) -> str | None:
+        """The ``callbackUri`` of an answer, a reject or a new call."""
+        uri = self._json.get("callbackUri")
+        return uri if isinstance(uri, str) else None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """An answer's ``acceptedModalities`` (a new call's ``requestedModalities``)."""
+        body = self._json
+        return tuple(_list(body.get("acceptedModalities") or body.get("requestedModalities")))
+
+    @property
+    def prompt_uris(self) -> tuple[str, ...]:
+        """The ``mediaInfo.uri`` of each prompt of a ``playPrompt`` or ``recordResponse``."""
+        return tuple(str(_dict(p.get("mediaInfo")).get("uri")) for p in self._prompts)
+
+    @property
+    def prompt_ids(self) -> tuple[str | None, ...]:
+        """The ``mediaInfo.resourceId`` of each prompt (None for one without)."""
+        return tuple(_dict(p.get("mediaInfo")).get("resourceId") for p in self._prompts)
+
+    @property
+    def _prompts(self) -> list[dict[str, Any]]:
+        return [_dict(p) for p in _list(self._json.get("prompts"))]
+
+    @property
+    def tones(self) -> tuple[str, ...]:
+        """The tones a ``sendDtmfTones`` sends, as Graph names them (``digit1``, ``pound``)."""
+        return tuple(_list(self._json.get("tones")))
+
+    @property
+    def client_context(self) -> str | None:
+        """The ``clientContext`` of an action (how callflow finds the operation again)."""
+        context = self._json.get("clientContext")
+        return context if isinstance(context, str) else None
+
+    @property
+    def record_settings(self) -> RecordSettings | None:
+        """What a ``recordResponse`` asked for; None for any other request."""
+        if self.op != "recordResponse":
+            return None
+        body = self._json
+        return RecordSettings(
+            tuple(_list(body.get("stopTones"))),
+            body.get("maxRecordDurationInSeconds"),
+            body.get("initialSilenceTimeoutInSeconds"),
+            body.get("maxSilenceTimeoutInSeconds"),
+            body.get("playBeep"),
+            body.get("bargeInAllowed"),
+        )
+
+    @property
+    def recording_status(self) -> str | None:
+        """An ``updateRecordingStatus``'s ``status`` (``"recording"``, ``"notRecording"``)."""
+        status = self._json.get("status")
+        return status if isinstance(status, str) else None
 
 
 @attrs.frozen

@@ -16,6 +16,7 @@ each recorded request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import anyio
@@ -102,7 +103,7 @@ class GraphState:
         self._plans: list[Plan] = []
         self._gone: set[str] = set()
         self._routes: dict[str, str] = {}
-        self._recordings: dict[str, tuple[str, str]] = {}
+        self._recordings: dict[str, tuple[str, str, bytes | None]] = {}
         self._changed: anyio.Event | None = None
 
     # -- calls and requests -----------------------------------------------------------------
@@ -139,12 +140,14 @@ class GraphState:
         op: str | None,
         call_id: str | None,
         timeout: float,  # noqa: ASYNC109
+        where: Callable[[GraphRequest], bool] | None = None,
     ) -> tuple[GraphRequest, ...]:
-        """The requests (of ``op``, for ``call_id``) once there are ``count``; TimeoutError."""
+        """The requests (of ``op``, for ``call_id``, for which ``where`` is true) once there
+        are ``count``; TimeoutError."""
 
         def found() -> tuple[GraphRequest, ...]:
             pool = self.requests if call_id is None else self._by_call.get(call_id, [])
-            return tuple(r for r in pool if op_matches(op, r.op))
+            return tuple(r for r in pool if op_matches(op, r.op) and (where is None or where(r)))
 
         try:
             with anyio.fail_after(timeout):
@@ -156,6 +159,7 @@ class GraphState:
         except TimeoutError:
             raise TimeoutError(
                 f"FakeGraph: expected {count} {op or 'any'} request(s)"
+                f"{'' if where is None else ' matching ' + getattr(where, '__name__', 'where')}"
                 f"{'' if call_id is None else ' for call ' + call_id} within {timeout:g} s, "
                 f"got {len(found())}"
             ) from None
@@ -187,12 +191,15 @@ class GraphState:
         """The webhook routed for ``callback_uri`` (or for it without its query), if any."""
         return self._routes.get(callback_uri) or self._routes.get(callback_uri.split("?", 1)[0])
 
-    def add_recording(self, recording_id: str, access_token: str, call_id: str) -> None:
-        """Serve a recording of ``call_id`` under ``recording_id`` to ``access_token``."""
-        self._recordings[recording_id] = (access_token, call_id)
+    def add_recording(
+        self, recording_id: str, access_token: str, call_id: str, audio: bytes | None = None
+    ) -> None:
+        """Serve a recording of ``call_id`` under ``recording_id`` to ``access_token``:
+        ``audio``, or the fake's ``recording_audio`` when None."""
+        self._recordings[recording_id] = (access_token, call_id, audio)
 
-    def recording(self, recording_id: str) -> tuple[str, str] | None:
-        """The (access token, call id) of a recording, or None."""
+    def recording(self, recording_id: str) -> tuple[str, str, bytes | None] | None:
+        """The (access token, call id, audio) of a recording, or None."""
         return self._recordings.get(recording_id)
 
     # -- instructions -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ try:
 except ImportError as exc:  # the testing kit is an extra: say how to get it
     raise ImportError(
         "callflow.testing needs the trustme package (FakeGraph serves its token endpoint over "
-        "TLS): pip install 'callflow[testing]'"
+        "TLS): pip install 'callflow-graph[testing]'"
     ) from exc
 
 __all__ = ["TokenServer"]

@@ -1,29 +1,32 @@
 """pytest plugin: fixtures for testing callflow bots.
 
-Enable it in your top-level ``conftest.py`` with ``pytest_plugins = ["callflow.testing.plugin"]``
-(or run ``pytest -p callflow.testing.plugin``). It adds these fixtures:
+Installing ``callflow-graph[testing]`` is all it takes: the plugin is loaded through its
+``pytest11`` entry point (``-p no:callflow`` turns it off; without the package installed,
+``pytest_plugins = ["callflow.testing.plugin"]`` in ``conftest.py`` loads it). It adds:
 
-- ``fake_graph``: a running :class:`~callflow.testing.FakeGraph` (built with the keyword
-  arguments of the ``fake_graph_options`` fixture, ``{}`` unless you override it);
+- ``fake_graph``: a running :class:`~callflow.testing.FakeGraph` in **strict mode**: a
+  handler, observer, middleware, filter, flow or error hook of a bot it serves that raises
+  (or a handler that returns something that is not a decision) fails the test, naming the
+  function, the call and the error. Built with the keyword arguments of the
+  ``fake_graph_options`` fixture (``{}`` unless you override it);
 - ``serve_bot``: ``async with serve_bot(bot, **settings_overrides) as running:`` serves a
-  bot against ``fake_graph`` (see :meth:`FakeGraph.serve <callflow.testing.FakeGraph.serve>`);
-- ``running_bot``: the bot your own ``callflow_bot`` fixture returns, already serving.
+  bot against ``fake_graph`` (see :meth:`FakeGraph.serve <callflow.testing.FakeGraph.serve>`;
+  ``services=`` hands the bot fakes);
+- ``running_bot``: the bot your own ``callflow_bot`` fixture returns, already serving;
+- ``anyio_backend``: ``"asyncio"`` (FakeGraph runs on asyncio), so that ``async def`` tests
+  marked ``@pytest.mark.anyio`` run (a ``conftest.py`` fixture of the same name wins).
 
-The async fixtures run under anyio's pytest plugin, which runs an async fixture only for
-tests that use the ``anyio_backend`` fixture. FakeGraph needs asyncio, so mark the tests
-``@pytest.mark.anyio`` and pin the backend in your ``conftest.py``::
+A test that provokes errors in bot code on purpose turns strict mode off with
+``@pytest.mark.callflow_lenient``; it can still assert on ``fake_graph.failures``. A bot
+can be served only once: build a new ``Bot`` in each test (or in a function-scoped
+``callflow_bot`` fixture).
 
-    @pytest.fixture
-    def anyio_backend() -> str:
-        return "asyncio"
-
-On any other backend the fixtures skip the test. A bot can be served only once: build a new
-``Bot`` in each test (or in a function-scoped ``callflow_bot`` fixture).
+Runs in pytest's process; the fixtures run on the test's event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +38,40 @@ if TYPE_CHECKING:
     from callflow.testing._keys import SigningKey
 
 __all__ = [
+    "anyio_backend",
     "callflow_signing_key",
     "fake_graph",
     "fake_graph_options",
     "running_bot",
     "serve_bot",
 ]
+
+LENIENT = "callflow_lenient"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the plugin's marker (so that ``--strict-markers`` accepts it)."""
+    config.addinivalue_line(
+        "markers",
+        f"{LENIENT}: errors in bot code do not fail this test (FakeGraph strict mode off); "
+        "fake_graph.failures still lists them",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Fail a test whose strict ``fake_graph`` saw the bot's own code fail, as it returns;
+    a test failing anyway gets those failures as a note."""
+    fake = getattr(item, "funcargs", {}).get("fake_graph")
+    try:
+        result = yield
+    except BaseException as exc:
+        if fake is not None and fake.strict:
+            fake._failures.note_on(exc)
+        raise
+    if fake is not None and fake.strict:
+        fake.check_failures()
+    return result
 
 
 def _require_asyncio(anyio_backend: Any) -> None:
@@ -50,6 +81,12 @@ def _require_asyncio(anyio_backend: Any) -> None:
             f"FakeGraph runs on asyncio (aiohttp), not {name!r}: define an `anyio_backend` "
             "fixture returning 'asyncio'"
         )
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """FakeGraph runs on asyncio: async tests and fixtures run there."""
+    return "asyncio"
 
 
 @pytest.fixture(scope="session")
@@ -68,15 +105,18 @@ def fake_graph_options() -> dict[str, Any]:
 
 @pytest.fixture
 async def fake_graph(
+    request: pytest.FixtureRequest,
     anyio_backend: Any,
     fake_graph_options: dict[str, Any],
     callflow_signing_key: SigningKey,
 ) -> AsyncIterator[FakeGraph]:
-    """A running FakeGraph, stopped after the test."""
+    """A running FakeGraph in strict mode (unless the test is marked ``callflow_lenient``
+    or ``fake_graph_options`` says ``strict=False``), stopped after the test."""
     _require_asyncio(anyio_backend)
     from callflow.testing._fake_graph import FakeGraph
 
-    options = {"signing_key": callflow_signing_key, **fake_graph_options}
+    strict = request.node.get_closest_marker(LENIENT) is None
+    options = {"signing_key": callflow_signing_key, "strict": strict, **fake_graph_options}
     async with FakeGraph(**options) as fake:
         yield fake
 
@@ -85,13 +125,14 @@ async def fake_graph(
 def serve_bot(
     fake_graph: FakeGraph,
 ) -> Callable[..., AbstractAsyncContextManager[RunningBot]]:
-    """``serve_bot(bot, **settings_overrides)``: serve a bot against ``fake_graph``."""
+    """``serve_bot(bot, *, services=None, **settings_overrides)``: serve a bot against
+    ``fake_graph``."""
     return fake_graph.serve
 
 
 @pytest.fixture
 async def running_bot(
-    anyio_backend: Any, fake_graph: FakeGraph, callflow_bot: Bot
+    anyio_backend: Any, fake_graph: FakeGraph, callflow_bot: Bot[Any]
 ) -> AsyncIterator[RunningBot]:
     """The bot returned by your ``callflow_bot`` fixture, serving against ``fake_graph``."""
     _require_asyncio(anyio_backend)

@@ -138,6 +138,23 @@ async def test_bench_bot_measures_every_call() -> None:
     assert "callflow bench busy: 20 p2p calls, 4 at a time" in text
     assert "p50" in text
     assert "reject 20" in text
+    assert report.decided_by == (("busy", "reject", 20),)  # the warm-up calls left out
+    assert "decided by: busy (reject) 20" in text
+
+
+@pytest.mark.anyio
+async def test_bench_says_when_no_handler_decided() -> None:
+    """A bot whose handlers decline every call is measured deciding by the default decision,
+    and the report says so rather than naming a handler."""
+    bot = Bot()
+
+    @bot.incoming_call
+    async def undecided(call: IncomingCall) -> None:
+        return None
+
+    report = await bench_bot(bot, calls=3, concurrency=1, warmup=1)
+    assert report.decided_by == (("default", "reject", 3),)
+    assert "decided by: the default decision (reject) 3" in report.render()
 
 
 @pytest.mark.anyio
@@ -203,6 +220,7 @@ def test_cli_bench_prints_the_latency(capsys: pytest.CaptureFixture[str]) -> Non
     assert "callflow bench tests.bench.test_bench_smoke:CLI_BOT: 10 p2p calls, 2 at a time" in out
     assert "p99" in out
     assert "max" in out
+    assert "decided by: busy (reject) 10" in out
 
 
 def test_soak_benchmark_reports_every_tenth(tmp_path: Path) -> None:

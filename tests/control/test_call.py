@@ -253,8 +253,11 @@ async def test_record_and_download(rig: Rig) -> None:
     assert recording.completion_reason == "maxRecordDurationReached"
     assert recording.access_token is not None and recording.access_token not in repr(recording)
     (request,) = await handle.wait_requests(op="recordResponse")
-    assert request.body["stopTones"] == ["#", "*"]
-    assert request.body["maxRecordDurationInSeconds"] == 10
+    assert request.record_settings is not None
+    assert (request.record_settings.stop_tones, request.record_settings.max_duration) == (
+        ("#", "*"),
+        10,
+    )
     download = (await handle.wait_requests(op="recording"))[0]
     assert download.headers["Authorization"] == f"Bearer {recording.access_token}"
 
@@ -509,7 +512,7 @@ async def test_transfer_succeeds_when_the_call_is_handed_over(rig: Rig) -> None:
     with anyio.fail_after(GUARD):
         await call.transfer(AGENT)
     (request,) = await handle.wait_requests(op="transfer")
-    assert request.body["transferTarget"] == AGENT.to_graph()
+    assert request.transfer_target == AGENT
     assert handle.state == "terminated"
     assert rig.outcomes[-1][:2] == ("transfer", "completed")
 

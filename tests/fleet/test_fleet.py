@@ -897,7 +897,7 @@ async def test_no_log_line_of_a_full_run_carries_a_token_a_secret_or_a_number(
                 calls = [
                     await fake.place_call(
                         fleet.webhook_url,
-                        kind="pstn",
+                        kind="phone",
                         caller={"kind": "phone", "id": number},
                         token=good,
                     )

@@ -106,6 +106,18 @@ async def test_wrong_secret_fails_at_start_without_leaking_it(server: TokenServe
 
 
 @pytest.mark.anyio
+async def test_a_short_wrong_secret_leaves_the_error_message_whole(server: TokenServer) -> None:
+    """A placeholder secret of one letter is not cut out of the words of the error: the
+    message reads as the identity provider wrote it."""
+    provider = make_provider(server, client_secret="s")
+    with capture_logs() as logs, pytest.raises(TokenError) as caught:
+        await provider.__aenter__()
+    assert "Invalid client secret provided." in str(caught.value)
+    (failed,) = logs
+    assert failed["error_description"] == "Invalid client secret provided."
+
+
+@pytest.mark.anyio
 async def test_other_tenant_is_acquired_once_on_demand(server: TokenServer) -> None:
     """Concurrent first calls for a new tenant share one token request, later calls none."""
     async with make_provider(server) as provider:

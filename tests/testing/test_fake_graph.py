@@ -722,7 +722,7 @@ async def test_each_kind_of_call_parses_as_that_kind(
         assert handle.policy_recording == (kind == "policy_recording")
         group = kind.endswith("_meeting")
         assert call.is_group_call == group
-        caller_kind = {"pstn": "phone", "encrypted": "encrypted", "guest": "guest"}
+        caller_kind = {"phone": "phone", "encrypted": "encrypted", "guest": "guest"}
         assert call.caller.kind == caller_kind.get(kind, "user")
         meeting = {
             "group_meeting": OrganizerMeetingInfo,
@@ -734,7 +734,7 @@ async def test_each_kind_of_call_parses_as_that_kind(
         assert call.modalities == (("audio", "video") if kind == "channel_meeting" else ("audio",))
         target = call.targets[0].identity
         assert target is not None
-        assert target.kind == ("applicationInstance" if kind == "pstn" else "application")
+        assert target.kind == ("applicationInstance" if kind == "phone" else "application")
     channel = parse_notifications(hook.received[KINDS.index("channel_meeting")][1])[0]
     assert isinstance(channel, IncomingCall)
     assert channel.chat_info is not None
@@ -749,7 +749,9 @@ async def test_callers_tenants_and_custom_payloads(
     """Callers may be Identities, small dicts or identitySets; payloads may be custom."""
     async with make_fake(callflow_signing_key, recording_timeout=1.0) as fake:
         await fake.place_call(hook.url, caller=Identity("user", "u-9", "Nine", "t-9"))
-        await fake.place_call(hook.url, kind="pstn", caller={"kind": "phone", "id": "+14255550199"})
+        await fake.place_call(
+            hook.url, kind="phone", caller={"kind": "phone", "id": "+14255550199"}
+        )
         await fake.place_call(hook.url, caller={"guest": {"id": "g-1", "displayName": "G"}})
         await fake.place_call(hook.url, tenant_id="other-tenant", policy_recording=True)
         calls = [parse_notifications(raw)[0] for _, raw in hook.received]

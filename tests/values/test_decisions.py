@@ -474,12 +474,13 @@ INVALID: list[tuple[str, Callable[[], object], str]] = [
     (
         "prefetch-item",
         lambda: Answer(prefetch=bad(["https://x/a.wav"])),
-        "Answer.prefetch must contain only MediaPrompt values, got 'https://x/a.wav'",
+        "Answer.prefetch must contain only MediaPrompt, Say or Ssml values, got 'https://x/a.wav'",
     ),
     (
         "prefetch-type",
         lambda: Answer(prefetch=bad("https://x/a.wav")),
-        "Answer.prefetch must be a MediaPrompt or a sequence of them, got 'https://x/a.wav'",
+        "Answer.prefetch must be a MediaPrompt, Say or Ssml or a sequence of them, got "
+        "'https://x/a.wav'",
     ),
     (
         "media",
