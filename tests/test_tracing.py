@@ -525,3 +525,26 @@ def test_json_log_lines_carry_the_current_spans_ids(spans: Spans) -> None:
     )
     assert "trace_id" not in lines["about_nothing"]
     assert "trace_id" not in lines["untraced"]
+
+
+@pytest.mark.slow
+async def test_callflow_run_with_tracing_exports_spans_and_logs_their_ids(
+    fake_graph: FakeGraph,
+) -> None:
+    """``callflow run`` with TRACING=otel and TRACING_EXPORTER=console: the ``call.decided``
+    line carries the call's trace id, and that trace's spans are exported (flushed at stop)."""
+    import signal
+
+    from tests.test_worker_e2e import run_worker, worker_env
+
+    env = worker_env(fake_graph, tracing="otel", tracing_exporter="console")
+    async with run_worker("tests.test_worker_e2e:make_bot", env, "--factory") as worker:
+        (ready,) = await worker.wait_for("bot.ready")
+        call = await fake_graph.place_call(ready["url"])
+        decided = await worker.decided(call)
+        worker.signal(signal.SIGTERM)
+        assert await worker.exit_code() == 0
+    trace_id = decided["trace_id"]
+    assert len(trace_id) == 32 and int(trace_id, 16)
+    assert f'"trace_id": "0x{trace_id}"' in worker.output  # the console exporter's spans
+    assert '"name": "callflow.call"' in worker.output
