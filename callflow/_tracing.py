@@ -12,10 +12,11 @@ A call's trace: the webhook's ``POST`` span (kind server) is its root, with chil
 authentication, parsing and ``callflow.call``, the call's span, which lasts from the
 notification's receipt until its decision has been sent; under it, one span per handler
 (the app loop) and the decision's ``POST`` (kind client, HTTP semantic conventions). The
-call's later operations are spans of the same trace, children of the call's span: the
-call's context is kept here by call id (:class:`Tracing`), which is how it crosses from
-one loop to the other. Attributes carry the call id and the tenant, never a caller's
-number or name unless ``LOG_PII=on``.
+call's later operations are spans of the same trace, children of the span current where
+they were asked for (the flow's: the context crosses into the I/O loop with the request) or
+else of the call's: the call's context is kept here by call id (:class:`Tracing`), which is
+how a span on one loop finds its parent made on the other. Attributes carry the call id and
+the tenant, never a caller's number or name unless ``LOG_PII=on``.
 """
 
 from __future__ import annotations
