@@ -88,6 +88,8 @@ class Tracing:
         self.pii = pii
         self.owned = False
         """True when callflow made the provider (it is shut down, spans flushed, at stop)."""
+        self.users = 0
+        """Bots serving with this tracing that :func:`tracing_for` turned on."""
         self._trace = trace
         self._context = context
         self._lock = threading.Lock()
@@ -471,19 +473,27 @@ def from_settings(mode: str, exporter: str, *, pii: bool = False) -> Tracing | N
 @contextlib.asynccontextmanager
 async def tracing_for(mode: str, exporter: str, *, pii: bool = False) -> AsyncIterator[None]:
     """Tracing on for the duration of the block when ``mode`` asks for it (see
-    :func:`from_settings`); off again at its end, unless it was on before (set up by the
-    application or a test), and callflow's own provider flushed and shut down."""
+    :func:`from_settings`). Tracing that callflow turned on goes off again when the last
+    bot serving with it stops (callflow's own provider flushed and shut down); tracing the
+    application or a test turned on (:func:`enable`) stays on."""
     before = active
     tracing = from_settings(mode, exporter, pii=pii)
+    ours = tracing is not None and (before is None or tracing.users > 0)
+    if ours:
+        assert tracing is not None
+        tracing.users += 1
     try:
         yield
     finally:
-        if tracing is not None and before is None:
-            disable(tracing)
-            if tracing.owned:
-                shutdown = getattr(tracing.provider, "shutdown", None)
-                if shutdown is not None:
-                    shutdown()
+        if ours:
+            assert tracing is not None
+            tracing.users -= 1
+            if tracing.users == 0:
+                disable(tracing)
+                if tracing.owned:
+                    shutdown = getattr(tracing.provider, "shutdown", None)
+                    if shutdown is not None:
+                        shutdown()
 
 
 def _provider(exporter: str) -> TracerProvider:

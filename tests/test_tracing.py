@@ -457,6 +457,12 @@ async def test_the_none_exporter_makes_spans_and_drops_them() -> None:
     assert _tracing.active is None
     async with _tracing.tracing_for("off", "otlp"):
         assert _tracing.active is None
+    async with _tracing.tracing_for("otel", "none"):  # two bots in one process
+        first = _tracing.active
+        async with _tracing.tracing_for("otel", "none"):
+            assert _tracing.active is first
+        assert _tracing.active is first  # the first one still serves with it
+    assert _tracing.active is None
 
 
 def test_nothing_of_opentelemetry_is_imported_while_tracing_is_off() -> None:
