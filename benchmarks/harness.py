@@ -88,6 +88,16 @@ BENCH = ROOT / "benchmarks"
 VARIANTS = ("callflow", "floor", "sdk")
 QUIET = "callflow_quiet"
 """callflow with ``LOG_LEVEL=warning`` (no ``call.decided`` line): what the logging costs."""
+TRACED = "callflow_traced"
+"""callflow with ``TRACING=otel`` and an exporter that drops the spans (``--traced``): what
+making a call's spans costs."""
+BASE = "callflow_base"
+"""callflow from another checkout (``--baseline DIR``, e.g. ``git archive main``): the same
+bot, before a change."""
+CALLFLOWS = ("callflow", QUIET, TRACED, BASE)
+"""The variants that are a callflow worker (``/readyz``, no READY line, SIGUSR1 totals)."""
+EXTRA = (QUIET, TRACED, BASE)
+"""The variants measured at one call at a time and at the key concurrency only."""
 SCENARIOS = ("closed", "open", "capacity", "overload", "blocked", "memory", "profile")
 APP_SECRET = "bench-app-secret"
 OTHER_LOAD_RETRY = 0.25
@@ -113,7 +123,12 @@ class Proc:
     """A child process whose stdout/stderr go to files; it announces itself with ``READY``."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], workdir: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.out_path = workdir / f"{name}.out"
@@ -121,7 +136,7 @@ class Proc:
         self.started = time.monotonic()
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.popen = subprocess.Popen(
-                list(argv), cwd=ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+                list(argv), cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL
             )
         self.pid = self.popen.pid
         self.info: dict[str, Any] = {}
@@ -259,7 +274,16 @@ def _cpu_seconds(result: dict[str, Any]) -> dict[str, float]:
 class Harness:
     """Runs the scenarios of a :class:`Plan` and writes the report."""
 
-    def __init__(self, plan: Plan, out: Path, workdir: Path, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        out: Path,
+        workdir: Path,
+        log: Callable[[str], None],
+        *,
+        traced: bool = False,
+        baseline: Path | None = None,
+    ) -> None:
         self.plan = plan
         self.out = out
         self.workdir = workdir
@@ -271,6 +295,11 @@ class Harness:
         self.variants = tuple(v for v in VARIANTS if v != "sdk" or _has("msgraph"))
         if plan.quiet_variant:
             self.variants += (QUIET,)
+        if traced:
+            self.variants += (TRACED,)
+        self.baseline = baseline
+        if baseline is not None:
+            self.variants += (BASE,)
         self.stub: Proc | None = None
         self.stub_port = 0
         self.feed_port = 0
@@ -358,8 +387,15 @@ class Harness:
         port = free_port()
         name = f"{label or variant}-{loop}-{self.runs}"
         self.runs += 1
+        cwd = ROOT
         if variant == QUIET:
             variant, settings = "callflow", {"log_level": "warning", **settings}
+        elif variant == TRACED:
+            settings = {"tracing": "otel", "tracing_exporter": "none", **settings}
+            variant = "callflow"
+        elif variant == BASE:
+            assert self.baseline is not None
+            variant, cwd = "callflow", self.baseline  # `-m` imports callflow from there
         if variant == "callflow":
             metrics_port = free_port()  # each bot its own: several may run at once
             proc = Proc(
@@ -367,6 +403,7 @@ class Harness:
                 self.python("callflow_bot", "--loop", loop),
                 self.workdir,
                 self.callflow_env(port, metrics_port=metrics_port, **settings),
+                cwd,
             )
             proc.metrics_port = metrics_port
         else:
@@ -443,7 +480,7 @@ class Harness:
         proc, port = self.start_bot(variant, **options)
         try:
             self.wait_readyz(proc, port)
-            if variant not in ("callflow", QUIET):
+            if variant not in CALLFLOWS:
                 proc.wait_ready()
         except BaseException:
             proc.kill()
@@ -461,7 +498,7 @@ class Harness:
                 proc, port = self.start_bot(variant, loop=loop)
                 running[variant] = (proc, port)
                 ready_at = self.wait_readyz(proc, port)
-                if variant not in ("callflow", QUIET):
+                if variant not in CALLFLOWS:
                     proc.wait_ready()
                 first = self.loadgen(
                     port, proc, mode="closed", concurrency=1, warmup=0.0, duration=30.0, count=1
@@ -514,9 +551,9 @@ class Harness:
                 if rnd > 0 and c != p.key_concurrency:
                     continue
                 for variant, (proc, port) in bots.items():
-                    if variant == QUIET and c not in (1, p.key_concurrency):
+                    if variant in EXTRA and c not in (1, p.key_concurrency):
                         continue
-                    gc_before = proc.gc_stats() if variant in ("callflow", QUIET) else {}
+                    gc_before = proc.gc_stats() if variant in CALLFLOWS else {}
                     result = self.loadgen(
                         port,
                         proc,
@@ -561,7 +598,7 @@ class Harness:
         store = self.results.setdefault("open", {})
         for rate in p.open_rates:
             for variant, (proc, port) in bots.items():
-                if variant == QUIET:
+                if variant in EXTRA:
                     continue
                 runs = key_runs(self.results, variant, p.key_concurrency)
                 capacity = median_of(runs, "throughput") if runs else math.inf
@@ -1308,6 +1345,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="comma-separated scenarios to run: " + ", ".join(SCENARIOS),
     )
+    parser.add_argument(
+        "--traced",
+        action="store_true",
+        help=f"add the variant {TRACED}: TRACING=otel, spans made and dropped",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help=f"add the variant {BASE}: the callflow bot of this checkout (a directory)",
+    )
     args = parser.parse_args(argv)
     only = tuple(filter(None, args.only.split(",")))
     unknown = sorted(set(only) - set(SCENARIOS))
@@ -1329,7 +1376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="callflow-bench-"))
-    harness = Harness(plan, out, work, log)
+    baseline = Path(args.baseline).resolve() if args.baseline else None
+    harness = Harness(plan, out, work, log, traced=args.traced, baseline=baseline)
     try:
         results = harness.run(only)
     finally:

@@ -518,14 +518,16 @@ def configure_logging(
     pii: bool = False,
     stream: TextIO | None = None,
     cache: bool = True,
+    tracing: bool = False,
 ) -> None:
     """Configure structlog for a worker process.
 
     ``fmt`` is ``json`` or ``console``; by default console when ``stream`` is a TTY.
-    ``cache`` keeps each logger as first built, which saves work on every log call but
-    ties it to this configuration for good; pass ``cache=False`` when logging may be
-    configured again in the same process (short commands, tests). ``pii`` also tells
-    :func:`pii_allowed`.
+    ``tracing`` (``TRACING=otel``) adds the current span's ``trace_id`` and ``span_id`` to
+    every line (or those of the call the line is about). ``cache`` keeps each logger as
+    first built, which saves work on every log call but ties it to this configuration for
+    good; pass ``cache=False`` when logging may be configured again in the same process
+    (short commands, tests). ``pii`` also tells :func:`pii_allowed`.
     """
     global _pii_allowed
     _pii_allowed = pii
@@ -551,6 +553,10 @@ def configure_logging(
             )
         )
         processors.append(_ScrubLine(pii=pii))
+    if tracing:
+        from callflow._tracing import add_trace_ids
+
+        processors.insert(0, add_trace_ids)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -252,6 +252,12 @@ TABLE: Final = (
         "console on a TTY, else json; `info`; `off`",
     ),
     (
+        "TRACING, TRACING_EXPORTER",
+        "per-call traces: `otel` (OpenTelemetry, `callflow[otel]`); where spans go when the "
+        "application set no tracer provider: `otlp`, `console` or `none`",
+        "`off`; `otlp`",
+    ),
+    (
         "SPEECH_REGION, SPEECH_ENDPOINT",
         "the Azure AI Speech resource (`say()`, `listen()`, `ask()`): its region (`westeurope`)"
         " or its custom-domain base URL (`https://NAME.cognitiveservices.azure.com`, required"

@@ -166,7 +166,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from callflow.check import settings_for_run
 
     settings = settings_for_run()
-    configure_logging(fmt=settings.log_format, level=settings.log_level, pii=settings.log_pii)
+    configure_logging(
+        fmt=settings.log_format,
+        level=settings.log_level,
+        pii=settings.log_pii,
+        tracing=settings.tracing != "off",
+    )
     bot = load_bot(args.target, factory=args.factory)
     bot.configure(settings)
     options = _backend_options(settings.loop)

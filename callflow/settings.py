@@ -411,6 +411,11 @@ class Settings:
     """Seconds a rendered prompt's name stays valid (at least this, at most twice this)."""
     media_cache_mb: int = 64
     """Megabytes of rendered prompts a worker keeps in memory (the least recently used go)."""
+    tracing: str = "off"
+    """Per-call traces: ``off`` or ``otel`` (OpenTelemetry, the ``callflow[otel]`` extra)."""
+    tracing_exporter: str = "otlp"
+    """With ``TRACING=otel`` and no tracer provider set by the application: where spans go,
+    ``otlp`` (needs ``opentelemetry-exporter-otlp-proto-http``), ``console`` or ``none``."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -641,4 +646,6 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "media_secret": _media_secret,
     "media_ttl": _float(60.0, 86_400.0),
     "media_cache_mb": _int(1, 65_536),
+    "tracing": _choice("off", "otel"),
+    "tracing_exporter": _choice("otlp", "console", "none"),
 }

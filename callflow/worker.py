@@ -29,6 +29,7 @@ import anyio.abc
 import structlog
 from aiohttp import web
 
+import callflow._tracing as _tracing
 from callflow._log import redact_values
 from callflow._runtime import use_uvloop
 from callflow.control.book import CallBook
@@ -393,10 +394,15 @@ class _IoSide:
                 if user_on_decided is not None:
                     user_on_decided(slot, error)
 
+            tracing = _tracing.active
+            if tracing is not None:  # the call's span ends with its decision sent
+                from callflow.engine.tracing import traced_decided
+
+                book.on_end(tracing.forget)
             engine = self.engine = self.bot.engine(
                 None,
                 services=self.services,
-                on_decided=decided,
+                on_decided=decided if tracing is None else traced_decided(tracing, decided),
                 on_failure=self.on_failure,
                 calls=book,
                 default_decision=default,
@@ -421,7 +427,12 @@ class _IoSide:
             # Left before the cancel: the take-over sends in flight finish, and the calls
             # held are handed off to the fleet.
             await stack.enter_async_context(mode.watching(background, graph, default, book, take))
-            sink = SpokenSink(mode.sink(graph), self.spoken)  # spoken prefetch: after sending
+            # spoken prefetch: after sending; the traced sink (tracing on) around it all
+            sink: DecisionSink = SpokenSink(mode.sink(graph), self.spoken)
+            if tracing is not None:
+                from callflow.engine.tracing import TracedSink
+
+                sink = TracedSink(sink, tracing)
             await stack.enter_async_context(engine.io_side(sink))
             yield self
 
@@ -491,6 +502,12 @@ def make_app(
     from callflow.webhook.handler import WebhookHandler
 
     settings = bot.settings
+    tracing = None
+    if _tracing.active is not None:
+        from callflow.webhook.tracing import WebhookTracing
+
+        trusted = fleet.trace_parent if fleet is not None else None
+        tracing = WebhookTracing(_tracing.active, settings.webhook_path, trusted)
     handler = WebhookHandler(
         engine.intake,
         auth,
@@ -502,11 +519,15 @@ def make_app(
         on_suppressed_log=metrics.on_suppressed_log,
         tenant_of=engine.calls.tenant_of,
         holds=engine.calls.__contains__,
+        tracing=tracing,
     )
     app = web.Application(client_max_size=2 * 1024 * 1024)
 
     async def webhook(request: web.Request) -> web.StreamResponse:
         return await handler(request)
+
+    if tracing is not None:
+        webhook = tracing.route(webhook)  # type: ignore[assignment]
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -552,7 +573,10 @@ async def serve(
     host = s.host if host is None else host
     port = s.port if port is None else port
     s.check_serving(host)  # auth off or plain-http forwarding off loopback: refused
-    async with IoThread(uvloop=use_uvloop(s.loop)) as io:
+    async with (
+        _tracing.tracing_for(s.tracing, s.tracing_exporter, pii=s.log_pii),
+        IoThread(uvloop=use_uvloop(s.loop)) as io,
+    ):
         side = _IoSide(bot, io, tokens, on_decided, on_failure)
         async with io.enter(side.entered):
             engine, graph, keeper = side.engine, side.graph, side.keeper

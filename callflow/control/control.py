@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import structlog
 
+import callflow._tracing as _tracing
 from callflow.actions import Invite, JoinMeeting, PlayPrompt, RecordResponse, prompt_names
 from callflow.clock import MONOTONIC
 from callflow.control.digits import DigitRequest, Entry, WhyStopped, collect
@@ -48,12 +49,7 @@ from callflow.graph.client import _new_client_context
 from callflow.speech.media import SpokenMedia, rendered
 
 if TYPE_CHECKING:
-    from callflow.actions import (
-        OutgoingCall,
-        SendTones,
-        Transfer,
-        UpdateRecordingStatus,
-    )
+    from callflow.actions import OutgoingCall, SendTones, Transfer, UpdateRecordingStatus
     from callflow.graph.client import CreatedCall, GraphClient, Operation
     from callflow.speech.recognition import Recognizer
 
@@ -287,6 +283,7 @@ class CallControl:
         step = _Step(call_id, kind, tenant_id, graph_deadline(timeout))
         outcome = "error"
         error: BaseException | None = None
+        span = _tracing.operation(call_id, kind, tenant_id)  # a no-op while tracing is off
         try:
             with anyio.fail_after(timeout):
                 yield step
@@ -311,6 +308,7 @@ class CallControl:
         finally:
             if step.waiter is not None:
                 self.registry.forget(step.waiter)
+            span.end(outcome, error)
             self._report(step, outcome, self._clock.now() - began, error)
 
     @contextlib.contextmanager

@@ -33,6 +33,8 @@ from typing import Any, Final, Self, TypeVar
 import anyio
 import structlog
 
+import callflow._tracing as _tracing
+
 __all__ = ["Inbox", "IoThread", "SameLoop"]
 
 log = structlog.get_logger(__name__)
@@ -303,7 +305,10 @@ class IoThread:
         here. Call it from another loop (the app loop).
         """
         cfut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self.loop.call_soon_threadsafe(self._start, fn, cfut)
+        # While tracing is on, the caller's context crosses with the call: an operation's
+        # span is a child of the flow's or handler's span that asked for it.
+        context = contextvars.copy_context() if _tracing.active is not None else None
+        self.loop.call_soon_threadsafe(self._start, fn, cfut, context)
         return await asyncio.wrap_future(cfut)
 
     @contextlib.asynccontextmanager
@@ -350,14 +355,19 @@ class IoThread:
         finally:
             await leave()
 
-    def _start(self, fn: Callable[[], Awaitable[T]], cfut: concurrent.futures.Future[T]) -> None:
+    def _start(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        cfut: concurrent.futures.Future[T],
+        context: contextvars.Context | None = None,
+    ) -> None:
         tg = self._tg
         if cfut.cancelled():
             return
         if tg is None:  # pragma: no cover - stopping
             cfut.cancel()
             return
-        task = tg.create_task(_relay(fn, cfut))
+        task = tg.create_task(_relay(fn, cfut), context=context)
         loop = self.loop
 
         def cancelled(done: concurrent.futures.Future[T]) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+import callflow._tracing as _tracing
 from callflow.errors import CallEndedError
 from callflow.events import CallAdopted, CallEvent, IncomingCall, canonical_call_id
 from callflow.routing import CallContext
@@ -144,7 +145,14 @@ class Flows:
                 raise RuntimeError("a flow needs a serving bot (no Graph client here)")
             opened: Call = services.call(call_id, tenant_id)
             handle = opened
-            await body(opened)
+            tracing = _tracing.active
+            if tracing is None:
+                await body(opened)
+            else:  # the flow's operations and the bot's own spans nest under this one
+                attributes = {"callflow.call.id": call_id, "callflow.flow.name": name}
+                context = tracing.call_context(call_id)
+                with tracing.current("callflow.flow", attributes, context=context):
+                    await body(opened)
         except Exception as exc:
             if isinstance(exc, CallEndedError) and (
                 handle is None or handle.ended or _same_call(exc.call_id, call_id)

@@ -29,6 +29,7 @@ import attrs
 import structlog
 from structlog.contextvars import bind_contextvars
 
+import callflow._tracing as _tracing
 from callflow.clock import MONOTONIC, Clock
 from callflow.decisions import Decision, is_decision
 from callflow.engine.deadline import DecisionSlot, SlotState
@@ -117,7 +118,13 @@ class Lanes:
     def routes(self) -> CompiledRoutes:
         """The frozen routing table (once running)."""
         if self._routes is None:
-            self._routes = self._router.freeze()
+            routes = self._router.freeze()
+            tracing = _tracing.active
+            if tracing is not None:  # each handler and observer in a span of its own
+                from callflow.engine.tracing import traced_routes
+
+                routes = traced_routes(routes, tracing)
+            self._routes = routes
         return self._routes
 
     def __len__(self) -> int:

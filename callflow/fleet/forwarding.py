@@ -30,20 +30,31 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+import callflow._tracing as _tracing
 from callflow._log import Throttle
 from callflow.events import IncomingCall
 from callflow.fleet.trust import FLEET_AUTH, FleetSigner, Forward, ForwardTargets, ReplayGuard
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from callflow.events import CallEvent
 
-__all__ = ["FORWARDED_BY", "REROUTE_EVERY", "Forwarder"]
+__all__ = ["FORWARDED_BY", "REROUTE_EVERY", "TRACE_AUTH", "TRACEPARENT", "Forwarder"]
 
 log = structlog.get_logger(__name__)
 
 FORWARDED_BY: Final = "X-Callflow-Forwarded-By"
 """Header naming the worker that forwarded a notification; such a notification is never
 forwarded again."""
+
+TRACEPARENT: Final = "traceparent"
+"""W3C trace context: the forwarding worker's span, parent of the receiving worker's."""
+
+TRACE_AUTH: Final = "X-Callflow-Trace-Auth"
+"""The fleet's signature of a forwarded notification's ``traceparent``, bound to its
+:data:`~callflow.fleet.trust.FLEET_AUTH` value: the receiving worker takes the parent only
+when it verifies (a worker without tracing ignores both headers)."""
 
 REROUTE_EVERY: Final = 0.1
 """Seconds between two reads of a call's owner while its adoption is awaited."""
@@ -66,6 +77,9 @@ _NOT_FORWARDED: Final = frozenset(
         "authorization",  # Graph's bearer token stays with the worker it was sent to
         FORWARDED_BY.lower(),
         FLEET_AUTH.lower(),
+        TRACEPARENT,  # only this worker's own span is named to the next one
+        "tracestate",
+        TRACE_AUTH.lower(),
     }
 )
 
@@ -160,6 +174,28 @@ class Forwarder:
         if forward is None or not forward.tenant_id:
             return None
         return forward if self._replays.first_use(forward) else None
+
+    def trace_parent(self, request: web.Request) -> str | None:
+        """The ``traceparent`` of a forwarded notification when the fleet's signature of it
+        (:data:`TRACE_AUTH`, bound to the forward's own signature) verifies; None otherwise
+        (absent, or not made with the fleet secret: ignored, never trusted)."""
+        headers = request.headers
+        traceparent = headers.get(TRACEPARENT)
+        mac = headers.get(TRACE_AUTH)
+        signed = headers.get(FLEET_AUTH)
+        if traceparent is None or mac is None or signed is None or len(traceparent) > 128:
+            return None
+        return traceparent if self._signer.check(mac, "trace", signed, traceparent) else None
+
+    @staticmethod
+    def _forward_span(tracing: _tracing.Tracing, url: URL, target: str) -> Span:
+        from opentelemetry.trace import SpanKind
+
+        attributes = _tracing.http_attributes("POST", url)
+        attributes["callflow.fleet.target"] = target[:200]
+        return tracing.tracer.start_span(
+            "callflow.forward", kind=SpanKind.CLIENT, attributes=attributes
+        )
 
     async def forward(
         self, request: web.Request, body: bytes, tenant_id: str | None = None
@@ -261,11 +297,17 @@ class Forwarder:
         )
         rel_url = str(request.rel_url)
         headers[FORWARDED_BY] = self.instance_id
-        headers[FLEET_AUTH] = self._signer.sign_forward(
+        signed = headers[FLEET_AUTH] = self._signer.sign_forward(
             self.instance_id, target, tenant_id, request.method, rel_url, body
         )
+        span = None
+        tracing = _tracing.active
         try:
             url = URL(base.rstrip("/") + rel_url, encoded=True)
+            if tracing is not None:
+                span = self._forward_span(tracing, url, target)
+                traceparent = headers[TRACEPARENT] = tracing.inject(span)
+                headers[TRACE_AUTH] = self._signer.mac("trace", signed, traceparent)
             async with session.post(
                 url, data=body, headers=headers, allow_redirects=False
             ) as response:
@@ -276,7 +318,13 @@ class Forwarder:
                     if name in response.headers
                 }
                 status = response.status
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+                span.end()
         except Exception as exc:  # ClientError, timeouts, a bad URL: never lose the call
+            if span is not None and tracing is not None:
+                tracing.failed(span, exc)
+                span.end()
             log.warning(
                 "notification.forward_failed",
                 instance=target[:200],

@@ -44,6 +44,7 @@ import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+import callflow._tracing as _tracing
 from callflow._hosts import is_public_address
 from callflow.errors import (
     CallGoneError,
@@ -195,7 +196,11 @@ class Transport:
             resolver=self._resolver,
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=_NO_CLIENT_TIMEOUT, headers=_JSON_HEADERS
+            connector=connector,
+            timeout=_NO_CLIENT_TIMEOUT,
+            headers=_JSON_HEADERS,
+            # While tracing is on, a client span per request (none otherwise: no cost).
+            trace_configs=_tracing.http_trace_configs() or None,
         )
 
     async def close(self) -> None:

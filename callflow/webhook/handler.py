@@ -62,6 +62,7 @@ from callflow.webhook.server import (
 if TYPE_CHECKING:
     from callflow.engine.intake import Intake
     from callflow.events import CallEvent
+    from callflow.webhook.tracing import Submit, WebhookTracing
 
 __all__ = ["MAX_BODY", "FleetHook", "Forwarded", "WebhookHandler", "error_response"]
 
@@ -142,6 +143,11 @@ class FleetHook(Protocol):
         """The events no worker of the fleet has taken yet."""
         ...
 
+    def trace_parent(self, request: web.Request) -> str | None:
+        """The ``traceparent`` of a forwarded notification whose fleet signature covers it
+        (tracing on); None when there is none or it does not verify."""
+        ...
+
     async def reroute(
         self,
         request: web.Request,
@@ -161,6 +167,8 @@ class WebhookHandler:
     ``fleet`` (fleet mode) may forward a notification to another worker, and drops events
     another worker already took. ``limits`` gives the body-read timeout (``BODY_TIMEOUT``).
     ``on_suppressed_log(n)`` is told of ``webhook.rejected`` lines left out by the rate limit.
+    ``tracing`` (tracing on) wraps authentication, parsing and the hand-over in spans, once,
+    here: without it nothing on the way of a notification checks for tracing.
     """
 
     def __init__(
@@ -177,8 +185,16 @@ class WebhookHandler:
         overload_wait: float = 1.0,
         tenant_of: Callable[[str], str | None] | None = None,
         holds: Callable[[str], bool] | None = None,
+        tracing: WebhookTracing | None = None,
     ) -> None:
         self._engine = engine
+        self._parse: Callable[[bytes], Sequence[CallEvent]] = parse_notifications
+        self._submit: Submit = engine.submit
+        if tracing is not None:
+            self._parse = tracing.parse(parse_notifications)
+            self._submit = tracing.submit(engine.submit)
+            if auth is not None:
+                auth = tracing.auth(auth)
         self._tenant_of = tenant_of
         self._holds = holds
         self._overload_wait = overload_wait
@@ -332,7 +348,7 @@ class WebhookHandler:
             if reply is not None:
                 return reply
         try:
-            events: Sequence[CallEvent] = parse_notifications(body)
+            events: Sequence[CallEvent] = self._parse(body)
         except NotificationLimitError as exc:
             return self._reject(request, 413, "too_many_notifications", str(exc), echo)
         except NotificationFormatError as exc:
@@ -379,6 +395,7 @@ class WebhookHandler:
             return self._refuse(echo)
 
         scenario_id = headers.get("scenario-id")
+        submit = self._submit
         try:
             for event in events:
                 # Bound here, the ids ride along into the call's lane task (it copies the
@@ -389,7 +406,7 @@ class WebhookHandler:
                     scenario_id=scenario_id[:100] if scenario_id else None,
                 )
                 try:
-                    self._engine.submit((event,), received, scenario_id)
+                    submit((event,), received, scenario_id)
                 finally:
                     reset_contextvars(**tokens)
         except RuntimeError as exc:  # the engine stopped taking calls (shutting down)
