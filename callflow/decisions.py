@@ -18,10 +18,13 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
+import structlog
 
 from callflow._signatures import cannot_take, is_async
 from callflow.errors import DecisionError
 from callflow.prompts import Say, Ssml
+
+_log = structlog.get_logger("callflow.decisions")
 
 Flow: TypeAlias = Callable[[Any], Awaitable[None]]
 """What ``Answer(then=...)`` runs: ``async def flow(call: callflow.Call) -> None``. Typed with
@@ -423,6 +426,12 @@ class Answer:
             fetched = [p.to_graph() for p in self.prefetch if isinstance(p, MediaPrompt)]
             if fetched:
                 media["preFetchMedia"] = fetched
+            if len(fetched) != len(self.prefetch):
+                _log.warning(
+                    "speech.prefetch_skipped",
+                    reason="no Speech resource (CALLFLOW_SPEECH_REGION or SPEECH_ENDPOINT)",
+                    prompts=len(self.prefetch) - len(fetched),
+                )
         body: dict[str, Any] = {
             "callbackUri": callback,
             "mediaConfig": media,

@@ -427,8 +427,11 @@ class _IoSide:
             # Left before the cancel: the take-over sends in flight finish, and the calls
             # held are handed off to the fleet.
             await stack.enter_async_context(mode.watching(background, graph, default, book, take))
-            # spoken prefetch: after sending; the traced sink (tracing on) around it all
-            sink: DecisionSink = SpokenSink(mode.sink(graph), self.spoken)
+            # Wired in only when used, as tracing is: an answer's spoken prefetch is rendered
+            # after sending (with a Speech resource); the traced sink around it all.
+            sink: DecisionSink = mode.sink(graph)
+            if self.spoken is not None:
+                sink = SpokenSink(sink, self.spoken)
             if tracing is not None:
                 from callflow.engine.tracing import TracedSink
 

@@ -303,12 +303,14 @@ class _Sink(Protocol):
 
 
 class SpokenSink:
-    """The decision sink around ``inner``: an answer's spoken prefetch prompts are named at
-    once (no I/O), the answer is sent, and only then are they rendered, in the background.
-    A spoken prompt that cannot be named (no Speech resource, an unknown voice) is left out
-    of the prefetch: the answer itself never waits for Speech nor fails because of it."""
+    """The decision sink around ``inner`` (only with a Speech resource): an answer's spoken
+    prefetch prompts are named at once (no I/O), the answer is sent, and only then are they
+    rendered, in the background. A spoken prompt that cannot be named (an unknown voice) is
+    left out of the prefetch: the answer itself never waits for Speech nor fails because of
+    it. Without a Speech resource there is no such sink: the answer's JSON leaves spoken
+    prompts out (and says so in the log)."""
 
-    def __init__(self, inner: _Sink, media: SpokenMedia | None) -> None:
+    def __init__(self, inner: _Sink, media: SpokenMedia) -> None:
         self.inner = inner
         self.media = media
 
@@ -323,12 +325,6 @@ class SpokenSink:
             if isinstance(prompt, MediaPrompt):
                 prompts.append(prompt)
                 continue
-            if self.media is None:
-                log.warning(
-                    "speech.prefetch_skipped",
-                    reason=f"no Speech resource ({PREFIX}SPEECH_REGION or SPEECH_ENDPOINT)",
-                )
-                continue
             try:
                 media, digest = self.media.issue(prompt)
             except SpeechError as exc:
@@ -339,8 +335,7 @@ class SpokenSink:
         delivered = await self.inner.deliver(
             call, attrs.evolve(decision, prefetch=tuple(prompts)), deadline
         )
-        if self.media is not None:
-            self.media.in_background(digests)
+        self.media.in_background(digests)
         return delivered
 
 

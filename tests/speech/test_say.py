@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+import structlog
+import structlog.testing
 
 from callflow import (
     ActionError,
@@ -228,13 +230,16 @@ async def test_without_speech_a_spoken_prefetch_is_left_out_and_say_fails(
     async def answer(call: IncomingCall) -> Answer:
         return Answer(prefetch=Say("Hi"), then=flow)
 
-    async with fake_graph.serve(bot) as running:
-        handle = await fake_graph.place_call(running.webhook_url)
-        decision = await handle.decision()
-        with anyio.fail_after(GUARD):
-            await done.wait()
+    with structlog.testing.capture_logs() as logs:
+        async with fake_graph.serve(bot) as running:
+            handle = await fake_graph.place_call(running.webhook_url)
+            decision = await handle.decision()
+            with anyio.fail_after(GUARD):
+                await done.wait()
     assert decision.status == 202
     assert "preFetchMedia" not in decision.body["mediaConfig"]
+    (skipped,) = [e for e in logs if e["event"] == "speech.prefetch_skipped"]
+    assert skipped["log_level"] == "warning" and skipped["prompts"] == 1
     assert caught[0].setting == "CALLFLOW_SPEECH_REGION"  # type: ignore[attr-defined]
 
 
