@@ -233,8 +233,10 @@ class SpokenMedia:
                 del self._rendering[digest]
                 running.done.set()
             return running.data
-        with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             await running.done.wait()
+        if not running.done.is_set():  # the render goes on for its owner; this caller's time is up
+            raise SpeechError("Speech did not render the prompt in time", status=None)
         if running.data is None:
             raise running.error or SpeechError("the prompt could not be rendered")
         return running.data

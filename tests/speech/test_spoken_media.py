@@ -1,0 +1,64 @@
+"""SpokenMedia on its own: renders shared by callers of the same phrase, names, the cache.
+
+A real :class:`~callflow.speech.tts.SpeechClient` against FakeSpeech on loopback; the media
+is entered on the test's loop (as the worker enters it on its I/O loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from callflow.errors import SpeechError
+from callflow.prompts import Say
+from callflow.settings import Settings
+from callflow.speech.config import SpeechConfig
+from callflow.speech.media import SpokenMedia
+from callflow.speech.tts import SpeechClient
+from callflow.testing import FakeSpeech
+
+pytestmark = pytest.mark.anyio
+
+GUARD = 15.0
+BASE = "https://bot.example.com/api/media"
+
+
+@contextlib.asynccontextmanager
+async def spoken(speech: FakeSpeech) -> AsyncIterator[SpokenMedia]:
+    config = SpeechConfig.from_settings(Settings(**speech.overrides()))
+    assert config is not None
+    async with (
+        SpeechClient(config) as client,
+        SpokenMedia(client, key=b"k" * 32, base_url=BASE) as media,
+    ):
+        yield media
+
+
+async def test_a_caller_waiting_on_anothers_render_gets_a_speech_error_at_its_deadline() -> None:
+    """Two plays of the same phrase share one render; the one whose time runs out first is
+    told with SpeechError (what ``call.play`` documents), never a bare TimeoutError."""
+    async with FakeSpeech() as speech, spoken(speech) as media:
+        speech.latency = 1.0
+        now = anyio.current_time()
+        outcomes: list[object] = []
+
+        async def patient() -> None:
+            outcomes.append(await media.prepare(Say("hello there"), now + GUARD))
+
+        async def hurried() -> None:
+            try:
+                await media.prepare(Say("hello there"), now + 0.1)
+            except Exception as exc:
+                outcomes.append(exc)
+
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(patient)  # started first: it owns the render
+                await anyio.lowlevel.checkpoint()
+                tg.start_soon(hurried)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(errors) == 1 and isinstance(errors[0], SpeechError), outcomes
+        assert len(speech.requests_of("tts")) == 1
