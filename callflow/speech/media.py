@@ -213,6 +213,8 @@ class SpokenMedia:
                 await self._render(digest, spec, anyio.current_time() + self.render_timeout)
             except SpeechError as exc:
                 log.warning("speech.prefetch_failed", error=str(exc), status=exc.status)
+            except Exception as exc:  # raised, it would end the media's task group (and worker)
+                log.error("speech.prefetch_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _render(self, digest: str, spec: _Spec, deadline: float) -> bytes:
         data = self._cache.get(digest)

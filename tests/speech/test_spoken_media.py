@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
-from callflow.errors import SpeechError
+from callflow.errors import SpeechError, TokenError
 from callflow.prompts import Say
 from callflow.settings import Settings
 from callflow.speech.config import SpeechConfig
@@ -62,3 +63,33 @@ async def test_a_caller_waiting_on_anothers_render_gets_a_speech_error_at_its_de
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         assert len(errors) == 1 and isinstance(errors[0], SpeechError), outcomes
         assert len(speech.requests_of("tts")) == 1
+
+
+async def test_a_prefetch_whose_token_cannot_be_had_is_logged_and_the_worker_goes_on() -> None:
+    """SPEECH_AUTH=entra and the identity provider down: a background prefetch render fails
+    with a SpeechError naming CALLFLOW_SPEECH_AUTH (logged), never cancelling the task that
+    entered the media (the worker's I/O side); a play gets the SpeechError."""
+    asked = anyio.Event()
+
+    async def no_token() -> str:
+        asked.set()
+        raise TokenError("Could not get a token: the identity provider did not answer")
+
+    async with FakeSpeech() as speech:
+        settings = Settings(speech_endpoint=speech.url, speech_auth="entra")
+        config = SpeechConfig.from_settings(settings, token=no_token)
+        assert config is not None
+        with anyio.fail_after(GUARD), capture_logs() as logs:
+            async with (
+                SpeechClient(config) as client,
+                SpokenMedia(client, key=b"k" * 32, base_url=BASE) as media,
+            ):
+                _, digest = media.issue(Say("hello there"))
+                media.in_background([digest])
+                await asked.wait()  # the render fails and is logged before this task resumes
+                with pytest.raises(SpeechError) as caught:
+                    await media.prepare(Say("hello again"), anyio.current_time() + 5)
+        assert caught.value.setting == "CALLFLOW_SPEECH_AUTH"
+        failed = [e for e in logs if e["event"] == "speech.prefetch_failed"]
+        assert len(failed) == 1 and "token" in failed[0]["error"], logs
+        assert not speech.requests_of("tts")
