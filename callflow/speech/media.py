@@ -166,7 +166,7 @@ class SpokenMedia:
         return hmac.new(self._key, f"{digest}-{expiry:x}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def _name(self, digest: str) -> str:
-        expiry = (int(self._now() // self.ttl) + 2) * int(self.ttl)
+        expiry = int((self._now() // self.ttl + 2) * self.ttl)  # MEDIA_TTL need not be whole
         return f"{digest}-{expiry:x}-{self._tag(digest, expiry)}"
 
     def issue(self, prompt: Say | Ssml) -> tuple[MediaPrompt, str]:

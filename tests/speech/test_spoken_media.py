@@ -93,3 +93,28 @@ async def test_a_prefetch_whose_token_cannot_be_had_is_logged_and_the_worker_goe
         failed = [e for e in logs if e["event"] == "speech.prefetch_failed"]
         assert len(failed) == 1 and "token" in failed[0]["error"], logs
         assert not speech.requests_of("tts")
+
+
+@pytest.mark.parametrize("ttl", [3600.0, 90.5])
+async def test_a_name_stays_valid_for_at_least_the_media_ttl(ttl: float) -> None:
+    """CALLFLOW_MEDIA_TTL takes any number of seconds from 60 (90.5 too): a name issued now is
+    served for at least that long and at most twice that, then refused."""
+    now = [1_765_000_000.0]
+    async with FakeSpeech() as speech:
+        config = SpeechConfig.from_settings(Settings(**speech.overrides()))
+        assert config is not None
+        async with (
+            SpeechClient(config) as client,
+            SpokenMedia(
+                client, key=b"k" * 32, base_url=BASE, ttl=ttl, wall_clock=lambda: now[0]
+            ) as media,
+        ):
+            with anyio.fail_after(GUARD):
+                prompt = await media.prepare(Say("hello there"), anyio.current_time() + GUARD)
+                name = prompt.uri.rsplit("/", 1)[1].removesuffix(".wav")
+                assert await media.fetch(name) is not None
+                issued = now[0]
+                now[0] = issued + ttl - 0.001
+                assert await media.fetch(name) is not None
+                now[0] = issued + 2 * ttl + 0.001
+                assert await media.fetch(name) is None
