@@ -6,13 +6,13 @@ program's logging. Personal data (display names, phone numbers) is masked unless
 8 to 15 digits) anywhere in a rendered line (an exception message, say). Anything that looks
 like a credential is always redacted: the value of a credential-like key, a bearer token
 or a JWT anywhere in a rendered line, and the exact value of a secret the worker was given
-(:func:`redact_values`, the app and fleet secrets) anywhere in a line, when it is at least
-:data:`MIN_SECRET_LENGTH` characters long: a shorter one (a placeholder such as ``s``) is
-only redacted as the value of its key, never as a piece of other text. Tracebacks never
-show local variables (a frame's locals hold request headers, tokens and callers' numbers).
-On the console, control characters in values (a caller's display name, a message Graph
-sent) are escaped, so that no value can move the cursor, restyle the terminal or start a
-line of its own.
+(:func:`redact_values`: the app, fleet and media secrets, the Speech key) anywhere in a
+line, when it is at least :data:`MIN_SECRET_LENGTH` characters long: a shorter one (a
+placeholder such as ``s``) is only redacted as the value of its key, never as a piece of
+other text. Tracebacks never show local variables (a frame's locals hold request headers,
+tokens and callers' numbers). On the console, control characters in values (a caller's
+display name, a message Graph sent) are escaped, so that no value can move the cursor,
+restyle the terminal or start a line of its own.
 
 Every call logs a ``call.decided`` line, so the JSON format renders each line in one
 processor (:class:`JsonLines`) that does what structlog's ``merge_contextvars``,
@@ -107,9 +107,9 @@ def redact_value(text: str, secret: str | None) -> str:
 
 
 def redact_values(*secrets: str | None) -> None:
-    """Redact the exact values ``secrets`` (the app secret, the fleet secret) in every log
-    line from now on, wherever they appear; those shorter than :data:`MIN_SECRET_LENGTH`
-    (or None) are left out."""
+    """Redact the exact values ``secrets`` (the app, fleet and media secrets, the Speech
+    key) in every log line from now on, wherever they appear; those shorter than
+    :data:`MIN_SECRET_LENGTH` (or None) are left out."""
     global _secret_values
     kept = [s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH]
     _secret_values = tuple(dict.fromkeys((*_secret_values, *kept)))

@@ -104,7 +104,11 @@ class Tracing:
         self, call_id: str, tenant_id: str | None, received: float, **attrs: Any
     ) -> None:
         """Open ``call_id``'s span, a child of the current span, started at ``received``
-        (``time.monotonic()``, when the notification reached the worker)."""
+        (``time.monotonic()``, when the notification reached the worker). A call with a
+        span already (Graph posted its notification again) keeps that one."""
+        with self._lock:
+            if call_id in self._open or call_id in self._kept:
+                return
         started = time.time_ns() - int((time.monotonic() - received) * 1e9)
         attributes: dict[str, Any] = {"callflow.call.id": call_id}
         if tenant_id is not None:
@@ -116,9 +120,6 @@ class Tracing:
         abandoned: list[Span] = []
         with self._lock:
             opened = self._open
-            previous = opened.pop(call_id, None)
-            if previous is not None:
-                abandoned.append(previous[0])
             opened[call_id] = (span, ctx, now)
             while opened:
                 first = next(iter(opened.values()))

@@ -306,7 +306,7 @@ class _IoSide:
         s = self.bot.settings
         metrics = self.metrics
         # The secrets' exact values never reach a log line, whatever key or text holds them.
-        redact_values(s.app_secret, s.fleet_secret)
+        redact_values(s.app_secret, s.fleet_secret, s.speech_key, s.media_secret)
         async with contextlib.AsyncExitStack() as stack:
             tokens = self.tokens
             if tokens is None:

@@ -283,6 +283,48 @@ async def test_no_token_or_secret_reaches_the_logs_of_served_calls(
     assert stream.find("graph.retry", call_id=good.call_id)  # the 503 was logged, tokenless
 
 
+@pytest.mark.anyio
+async def test_the_speech_key_and_media_secret_never_reach_a_log_line(
+    callflow_signing_key: SigningKey, logging_restored: None
+) -> None:
+    """The Speech key and the media secret are secrets the worker was given, as the app
+    secret is: their exact values are cut out of any line (an error message that echoes
+    one), whatever the key holding it."""
+    from callflow.testing import FakeSpeech
+
+    saved = callflow._log._secret_values
+    stream = LogStream()
+    configure_logging(fmt="json", level="debug", stream=stream, cache=False)
+    media_secret = "m" * 16 + "-media-secret-value-0123"
+    try:
+        async with (
+            FakeGraph(signing_key=callflow_signing_key) as fake,
+            FakeSpeech() as speech,
+        ):
+            bot = answering_bot()
+
+            @bot.incoming_call(priority=1)
+            async def careless(call: IncomingCall, ctx: CallContext) -> None:
+                ctx.log.info(
+                    "test.careless",
+                    error=f"Speech said: bad key {speech.key}",
+                    subscription_key=speech.key,
+                    detail=f"media key {media_secret}",
+                )
+
+            overrides = {**speech.overrides(), "media_secret": media_secret}
+            async with fake.serve(bot, **overrides) as running:
+                call = await fake.place_call(running.webhook_url)
+                await stream.wait_for("call.decided", call_id=call.call_id)
+                await settled(call)
+    finally:
+        callflow._log._secret_values = saved
+    text = stream.getvalue()
+    assert stream.find("test.careless")
+    assert speech.key not in text
+    assert media_secret not in text
+
+
 def test_credential_like_keys_are_redacted_in_any_case() -> None:
     """Keys ending in token, secret or password (any case) and authorization are redacted."""
     event = {

@@ -256,6 +256,33 @@ async def test_a_call_whose_caller_hangs_up_first_ends_its_span_as_gone(
     assert handle.decisions == ()
 
 
+async def test_a_duplicate_notification_of_a_call_keeps_its_one_span(
+    fake_graph: FakeGraph, spans: Spans
+) -> None:
+    """Graph posts an incoming call twice (a retry) while its handler still thinks: the
+    call keeps the span its handler runs under, which ends with the decision; the duplicate
+    neither ends it as ``abandoned`` nor opens a second one."""
+    bot = Bot()
+    release = anyio.Event()
+
+    @bot.incoming_call
+    async def answer(call: IncomingCall) -> Answer:
+        await release.wait()
+        return Answer()
+
+    async with fake_graph.serve(bot, tracing="otel") as running:
+        await fake_graph.place_call(running.webhook_url, duplicate=1)  # both were received
+        release.set()
+        await spans.wait_for(lambda: bool(spans.named("callflow.handler")))
+        await spans.wait_for(
+            lambda: any("callflow.decision" in (s.attributes or {}) for s in spans.all)
+        )
+
+    call = spans.one("callflow.call")
+    assert (call.attributes or {})["callflow.decision"] == "answer"
+    assert parent_of(spans.one("callflow.handler")) == span_id(call)
+
+
 async def test_an_operation_after_the_answer_is_a_span_of_the_calls_trace(
     fake_graph: FakeGraph, spans: Spans
 ) -> None:

@@ -539,16 +539,17 @@ class Call:
 
 
 def _recognizer(control: CallControl, port: IoPort) -> listening.Recognize:
-    """Recognition for ``listen``/``ask``: on the I/O loop, through the worker's Speech."""
+    """Recognition for ``listen``/``ask``: on the I/O loop, through the worker's Speech.
+    SpeechError at once (before the caller is recorded) without a Speech resource."""
+    recognizer = control.recognizer  # set once at start, before the bot serves
+    if recognizer is None:
+        raise SpeechError(
+            "listening needs a Speech resource: set CALLFLOW_SPEECH_REGION (or "
+            "CALLFLOW_SPEECH_ENDPOINT) and CALLFLOW_SPEECH_KEY",
+            setting="CALLFLOW_SPEECH_REGION",
+        )
 
     async def recognize(audio: bytes, language: str | None, timeout: float) -> Heard:
-        recognizer = control.recognizer
-        if recognizer is None:
-            raise SpeechError(
-                "listening needs a Speech resource: set CALLFLOW_SPEECH_REGION (or "
-                "CALLFLOW_SPEECH_ENDPOINT) and CALLFLOW_SPEECH_KEY",
-                setting="CALLFLOW_SPEECH_REGION",
-            )
         return await port.run(
             lambda: recognizer.recognize(audio, language=language, timeout=timeout)
         )

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from callflow.errors import ConfigError
+from callflow.errors import ConfigError, SpeechError
 from callflow.settings import PREFIX, Settings
 
 __all__ = [
@@ -54,7 +54,14 @@ def _key_headers(key: str) -> HeadersProvider:
 
 def _bearer_headers(token: Callable[[], Awaitable[str]]) -> HeadersProvider:
     async def provide() -> Mapping[str, str]:
-        return {"Authorization": f"Bearer {await token()}"}
+        try:
+            value = await token()
+        except Exception as exc:  # TokenError: the identity provider refused or is down
+            raise SpeechError(
+                f"no Entra token for Speech ({PREFIX}SPEECH_AUTH=entra): {exc}",
+                setting=f"{PREFIX}SPEECH_AUTH",
+            ) from exc
+        return {"Authorization": f"Bearer {value}"}
 
     return provide
 

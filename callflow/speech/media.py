@@ -166,7 +166,7 @@ class SpokenMedia:
         return hmac.new(self._key, f"{digest}-{expiry:x}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def _name(self, digest: str) -> str:
-        expiry = (int(self._now() // self.ttl) + 2) * int(self.ttl)
+        expiry = int((self._now() // self.ttl + 2) * self.ttl)  # MEDIA_TTL need not be whole
         return f"{digest}-{expiry:x}-{self._tag(digest, expiry)}"
 
     def issue(self, prompt: Say | Ssml) -> tuple[MediaPrompt, str]:
@@ -213,6 +213,8 @@ class SpokenMedia:
                 await self._render(digest, spec, anyio.current_time() + self.render_timeout)
             except SpeechError as exc:
                 log.warning("speech.prefetch_failed", error=str(exc), status=exc.status)
+            except Exception as exc:  # raised, it would end the media's task group (and worker)
+                log.error("speech.prefetch_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _render(self, digest: str, spec: _Spec, deadline: float) -> bytes:
         data = self._cache.get(digest)
@@ -233,8 +235,10 @@ class SpokenMedia:
                 del self._rendering[digest]
                 running.done.set()
             return running.data
-        with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             await running.done.wait()
+        if not running.done.is_set():  # the render goes on for its owner; this caller's time is up
+            raise SpeechError("Speech did not render the prompt in time", status=None)
         if running.data is None:
             raise running.error or SpeechError("the prompt could not be rendered")
         return running.data

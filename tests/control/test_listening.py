@@ -139,6 +139,10 @@ async def test_listen_without_a_speech_resource_says_what_to_set(
         await handle.say_back("sales")
         with pytest.raises(SpeechError, match="CALLFLOW_SPEECH_REGION"):
             await call.listen()
+        with pytest.raises(SpeechError, match="CALLFLOW_SPEECH_REGION"):
+            await call.ask(None, choices={"sales": Choice(key="1", words=["sales"])})
+        # Raised before anything is sent: the caller is not recorded for nothing.
+        assert not [r for r in handle.requests if r.op in ("recordResponse", "subscribeToTone")]
 
 
 async def test_listen_checks_its_arguments_before_sending(both: tuple[Rig, FakeSpeech]) -> None:
