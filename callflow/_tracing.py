@@ -25,7 +25,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
 from callflow.errors import ConfigError
@@ -86,6 +86,10 @@ class Tracing:
         self.provider = provider
         self.tracer: Tracer = provider.get_tracer("callflow")
         self.pii = pii
+        self.scrub: Callable[[str], str] = _as_is
+        """What an error's message and stack trace go through before a span records them
+        (the worker sets the log lines' scrubbing: secrets, tokens, and phone numbers unless
+        ``pii``)."""
         self.owned = False
         """True when callflow made the provider (it is shut down, spans flushed, at stop)."""
         self.users = 0
@@ -232,11 +236,16 @@ class Tracing:
 
     def failed(self, span: Span, error: BaseException) -> None:
         """Mark ``span`` as failed by ``error`` (its type, and the error recorded)."""
+        import traceback
+
         from opentelemetry.trace import Status, StatusCode
 
+        scrub = self.scrub
+        message = scrub(str(error))
+        stack = scrub("".join(traceback.format_exception(error)))
         span.set_attribute("error.type", type(error).__qualname__)
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:300]))
+        span.record_exception(error, {"exception.message": message, "exception.stacktrace": stack})
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"[:300]))
 
     def attach(self, ctx: Context) -> object:
         """Make ``ctx`` current; returns the token for :meth:`detach`."""
@@ -426,6 +435,10 @@ def add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     if ids is not None:
         event["trace_id"], event["span_id"] = ids
     return event
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def enable(provider: TracerProvider | None = None, *, pii: bool = False) -> Tracing:

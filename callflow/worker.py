@@ -30,7 +30,7 @@ import structlog
 from aiohttp import web
 
 import callflow._tracing as _tracing
-from callflow._log import redact_values
+from callflow._log import mask_numbers, redact_values, scrub_tokens
 from callflow._runtime import use_uvloop
 from callflow.control.book import CallBook
 from callflow.control.call import Call, Calls
@@ -398,6 +398,8 @@ class _IoSide:
             if tracing is not None:  # the call's span ends with its decision sent
                 from callflow.engine.tracing import traced_decided
 
+                # Errors reach spans as log lines reach their readers: scrubbed.
+                tracing.scrub = scrub_tokens if s.log_pii else _scrub_with_numbers
                 book.on_end(tracing.forget)
             engine = self.engine = self.bot.engine(
                 None,
@@ -630,3 +632,7 @@ def _bound_address(runner: WebhookServer, host: str) -> tuple[str, int]:
         if isinstance(addr, tuple) and len(addr) >= 2:
             return str(addr[0]), int(addr[1])
     return host, 0  # pragma: no cover - a TCP site always has an address
+
+
+def _scrub_with_numbers(text: str) -> str:
+    return mask_numbers(scrub_tokens(text))

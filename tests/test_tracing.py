@@ -224,6 +224,35 @@ async def test_the_caller_is_in_the_call_span_only_with_log_pii(fake_graph: Fake
     assert call.attributes["callflow.caller.name"] == NAME
 
 
+@pytest.mark.callflow_lenient
+async def test_an_errors_text_reaches_spans_scrubbed_as_in_log_lines(
+    fake_graph: FakeGraph, spans: Spans
+) -> None:
+    """A handler raising with a phone number and a bearer token in its message: the span's
+    status, exception event and stack trace carry neither (LOG_PII off)."""
+    bot = Bot()
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl"
+
+    @bot.incoming_call
+    async def leaky(call: IncomingCall) -> Reject:
+        raise RuntimeError(f"lookup of {NUMBER} failed with Authorization: Bearer {token}")
+
+    async with fake_graph.serve(bot, tracing="otel") as running:
+        handle = await fake_graph.place_call(running.webhook_url)
+        with anyio.fail_after(GUARD):
+            await handle.decision()
+        await spans.wait_for(lambda: bool(spans.named("callflow.handler")))
+
+    handler = spans.one("callflow.handler")
+    texts = [handler.status.description or ""]
+    for event in handler.events:
+        texts += [str(v) for v in (event.attributes or {}).values()]
+    assert any("RuntimeError" in t for t in texts)
+    assert any("lookup of" in t for t in texts)  # the message is there, scrubbed
+    for text in texts:
+        assert NUMBER not in text and token not in text
+
+
 async def test_a_call_whose_caller_hangs_up_first_ends_its_span_as_gone(
     fake_graph: FakeGraph, spans: Spans
 ) -> None:
