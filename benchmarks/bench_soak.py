@@ -311,17 +311,22 @@ class Probe:
         self._app_clock = time.pthread_getcpuclockid(threading.get_ident())
         self._last: dict[str, float] = {}
 
-    def attach(self, running: Any) -> None:
-        """Count the notifications ``running`` takes in, and start the first tenth."""
-        self.running = running
-        intake = running.engine.intake
-        take = intake.submit
+    def count_notifications(self) -> None:
+        """Count every notification the intake takes in, from now on: wrapped in the class,
+        before serving, since the webhook binds the intake's ``submit`` when it is built."""
+        from callflow.engine.intake import Intake
 
-        def counted(*args: Any, **kwargs: Any) -> None:
+        take = Intake.submit
+
+        def counted(intake: Intake, *args: Any, **kwargs: Any) -> None:
             self.notifications += 1
-            take(*args, **kwargs)
+            take(intake, *args, **kwargs)
 
-        intake.submit = counted
+        Intake.submit = counted  # type: ignore[method-assign]
+
+    def attach(self, running: Any) -> None:
+        """Start the first tenth with ``running`` serving."""
+        self.running = running
         self._io_clock = time.pthread_getcpuclockid(running.io.ident)
         self._last = self._sample()
         if self.reference is not None:
@@ -478,6 +483,7 @@ async def serve_worker(settings: Settings, tenth: int, graph_pid: int) -> None:
     probe = Probe(tenth, print_line, graph_pid, reference)
     bot = make_bot(probe)
     bot.configure(settings)
+    probe.count_notifications()
     with reference:
         await _serve(bot, probe)
 
