@@ -253,7 +253,7 @@ TABLE: Final = (
     ),
     (
         "TRACING, TRACING_EXPORTER",
-        "per-call traces: `otel` (OpenTelemetry, `callflow[otel]`); where spans go when the "
+        "per-call traces: `otel` (OpenTelemetry, `callflow-graph[otel]`); where spans go when the "
         "application set no tracer provider: `otlp`, `console` or `none`",
         "`off`; `otlp`",
     ),

@@ -1,4 +1,4 @@
-"""Per-call traces with OpenTelemetry: the ``callflow[otel]`` extra, off unless turned on.
+"""Per-call traces with OpenTelemetry: the ``callflow-graph[otel]`` extra, off unless turned on.
 
 Runs on both loops: the I/O loop starts and ends a call's span, the Graph requests' spans and
 the operations' spans; the app loop the handlers' spans (see :mod:`callflow.engine.tracing`
@@ -70,7 +70,8 @@ MAX_KEPT: Final = 100_000
 first); a call's context goes when the call ends."""
 
 _INSTALL: Final = (
-    "tracing needs the OpenTelemetry API and SDK: install the extra (pip install 'callflow[otel]')"
+    "tracing needs the OpenTelemetry API and SDK: install the extra "
+    "(pip install 'callflow-graph[otel]')"
 )
 
 

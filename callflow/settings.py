@@ -412,7 +412,7 @@ class Settings:
     media_cache_mb: int = 64
     """Megabytes of rendered prompts a worker keeps in memory (the least recently used go)."""
     tracing: str = "off"
-    """Per-call traces: ``off`` or ``otel`` (OpenTelemetry, the ``callflow[otel]`` extra)."""
+    """Per-call traces: ``off`` or ``otel`` (OpenTelemetry, the ``callflow-graph[otel]`` extra)."""
     tracing_exporter: str = "otlp"
     """With ``TRACING=otel`` and no tracer provider set by the application: where spans go,
     ``otlp`` (needs ``opentelemetry-exporter-otlp-proto-http``), ``console`` or ``none``."""

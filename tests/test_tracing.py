@@ -499,7 +499,7 @@ def test_a_missing_exporter_or_extra_is_a_config_error() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout
-    assert "CALLFLOW_TRACING=otel" in out and "callflow[otel]" in out
+    assert "CALLFLOW_TRACING=otel" in out and "callflow-graph[otel]" in out
 
 
 async def test_the_none_exporter_makes_spans_and_drops_them() -> None:
