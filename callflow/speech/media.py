@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 NAME: Final = re.compile(r"([0-9a-f]{32})-([0-9a-f]{1,12})-([0-9a-f]{32})")
 """What a rendered prompt's name looks like (without ``.wav``)."""
 _MAX_SPECS: Final = 10_000
+_MAX_SSML_KEPT: Final = 1024 * 1024
+"""The least the texts of spoken prompts may take (characters), whatever the cache's size."""
 _SPEC_WAITS: Final = (0.05, 0.1, 0.2, 0.4, 0.8)
 """Pauses while a spec another worker issued is not in the store yet (it is written right
 after the answer that names it is sent)."""
@@ -72,6 +74,11 @@ class SpecStore(Protocol):
 class _Spec:
     voice: str
     ssml: str
+
+    @property
+    def size(self) -> int:
+        """Roughly what it takes in memory: its characters."""
+        return len(self.voice) + len(self.ssml)
 
     def dump(self) -> str:
         return json.dumps({"voice": self.voice, "ssml": self.ssml}, separators=(",", ":"))
@@ -120,6 +127,7 @@ class SpokenMedia:
         self._key = key
         self._now = wall_clock
         self._specs: OrderedDict[str, _Spec] = OrderedDict()
+        self._spec_bytes = 0
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached = 0
         self._rendering: dict[str, _Render] = {}
@@ -174,12 +182,23 @@ class SpokenMedia:
         kept locally. SpeechError for a voice the resource does not offer."""
         spec = self._spec(prompt)
         digest = self._digest(spec)
-        self._specs[digest] = spec
-        self._specs.move_to_end(digest)
-        while len(self._specs) > _MAX_SPECS:
-            self._specs.popitem(last=False)
+        self._remember(digest, spec)
         uri = f"{self.base_url}/{self._name(digest)}.wav"
         return MediaPrompt(uri, resource_id=digest), digest
+
+    def _remember(self, digest: str, spec: _Spec) -> None:
+        """Remember what ``digest`` says, the least recently issued forgotten first: at most
+        :data:`_MAX_SPECS` texts, and at most a quarter of the cache's bytes (the newest is
+        always kept, so that it can be rendered)."""
+        specs = self._specs
+        old = specs.pop(digest, None)
+        if old is not None:
+            self._spec_bytes -= old.size
+        specs[digest] = spec
+        self._spec_bytes += spec.size
+        budget = max(self.cache_bytes // 4, _MAX_SSML_KEPT)
+        while len(specs) > 1 and (len(specs) > _MAX_SPECS or self._spec_bytes > budget):
+            self._spec_bytes -= specs.popitem(last=False)[1].size
 
     # -- rendering -------------------------------------------------------------------------
 
@@ -295,7 +314,7 @@ class SpokenMedia:
                 if not hmac.compare_digest(self._digest(spec), digest):
                     log.error("speech.spec_mismatch", digest=digest)
                     return None
-                self._specs[digest] = spec
+                self._remember(digest, spec)
                 return spec
             if pause is not None:
                 await anyio.sleep(pause)

@@ -118,3 +118,32 @@ async def test_a_name_stays_valid_for_at_least_the_media_ttl(ttl: float) -> None
                 assert await media.fetch(name) is not None
                 now[0] = issued + 2 * ttl + 0.001
                 assert await media.fetch(name) is None
+
+
+async def test_the_texts_of_spoken_prompts_are_bounded_in_bytes_not_only_in_count() -> None:
+    """Thousands of distinct 60 KB SSML prompts: what the worker remembers of them stays
+    within its budget (a quarter of the cache, at least 1 MiB), and the newest one still
+    renders and plays."""
+    from callflow.prompts import Ssml
+
+    async with FakeSpeech() as speech:
+        config = SpeechConfig.from_settings(Settings(**speech.overrides()))
+        assert config is not None
+        async with (
+            SpeechClient(config) as client,
+            SpokenMedia(client, key=b"k" * 32, base_url=BASE, cache_bytes=4 * 1024 * 1024) as media,
+        ):
+            filler = "x" * 60_000
+            for n in range(2_000):  # 120 MB of text if all were kept
+                document = (
+                    "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' "
+                    f"xml:lang='en-US'><voice name='en-US-JennyNeural'>{n} {filler}</voice>"
+                    "</speak>"
+                )
+                media.issue(Ssml(document))
+            kept = sum(len(spec.voice) + len(spec.ssml) for spec in media._specs.values())
+            assert kept <= 1024 * 1024 + 61_000
+            assert len(media._specs) < 20
+            with anyio.fail_after(GUARD):
+                played = await media.prepare(Say("still here"), anyio.current_time() + GUARD)
+            assert played.uri.startswith(BASE + "/")
