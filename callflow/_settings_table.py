@@ -295,7 +295,7 @@ TABLE: Final = (
     (
         "MEDIA_TTL, MEDIA_CACHE_MB",
         "seconds a rendered prompt's name stays valid (at least this, at most twice); megabytes"
-        " of rendered prompts kept in memory",
+        " of rendered prompts kept in memory (their texts take at most a quarter more)",
         "`3600`, `64`",
     ),
 )
