@@ -498,6 +498,11 @@ class LoadGen:
         start = time.monotonic()
         window_start = start + c["warmup"]
         window_end = window_start + c["duration"]
+        # A window in which no call was sent measures nothing (one call stalled past a short
+        # window at c=1): it is held open until each connection sent one, at most 10 s more.
+        needed = c.get("min_calls", c["concurrency"])
+        hard_end = window_end + 10.0
+        inside = 0
         limit = c.get("count") or 0
         timeout = c.get("decision_timeout", 10.0)
         request_timeout = c.get("request_timeout", 60.0)
@@ -505,14 +510,20 @@ class LoadGen:
         sampled = False
 
         async def worker(conn: Conn) -> None:
-            nonlocal sampled
+            nonlocal sampled, inside, window_end
             while True:
                 now = time.monotonic()
-                if now >= window_end or (limit and len(self.sent) >= limit):
+                if now >= window_end and (inside >= needed or now >= hard_end):
                     break
+                if limit and len(self.sent) >= limit:
+                    break
+                if now >= window_end:
+                    window_end = now + 0.001  # held open: still measuring
                 if not sampled and now >= window_start:
                     sampled = True
                     self.sample_cpu("window_start")
+                if now >= window_start:
+                    inside += 1
                 if not conn.alive:
                     conn = await self.connect()
                 index = self.new_call()
