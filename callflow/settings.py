@@ -181,16 +181,6 @@ def _media_path(raw: str) -> str:
     return value
 
 
-def _media_secret(raw: str) -> str:
-    value = raw.strip()
-    if len(value) < MIN_FLEET_SECRET:
-        raise ValueError(
-            f"expected at least {MIN_FLEET_SECRET} characters (e.g. `openssl rand -hex 32`), "
-            f"got {len(value)}"
-        )
-    return value
-
-
 def _fleet_name(raw: str) -> str:
     value = raw.strip()
     if not _FLEET_NAME.fullmatch(value):
@@ -643,7 +633,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "speech_voice": _voice,
     "speech_language": _language,
     "media_path": _media_path,
-    "media_secret": _media_secret,
+    "media_secret": _secret,
     "media_ttl": _float(60.0, 86_400.0),
     "media_cache_mb": _int(1, 65_536),
     "tracing": _choice("off", "otel"),

@@ -380,7 +380,7 @@ class _IoSide:
             control.spoken = self.spoken = await stack.enter_async_context(
                 open_spoken(s, shared=mode.prompts, token=speech_token)
             )
-            control.recognizer = await _recognizer(stack, s, speech_token)
+            control.recognizer = await _recognizer(stack, self.spoken)
             self.services = AppServices(self.io, control, self.bot.services)
             user_on_decided = self.user_on_decided
 
@@ -614,17 +614,16 @@ async def serve(
 
 
 async def _recognizer(
-    stack: contextlib.AsyncExitStack, s: Settings, token: TokenSource | None
+    stack: contextlib.AsyncExitStack, spoken: SpokenMedia | None
 ) -> Recognizer | None:
-    """What ``call.listen()``/``call.ask()`` recognise speech with, entered on ``stack``;
-    None without a Speech resource (``SPEECH_REGION`` or ``SPEECH_ENDPOINT``)."""
-    from callflow.speech.config import SpeechConfig
+    """What ``call.listen()``/``call.ask()`` recognise speech with, entered on ``stack``:
+    the spoken prompts' Speech resource, config and connections; None without one."""
     from callflow.speech.recognition import Recognizer
 
-    config = SpeechConfig.from_settings(s, token=token)
-    if config is None:
+    if spoken is None:
         return None
-    return await stack.enter_async_context(Recognizer(config))
+    client = spoken.client
+    return await stack.enter_async_context(Recognizer(client.config, session=client.session))
 
 
 def _bound_address(runner: WebhookServer, host: str) -> tuple[str, int]:
